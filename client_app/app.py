@@ -1,0 +1,55 @@
+"""The ClientApp: local training and evaluation of the exchanged tensors."""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client_app.mods import bandwidth_mod
+from client_app.task import local_task, partition_of
+from fedvit.config import AppConfig
+from fedvit.model import exchanged_state, load_exchanged
+from fedvit.train import evaluate as evaluate_loader
+from fedvit.train import train_epochs
+from fedvit.wire import METRICS
+
+app = ClientApp(mods=[bandwidth_mod])
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Load the global tensors, train locally, reply with the exchanged tensors."""
+    cfg = AppConfig.from_run_config(context.run_config)
+    pid, num = partition_of(context.node_config)
+    task = local_task(cfg, pid, num)
+    load_exchanged(task.model, msg.content["arrays"].to_torch_state_dict())
+    server_round = int(msg.content["config"]["server-round"])
+    torch.manual_seed(cfg.seed + 1000 * server_round + pid)
+    stats = train_epochs(task.model, task.train, cfg.local_epochs, cfg.learning_rate,
+                         cfg.torch_device, cfg.use_bf16)
+    metrics = {
+        "num-examples": stats.num_examples,
+        "train-loss": stats.loss,
+        "time-train": stats.wall_s,
+        "examples-per-s": stats.examples_per_s,
+        **{f"time-{phase}": s for phase, s in stats.phases.items()},
+    }
+    content = RecordDict({
+        "arrays": ArrayRecord(exchanged_state(task.model)),
+        METRICS: MetricRecord(metrics),
+    })
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received global tensors on the local validation split."""
+    cfg = AppConfig.from_run_config(context.run_config)
+    pid, num = partition_of(context.node_config)
+    task = local_task(cfg, pid, num)
+    load_exchanged(task.model, msg.content["arrays"].to_torch_state_dict())
+    res = evaluate_loader(task.model, task.val, cfg.torch_device, cfg.use_bf16)
+    metrics = {"num-examples": res["num-examples"], "eval-loss": res["loss"],
+               "eval-accuracy": res["accuracy"]}
+    return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)

@@ -1,0 +1,233 @@
+"""The run config, read once into one typed, validated object.
+
+Every default lives in ``pyproject.toml`` (``[tool.flwr.app.config]``); this module owns
+every validation message. Nothing else reads ``context.run_config`` directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+APP_ROOT = Path(__file__).resolve().parents[1]
+PUBLIC_PRETRAIN = "public-pretrain"
+EMBEDDED_DATASET = "digits"
+STRATEGIES = ("fedavg", "fedlora")
+PARTITIONERS = ("iid", "dirichlet")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ConfigError(ValueError):
+    """A run-config value that is not allowed; the message names key, value and rule."""
+
+
+@lru_cache(maxsize=1)
+def pyproject_defaults() -> dict[str, Any]:
+    """The ``[tool.flwr.app.config]`` table of the app's pyproject.toml."""
+    with open(APP_ROOT / "pyproject.toml", "rb") as f:
+        return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Every knob of the app, one field per ``[tool.flwr.app.config]`` key."""
+
+    strategy: str
+    num_server_rounds: int
+    fraction_train: float
+    fraction_evaluate: float
+    min_nodes: int
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    model_name: str
+    img_size: int
+    patch_size: int
+    pretrained: bool
+    weights_path: str
+    lora_r: int
+    lora_alpha: float
+    lora_dropout: float
+    lora_target_modules: str
+    dataset: str
+    partitioner: str
+    dirichlet_alpha: float
+    val_fraction: float
+    seed: int
+    precision: str
+    device: str
+    outputs_dir: str
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> AppConfig:
+        """Validate a run config (missing keys fall back to pyproject.toml defaults).
+
+        ``run_simulation`` hands apps an empty run config, hence the fallback.
+        Raises ``ConfigError`` listing every bad key with its value and what is allowed.
+        """
+        merged = {**pyproject_defaults(), **dict(run_config)}
+        known = {f.name.replace("_", "-") for f in dataclasses.fields(cls)}
+        errors = [
+            f"unknown run-config key '{key}' (known keys: {', '.join(sorted(known))})"
+            for key in merged
+            if key not in known
+        ]
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            key = field.name.replace("_", "-")
+            try:
+                values[field.name] = _coerce(key, merged.get(key), field.type)
+            except ConfigError as err:
+                errors.append(str(err))
+        if not errors:
+            errors = cls._rule_errors(values)
+        if errors:
+            raise ConfigError("invalid run config:\n  - " + "\n  - ".join(errors))
+        return cls(**values)
+
+    @staticmethod
+    def _rule_errors(v: dict[str, Any]) -> list[str]:
+        checks: list[tuple[str, bool, str]] = [
+            ("strategy", v["strategy"] in STRATEGIES, f"one of {STRATEGIES}"),
+            ("num-server-rounds", v["num_server_rounds"] >= 1, "an integer >= 1"),
+            ("fraction-train", 0 < v["fraction_train"] <= 1, "a number in (0, 1]"),
+            ("fraction-evaluate", 0 <= v["fraction_evaluate"] <= 1, "a number in [0, 1]"),
+            ("min-nodes", v["min_nodes"] >= 1, "an integer >= 1"),
+            ("local-epochs", v["local_epochs"] >= 1, "an integer >= 1"),
+            ("batch-size", v["batch_size"] >= 1, "an integer >= 1"),
+            ("learning-rate", v["learning_rate"] > 0, "a number > 0"),
+            ("model-name", _is_timm_vit(v["model_name"]),
+             "a timm Vision Transformer name (timm.list_models(module='vision_transformer'))"),
+            ("img-size", v["img_size"] >= 1, "an integer >= 1"),
+            ("patch-size", v["patch_size"] >= 0, "0 (the model's own) or an integer >= 1"),
+            ("lora-r", v["lora_r"] >= 1, "an integer >= 1"),
+            ("lora-alpha", v["lora_alpha"] > 0, "a number > 0"),
+            ("lora-dropout", 0 <= v["lora_dropout"] < 1, "a number in [0, 1)"),
+            ("lora-target-modules", bool(target_modules(v["lora_target_modules"])),
+             "a comma-separated list of module names, e.g. 'qkv' or 'qkv,proj'"),
+            ("dataset", _is_dataset(v["dataset"]),
+             f"'{EMBEDDED_DATASET}', an existing local dataset folder, or a hub id 'owner/name'"),
+            ("partitioner", v["partitioner"] in PARTITIONERS, f"one of {PARTITIONERS}"),
+            ("dirichlet-alpha", v["dirichlet_alpha"] > 0, "a number > 0"),
+            ("val-fraction", 0 < v["val_fraction"] < 1, "a number in (0, 1)"),
+            ("seed", v["seed"] >= 0, "an integer >= 0"),
+            ("precision", v["precision"] in PRECISIONS, f"one of {PRECISIONS}"),
+            ("device", v["device"] in DEVICES, f"one of {DEVICES}"),
+            ("outputs-dir", bool(v["outputs_dir"].strip()), "a non-empty folder path"),
+        ]
+        errors = [
+            f"'{key}' = {_show(v[key.replace('-', '_')])} is not allowed: must be {rule}"
+            for key, ok, rule in checks
+            if not ok
+        ]
+        if not errors and v["patch_size"] and v["img_size"] % v["patch_size"]:
+            errors.append(
+                f"'img-size' = {v['img_size']} is not allowed with 'patch-size' = "
+                f"{v['patch_size']}: must be a multiple of the patch size"
+            )
+        wp = v["weights_path"]
+        if wp and wp != PUBLIC_PRETRAIN and not resolve_path(wp).is_file():
+            errors.append(
+                f"'weights-path' = {_show(wp)} is not allowed: no such file "
+                f"({resolve_path(wp)}); must be '', '{PUBLIC_PRETRAIN}', or an existing "
+                ".safetensors/.pth file"
+            )
+        if wp == PUBLIC_PRETRAIN and v["dataset"] != EMBEDDED_DATASET:
+            errors.append(
+                f"'weights-path' = '{PUBLIC_PRETRAIN}' is not allowed with 'dataset' = "
+                f"{_show(v['dataset'])}: the public pretraining split exists only for "
+                f"'{EMBEDDED_DATASET}'; use 'pretrained' = true or a weights file"
+            )
+        if wp and v["pretrained"]:
+            errors.append(
+                f"'pretrained' = true is not allowed with 'weights-path' = {_show(wp)}: "
+                "choose hub weights or a weights file, not both"
+            )
+        if v["device"] == "cuda" and not _cuda_available():
+            errors.append("'device' = 'cuda' is not allowed: no CUDA device is available")
+        return errors
+
+    @property
+    def use_cuda(self) -> bool:
+        """Whether training runs on the GPU."""
+        return self.device == "cuda" or (self.device == "auto" and _cuda_available())
+
+    @property
+    def use_bf16(self) -> bool:
+        """bf16 autocast: asked for, or ``auto`` on a GPU."""
+        return self.precision == "bf16" or (self.precision == "auto" and self.use_cuda)
+
+    @property
+    def torch_device(self) -> str:
+        return "cuda" if self.use_cuda else "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as run-config keys (for results files)."""
+        return {k.replace("_", "-"): val for k, val in dataclasses.asdict(self).items()}
+
+
+def target_modules(spec: str) -> list[str]:
+    """``'qkv, proj'`` -> ``['qkv', 'proj']``."""
+    return [name.strip() for name in spec.split(",") if name.strip()]
+
+
+def resolve_path(path: str) -> Path:
+    """A user path: ``~`` expanded; relative paths are taken from the app's root."""
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else APP_ROOT / p
+
+
+def _coerce(key: str, value: Any, type_name: Any) -> Any:
+    name = type_name if isinstance(type_name, str) else type_name.__name__
+    if value is None:
+        raise ConfigError(f"'{key}' is missing (no value and no default in pyproject.toml)")
+    if name == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif name == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif name == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif name == "str":
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"'{key}' = {_show(value)} is not allowed: must be of type {name}")
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(
+        value, bool
+    ) else str(value)
+
+
+def _is_timm_vit(name: str) -> bool:
+    import timm
+
+    return name in timm.list_models(module="vision_transformer")
+
+
+def _is_dataset(name: str) -> bool:
+    if name == EMBEDDED_DATASET:
+        return True
+    if resolve_path(name).is_dir():
+        return True
+    return bool(_HUB_ID.match(name)) and not name.startswith((".", "/", "~"))
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,174 @@
+"""Model construction (timm ViT, peft LoRA) and the answer to "which tensors travel".
+
+The client, the server, the size report and the tests all ask this module which tensors a
+strategy exchanges instead of re-deriving it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from fedvit.config import PUBLIC_PRETRAIN, AppConfig, ConfigError, resolve_path, target_modules
+
+HEAD = "head"
+
+
+def create_vit(cfg: AppConfig, num_classes: int, pretrained: bool | None = None) -> nn.Module:
+    """The plain timm ViT at the configured image and patch size (seeded init)."""
+    import timm
+
+    kwargs: dict = {"num_classes": num_classes, "img_size": cfg.img_size}
+    if cfg.patch_size:
+        kwargs["patch_size"] = cfg.patch_size
+    torch.manual_seed(cfg.seed)
+    use_hub = cfg.pretrained if pretrained is None else pretrained
+    try:
+        return timm.create_model(cfg.model_name, pretrained=use_hub, **kwargs)
+    except Exception as err:
+        if not use_hub:
+            raise ConfigError(
+                f"'model-name' = {cfg.model_name!r} cannot be built with 'img-size' = "
+                f"{cfg.img_size}, 'patch-size' = {cfg.patch_size}: {err}"
+            ) from err
+        raise ConfigError(
+            f"'pretrained' = true: hub weights for {cfg.model_name!r} could not be loaded "
+            f"({type(err).__name__}: {err}); set 'weights-path' to a local file instead"
+        ) from err
+
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a torch checkpoint (``.pth``/``.pt``/``.bin``)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    return dict(obj)
+
+
+def load_backbone_weights(model: nn.Module, path: Path, source: str) -> None:
+    """Load a weights file into a timm ViT; only the classifier head may be left out.
+
+    Position and patch embeddings are resampled to the model's sizes (timm's own filter).
+    Raises ``ConfigError`` when the file does not fit the model.
+    """
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    try:
+        state = checkpoint_filter_fn(read_weights_file(path), model)
+    except Exception as err:
+        raise ConfigError(f"{source} = {str(path)!r} cannot be read: {err}") from err
+    own = model.state_dict()
+    state = {
+        k: v for k, v in state.items()
+        if not (k.startswith(HEAD + ".") and k in own and own[k].shape != v.shape)
+    }
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise ConfigError(f"{source} = {str(path)!r} does not fit the model: {err}") from err
+    missing = [k for k in missing if not k.startswith(HEAD + ".")]
+    if missing or unexpected:
+        raise ConfigError(
+            f"{source} = {str(path)!r} does not fit the model: missing {len(missing)} "
+            f"tensors {missing[:3]}, unexpected {len(unexpected)} {list(unexpected)[:3]}"
+        )
+
+
+def build_model(cfg: AppConfig, num_classes: int) -> nn.Module:
+    """The model a strategy trains: a plain ViT (``fedavg``) or a LoRA-wrapped one.
+
+    Everything is seeded, so the frozen backbone and the initial adapters are
+    bit-identical on the server and on every client.
+    """
+    model = create_vit(cfg, num_classes)
+    if cfg.weights_path:
+        if cfg.weights_path == PUBLIC_PRETRAIN:
+            from fedvit.pretrain import public_backbone
+
+            path, source = public_backbone(cfg), "'weights-path' (public pretraining)"
+        else:
+            path, source = resolve_path(cfg.weights_path), "'weights-path'"
+        load_backbone_weights(model, path, source)
+        torch.manual_seed(cfg.seed)
+        model.reset_classifier(num_classes)  # a fresh, seeded head for this task
+    if cfg.strategy == "fedavg":
+        return model
+    return wrap_lora(model, cfg)
+
+
+def wrap_lora(model: nn.Module, cfg: AppConfig) -> PeftModel:
+    """peft LoRA on the target modules; adapters and the head are the only trainables."""
+    targets = target_modules(cfg.lora_target_modules)
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    unknown = [t for t in targets if t not in present]
+    if unknown:
+        raise ConfigError(
+            f"'lora-target-modules' = {cfg.lora_target_modules!r} is not allowed: "
+            f"{unknown} not in {cfg.model_name!r}; linear layers there include "
+            f"{sorted(_linear_names(model))}"
+        )
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        modules_to_save=[HEAD],
+    )
+    torch.manual_seed(cfg.seed)
+    return get_peft_model(model, lora)
+
+
+def _linear_names(model: nn.Module) -> set[str]:
+    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a strategy exchanges: the whole state dict of a plain ViT (``fedavg``),
+    or exactly the trainable parameters (LoRA adapters and head) of a peft model."""
+    if isinstance(model, PeftModel):
+        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def load_exchanged(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load exchanged tensors; the key set must be exactly the exchanged one."""
+    expected = set(exchanged_state(model))
+    missing, extra = expected - set(state), set(state) - expected
+    if missing or extra:
+        raise ValueError(
+            f"exchanged tensors do not match the model: {len(missing)} missing "
+            f"{sorted(missing)[:3]}, {len(extra)} extra {sorted(extra)[:3]}"
+        )
+    model.load_state_dict(state, strict=not isinstance(model, PeftModel))
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(all parameters, trainable parameters)."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def backbone_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the frozen backbone (every tensor that is neither LoRA nor head)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if "lora_" in name or f"{HEAD}." in name:
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def input_stats(model: nn.Module) -> tuple[tuple, tuple]:
+    """The (mean, std) the ViT's inputs are normalised with."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return tuple(base.pretrained_cfg["mean"]), tuple(base.pretrained_cfg["std"])

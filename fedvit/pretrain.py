@@ -1,0 +1,119 @@
+"""The offline default's frozen backbone: central pretraining on the public digits split.
+
+Hub weights cannot be downloaded everywhere, and LoRA on a randomly initialised frozen
+backbone learns little. So, as a server holding public data would, we pretrain the ViT
+centrally on digits' ``public`` split, which no client ever sees, then drop its head.
+The result is deterministic for a given recipe (model, sizes, seed) and cached under
+``$FEDVIT_CACHE`` (default ``~/.cache/fedvit``); ``fedvit-pretrain`` builds it by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from fedvit.config import AppConfig
+from fedvit.data import columns_of, digits_splits, make_loader
+from fedvit.model import HEAD, create_vit
+from fedvit.train import evaluate, train_epochs
+
+RECIPE_VERSION = 1
+EPOCHS = 100
+LEARNING_RATE = 3e-3
+WEIGHT_DECAY = 0.05
+BATCH_SIZE = 32
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FEDVIT_CACHE", Path.home() / ".cache" / "fedvit"))
+
+
+def recipe(cfg: AppConfig) -> dict:
+    """Everything the pretrained weights depend on."""
+    return {
+        "version": RECIPE_VERSION,
+        "model-name": cfg.model_name,
+        "img-size": cfg.img_size,
+        "patch-size": cfg.patch_size,
+        "seed": cfg.seed,
+        "epochs": EPOCHS,
+        "learning-rate": LEARNING_RATE,
+        "batch-size": BATCH_SIZE,
+        "weight-decay": WEIGHT_DECAY,
+        "schedule": "one-cycle",
+    }
+
+
+def backbone_path(cfg: AppConfig) -> Path:
+    key = hashlib.sha256(json.dumps(recipe(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir() / f"{cfg.model_name}-digits-public-{cfg.img_size}px-{key}.safetensors"
+
+
+def public_backbone(cfg: AppConfig) -> Path:
+    """The cached backbone file, built first if missing (one builder at a time)."""
+    path = backbone_path(cfg)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_file():
+            build(cfg, path)
+    return path
+
+
+def build(cfg: AppConfig, path: Path) -> dict[str, float]:
+    """Pretrain on the public split and write the headless backbone to ``path``."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    public = digits_splits()["public"]
+    cols = columns_of(public)
+    pcfg = dataclasses.replace(cfg, strategy="fedavg", batch_size=BATCH_SIZE, device="cpu",
+                               precision="fp32", weights_path="", pretrained=False)
+    model = create_vit(pcfg, cols.num_classes)
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    loader = make_loader(public, cols, pcfg, mean, std, shuffle=True, seed=cfg.seed)
+    stats = train_epochs(model, loader, EPOCHS, LEARNING_RATE, "cpu", bf16=False,
+                         weight_decay=WEIGHT_DECAY, one_cycle=True)
+    fit = evaluate(model, make_loader(public, cols, pcfg, mean, std, shuffle=False), "cpu",
+                   bf16=False)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()
+             if not k.startswith(HEAD + ".")}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"recipe": json.dumps(recipe(cfg))})
+    tmp.replace(path)
+    return {"public-accuracy": fit["accuracy"], "train-loss": stats.loss,
+            "seconds": time.perf_counter() - t0}
+
+
+def main() -> None:
+    """``fedvit-pretrain``: build (or rebuild) the public backbone for the run config."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    parser.add_argument("--run-config", default="", help="overrides, 'key=value key=value'")
+    args = parser.parse_args()
+    from flwr.common.config import parse_config_args
+
+    cfg = AppConfig.from_run_config(parse_config_args([args.run_config]) if args.run_config
+                                    else {})
+    path = backbone_path(cfg)
+    if path.is_file() and not args.force:
+        print(f"cached: {path}")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = build(cfg, path)
+    print(f"built {path} in {result['seconds']:.1f} s "
+          f"(public-split accuracy {result['public-accuracy']:.3f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Local training and evaluation loops, with per-phase timers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+PHASES = ("data", "forward", "backward", "optimizer")
+
+
+@dataclass
+class PhaseClock:
+    """Accumulates seconds per phase; on CUDA it synchronises so times are real."""
+
+    cuda: bool
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    _last: float = 0.0
+
+    def start(self) -> None:
+        self._sync()
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        self._sync()
+        now = time.perf_counter()
+        self.seconds[phase] += now - self._last
+        self._last = now
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+@dataclass
+class TrainStats:
+    """What one local training run did."""
+
+    num_examples: int
+    loss: float
+    wall_s: float
+    phases: dict[str, float]
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.num_examples / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def autocast(device: str, bf16: bool):
+    """bf16 autocast when asked for, a no-op context otherwise."""
+    return torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def _batches(loader: DataLoader, device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    non_blocking = device == "cuda"
+    for images, labels in loader:
+        yield images.to(device, non_blocking=non_blocking), labels.to(
+            device, non_blocking=non_blocking
+        )
+
+
+def train_epochs(
+    model: nn.Module,
+    loader: DataLoader,
+    epochs: int,
+    lr: float,
+    device: str,
+    bf16: bool,
+    weight_decay: float = 0.0,
+    one_cycle: bool = False,
+) -> TrainStats:
+    """Train the parameters that require grad with AdamW; time every phase.
+
+    ``one_cycle`` anneals the rate over all steps (used by central pretraining).
+    """
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    schedule = (
+        torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, lr, total_steps=epochs * len(loader), pct_start=0.1
+        )
+        if one_cycle
+        else None
+    )
+    clock = PhaseClock(cuda=device == "cuda")
+    total_loss, seen = 0.0, 0
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        clock.start()
+        for images, labels in _batches(loader, device):
+            clock.lap("data")
+            with autocast(device, bf16):
+                loss = nn.functional.cross_entropy(model(images), labels)
+            clock.lap("forward")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clock.lap("backward")
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            clock.lap("optimizer")
+            total_loss += loss.item() * len(labels)
+            seen += len(labels)
+            clock.start()
+    wall = time.perf_counter() - t0
+    return TrainStats(seen, total_loss / max(seen, 1), wall, clock.seconds)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: str, bf16: bool) -> dict[str, float]:
+    """Loss and accuracy over a loader."""
+    model.to(device).eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    for images, labels in _batches(loader, device):
+        with autocast(device, bf16):
+            logits = model(images)
+        total_loss += nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item()
+        correct += (logits.argmax(dim=1) == labels).sum().item()
+        seen += len(labels)
+    return {
+        "loss": total_loss / max(seen, 1),
+        "accuracy": correct / max(seen, 1),
+        "num-examples": seen,
+    }

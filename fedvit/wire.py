@@ -1,0 +1,55 @@
+"""What a message weighs on the wire, measured the same way on both sides.
+
+Two levels:
+
+* **tensor bytes**: the raw tensor payload, Σ itemsize × elements over every array in the
+  message's ArrayRecords (what the bandwidth estimate multiplies out);
+* **message bytes**: the whole message serialised as Flower ships it, i.e. every object of
+  its tree (message, record dict, records, arrays, 5 MiB chunks) deflated with its header.
+  Identical objects are counted each time they occur, so the figure is deterministic and
+  does not depend on which chunks a given link happened to deduplicate.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+METRICS = "metrics"  # the one MetricRecord of every reply
+BYTES_KEYS = ("bytes-down-tensor", "bytes-down-msg", "bytes-up-tensor", "bytes-up-msg")
+
+
+def tensor_bytes(content: RecordDict) -> int:
+    """Σ itemsize × number of elements over all arrays of all ArrayRecords."""
+    return sum(
+        np.dtype(arr.dtype).itemsize * int(np.prod(arr.shape, dtype=np.int64))
+        for record in content.array_records.values()
+        for arr in record.values()
+    )
+
+
+def message_bytes(msg: Message) -> int:
+    """Serialised size of the whole message tree, headers included, duplicates counted."""
+    return _tree_bytes(msg)
+
+
+def _tree_bytes(obj) -> int:
+    if isinstance(obj, Message):
+        kids = [obj.content] if obj.has_content() else []
+    elif isinstance(obj, (RecordDict, ArrayRecord)):
+        kids = list(obj.values())
+    elif isinstance(obj, Array):
+        kids = [chunk for _, chunk in obj.slice_array()]
+    else:
+        kids = list((obj.children or {}).values())
+    return len(obj.deflate()) + sum(_tree_bytes(k) for k in kids)
+
+
+def without_keys(msg: Message, record: str, keys: tuple[str, ...]) -> Message:
+    """A copy of ``msg`` (same metadata) whose MetricRecord ``record`` lacks ``keys``."""
+    content = RecordDict(dict(msg.content.items()))
+    content[record] = MetricRecord({k: v for k, v in msg.content[record].items()
+                                     if k not in keys})
+    return Message(content=content, metadata=copy.deepcopy(msg.metadata))

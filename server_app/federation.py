@@ -1,0 +1,170 @@
+"""One federated run: config -> model -> strategy -> start -> results."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from logging import INFO, WARNING
+from pathlib import Path
+
+from flwr.app import ArrayRecord, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
+
+from fedvit.config import AppConfig
+from fedvit.data import central_test_set, dataset_columns, make_loader
+from fedvit.model import (
+    backbone_fingerprint,
+    build_model,
+    count_parameters,
+    exchanged_state,
+    input_stats,
+    load_exchanged,
+)
+from fedvit.train import evaluate
+from fedvit.wire import tensor_bytes
+from server_app.estimate import Estimate, estimate
+from server_app.results import ResultsWriter, new_run_dir
+from strategies import Books, make_strategy
+
+MB = 1e6
+NODE_WAIT_S = 60.0
+
+
+@dataclass
+class RunOutcome:
+    """What a finished run leaves: its folder, Flower's Result, the books, the rows."""
+
+    run_dir: Path
+    result: Result
+    books: Books
+    rounds: list[dict]
+    summary: dict
+    initial_arrays: ArrayRecord
+
+
+def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float = NODE_WAIT_S) -> int:
+    """Number of connected nodes, waiting up to ``timeout_s`` for ``minimum`` of them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        n = len(list(grid.get_node_ids()))
+        if n >= minimum or time.monotonic() > deadline:
+            return n
+        time.sleep(0.5)
+
+
+def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
+    """Build everything (failing before any training), run the strategy, write results."""
+    t_start = time.perf_counter()
+    cols = dataset_columns(cfg)
+    model = build_model(cfg, cols.num_classes)
+    mean, std = input_stats(model)
+    test_loader = make_loader(central_test_set(cfg), cols, cfg, mean, std, shuffle=False)
+    initial = ArrayRecord(exchanged_state(model))
+    strategy = make_strategy(cfg, initial.keys())
+
+    run_dir = new_run_dir(cfg)
+    writer = ResultsWriter(run_dir)
+    total, trainable = count_parameters(model)
+    writer.write_json("config.json", cfg.to_dict())
+    num_nodes = wait_for_nodes(grid, cfg.min_nodes)
+    est = estimate(tensor_bytes(_content_of(initial)), num_nodes, cfg)
+    log(INFO, "fedvit: %s on %s (%s parameters, %s trainable, %d tensors exchanged, "
+        "backbone %s); results in %s", cfg.strategy, cfg.model_name, f"{total:,}",
+        f"{trainable:,}", len(initial), backbone_fingerprint(model), run_dir)
+    log(INFO, "fedvit: estimate (model down + update up) x clients x fraction x rounds: "
+        "%.3f MB down + %.3f MB up over %d rounds, %d of %d nodes training",
+        est.down / MB, est.up / MB, est.rounds, est.train_clients, num_nodes)
+
+    rounds: list[dict] = []
+    clock = {"last": time.perf_counter()}
+
+    def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        load_exchanged(model, arrays.to_torch_state_dict())
+        res = evaluate(model, test_loader, cfg.torch_device, cfg.use_bf16)
+        now = time.perf_counter()
+        if server_round > 0:
+            row = _round_row(server_round, res, strategy.books, now - clock["last"])
+            rounds.append(row)
+            writer.write_table("rounds", rounds)
+            writer.write_table("books", strategy.books.as_dicts())
+            log(INFO, "fedvit: round %d/%d | central acc %.4f loss %.4f | down %.3f MB "
+                "up %.3f MB | cumulative %.3f MB | %.1f s", server_round,
+                cfg.num_server_rounds, res["accuracy"], res["loss"], row["down-mb"],
+                row["up-mb"], row["cumulative-mb"], row["round-s"])
+        clock["last"] = time.perf_counter()
+        return MetricRecord({"accuracy": res["accuracy"], "loss": res["loss"]})
+
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=cfg.num_server_rounds,
+        evaluate_fn=central_evaluate,
+    )
+    summary = _summary(cfg, rounds, strategy.books, est, total, trainable,
+                       time.perf_counter() - t_start)
+    writer.write_json("summary.json", summary)
+    _log_summary(summary, run_dir)
+    return RunOutcome(run_dir, result, strategy.books, rounds, summary, initial)
+
+
+def _content_of(arrays: ArrayRecord):
+    from flwr.app import RecordDict
+
+    return RecordDict({"arrays": arrays})
+
+
+def _round_row(server_round: int, res: dict, books: Books, seconds: float) -> dict:
+    this, cum = books.totals(server_round), books.totals(server_round, upto=True)
+    return {
+        "round": server_round,
+        "central-accuracy": res["accuracy"],
+        "central-loss": res["loss"],
+        "down-mb": this["down-msg"] / MB,
+        "up-mb": this["up-msg"] / MB,
+        "cumulative-mb": (cum["down-msg"] + cum["up-msg"]) / MB,
+        "down-tensor-bytes": this["down-tensor"],
+        "up-tensor-bytes": this["up-tensor"],
+        "down-msg-bytes": this["down-msg"],
+        "up-msg-bytes": this["up-msg"],
+        "round-s": seconds,
+    }
+
+
+def _summary(cfg: AppConfig, rounds: list[dict], books: Books, est: Estimate, total: int,
+             trainable: int, wall_s: float) -> dict:
+    t = books.totals()
+    tensor, msg = t["down-tensor"] + t["up-tensor"], t["down-msg"] + t["up-msg"]
+    return {
+        "strategy": cfg.strategy,
+        "model-name": cfg.model_name,
+        "parameters": total,
+        "trainable-parameters": trainable,
+        "rounds": len(rounds),
+        "final-central-accuracy": rounds[-1]["central-accuracy"] if rounds else None,
+        "final-central-loss": rounds[-1]["central-loss"] if rounds else None,
+        "wall-s": wall_s,
+        "bytes": t,
+        "estimate": est.as_dict(),
+        "estimate-matches-tensor-bytes": (est.down, est.up) == (t["down-tensor"],
+                                                               t["up-tensor"]),
+        "framing-overhead-percent": 100 * (msg - tensor) / tensor if tensor else None,
+        "report-bytes": t["report"],
+        "books-mismatches": books.mismatches,
+    }
+
+
+def _log_summary(s: dict, run_dir: Path) -> None:
+    b, e = s["bytes"], s["estimate"]
+    log(INFO, "fedvit: finished %d rounds in %.1f s, final central accuracy %s", s["rounds"],
+        s["wall-s"], f"{s['final-central-accuracy']:.4f}" if s["rounds"] else "n/a")
+    log(INFO, "fedvit: tensors measured %.3f MB down / %.3f MB up, estimated %.3f / %.3f: "
+        "%s", b["down-tensor"] / MB, b["up-tensor"] / MB, e["down"] / MB, e["up"] / MB,
+        "exact match" if s["estimate-matches-tensor-bytes"] else "DIFFERENT")
+    log(INFO, "fedvit: whole messages %.3f MB down / %.3f MB up; framing overhead %.3f %%",
+        b["down-msg"] / MB, b["up-msg"] / MB, s["framing-overhead-percent"] or 0.0)
+    if s["books-mismatches"]:
+        log(WARNING, "fedvit: %d books mismatches (see summary.json)",
+            len(s["books-mismatches"]))
+    log(INFO, "fedvit: results written to %s", run_dir)

@@ -1,0 +1,54 @@
+"""The results writer: a run's folder, rewritten after every round so nothing is lost.
+
+Files (format documented in README.md):
+``config.json`` the validated run config; ``rounds.csv``/``rounds.json`` one row per round;
+``books.csv``/``books.json`` one row per round x phase x node x direction;
+``summary.json`` totals, final accuracy, the bandwidth estimate against the measurement.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from fedvit.config import AppConfig, resolve_path
+
+
+def new_run_dir(cfg: AppConfig) -> Path:
+    """``<outputs-dir>/<YYYYmmdd-HHMMSS>-<strategy>`` (suffixed if it exists), absolute."""
+    root = resolve_path(cfg.outputs_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = root / f"{stamp}-{cfg.strategy}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = root / f"{stamp}-{cfg.strategy}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+class ResultsWriter:
+    """Writes a run's files; each call rewrites the file it owns (atomically)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def write_json(self, name: str, data: Any) -> None:
+        tmp = self.run_dir / f".{name}.tmp"
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(self.run_dir / name)
+
+    def write_table(self, stem: str, rows: list[dict]) -> None:
+        """``<stem>.csv`` and ``<stem>.json`` with the same rows."""
+        self.write_json(f"{stem}.json", rows)
+        if not rows:
+            return
+        tmp = self.run_dir / f".{stem}.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(self.run_dir / f"{stem}.csv")

@@ -1,0 +1,37 @@
+"""Strategies: what is exchanged and how it is aggregated; bandwidth books for any."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.serverapp.strategy import FedAvg
+
+from fedvit.config import AppConfig
+from strategies.bandwidth import BandwidthTracking, BookRow, Books
+from strategies.fedlora import FedLoRA
+
+
+class TrackedFedAvg(BandwidthTracking, FedAvg):
+    """FedAvg over the whole model, with bandwidth books."""
+
+
+class TrackedFedLoRA(BandwidthTracking, FedLoRA):
+    """FedLoRA (adapters + head), with bandwidth books."""
+
+
+def make_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedAvg:
+    """The strategy the config names, with bandwidth tracking."""
+    common = {
+        "fraction_train": cfg.fraction_train,
+        "fraction_evaluate": cfg.fraction_evaluate,
+        "min_train_nodes": cfg.min_nodes,
+        "min_evaluate_nodes": cfg.min_nodes,
+        "min_available_nodes": cfg.min_nodes,
+    }
+    if cfg.strategy == "fedavg":
+        return TrackedFedAvg(**common)
+    return TrackedFedLoRA(exchanged_keys=exchanged_keys, **common)
+
+
+__all__ = ["BandwidthTracking", "BookRow", "Books", "FedLoRA", "TrackedFedAvg",
+           "TrackedFedLoRA", "make_strategy"]
