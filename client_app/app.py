@@ -7,7 +7,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_app.mods import bandwidth_mod
-from client_app.task import local_task, partition_of
+from client_app.task import LocalTask, check_backbone, local_task, partition_of
 from fedvit.config import AppConfig
 from fedvit.model import exchanged_state, load_exchanged
 from fedvit.train import evaluate as evaluate_loader
@@ -23,7 +23,11 @@ def train(msg: Message, context: Context) -> Message:
     cfg = AppConfig.from_run_config(context.run_config)
     pid, num = partition_of(context.node_config)
     task = local_task(cfg, pid, num)
+    check_backbone(task, msg.content["config"])
     load_exchanged(task.model, msg.content["arrays"].to_torch_state_dict())
+    received = (
+        _val_metrics(cfg, task, prefix="val") if cfg.evaluate_in_train else {}
+    )
     server_round = int(msg.content["config"]["server-round"])
     torch.manual_seed(cfg.seed + 1000 * server_round + pid)
     stats = train_epochs(task.model, task.train, cfg.local_epochs, cfg.learning_rate,
@@ -34,6 +38,7 @@ def train(msg: Message, context: Context) -> Message:
         "time-train": stats.wall_s,
         "examples-per-s": stats.examples_per_s,
         **{f"time-{phase}": s for phase, s in stats.phases.items()},
+        **received,
     }
     content = RecordDict({
         "arrays": ArrayRecord(exchanged_state(task.model)),
@@ -48,8 +53,15 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = AppConfig.from_run_config(context.run_config)
     pid, num = partition_of(context.node_config)
     task = local_task(cfg, pid, num)
+    check_backbone(task, msg.content["config"])
     load_exchanged(task.model, msg.content["arrays"].to_torch_state_dict())
-    res = evaluate_loader(task.model, task.val, cfg.torch_device, cfg.use_bf16)
-    metrics = {"num-examples": res["num-examples"], "eval-loss": res["loss"],
-               "eval-accuracy": res["accuracy"]}
+    metrics = _val_metrics(cfg, task, prefix="eval")
+    metrics["num-examples"] = metrics.pop("eval-examples")
     return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def _val_metrics(cfg: AppConfig, task: LocalTask, prefix: str) -> dict:
+    """Loss, accuracy and example count of the current model on the validation split."""
+    res = evaluate_loader(task.model, task.val, cfg.torch_device, cfg.use_bf16)
+    return {f"{prefix}-loss": res["loss"], f"{prefix}-accuracy": res["accuracy"],
+            f"{prefix}-examples": res["num-examples"]}

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from flwr.app import ConfigRecord
 from torch import nn
 from torch.utils.data import DataLoader
 
 from fedvit.config import AppConfig, ConfigError
 from fedvit.data import client_splits, dataset_columns, make_loader
-from fedvit.model import build_model, input_stats
+from fedvit.model import backbone_fingerprint, build_model, input_stats
 
 
 @dataclass
@@ -54,3 +55,22 @@ def local_task(cfg: AppConfig, partition_id: int, num_partitions: int) -> LocalT
     serves; every message loads the exchanged tensors into it before use."""
     train, val = _loaders(cfg, partition_id, num_partitions)
     return LocalTask(_model(cfg, dataset_columns(cfg).num_classes), train, val)
+
+
+class BackboneMismatch(RuntimeError):
+    """This client's frozen backbone differs from the server's: adapters would not fit."""
+
+
+def check_backbone(task: LocalTask, config: ConfigRecord) -> None:
+    """Refuse to work on a backbone other than the server's (``fedlora`` sends its
+    fingerprint in the config). Checked every round, so a backbone that training changed
+    would be caught too."""
+    expected = config.get("backbone")
+    if expected is None:
+        return
+    ours = backbone_fingerprint(task.model)
+    if ours != expected:
+        raise BackboneMismatch(
+            f"frozen backbone fingerprint {ours} differs from the server's {expected}: "
+            "same 'model-name', 'img-size', 'patch-size', 'seed' and weights file needed"
+        )

@@ -45,6 +45,7 @@ class AppConfig:
     num_server_rounds: int
     fraction_train: float
     fraction_evaluate: float
+    evaluate_in_train: bool
     min_nodes: int
     local_epochs: int
     batch_size: int
@@ -151,6 +152,12 @@ class AppConfig:
             errors.append(
                 f"'pretrained' = true is not allowed with 'weights-path' = {_show(wp)}: "
                 "choose hub weights or a weights file, not both"
+            )
+        if v["evaluate_in_train"] and v["fraction_evaluate"] > 0:
+            errors.append(
+                f"'evaluate-in-train' = true is not allowed with 'fraction-evaluate' = "
+                f"{v['fraction_evaluate']}: clients then evaluate inside train rounds and "
+                "no evaluation round is sent; set 'fraction-evaluate' = 0"
             )
         if v["device"] == "cuda" and not _cuda_available():
             errors.append("'device' = 'cuda' is not allowed: no CUDA device is available")

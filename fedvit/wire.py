@@ -35,6 +35,11 @@ def message_bytes(msg: Message) -> int:
     return _tree_bytes(msg)
 
 
+def content_bytes(content: RecordDict) -> int:
+    """Serialised size of a message's content (all of the message but its metadata)."""
+    return _tree_bytes(content)
+
+
 def _tree_bytes(obj) -> int:
     if isinstance(obj, Message):
         kids = [obj.content] if obj.has_content() else []

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from logging import INFO, WARNING
 from pathlib import Path
 
-from flwr.app import ArrayRecord, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
@@ -96,10 +96,14 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
         clock["last"] = time.perf_counter()
         return MetricRecord({"accuracy": res["accuracy"], "loss": res["loss"]})
 
+    # FedLoRA's clients must adapt the very backbone the server evaluates with.
+    shared = {"backbone": backbone_fingerprint(model)} if cfg.strategy == "fedlora" else {}
     result = strategy.start(
         grid=grid,
         initial_arrays=initial,
         num_rounds=cfg.num_server_rounds,
+        train_config=ConfigRecord(shared),
+        evaluate_config=ConfigRecord(shared),
         evaluate_fn=central_evaluate,
     )
     summary = _summary(cfg, rounds, strategy.books, est, total, trainable,

@@ -1,0 +1,106 @@
+"""``fedvit-sizes``: what each strategy exchanges per client per round, without training.
+
+Builds the models with random weights (no download) and measures the exchanged tensors
+exactly as the bandwidth books do (``fedvit.wire``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from fedvit.config import STRATEGIES, AppConfig, ConfigError
+from fedvit.model import build_model, count_parameters, exchanged_state
+from fedvit.wire import content_bytes, tensor_bytes
+
+MB = 1e6
+FLAGS = ("model-name", "img-size", "patch-size", "lora-r", "lora-alpha", "lora-dropout",
+         "lora-target-modules")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExchangeSize:
+    """One strategy's exchange: per message, and per client per round (down + up)."""
+
+    strategy: str
+    parameters: int
+    exchanged_parameters: int
+    tensors: int
+    tensor_bytes: int
+    content_bytes: int
+
+    @property
+    def per_client_round_bytes(self) -> int:
+        return 2 * self.content_bytes
+
+
+def exchange_size(cfg: AppConfig, num_classes: int) -> ExchangeSize:
+    """Measure what ``cfg.strategy`` puts in one train message."""
+    model = build_model(cfg, num_classes)
+    state = exchanged_state(model)
+    content = RecordDict({"arrays": ArrayRecord(state),
+                          "config": ConfigRecord({"server-round": 1})})
+    return ExchangeSize(cfg.strategy, count_parameters(model)[0],
+                        sum(t.numel() for t in state.values()), len(state),
+                        tensor_bytes(content), content_bytes(content))
+
+
+def report(cfg: AppConfig, num_classes: int) -> list[ExchangeSize]:
+    """Both strategies' sizes for the same model settings."""
+    return [exchange_size(dataclasses.replace(cfg, strategy=s), num_classes)
+            for s in STRATEGIES]
+
+
+def format_report(cfg: AppConfig, num_classes: int, sizes: list[ExchangeSize]) -> str:
+    lines = [
+        f"{cfg.model_name}, {num_classes} classes, img {cfg.img_size}, LoRA r={cfg.lora_r} "
+        f"alpha={cfg.lora_alpha:g} on {cfg.lora_target_modules} (+ head); random weights",
+        f"{'strategy':<9}{'model params':>14}{'exchanged params':>18}{'tensors':>9}"
+        f"{'fp32 MB/msg':>13}{'serialized MB/msg':>19}{'MB/client/round':>17}",
+    ]
+    for s in sizes:
+        lines.append(
+            f"{s.strategy:<9}{s.parameters:>14,}{s.exchanged_parameters:>18,}{s.tensors:>9}"
+            f"{s.tensor_bytes / MB:>13.3f}{s.content_bytes / MB:>19.3f}"
+            f"{s.per_client_round_bytes / MB:>17.3f}"
+        )
+    full, lora = sizes
+    lines.append(
+        f"fedlora / fedavg: {lora.exchanged_parameters / full.exchanged_parameters:.3%} of "
+        f"the parameters, {lora.content_bytes / full.content_bytes:.3%} of the bytes "
+        f"({full.content_bytes / lora.content_bytes:.0f}x fewer)"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-classes", type=int, default=10)
+    for flag in FLAGS:
+        parser.add_argument(f"--{flag}", default=None)
+    args = parser.parse_args(argv)
+    overrides = {"weights-path": "", "pretrained": False}
+    for flag in FLAGS:
+        value = getattr(args, flag.replace("-", "_"))
+        if value is not None:
+            overrides[flag] = _typed(value)
+    try:
+        cfg = AppConfig.from_run_config(overrides)
+    except ConfigError as err:
+        parser.error(str(err))
+    print(format_report(cfg, args.num_classes, report(cfg, args.num_classes)))
+
+
+def _typed(value: str) -> int | float | str:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+if __name__ == "__main__":
+    main()
