@@ -22,7 +22,14 @@ import torch
 from safetensors.torch import save_file
 
 from fedvit.config import AppConfig
-from fedvit.data import columns_of, digits_splits, make_loader
+from fedvit.data import (
+    DIGITS_PUBLIC_FRACTION,
+    DIGITS_SPLIT_SEED,
+    DIGITS_TEST_FRACTION,
+    columns_of,
+    digits_splits,
+    make_loader,
+)
 from fedvit.model import HEAD, create_vit
 from fedvit.train import evaluate, train_epochs
 
@@ -50,6 +57,7 @@ def recipe(cfg: AppConfig) -> dict:
         "batch-size": BATCH_SIZE,
         "weight-decay": WEIGHT_DECAY,
         "schedule": "one-cycle",
+        "public-split": [DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, DIGITS_PUBLIC_FRACTION],
     }
 
 
