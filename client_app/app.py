@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -9,6 +11,7 @@ from flwr.clientapp import ClientApp
 from client_app.mods import bandwidth_mod
 from client_app.task import LocalTask, check_backbone, local_task, partition_of
 from fedvit.config import AppConfig
+from fedvit.links import node_link
 from fedvit.model import exchanged_state, load_exchanged
 from fedvit.train import evaluate as evaluate_loader
 from fedvit.train import train_epochs
@@ -20,14 +23,9 @@ app = ClientApp(mods=[bandwidth_mod])
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Load the global tensors, train locally, reply with the exchanged tensors."""
-    cfg = AppConfig.from_run_config(context.run_config)
-    pid, num = partition_of(context.node_config)
-    task = local_task(cfg, pid, num)
-    check_backbone(task, msg.content["config"])
-    load_exchanged(task.model, msg.content["arrays"].to_torch_state_dict())
-    received = (
-        _val_metrics(cfg, task, prefix="val") if cfg.evaluate_in_train else {}
-    )
+    start = time.time()
+    cfg, task, pid = _prepare(msg, context)
+    received = _val_metrics(cfg, task, prefix="val") if cfg.evaluate_in_train else {}
     server_round = int(msg.content["config"]["server-round"])
     torch.manual_seed(cfg.seed + 1000 * server_round + pid)
     stats = train_epochs(task.model, task.train, cfg.local_epochs, cfg.learning_rate,
@@ -40,28 +38,46 @@ def train(msg: Message, context: Context) -> Message:
         **{f"time-{phase}": s for phase, s in stats.phases.items()},
         **received,
     }
-    content = RecordDict({
-        "arrays": ArrayRecord(exchanged_state(task.model)),
-        METRICS: MetricRecord(metrics),
-    })
-    return Message(content=content, reply_to=msg)
+    arrays = ArrayRecord(exchanged_state(task.model))
+    return _reply(msg, context, cfg, pid, start, metrics, arrays)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global tensors on the local validation split."""
+    start = time.time()
+    cfg, task, pid = _prepare(msg, context)
+    metrics = _val_metrics(cfg, task, prefix="eval")
+    metrics["num-examples"] = metrics.pop("eval-examples")
+    return _reply(msg, context, cfg, pid, start, metrics)
+
+
+def _prepare(msg: Message, context: Context) -> tuple[AppConfig, LocalTask, int]:
     cfg = AppConfig.from_run_config(context.run_config)
     pid, num = partition_of(context.node_config)
     task = local_task(cfg, pid, num)
     check_backbone(task, msg.content["config"])
     load_exchanged(task.model, msg.content["arrays"].to_torch_state_dict())
-    metrics = _val_metrics(cfg, task, prefix="eval")
-    metrics["num-examples"] = metrics.pop("eval-examples")
-    return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return cfg, task, pid
 
 
 def _val_metrics(cfg: AppConfig, task: LocalTask, prefix: str) -> dict:
-    """Loss, accuracy and example count of the current model on the validation split."""
+    """Loss, accuracy, example count and time of the current model on the validation split."""
+    t0 = time.perf_counter()
     res = evaluate_loader(task.model, task.val, cfg.torch_device, cfg.use_bf16)
     return {f"{prefix}-loss": res["loss"], f"{prefix}-accuracy": res["accuracy"],
-            f"{prefix}-examples": res["num-examples"]}
+            f"{prefix}-examples": res["num-examples"],
+            "time-eval": time.perf_counter() - t0}
+
+
+def _reply(msg: Message, context: Context, cfg: AppConfig, pid: int, start: float,
+           metrics: dict, arrays: ArrayRecord | None = None) -> Message:
+    """The reply: metrics plus this node's compute interval (wall clock) and link."""
+    metrics.setdefault("time-eval", 0.0)
+    metrics.update(node_link(cfg, context.node_config, pid).as_metrics())
+    metrics["compute-start"] = start
+    metrics["compute-end"] = time.time()
+    content = RecordDict({METRICS: MetricRecord(metrics)})
+    if arrays is not None:
+        content["arrays"] = arrays
+    return Message(content=content, reply_to=msg)

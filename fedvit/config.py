@@ -10,7 +10,7 @@ import dataclasses
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,7 +23,47 @@ STRATEGIES = ("fedavg", "fedlora")
 PARTITIONERS = ("iid", "dirichlet")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+LINK_PROFILES = ("uniform", "heterogeneous")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _field(key: str) -> str:
+    return key.replace("-", "_")
+
+
+# (key, predicate on its typed value, what is allowed): one rule per single-key check.
+RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("strategy", lambda x: x in STRATEGIES, f"one of {STRATEGIES}"),
+    ("num-server-rounds", lambda x: x >= 1, "an integer >= 1"),
+    ("fraction-train", lambda x: 0 < x <= 1, "a number in (0, 1]"),
+    ("fraction-evaluate", lambda x: 0 <= x <= 1, "a number in [0, 1]"),
+    ("min-nodes", lambda x: x >= 1, "an integer >= 1"),
+    ("local-epochs", lambda x: x >= 1, "an integer >= 1"),
+    ("batch-size", lambda x: x >= 1, "an integer >= 1"),
+    ("learning-rate", lambda x: x > 0, "a number > 0"),
+    ("model-name", lambda x: _is_timm_vit(x),
+     "a timm Vision Transformer name (timm.list_models(module='vision_transformer'))"),
+    ("img-size", lambda x: x >= 1, "an integer >= 1"),
+    ("patch-size", lambda x: x >= 0, "0 (the model's own) or an integer >= 1"),
+    ("lora-r", lambda x: x >= 1, "an integer >= 1"),
+    ("lora-alpha", lambda x: x > 0, "a number > 0"),
+    ("lora-dropout", lambda x: 0 <= x < 1, "a number in [0, 1)"),
+    ("lora-target-modules", lambda x: bool(target_modules(x)),
+     "a comma-separated list of module names, e.g. 'qkv' or 'qkv,proj'"),
+    ("dataset", lambda x: _is_dataset(x),
+     f"'{EMBEDDED_DATASET}', an existing local dataset folder, or a hub id 'owner/name'"),
+    ("partitioner", lambda x: x in PARTITIONERS, f"one of {PARTITIONERS}"),
+    ("dirichlet-alpha", lambda x: x > 0, "a number > 0"),
+    ("val-fraction", lambda x: 0 < x < 1, "a number in (0, 1)"),
+    ("seed", lambda x: x >= 0, "an integer >= 0"),
+    ("precision", lambda x: x in PRECISIONS, f"one of {PRECISIONS}"),
+    ("device", lambda x: x in DEVICES, f"one of {DEVICES}"),
+    ("link-down-mbps", lambda x: x > 0, "a number > 0 (Mbit/s)"),
+    ("link-up-mbps", lambda x: x > 0, "a number > 0 (Mbit/s)"),
+    ("link-latency-ms", lambda x: x >= 0, "a number >= 0 (ms)"),
+    ("link-profile", lambda x: x in LINK_PROFILES, f"one of {LINK_PROFILES}"),
+    ("outputs-dir", lambda x: bool(x.strip()), "a non-empty folder path"),
+)
 
 
 class ConfigError(ValueError):
@@ -66,6 +106,11 @@ class AppConfig:
     seed: int
     precision: str
     device: str
+    link_down_mbps: float
+    link_up_mbps: float
+    link_latency_ms: float
+    link_profile: str
+    link_emulate: bool
     outputs_dir: str
 
     @classmethod
@@ -89,77 +134,56 @@ class AppConfig:
                 values[field.name] = _coerce(key, merged.get(key), field.type)
             except ConfigError as err:
                 errors.append(str(err))
-        if not errors:
-            errors = cls._rule_errors(values)
+        errors += cls._rule_errors(values)
         if errors:
             raise ConfigError("invalid run config:\n  - " + "\n  - ".join(errors))
         return cls(**values)
 
     @staticmethod
     def _rule_errors(v: dict[str, Any]) -> list[str]:
-        checks: list[tuple[str, bool, str]] = [
-            ("strategy", v["strategy"] in STRATEGIES, f"one of {STRATEGIES}"),
-            ("num-server-rounds", v["num_server_rounds"] >= 1, "an integer >= 1"),
-            ("fraction-train", 0 < v["fraction_train"] <= 1, "a number in (0, 1]"),
-            ("fraction-evaluate", 0 <= v["fraction_evaluate"] <= 1, "a number in [0, 1]"),
-            ("min-nodes", v["min_nodes"] >= 1, "an integer >= 1"),
-            ("local-epochs", v["local_epochs"] >= 1, "an integer >= 1"),
-            ("batch-size", v["batch_size"] >= 1, "an integer >= 1"),
-            ("learning-rate", v["learning_rate"] > 0, "a number > 0"),
-            ("model-name", _is_timm_vit(v["model_name"]),
-             "a timm Vision Transformer name (timm.list_models(module='vision_transformer'))"),
-            ("img-size", v["img_size"] >= 1, "an integer >= 1"),
-            ("patch-size", v["patch_size"] >= 0, "0 (the model's own) or an integer >= 1"),
-            ("lora-r", v["lora_r"] >= 1, "an integer >= 1"),
-            ("lora-alpha", v["lora_alpha"] > 0, "a number > 0"),
-            ("lora-dropout", 0 <= v["lora_dropout"] < 1, "a number in [0, 1)"),
-            ("lora-target-modules", bool(target_modules(v["lora_target_modules"])),
-             "a comma-separated list of module names, e.g. 'qkv' or 'qkv,proj'"),
-            ("dataset", _is_dataset(v["dataset"]),
-             f"'{EMBEDDED_DATASET}', an existing local dataset folder, or a hub id 'owner/name'"),
-            ("partitioner", v["partitioner"] in PARTITIONERS, f"one of {PARTITIONERS}"),
-            ("dirichlet-alpha", v["dirichlet_alpha"] > 0, "a number > 0"),
-            ("val-fraction", 0 < v["val_fraction"] < 1, "a number in (0, 1)"),
-            ("seed", v["seed"] >= 0, "an integer >= 0"),
-            ("precision", v["precision"] in PRECISIONS, f"one of {PRECISIONS}"),
-            ("device", v["device"] in DEVICES, f"one of {DEVICES}"),
-            ("outputs-dir", bool(v["outputs_dir"].strip()), "a non-empty folder path"),
-        ]
+        """Rule violations among the values that have the right type (a wrongly typed one
+        is already reported, and the rules that need it are skipped)."""
         errors = [
-            f"'{key}' = {_show(v[key.replace('-', '_')])} is not allowed: must be {rule}"
-            for key, ok, rule in checks
-            if not ok
+            f"'{key}' = {_show(v[_field(key)])} is not allowed: must be {rule}"
+            for key, ok, rule in RULES
+            if _field(key) in v and not ok(v[_field(key)])
         ]
-        if not errors and v["patch_size"] and v["img_size"] % v["patch_size"]:
+
+        def have(*keys: str) -> bool:
+            return all(_field(k) in v for k in keys)
+
+        if have("img-size", "patch-size") and v["patch_size"] > 0 and v["img_size"] % v[
+            "patch_size"
+        ]:
             errors.append(
                 f"'img-size' = {v['img_size']} is not allowed with 'patch-size' = "
                 f"{v['patch_size']}: must be a multiple of the patch size"
             )
-        wp = v["weights_path"]
+        wp = v.get("weights_path")
         if wp and wp != PUBLIC_PRETRAIN and not resolve_path(wp).is_file():
             errors.append(
                 f"'weights-path' = {_show(wp)} is not allowed: no such file "
                 f"({resolve_path(wp)}); must be '', '{PUBLIC_PRETRAIN}', or an existing "
                 ".safetensors/.pth file"
             )
-        if wp == PUBLIC_PRETRAIN and v["dataset"] != EMBEDDED_DATASET:
+        if wp == PUBLIC_PRETRAIN and have("dataset") and v["dataset"] != EMBEDDED_DATASET:
             errors.append(
                 f"'weights-path' = '{PUBLIC_PRETRAIN}' is not allowed with 'dataset' = "
                 f"{_show(v['dataset'])}: the public pretraining split exists only for "
                 f"'{EMBEDDED_DATASET}'; use 'pretrained' = true or a weights file"
             )
-        if wp and v["pretrained"]:
+        if wp and v.get("pretrained"):
             errors.append(
                 f"'pretrained' = true is not allowed with 'weights-path' = {_show(wp)}: "
                 "choose hub weights or a weights file, not both"
             )
-        if v["evaluate_in_train"] and v["fraction_evaluate"] > 0:
+        if v.get("evaluate_in_train") and v.get("fraction_evaluate", 0) > 0:
             errors.append(
                 f"'evaluate-in-train' = true is not allowed with 'fraction-evaluate' = "
                 f"{v['fraction_evaluate']}: clients then evaluate inside train rounds and "
                 "no evaluation round is sent; set 'fraction-evaluate' = 0"
             )
-        if v["device"] == "cuda" and not _cuda_available():
+        if v.get("device") == "cuda" and not _cuda_available():
             errors.append("'device' = 'cuda' is not allowed: no CUDA device is available")
         return errors
 

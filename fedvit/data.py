@@ -41,8 +41,8 @@ class Columns:
 def digits_splits() -> DatasetDict:
     """scikit-learn's bundled digits (1,797 8x8 images) as a ``DatasetDict``.
 
-    ``train`` (60 %) is what the clients partition; ``test`` (20 %) is the server's
-    held-out set; ``public`` (20 %) is data the clients never see, used only to pretrain
+    ``train`` (40 %) is what the clients partition; ``test`` (20 %) is the server's
+    held-out set; ``public`` (40 %) is data the clients never see, used only to pretrain
     the frozen backbone centrally (``fedvit.pretrain``).
     """
     from sklearn.datasets import load_digits

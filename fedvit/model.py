@@ -108,27 +108,31 @@ def build_model(cfg: AppConfig, num_classes: int) -> nn.Module:
 def wrap_lora(model: nn.Module, cfg: AppConfig) -> PeftModel:
     """peft LoRA on the target modules; adapters and the head are the only trainables."""
     targets = target_modules(cfg.lora_target_modules)
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    unknown = [t for t in targets if t not in present]
+    linear = _adaptable_linears(model)
+    names = {full.rsplit(".", 1)[-1] for full in linear}
+    unknown = [t for t in targets if t not in names]
     if unknown:
         raise ConfigError(
             f"'lora-target-modules' = {cfg.lora_target_modules!r} is not allowed: "
-            f"{unknown} not in {cfg.model_name!r}; linear layers there include "
-            f"{sorted(_linear_names(model))}"
+            f"{unknown} are not linear layers of {cfg.model_name!r}; its linear layers "
+            f"are {sorted(names)}"
         )
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=targets,
+        # Full names of linear layers only: "proj" must not also catch patch_embed.proj.
+        target_modules=[full for full in linear if full.rsplit(".", 1)[-1] in targets],
         modules_to_save=[HEAD],
     )
     torch.manual_seed(cfg.seed)
     return get_peft_model(model, lora)
 
 
-def _linear_names(model: nn.Module) -> set[str]:
-    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+def _adaptable_linears(model: nn.Module) -> list[str]:
+    """Full names of the linear layers LoRA may adapt (the head is trained in full)."""
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and n != HEAD and not n.startswith(HEAD + ".")]
 
 
 def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:

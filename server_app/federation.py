@@ -25,8 +25,10 @@ from fedvit.model import (
 from fedvit.train import evaluate
 from fedvit.wire import tensor_bytes
 from server_app.estimate import Estimate, estimate
+from server_app.grid import TimedGrid
 from server_app.results import ResultsWriter, new_run_dir
-from strategies import Books, make_strategy
+from server_app.timeline import RoundTimes, format_table, mean_table, round_times
+from strategies import Books, RoundLog, make_strategy
 
 MB = 1e6
 NODE_WAIT_S = 60.0
@@ -42,6 +44,8 @@ class RunOutcome:
     rounds: list[dict]
     summary: dict
     initial_arrays: ArrayRecord
+    phases: list[RoundTimes]
+    timeline: dict[int, RoundLog]
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float = NODE_WAIT_S) -> int:
@@ -78,28 +82,37 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
         est.down / MB, est.up / MB, est.rounds, est.train_clients, num_nodes)
 
     rounds: list[dict] = []
-    clock = {"last": time.perf_counter()}
+    phases: list[RoundTimes] = []
+    timed_grid = TimedGrid(grid)
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        t0 = time.perf_counter()
         load_exchanged(model, arrays.to_torch_state_dict())
         res = evaluate(model, test_loader, cfg.torch_device, cfg.use_bf16)
-        now = time.perf_counter()
         if server_round > 0:
-            row = _round_row(server_round, res, strategy.books, now - clock["last"])
+            times = round_times(
+                server_round, strategy.timeline[server_round], strategy.books,
+                timed_grid.times.send_s.get(server_round, 0.0),
+                timed_grid.times.wait_s.get(server_round, 0.0),
+                time.perf_counter() - t0, time.time(),
+            )
+            phases.append(times)
+            row = _round_row(server_round, res, strategy.books, times)
             rounds.append(row)
             writer.write_table("rounds", rounds)
             writer.write_table("books", strategy.books.as_dicts())
+            writer.write_table("phases", [p.as_row() for p in phases])
             log(INFO, "fedvit: round %d/%d | central acc %.4f loss %.4f | down %.3f MB "
-                "up %.3f MB | cumulative %.3f MB | %.1f s", server_round,
-                cfg.num_server_rounds, res["accuracy"], res["loss"], row["down-mb"],
-                row["up-mb"], row["cumulative-mb"], row["round-s"])
-        clock["last"] = time.perf_counter()
+                "up %.3f MB | cumulative %.3f MB | %.1f s, projected %.1f s on the links",
+                server_round, cfg.num_server_rounds, res["accuracy"], res["loss"],
+                row["down-mb"], row["up-mb"], row["cumulative-mb"], row["round-s"],
+                row["projected-round-s"])
         return MetricRecord({"accuracy": res["accuracy"], "loss": res["loss"]})
 
     # FedLoRA's clients must adapt the very backbone the server evaluates with.
     shared = {"backbone": backbone_fingerprint(model)} if cfg.strategy == "fedlora" else {}
     result = strategy.start(
-        grid=grid,
+        grid=timed_grid,
         initial_arrays=initial,
         num_rounds=cfg.num_server_rounds,
         train_config=ConfigRecord(shared),
@@ -107,10 +120,11 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
         evaluate_fn=central_evaluate,
     )
     summary = _summary(cfg, rounds, strategy.books, est, total, trainable,
-                       time.perf_counter() - t_start)
+                       time.perf_counter() - t_start, phases)
     writer.write_json("summary.json", summary)
     _log_summary(summary, run_dir)
-    return RunOutcome(run_dir, result, strategy.books, rounds, summary, initial)
+    return RunOutcome(run_dir, result, strategy.books, rounds, summary, initial, phases,
+                      strategy.timeline)
 
 
 def _content_of(arrays: ArrayRecord):
@@ -119,7 +133,7 @@ def _content_of(arrays: ArrayRecord):
     return RecordDict({"arrays": arrays})
 
 
-def _round_row(server_round: int, res: dict, books: Books, seconds: float) -> dict:
+def _round_row(server_round: int, res: dict, books: Books, times: RoundTimes) -> dict:
     this, cum = books.totals(server_round), books.totals(server_round, upto=True)
     return {
         "round": server_round,
@@ -132,13 +146,15 @@ def _round_row(server_round: int, res: dict, books: Books, seconds: float) -> di
         "up-tensor-bytes": this["up-tensor"],
         "down-msg-bytes": this["down-msg"],
         "up-msg-bytes": this["up-msg"],
-        "round-s": seconds,
+        "round-s": times.wall_s,
+        "projected-round-s": times.projected_s,
     }
 
 
 def _summary(cfg: AppConfig, rounds: list[dict], books: Books, est: Estimate, total: int,
-             trainable: int, wall_s: float) -> dict:
+             trainable: int, wall_s: float, phases: list[RoundTimes]) -> dict:
     t = books.totals()
+    steady = phases[1:] or phases
     tensor, msg = t["down-tensor"] + t["up-tensor"], t["down-msg"] + t["up-msg"]
     return {
         "strategy": cfg.strategy,
@@ -156,7 +172,18 @@ def _summary(cfg: AppConfig, rounds: list[dict], books: Books, est: Estimate, to
         "framing-overhead-percent": 100 * (msg - tensor) / tensor if tensor else None,
         "report-bytes": t["report"],
         "books-mismatches": books.mismatches,
+        "first-round-wall-s": phases[0].wall_s if phases else None,
+        "steady-round-wall-s": _mean([p.wall_s for p in steady]),
+        "steady-critical-compute-s": _mean([p.critical_compute_s for p in steady]),
+        "projected-round-s": _mean([p.projected_s for p in steady]),
+        "links": {"down-mbps": cfg.link_down_mbps, "up-mbps": cfg.link_up_mbps,
+                  "latency-ms": cfg.link_latency_ms, "profile": cfg.link_profile},
+        "phase-table": mean_table(steady),
     }
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _log_summary(s: dict, run_dir: Path) -> None:
@@ -171,4 +198,8 @@ def _log_summary(s: dict, run_dir: Path) -> None:
     if s["books-mismatches"]:
         log(WARNING, "fedvit: %d books mismatches (see summary.json)",
             len(s["books-mismatches"]))
+    if s["rounds"]:
+        log(INFO, "fedvit: where a round's time goes (mean of rounds %s; first round %.1f s):"
+            "\n%s", "2.." + str(s["rounds"]) if s["rounds"] > 1 else "1",
+            s["first-round-wall-s"], format_table({s["strategy"]: s["phase-table"]}))
     log(INFO, "fedvit: results written to %s", run_dir)

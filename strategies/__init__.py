@@ -9,14 +9,15 @@ from flwr.serverapp.strategy import FedAvg
 from fedvit.config import AppConfig
 from strategies.bandwidth import BandwidthTracking, BookRow, Books
 from strategies.fedlora import FedLoRA
+from strategies.timing import RoundLog, RoundTiming
 
 
-class TrackedFedAvg(BandwidthTracking, FedAvg):
-    """FedAvg over the whole model, with bandwidth books."""
+class TrackedFedAvg(BandwidthTracking, RoundTiming, FedAvg):
+    """FedAvg over the whole model, with bandwidth books and round timing."""
 
 
-class TrackedFedLoRA(BandwidthTracking, FedLoRA):
-    """FedLoRA (adapters + head), with bandwidth books."""
+class TrackedFedLoRA(BandwidthTracking, RoundTiming, FedLoRA):
+    """FedLoRA (adapters + head), with bandwidth books and round timing."""
 
 
 def make_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedAvg:
@@ -33,5 +34,5 @@ def make_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedAvg:
     return TrackedFedLoRA(exchanged_keys=exchanged_keys, **common)
 
 
-__all__ = ["BandwidthTracking", "BookRow", "Books", "FedLoRA", "TrackedFedAvg",
-           "TrackedFedLoRA", "make_strategy"]
+__all__ = ["BandwidthTracking", "BookRow", "Books", "FedLoRA", "RoundLog", "RoundTiming",
+           "TrackedFedAvg", "TrackedFedLoRA", "make_strategy"]

@@ -103,3 +103,22 @@ def test_sampled_out_nodes_have_no_rows(tmp_path):
         assert len(down) == 2 and up == down
     assert outcome.summary["estimate"]["train_clients"] == 2
     assert outcome.summary["estimate-matches-tensor-bytes"]
+
+
+def test_client_phase_times_fit_in_the_local_wall_time(fedlora):
+    reports = [c for log in fedlora.timeline.values() for c in log.clients]
+    assert len(reports) == 2 * 3
+    for c in reports:
+        m = c.metrics
+        phases = [m[f"time-{p}"] for p in ("data", "forward", "backward", "optimizer", "eval")]
+        assert all(t >= 0 for t in phases)
+        assert sum(phases) <= m["time-train"] + m["time-eval"]
+        assert m["time-train"] + m["time-eval"] <= m["compute-end"] - m["compute-start"]
+
+
+def test_round_times_are_consistent(fedlora):
+    for times in fedlora.phases:
+        assert times.critical_compute_s <= times.wall_s
+        assert sum(times.simulated.values()) == pytest.approx(times.wall_s)
+        assert times.projected_s > 0
+        assert times.projected["communication"] > 0  # 10 Mbit/s, 50 ms by default

@@ -1,0 +1,70 @@
+"""The network model: each node's downlink, uplink and latency, and transfer times.
+
+A node's link comes from its node config (``link-down-mbps``, ``link-up-mbps``,
+``link-latency-ms``, set per SuperNode in deployment), else from the run config: the same
+for every node (``link-profile = "uniform"``) or drawn per partition from a seeded
+distribution (``"heterogeneous"``: bandwidths log-uniform between a tenth of the configured
+value and the value, latency uniform between half and twice the configured one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedvit.config import AppConfig, ConfigError
+
+NODE_KEYS = ("link-down-mbps", "link-up-mbps", "link-latency-ms")
+
+
+@dataclass(frozen=True)
+class Link:
+    """One node's link to the server."""
+
+    down_mbps: float
+    up_mbps: float
+    latency_ms: float
+
+    def down_s(self, nbytes: int) -> float:
+        return transfer_seconds(nbytes, self.down_mbps, self.latency_ms)
+
+    def up_s(self, nbytes: int) -> float:
+        return transfer_seconds(nbytes, self.up_mbps, self.latency_ms)
+
+    def as_metrics(self) -> dict[str, float]:
+        return dict(zip(NODE_KEYS, (self.down_mbps, self.up_mbps, self.latency_ms),
+                        strict=True))
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping) -> Link:
+        return cls(*(float(metrics[k]) for k in NODE_KEYS))
+
+
+def transfer_seconds(nbytes: int, mbps: float, latency_ms: float) -> float:
+    """One message: latency plus serialisation at ``mbps`` megabits (10^6 bit) per second."""
+    return latency_ms / 1e3 + nbytes * 8 / (mbps * 1e6)
+
+
+def node_link(cfg: AppConfig, node_config: Mapping, partition_id: int) -> Link:
+    """This node's link: node config first, then the run config's profile."""
+    if cfg.link_profile == "heterogeneous":
+        rng = np.random.default_rng([cfg.seed, partition_id])
+        down, up = (float(10 ** rng.uniform(-1, 0)) for _ in range(2))
+        base = Link(cfg.link_down_mbps * down, cfg.link_up_mbps * up,
+                    cfg.link_latency_ms * float(rng.uniform(0.5, 2.0)))
+    else:
+        base = Link(cfg.link_down_mbps, cfg.link_up_mbps, cfg.link_latency_ms)
+    values = list((base.down_mbps, base.up_mbps, base.latency_ms))
+    for i, key in enumerate(NODE_KEYS):
+        if key in node_config:
+            try:
+                values[i] = float(node_config[key])
+            except (TypeError, ValueError):
+                values[i] = float("nan")
+            low_ok = values[i] >= 0 if key == "link-latency-ms" else values[i] > 0
+            if not low_ok:
+                raise ConfigError(f"node config '{key}' = {node_config[key]!r} is not "
+                                  "allowed: must be a number > 0 (latency >= 0)")
+    return Link(*values)

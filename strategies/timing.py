@@ -1,0 +1,89 @@
+"""Round timing for any message-API strategy: the strategy's own steps, and each reply's
+client report (compute interval, phases, link), kept per round."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+
+from fedvit.wire import METRICS
+
+
+@dataclass
+class ClientReport:
+    """One ok reply's timing-relevant metrics."""
+
+    node_id: int
+    phase: str
+    metrics: dict[str, float]
+
+
+@dataclass
+class RoundLog:
+    """What the strategy saw of one round."""
+
+    start: float = 0.0  # wall clock at the round's first configure call
+    configure_s: float = 0.0
+    aggregate_s: float = 0.0
+    clients: list[ClientReport] = field(default_factory=list)
+
+
+class RoundTiming:
+    """Mixin: ``self.timeline[round]`` is a ``RoundLog``. Place it after
+    ``BandwidthTracking`` so the books' own measuring is not counted as aggregation."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.timeline: dict[int, RoundLog] = {}
+
+    def _log(self, server_round: int) -> RoundLog:
+        if server_round not in self.timeline:
+            self.timeline[server_round] = RoundLog(start=time.time())
+        return self.timeline[server_round]
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        log = self._log(server_round)
+        t0 = time.perf_counter()
+        out = list(super().configure_train(server_round, arrays, config, grid))
+        log.configure_s += time.perf_counter() - t0
+        return out
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        log = self._log(server_round)
+        t0 = time.perf_counter()
+        out = list(super().configure_evaluate(server_round, arrays, config, grid))
+        log.configure_s += time.perf_counter() - t0
+        return out
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        self._keep(server_round, "train", replies)
+        t0 = time.perf_counter()
+        out = super().aggregate_train(server_round, replies)
+        self._log(server_round).aggregate_s += time.perf_counter() - t0
+        return out
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        self._keep(server_round, "evaluate", replies)
+        t0 = time.perf_counter()
+        out = super().aggregate_evaluate(server_round, replies)
+        self._log(server_round).aggregate_s += time.perf_counter() - t0
+        return out
+
+    def _keep(self, server_round: int, phase: str, replies: list[Message]) -> None:
+        log = self._log(server_round)
+        for msg in replies:
+            if msg.has_error() or METRICS not in msg.content.metric_records:
+                continue
+            metrics = {k: float(v) for k, v in msg.content[METRICS].items()
+                       if isinstance(v, (int, float))}
+            log.clients.append(ClientReport(msg.metadata.src_node_id, phase, metrics))
