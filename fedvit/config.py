@@ -63,6 +63,8 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("link-latency-ms", lambda x: x >= 0, "a number >= 0 (ms)"),
     ("link-profile", lambda x: x in LINK_PROFILES, f"one of {LINK_PROFILES}"),
     ("outputs-dir", lambda x: bool(x.strip()), "a non-empty folder path"),
+    ("run-name", lambda x: "/" not in x and x not in (".", ".."),
+     "'' or a folder name without '/'"),
 )
 
 
@@ -112,6 +114,7 @@ class AppConfig:
     link_profile: str
     link_emulate: bool
     outputs_dir: str
+    run_name: str
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> AppConfig:

@@ -18,14 +18,15 @@ from fedvit.config import AppConfig, resolve_path
 
 
 def new_run_dir(cfg: AppConfig) -> Path:
-    """``<outputs-dir>/<YYYYmmdd-HHMMSS>-<strategy>`` (suffixed if it exists), absolute."""
+    """``<outputs-dir>/<run-name>``, by default ``<YYYYmmdd-HHMMSS>-<strategy>``; suffixed
+    if it exists; absolute."""
     root = resolve_path(cfg.outputs_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = root / f"{stamp}-{cfg.strategy}"
+    stamp = cfg.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.strategy}"
+    path = root / stamp
     n = 1
     while path.exists():
         n += 1
-        path = root / f"{stamp}-{cfg.strategy}-{n}"
+        path = root / f"{stamp}-{n}"
     path.mkdir(parents=True)
     return path
 

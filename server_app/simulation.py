@@ -1,0 +1,66 @@
+"""Run the project's apps in-process under ``flwr.simulation.run_simulation``.
+
+``run_simulation`` hands apps an empty run config (and refuses a lasting change to it), so
+the config is lent to each ClientApp call by a mod, and the ServerApp is given the
+validated config directly. Used by the experiments command and the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from client_app import app as client_module
+from client_app.mods import bandwidth_mod
+from fedvit.config import AppConfig
+from server_app.federation import RunOutcome, run_federation
+
+
+def lend_run_config(overrides: dict) -> Callable:
+    """A client mod that lends ``overrides`` to ``context.run_config`` for one call."""
+
+    def mod(msg: Message, context: Context, call_next) -> Message:
+        original = dict(context.run_config)
+        context.run_config.update(overrides)
+        try:
+            return call_next(msg, context)
+        finally:
+            context.run_config.clear()
+            context.run_config.update(original)
+
+    return mod
+
+
+def client_app(overrides: dict, extra_mods: Sequence[Callable] = ()) -> ClientApp:
+    """The project's ClientApp handlers and mods, behind the config-lending mod."""
+    app = ClientApp(mods=[lend_run_config(overrides), *extra_mods, bandwidth_mod])
+    app.train()(client_module.train)
+    app.evaluate()(client_module.evaluate)
+    return app
+
+
+def simulate(overrides: dict, num_nodes: int = 2, client: ClientApp | None = None,
+             cpus: int = 2) -> RunOutcome:
+    """Run a whole federation in-process; return what the ServerApp produced."""
+    cfg = AppConfig.from_run_config(overrides)
+    outcome: list[RunOutcome] = []
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        outcome.append(run_federation(grid, cfg))
+
+    run_simulation(
+        server_app=server,
+        client_app=client or client_app(overrides),
+        num_supernodes=num_nodes,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                        "init_args": {"num_cpus": cpus}},
+    )
+    if not outcome:
+        raise RuntimeError("the ServerApp did not finish (see the log above)")
+    return outcome[0]
