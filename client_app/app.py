@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_app.mods import bandwidth_mod
-from client_app.task import LocalTask, check_backbone, local_task, partition_of
+from client_app.task import LocalTask, check_backbone, local_task, outgoing, partition_of
+from fedvit.codecs import record_arrays
 from fedvit.config import AppConfig
 from fedvit.links import node_link
 from fedvit.model import exchanged_state, load_exchanged
@@ -24,10 +26,11 @@ app = ClientApp(mods=[bandwidth_mod])
 def train(msg: Message, context: Context) -> Message:
     """Load the global tensors, train locally, reply with the exchanged tensors."""
     start = time.time()
-    cfg, task, pid = _prepare(msg, context)
-    received = _val_metrics(cfg, task, prefix="val") if cfg.evaluate_in_train else {}
+    cfg, task, pid, received = _prepare(msg, context)
+    val = _val_metrics(cfg, task, prefix="val") if cfg.evaluate_in_train else {}
     server_round = int(msg.content["config"]["server-round"])
     torch.manual_seed(cfg.seed + 1000 * server_round + pid)
+    task.train.generator.manual_seed(cfg.seed + server_round)  # same order on a resume
     stats = train_epochs(task.model, task.train, cfg.local_epochs, cfg.learning_rate,
                          cfg.torch_device, cfg.use_bf16)
     metrics = {
@@ -36,9 +39,9 @@ def train(msg: Message, context: Context) -> Message:
         "time-train": stats.wall_s,
         "examples-per-s": stats.examples_per_s,
         **{f"time-{phase}": s for phase, s in stats.phases.items()},
-        **received,
+        **val,
     }
-    arrays = ArrayRecord(exchanged_state(task.model))
+    arrays = outgoing(cfg, exchanged_state(task.model), received, context)
     return _reply(msg, context, cfg, pid, start, metrics, arrays)
 
 
@@ -46,19 +49,23 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global tensors on the local validation split."""
     start = time.time()
-    cfg, task, pid = _prepare(msg, context)
+    cfg, task, pid, _ = _prepare(msg, context)
     metrics = _val_metrics(cfg, task, prefix="eval")
     metrics["num-examples"] = metrics.pop("eval-examples")
     return _reply(msg, context, cfg, pid, start, metrics)
 
 
-def _prepare(msg: Message, context: Context) -> tuple[AppConfig, LocalTask, int]:
+def _prepare(
+    msg: Message, context: Context
+) -> tuple[AppConfig, LocalTask, int, dict[str, np.ndarray]]:
+    """Config, the local task with the received (decoded) tensors loaded, and those."""
     cfg = AppConfig.from_run_config(context.run_config)
     pid, num = partition_of(context.node_config)
     task = local_task(cfg, pid, num)
     check_backbone(task, msg.content["config"])
-    load_exchanged(task.model, msg.content["arrays"].to_torch_state_dict())
-    return cfg, task, pid
+    received = record_arrays(msg.content["arrays"])
+    load_exchanged(task.model, {k: torch.from_numpy(v) for k, v in received.items()})
+    return cfg, task, pid, received
 
 
 def _val_metrics(cfg: AppConfig, task: LocalTask, prefix: str) -> dict:
@@ -75,6 +82,7 @@ def _reply(msg: Message, context: Context, cfg: AppConfig, pid: int, start: floa
     """The reply: metrics plus this node's compute interval (wall clock) and link."""
     metrics.setdefault("time-eval", 0.0)
     metrics.update(node_link(cfg, context.node_config, pid).as_metrics())
+    metrics["partition-id"] = pid
     metrics["compute-start"] = start
     metrics["compute-end"] = time.time()
     content = RecordDict({METRICS: MetricRecord(metrics)})

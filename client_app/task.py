@@ -5,13 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from flwr.app import ConfigRecord
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fedvit.codecs import CodecSpec, ErrorFeedback, encode_record, record_arrays
 from fedvit.config import AppConfig, ConfigError
 from fedvit.data import client_splits, dataset_columns, make_loader
 from fedvit.model import backbone_fingerprint, build_model, input_stats
+
+EF_STATE = "error-feedback"  # context.state key of the top-k residual
 
 
 @dataclass
@@ -74,3 +79,25 @@ def check_backbone(task: LocalTask, config: ConfigRecord) -> None:
             f"frozen backbone fingerprint {ours} differs from the server's {expected}: "
             "same 'model-name', 'img-size', 'patch-size', 'seed' and weights file needed"
         )
+
+
+def outgoing(cfg: AppConfig, local: dict[str, torch.Tensor], received: dict[str, np.ndarray],
+             context: Context) -> ArrayRecord:
+    """What this client sends up: its tensors as they are (``codec-up`` = none), or its
+    update (local - received) encoded with ``codec-up``. For top-k, error feedback keeps
+    what was not sent in ``context.state`` and adds it to the next round's update."""
+    spec = CodecSpec.parse(cfg.codec_up)
+    if spec.name == "none":
+        return ArrayRecord(local)
+    update = {k: v.detach().cpu().numpy() - received[k] for k, v in local.items()}
+    if spec.name != "topk":
+        return encode_record(spec, update)
+    stored = context.state.array_records.get(EF_STATE)
+    feedback = ErrorFeedback.from_arrays(
+        {k: a.numpy() for k, a in stored.items()} if stored else {})
+    compensated = feedback.compensate(update)
+    record = encode_record(spec, compensated)
+    feedback.update(compensated, record_arrays(record))
+    context.state[EF_STATE] = ArrayRecord(
+        {k: Array.from_numpy_ndarray(v) for k, v in feedback.to_arrays().items()})
+    return record

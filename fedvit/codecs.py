@@ -43,10 +43,12 @@ rounding of ``input + residual``; the float16 rounding of sent values lands in t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+from flwr.app import Array, ArrayRecord
 
 CODECS = ("none", "fp16", "bf16", "int8", "int4", "topk")
 DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
@@ -373,3 +375,23 @@ def _dec_topk(parts: Parts, aux: int, n: int, key: str) -> np.ndarray:
 
 _DECODERS = {"none": _dec_plain, "fp16": _dec_plain, "bf16": _dec_plain,
              "int8": _dec_quant, "int4": _dec_quant, "topk": _dec_topk}
+
+
+# --- Flower records ---------------------------------------------------------------------
+
+
+def is_encoded(keys: Iterable[str]) -> bool:
+    """Whether a record's keys are an encoded payload (every tensor has ``K::meta``)."""
+    return any(k.endswith(SEP + "meta") for k in keys)
+
+
+def encode_record(spec: CodecSpec, tensors: dict[str, np.ndarray]) -> ArrayRecord:
+    """An ArrayRecord carrying ``encode(spec, tensors)``."""
+    return ArrayRecord({k: Array.from_numpy_ndarray(np.ascontiguousarray(v))
+                        for k, v in encode(spec, tensors).items()})
+
+
+def record_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The float arrays a record carries: decoded if encoded, as-is otherwise."""
+    arrays = {k: v.numpy() for k, v in record.items()}
+    return decode(arrays) if is_encoded(arrays) else arrays

@@ -24,6 +24,7 @@ PARTITIONERS = ("iid", "dirichlet")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 LINK_PROFILES = ("uniform", "heterogeneous")
+LORA_AGGREGATIONS = ("naive", "ffa")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -50,6 +51,11 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("lora-dropout", lambda x: 0 <= x < 1, "a number in [0, 1)"),
     ("lora-target-modules", lambda x: bool(target_modules(x)),
      "a comma-separated list of module names, e.g. 'qkv' or 'qkv,proj'"),
+    ("lora-aggregation", lambda x: x in LORA_AGGREGATIONS, f"one of {LORA_AGGREGATIONS}"),
+    ("codec-down", lambda x: _is_codec(x) and not x.startswith("topk"),
+     "a codec: none, fp16, bf16, int8[:block], int4[:block] (topk is for updates only)"),
+    ("codec-up", lambda x: _is_codec(x),
+     "a codec: none, fp16, bf16, int8[:block], int4[:block], topk[:fraction]"),
     ("dataset", lambda x: _is_dataset(x),
      f"'{EMBEDDED_DATASET}', an existing local dataset folder, or a hub id 'owner/name'"),
     ("partitioner", lambda x: x in PARTITIONERS, f"one of {PARTITIONERS}"),
@@ -65,6 +71,10 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("outputs-dir", lambda x: bool(x.strip()), "a non-empty folder path"),
     ("run-name", lambda x: "/" not in x and x not in (".", ".."),
      "'' or a folder name without '/'"),
+    ("resume-from", lambda x: not x or resolve_path(x).is_dir(),
+     "'' or the folder of an earlier run (it holds checkpoint.json)"),
+    ("node-wait-s", lambda x: x > 0, "a number of seconds > 0"),
+    ("round-timeout-s", lambda x: x > 0, "a number of seconds > 0"),
 )
 
 
@@ -101,6 +111,9 @@ class AppConfig:
     lora_alpha: float
     lora_dropout: float
     lora_target_modules: str
+    lora_aggregation: str
+    codec_down: str
+    codec_up: str
     dataset: str
     partitioner: str
     dirichlet_alpha: float
@@ -115,6 +128,9 @@ class AppConfig:
     link_emulate: bool
     outputs_dir: str
     run_name: str
+    resume_from: str
+    node_wait_s: float
+    round_timeout_s: float
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> AppConfig:
@@ -259,6 +275,16 @@ def _is_dataset(name: str) -> bool:
     if resolve_path(name).is_dir():
         return True
     return bool(_HUB_ID.match(name)) and not name.startswith((".", "/", "~"))
+
+
+def _is_codec(spec: str) -> bool:
+    from fedvit.codecs import CodecSpec
+
+    try:
+        CodecSpec.parse(spec)
+    except ValueError:
+        return False
+    return True
 
 
 def _cuda_available() -> bool:

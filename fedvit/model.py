@@ -126,7 +126,12 @@ def wrap_lora(model: nn.Module, cfg: AppConfig) -> PeftModel:
         modules_to_save=[HEAD],
     )
     torch.manual_seed(cfg.seed)
-    return get_peft_model(model, lora)
+    peft_model = get_peft_model(model, lora)
+    if cfg.lora_aggregation == "ffa":  # FFA-LoRA: A stays at its shared seeded init
+        for name, param in peft_model.named_parameters():
+            if ".lora_A." in name:
+                param.requires_grad_(False)
+    return peft_model
 
 
 def _adaptable_linears(model: nn.Module) -> list[str]:
@@ -162,10 +167,12 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def backbone_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over the frozen backbone (every tensor that is neither LoRA nor head)."""
+    """SHA-256 over the frozen backbone: every tensor that is neither head nor exchanged
+    (so a frozen FFA ``lora_A`` counts, a trained adapter does not)."""
+    exchanged = set(exchanged_state(model)) if isinstance(model, PeftModel) else set()
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        if "lora_" in name or f"{HEAD}." in name:
+        if name in exchanged or f"{HEAD}." in name:
             continue
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

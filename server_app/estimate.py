@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
+from fedvit.codecs import CodecSpec, encode, encoded_bytes
 from fedvit.config import AppConfig
 
 
@@ -11,7 +14,8 @@ from fedvit.config import AppConfig
 class Estimate:
     """Tensor bytes the run should move, computed before round 1."""
 
-    tensor_bytes_per_message: int
+    down_bytes_per_message: int
+    up_bytes_per_message: int
     num_nodes: int
     train_clients: int
     evaluate_clients: int
@@ -28,14 +32,22 @@ def sampled(num_nodes: int, fraction: float, min_nodes: int) -> int:
     return 0 if fraction == 0 else max(int(num_nodes * fraction), min_nodes)
 
 
-def estimate(tensor_bytes_per_message: int, num_nodes: int, cfg: AppConfig) -> Estimate:
+def message_tensor_bytes(arrays: dict[str, np.ndarray], codec: str) -> int:
+    """Tensor bytes of one message carrying ``arrays`` encoded with ``codec``. Exact for
+    every codec but top-k, whose index encoding depends on the values."""
+    spec = CodecSpec.parse(codec)
+    if spec.name == "none":
+        return sum(a.nbytes for a in arrays.values())
+    return encoded_bytes(encode(spec, arrays))
+
+
+def estimate(arrays: dict[str, np.ndarray], num_nodes: int, cfg: AppConfig) -> Estimate:
     """Train rounds send the model down and the update up to every sampled client;
     evaluation rounds (``fraction-evaluate`` > 0) send the model down once more."""
+    down = message_tensor_bytes(arrays, cfg.codec_down)
+    up = message_tensor_bytes(arrays, cfg.codec_up)
     train = sampled(num_nodes, cfg.fraction_train, cfg.min_nodes)
     evaluate = sampled(num_nodes, cfg.fraction_evaluate, cfg.min_nodes)
     rounds = cfg.num_server_rounds
-    return Estimate(
-        tensor_bytes_per_message, num_nodes, train, evaluate, rounds,
-        down=tensor_bytes_per_message * (train + evaluate) * rounds,
-        up=tensor_bytes_per_message * train * rounds,
-    )
+    return Estimate(down, up, num_nodes, train, evaluate, rounds,
+                    down=down * (train + evaluate) * rounds, up=up * train * rounds)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
@@ -12,7 +12,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
-from fedvit.config import AppConfig
+from fedvit.config import AppConfig, resolve_path
 from fedvit.data import central_test_set, dataset_columns, make_loader
 from fedvit.model import (
     backbone_fingerprint,
@@ -23,15 +23,19 @@ from fedvit.model import (
     load_exchanged,
 )
 from fedvit.train import evaluate
-from fedvit.wire import tensor_bytes
+from server_app.checkpoint import Checkpoint
+from server_app.checkpoint import load as load_checkpoint
+from server_app.checkpoint import save as save_checkpoint
 from server_app.estimate import Estimate, estimate
-from server_app.grid import TimedGrid
+from server_app.grid import TimedGrid, TooFewNodes
 from server_app.results import ResultsWriter, new_run_dir
 from server_app.timeline import RoundTimes, format_table, mean_table, round_times
 from strategies import Books, RoundLog, make_strategy
 
 MB = 1e6
-NODE_WAIT_S = 60.0
+# Aggregated train metrics copied into rounds.csv (None where a run has none).
+ROUND_TRAIN_METRICS = ("train-loss", "val-accuracy", "lora-agg-error-mean",
+                       "lora-agg-error-max")
 
 
 @dataclass
@@ -48,60 +52,66 @@ class RunOutcome:
     timeline: dict[int, RoundLog]
 
 
-def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float = NODE_WAIT_S) -> int:
-    """Number of connected nodes, waiting up to ``timeout_s`` for ``minimum`` of them."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        n = len(list(grid.get_node_ids()))
-        if n >= minimum or time.monotonic() > deadline:
-            return n
-        time.sleep(0.5)
-
-
 def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
-    """Build everything (failing before any training), run the strategy, write results."""
+    """Build everything (failing before any training), run the strategy, write results.
+
+    With ``resume-from``, start from that run's checkpoint and go on in its folder.
+    """
     t_start = time.perf_counter()
     cols = dataset_columns(cfg)
     model = build_model(cfg, cols.num_classes)
     mean, std = input_stats(model)
     test_loader = make_loader(central_test_set(cfg), cols, cfg, mean, std, shuffle=False)
-    initial = ArrayRecord(exchanged_state(model))
+    resume = load_checkpoint(resolve_path(cfg.resume_from)) if cfg.resume_from else None
+    initial = resume.arrays if resume else ArrayRecord(exchanged_state(model))
     strategy = make_strategy(cfg, initial.keys())
+    done = resume.round if resume else 0
+    strategy.round_offset = done
+    rounds: list[dict] = list(resume.rounds) if resume else []
+    phases = [RoundTimes.from_row(r) for r in resume.phases] if resume else []
+    if resume:
+        strategy.books.rows = list(resume.books)
+        strategy.rejections = list(resume.rejections)
 
-    run_dir = new_run_dir(cfg)
+    run_dir = resolve_path(cfg.resume_from) if resume else new_run_dir(cfg)
     writer = ResultsWriter(run_dir)
     total, trainable = count_parameters(model)
     writer.write_json("config.json", cfg.to_dict())
-    num_nodes = wait_for_nodes(grid, cfg.min_nodes)
-    est = estimate(tensor_bytes(_content_of(initial)), num_nodes, cfg)
+    timed_grid = TimedGrid(grid, cfg.min_nodes, cfg.node_wait_s)
+    num_nodes = len(timed_grid.get_node_ids())
+    est = estimate({k: v.numpy() for k, v in ArrayRecord(exchanged_state(model)).items()},
+                   num_nodes, cfg)
     log(INFO, "fedvit: %s on %s (%s parameters, %s trainable, %d tensors exchanged, "
         "backbone %s); results in %s", cfg.strategy, cfg.model_name, f"{total:,}",
         f"{trainable:,}", len(initial), backbone_fingerprint(model), run_dir)
     log(INFO, "fedvit: estimate (model down + update up) x clients x fraction x rounds: "
         "%.3f MB down + %.3f MB up over %d rounds, %d of %d nodes training",
         est.down / MB, est.up / MB, est.rounds, est.train_clients, num_nodes)
+    if resume:
+        log(INFO, "fedvit: resuming %s after round %d", run_dir, done)
 
-    rounds: list[dict] = []
-    phases: list[RoundTimes] = []
-    timed_grid = TimedGrid(grid)
-
-    def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def central_evaluate(loop_round: int, arrays: ArrayRecord) -> MetricRecord:
         t0 = time.perf_counter()
         load_exchanged(model, arrays.to_torch_state_dict())
         res = evaluate(model, test_loader, cfg.torch_device, cfg.use_bf16)
-        if server_round > 0:
+        if loop_round > 0:
+            server_round = loop_round + done
+            log_ = strategy.timeline[server_round]
             times = round_times(
-                server_round, strategy.timeline[server_round], strategy.books,
+                server_round, log_, strategy.books,
                 timed_grid.times.send_s.get(server_round, 0.0),
                 timed_grid.times.wait_s.get(server_round, 0.0),
                 time.perf_counter() - t0, time.time(),
             )
             phases.append(times)
-            row = _round_row(server_round, res, strategy.books, times)
+            row = _round_row(server_round, res, strategy.books, times, log_.train_metrics)
             rounds.append(row)
             writer.write_table("rounds", rounds)
             writer.write_table("books", strategy.books.as_dicts())
             writer.write_table("phases", [p.as_row() for p in phases])
+            save_checkpoint(run_dir, Checkpoint(
+                server_round, arrays, strategy.books.rows, rounds,
+                [p.as_row() for p in phases], strategy.rejections))
             log(INFO, "fedvit: round %d/%d | central acc %.4f loss %.4f | down %.3f MB "
                 "up %.3f MB | cumulative %.3f MB | %.1f s, projected %.1f s on the links",
                 server_round, cfg.num_server_rounds, res["accuracy"], res["loss"],
@@ -111,29 +121,36 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
 
     # FedLoRA's clients must adapt the very backbone the server evaluates with.
     shared = {"backbone": backbone_fingerprint(model)} if cfg.strategy == "fedlora" else {}
-    result = strategy.start(
-        grid=timed_grid,
-        initial_arrays=initial,
-        num_rounds=cfg.num_server_rounds,
-        train_config=ConfigRecord(shared),
-        evaluate_config=ConfigRecord(shared),
-        evaluate_fn=central_evaluate,
-    )
+    status, result = "complete", Result(arrays=initial)
+    try:
+        if cfg.num_server_rounds > done:
+            result = strategy.start(
+                grid=timed_grid,
+                initial_arrays=initial,
+                num_rounds=cfg.num_server_rounds - done,
+                timeout=cfg.round_timeout_s,
+                train_config=ConfigRecord(shared),
+                evaluate_config=ConfigRecord(shared),
+                evaluate_fn=central_evaluate,
+            )
+        if len(result.arrays) == 0:  # no round aggregated anything: the global is unchanged
+            result.arrays = initial
+    except TooFewNodes as err:
+        status = f"stopped after round {len(rounds)}: {err}"
+        log(ERROR, "fedvit: %s; the completed rounds are saved in %s", status, run_dir)
     summary = _summary(cfg, rounds, strategy.books, est, total, trainable,
-                       time.perf_counter() - t_start, phases)
+                       time.perf_counter() - t_start, phases, strategy.rejections)
+    summary["status"] = status
     writer.write_json("summary.json", summary)
     _log_summary(summary, run_dir)
+    if status != "complete":
+        raise TooFewNodes(status)
     return RunOutcome(run_dir, result, strategy.books, rounds, summary, initial, phases,
                       strategy.timeline)
 
 
-def _content_of(arrays: ArrayRecord):
-    from flwr.app import RecordDict
-
-    return RecordDict({"arrays": arrays})
-
-
-def _round_row(server_round: int, res: dict, books: Books, times: RoundTimes) -> dict:
+def _round_row(server_round: int, res: dict, books: Books, times: RoundTimes,
+               train: dict[str, float]) -> dict:
     this, cum = books.totals(server_round), books.totals(server_round, upto=True)
     return {
         "round": server_round,
@@ -146,13 +163,15 @@ def _round_row(server_round: int, res: dict, books: Books, times: RoundTimes) ->
         "up-tensor-bytes": this["up-tensor"],
         "down-msg-bytes": this["down-msg"],
         "up-msg-bytes": this["up-msg"],
+        **{key: train.get(key) for key in ROUND_TRAIN_METRICS},
         "round-s": times.wall_s,
         "projected-round-s": times.projected_s,
     }
 
 
 def _summary(cfg: AppConfig, rounds: list[dict], books: Books, est: Estimate, total: int,
-             trainable: int, wall_s: float, phases: list[RoundTimes]) -> dict:
+             trainable: int, wall_s: float, phases: list[RoundTimes],
+             rejections: list[dict]) -> dict:
     t = books.totals()
     steady = phases[1:] or phases
     tensor, msg = t["down-tensor"] + t["up-tensor"], t["down-msg"] + t["up-msg"]
@@ -172,6 +191,9 @@ def _summary(cfg: AppConfig, rounds: list[dict], books: Books, est: Estimate, to
         "framing-overhead-percent": 100 * (msg - tensor) / tensor if tensor else None,
         "report-bytes": t["report"],
         "books-mismatches": books.mismatches,
+        "codecs": {"down": cfg.codec_down, "up": cfg.codec_up},
+        "lora-aggregation": cfg.lora_aggregation,
+        "rejected-replies": rejections,
         "first-round-wall-s": phases[0].wall_s if phases else None,
         "steady-round-wall-s": _mean([p.wall_s for p in steady]),
         "steady-critical-compute-s": _mean([p.critical_compute_s for p in steady]),

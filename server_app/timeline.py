@@ -37,6 +37,15 @@ class RoundTimes:
     simulated: dict[str, float]
     projected: dict[str, float]
 
+    @classmethod
+    def from_row(cls, row: dict) -> RoundTimes:
+        """Inverse of ``as_row`` (for a resumed run's earlier rounds)."""
+        plain = {k: row[k] for k in ("round", "wall_s", "critical_compute_s", "send_s",
+                                     "wait_s", "slowest_node", "projected_s")}
+        return cls(**plain,
+                   simulated={k[4:]: v for k, v in row.items() if k.startswith("sim-")},
+                   projected={k[5:]: v for k, v in row.items() if k.startswith("proj-")})
+
     def as_row(self) -> dict:
         row = {k: v for k, v in asdict(self).items() if k not in ("simulated", "projected")}
         row.update({f"sim-{k}": v for k, v in self.simulated.items()})

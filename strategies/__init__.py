@@ -6,17 +6,20 @@ from collections.abc import Iterable
 
 from flwr.serverapp.strategy import FedAvg
 
+from fedvit.codecs import CodecSpec
 from fedvit.config import AppConfig
 from strategies.bandwidth import BandwidthTracking, BookRow, Books
+from strategies.exchange import ExchangeCodecs
 from strategies.fedlora import FedLoRA
+from strategies.offset import RoundOffset
 from strategies.timing import RoundLog, RoundTiming
 
 
-class TrackedFedAvg(BandwidthTracking, RoundTiming, FedAvg):
+class TrackedFedAvg(RoundOffset, BandwidthTracking, RoundTiming, ExchangeCodecs, FedAvg):
     """FedAvg over the whole model, with bandwidth books and round timing."""
 
 
-class TrackedFedLoRA(BandwidthTracking, RoundTiming, FedLoRA):
+class TrackedFedLoRA(RoundOffset, BandwidthTracking, RoundTiming, ExchangeCodecs, FedLoRA):
     """FedLoRA (adapters + head), with bandwidth books and round timing."""
 
 
@@ -28,7 +31,10 @@ def make_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedAvg:
         "min_train_nodes": cfg.min_nodes,
         "min_evaluate_nodes": cfg.min_nodes,
         "min_available_nodes": cfg.min_nodes,
+        "codec_down": CodecSpec.parse(cfg.codec_down),
+        "codec_up": CodecSpec.parse(cfg.codec_up),
     }
+    # Replies are summed in a fixed order (by partition), so a resumed run is bit-identical.
     if cfg.strategy == "fedavg":
         return TrackedFedAvg(**common)
     return TrackedFedLoRA(exchanged_keys=exchanged_keys, **common)

@@ -32,6 +32,7 @@ class BookRow:
     message_bytes: int  # as sent/received, report included
     report_bytes: int = 0  # of message_bytes: the client's own byte report
     status: str = "ok"  # ok | error (the node replied with an error or not at all)
+    detail: str = ""  # for an error: the reason the node gave, or "no reply"
 
 
 @dataclass
@@ -112,8 +113,10 @@ class BandwidthTracking:
             node = msg.metadata.src_node_id
             answered.add(node)
             if msg.has_error() or METRICS not in msg.content.metric_records:
+                reason = msg.error.reason if msg.has_error() else "no metrics in reply"
                 self.books.rows.append(BookRow(server_round, phase, node, "up", 0,
-                                               message_bytes(msg), status="error"))
+                                               message_bytes(msg), status="error",
+                                               detail=reason[-500:]))
                 continue
             full = message_bytes(msg)
             bare = message_bytes(without_keys(msg, METRICS, BYTES_KEYS))
@@ -124,7 +127,7 @@ class BandwidthTracking:
         for (rnd, ph, node), _ in list(self._sent.items()):
             if rnd == server_round and ph == phase and node not in answered:
                 self.books.rows.append(BookRow(server_round, phase, node, "up", 0, 0,
-                                               status="error"))
+                                               status="error", detail="no reply"))
 
     def _cross_check(self, up: BookRow, bare_msg: int, report: MetricRecord) -> None:
         down = self._sent.get((up.round, up.phase, up.node_id))

@@ -30,6 +30,7 @@ class RoundLog:
     configure_s: float = 0.0
     aggregate_s: float = 0.0
     clients: list[ClientReport] = field(default_factory=list)
+    train_metrics: dict[str, float] = field(default_factory=dict)  # aggregated
 
 
 class RoundTiming:
@@ -68,7 +69,9 @@ class RoundTiming:
         self._keep(server_round, "train", replies)
         t0 = time.perf_counter()
         out = super().aggregate_train(server_round, replies)
-        self._log(server_round).aggregate_s += time.perf_counter() - t0
+        log = self._log(server_round)
+        log.aggregate_s += time.perf_counter() - t0
+        log.train_metrics = dict(out[1] or {})
         return out
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):

@@ -1,0 +1,64 @@
+"""Per-round checkpoints: the exchanged global tensors and the books, so a run can resume.
+
+After every round the server writes ``checkpoint.safetensors`` (the global tensors as they
+travel) and ``checkpoint.json`` (the round, the books' rows, the round and phase rows) into
+the run folder, atomically. ``resume-from = <run folder>`` restarts at the next round and
+goes on writing into that folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import ArrayRecord
+from safetensors.torch import load_file, save_file
+
+from strategies import BookRow
+
+TENSORS, STATE = "checkpoint.safetensors", "checkpoint.json"
+
+
+@dataclass
+class Checkpoint:
+    """What a run had completed after ``round``."""
+
+    round: int
+    arrays: ArrayRecord
+    books: list[BookRow]
+    rounds: list[dict]
+    phases: list[dict]
+    rejections: list[dict]
+
+
+def save(run_dir: Path, ckpt: Checkpoint) -> None:
+    """Write both files atomically (tensors first, then the state that names the round)."""
+    tmp = run_dir / f".{TENSORS}.tmp"
+    save_file({k: v.contiguous() for k, v in ckpt.arrays.to_torch_state_dict().items()},
+              str(tmp))
+    tmp.replace(run_dir / TENSORS)
+    state = {"round": ckpt.round, "books": [r.__dict__ for r in ckpt.books],
+             "rounds": ckpt.rounds, "phases": ckpt.phases, "rejections": ckpt.rejections}
+    tmp = run_dir / f".{STATE}.tmp"
+    tmp.write_text(json.dumps(state))
+    tmp.replace(run_dir / STATE)
+
+
+def load(run_dir: Path) -> Checkpoint:
+    """The checkpoint of a run folder."""
+    state = json.loads((run_dir / STATE).read_text())
+    tensors = load_file(str(run_dir / TENSORS))
+    return Checkpoint(
+        round=state["round"],
+        arrays=ArrayRecord(tensors),
+        books=[BookRow(**r) for r in state["books"]],
+        rounds=state["rounds"],
+        phases=state["phases"],
+        rejections=state["rejections"],
+    )
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / STATE).is_file() and (run_dir / TENSORS).is_file()
+

@@ -1,0 +1,112 @@
+"""What crosses the wire, for any message-API strategy: encode down, decode and check up.
+
+The global tensors go down encoded with ``codec-down``. Clients send their update
+(local - received) encoded with ``codec-up``, or their tensors as they are when
+``codec-up`` is ``none``. Every train reply is decoded and checked against the round's
+global tensors (same keys, shapes and dtype, all finite); a reply that fails is rejected
+with a logged reason and left out of the aggregate, and the round goes on with the others.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from logging import WARNING
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from fedvit.codecs import CodecSpec, encode_record, is_encoded, record_arrays
+
+
+class RejectedReply(ValueError):
+    """A train reply that cannot be aggregated."""
+
+
+class ExchangeCodecs:
+    """Mixin; ``self.rejections`` lists every rejected reply (round, node, reason)."""
+
+    def __init__(self, *args, codec_down: CodecSpec, codec_up: CodecSpec, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.codec_down, self.codec_up = codec_down, codec_up
+        self.rejections: list[dict] = []
+        self._global: dict[str, np.ndarray] = {}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._global = {k: v.numpy() for k, v in arrays.items()}
+        return super().configure_train(server_round, self._down(arrays), config, grid)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return super().configure_evaluate(server_round, self._down(arrays), config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        kept = []
+        for msg in replies:
+            if msg.has_error():
+                kept.append(msg)
+                continue
+            try:
+                kept.append(self._accept(msg))
+            except (RejectedReply, ValueError) as err:
+                node = msg.metadata.src_node_id
+                self.rejections.append({"round": server_round, "node_id": node,
+                                        "reason": str(err)})
+                log(WARNING, "round %d: REJECTED reply of node %d, not aggregated: %s",
+                    server_round, node, err)
+        kept.sort(key=_partition)  # a fixed summation order: reproducible aggregates
+        return super().aggregate_train(server_round, kept)
+
+    def _down(self, arrays: ArrayRecord) -> ArrayRecord:
+        if self.codec_down.name == "none":
+            return arrays
+        return encode_record(self.codec_down, {k: v.numpy() for k, v in arrays.items()})
+
+    def _accept(self, msg: Message) -> Message:
+        """The reply with decoded, checked global-shaped tensors, or ``RejectedReply``."""
+        record = msg.content.array_records.get(self.arrayrecord_key)
+        if record is None:
+            raise RejectedReply(f"no ArrayRecord {self.arrayrecord_key!r}")
+        encoded = is_encoded(record.keys())
+        if encoded != (self.codec_up.name != "none"):
+            raise RejectedReply(f"payload is {'' if encoded else 'not '}encoded, but "
+                                f"codec-up is {self.codec_up.name!r}")
+        arrays = record_arrays(record)
+        check(arrays, self._global)
+        if encoded:  # an update relative to the round's global tensors
+            arrays = {k: self._global[k] + arrays[k] for k in self._global}
+        content = RecordDict(dict(msg.content.items()))
+        content[self.arrayrecord_key] = ArrayRecord(
+            {k: Array.from_numpy_ndarray(np.ascontiguousarray(v, dtype=self._global[k].dtype))
+             for k, v in arrays.items()})
+        return Message(content=content, metadata=copy.deepcopy(msg.metadata))
+
+
+def check(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
+    """Same keys, shapes and dtypes as ``reference``, and only finite values."""
+    missing, extra = sorted(set(reference) - set(arrays)), sorted(set(arrays) - set(reference))
+    if missing or extra:
+        raise RejectedReply(f"{len(missing)} tensors missing {missing[:2]}, {len(extra)} "
+                            f"extra {extra[:2]}")
+    for key, ref in reference.items():
+        arr = arrays[key]
+        if arr.shape != ref.shape:
+            raise RejectedReply(f"tensor {key!r} has shape {arr.shape}, expected {ref.shape}")
+        if arr.dtype != ref.dtype:
+            raise RejectedReply(f"tensor {key!r} has dtype {arr.dtype}, expected {ref.dtype}")
+        if not np.isfinite(arr).all():
+            raise RejectedReply(f"tensor {key!r} holds NaN or Inf")
+
+
+def _partition(msg: Message) -> float:
+    """The partition a reply reports (errors last): FedAvg sums in this order."""
+    if msg.has_error():
+        return float("inf")
+    return float(msg.content.metric_records.get("metrics", {}).get("partition-id", 0))
