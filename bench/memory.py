@@ -1,0 +1,99 @@
+"""Benchmark (d): peak memory of a whole offline-default run, all processes together.
+
+Starts ``flwr run . --stream`` with a fresh Flower home, samples every 0.2 s the memory of
+the managed SuperLink and all its descendants (SuperExec, ServerApp, Ray's GCS, raylet and
+workers) plus the ``flwr`` CLI, and prints the peak of the summed PSS (shared pages split
+between the processes that map them) and of the summed RSS (shared pages counted in every
+process, an upper bound). Target: <= 4 GB on the 2-core, 24 GB machine.
+
+    .venv/bin/python bench/memory.py [--run-config "strategy='fedavg'"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            tree.setdefault(ppid, []).append(int(d.name))
+    return tree
+
+
+def descendants(roots: list[int]) -> set[int]:
+    tree, seen, todo = children(), set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.add(pid)
+            todo += tree.get(pid, [])
+    return seen
+
+
+def memory_kb(pid: int) -> tuple[int, int]:
+    """(PSS, RSS) in kB, or zeros for a process that is gone."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0, 0
+    values = {line.split(":")[0]: int(line.split()[1]) for line in text.splitlines()[1:]}
+    return values.get("Pss", 0), values.get("Rss", 0)
+
+
+def superlinks(home: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"flower-superlink.*{home}"], text=True,
+                         capture_output=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-config", default="")
+    args = parser.parse_args()
+    venv_bin = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        home = os.path.join(tmp, "flwr-home")
+        os.makedirs(home)
+        env = {**os.environ, "FLWR_HOME": home, "PATH": f"{venv_bin}:{os.environ['PATH']}",
+               "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+        run_config = f"outputs-dir='{tmp}/out' {args.run_config}".strip()
+        cli = subprocess.Popen([str(venv_bin / "flwr"), "run", ".", "--stream",
+                                "--run-config", run_config], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peak_pss = peak_rss = 0
+        t0 = time.perf_counter()
+        try:
+            while cli.poll() is None:
+                pids = descendants([cli.pid, *superlinks(home)])
+                pss, rss = map(sum, zip(*(memory_kb(p) for p in pids), strict=True))
+                peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
+                time.sleep(0.2)
+        finally:
+            for pid in superlinks(home):
+                for target in descendants([pid]):
+                    try:
+                        os.kill(target, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+    print(f"flwr run . finished with code {cli.returncode} in {time.perf_counter() - t0:.0f} s")
+    print(f"peak memory of all processes: {peak_pss / 1e6:.2f} GB PSS, "
+          f"{peak_rss / 1e6:.2f} GB RSS (target <= 4 GB)")
+
+
+if __name__ == "__main__":
+    main()
