@@ -11,11 +11,13 @@ import dataclasses
 
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
+from fedvit.codecs import CodecSpec, encode, encoded_bytes
 from fedvit.config import STRATEGIES, AppConfig, ConfigError
 from fedvit.model import build_model, count_parameters, exchanged_state
 from fedvit.wire import content_bytes, tensor_bytes
 
 MB = 1e6
+CODEC_ROWS = ("fp16", "bf16", "int8", "int4", "topk:0.1")
 FLAGS = ("model-name", "img-size", "patch-size", "lora-r", "lora-alpha", "lora-dropout",
          "lora-target-modules")
 
@@ -30,6 +32,7 @@ class ExchangeSize:
     tensors: int
     tensor_bytes: int
     content_bytes: int
+    codec_bytes: dict[str, int]  # encoded tensor bytes per codec
 
     @property
     def per_client_round_bytes(self) -> int:
@@ -42,9 +45,11 @@ def exchange_size(cfg: AppConfig, num_classes: int) -> ExchangeSize:
     state = exchanged_state(model)
     content = RecordDict({"arrays": ArrayRecord(state),
                           "config": ConfigRecord({"server-round": 1})})
+    arrays = {k: v.numpy() for k, v in state.items()}
+    codec_bytes = {c: encoded_bytes(encode(CodecSpec.parse(c), arrays)) for c in CODEC_ROWS}
     return ExchangeSize(cfg.strategy, count_parameters(model)[0],
                         sum(t.numel() for t in state.values()), len(state),
-                        tensor_bytes(content), content_bytes(content))
+                        tensor_bytes(content), content_bytes(content), codec_bytes)
 
 
 def report(cfg: AppConfig, num_classes: int) -> list[ExchangeSize]:
@@ -72,6 +77,15 @@ def format_report(cfg: AppConfig, num_classes: int, sizes: list[ExchangeSize]) -
         f"the parameters, {lora.content_bytes / full.content_bytes:.3%} of the bytes "
         f"({full.content_bytes / lora.content_bytes:.0f}x fewer)"
     )
+    lines.append("")
+    lines.append("encoded tensor bytes per message by codec (headers, scales, indices "
+                 "included; topk sizes depend on the values):")
+    lines.append(f"{'codec':<10}" + "".join(f"{s.strategy + ' MB':>14}{'% fp32':>9}"
+                                            for s in sizes))
+    for codec in CODEC_ROWS:
+        cells = [(s.codec_bytes[codec], s.tensor_bytes) for s in sizes]
+        lines.append(f"{codec:<10}" + "".join(f"{b / MB:>14.3f}{100 * b / fp32:>8.2f}%"
+                                              for b, fp32 in cells))
     return "\n".join(lines)
 
 

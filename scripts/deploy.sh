@@ -90,8 +90,8 @@ done
 [[ "$NODES" =~ ^[0-9]+$ && "$NODES" -ge 1 && "$NODES" -le 64 ]] \
   || die "--nodes must be an integer from 1 to 64, got '$NODES'"
 [[ "$PORT" =~ ^[0-9]+$ ]] || die "--port must be a number, got '$PORT'"
-mkdir -p "$DIR"
-DIR="$(cd "$DIR" && pwd)"  # absolute: it is written into config files and printed commands
+DIR="$(realpath -m -- "$DIR")"  # absolute: it goes into config files and printed commands
+[[ "$CMD" == stop || "$CMD" == status ]] || mkdir -p "$DIR"
 PIDS="$DIR/pids"
 LOGS="$DIR/logs"
 CERTS="$DIR/certs"
