@@ -43,7 +43,7 @@ DEFAULT_LINKS="100:20:20 20:5:50 10:2:100 4:1:200"
 START_TIMEOUT=${START_TIMEOUT:-90}
 STOP_TIMEOUT=${STOP_TIMEOUT:-15}
 
-# Flower's executables: the project's venv, else FLWR_BIN, else whatever is on PATH.
+# Flower's executables: FLWR_BIN if set, else the project's venv, else those on PATH.
 if [[ -n "${FLWR_BIN:-}" ]]; then
   BIN="$FLWR_BIN"
 elif [[ -x "$ROOT/.venv/bin/flower-superlink" ]]; then
@@ -67,7 +67,11 @@ usage() {
 
 CMD="${1:-}"
 [[ -n "$CMD" ]] || usage 2
-[[ "$CMD" == -h || "$CMD" == --help || "$CMD" == help ]] && usage 0
+case "$CMD" in
+  -h|--help|help) usage 0 ;;
+  start|stop|status|certs|keys) ;;
+  *) echo "deploy.sh: unknown command '$CMD'" >&2; usage 2 ;;
+esac
 shift
 NODES=2
 TLS=0
@@ -115,13 +119,13 @@ alive() {  # running and not a zombie
   [[ "${stat:0:1}" != "Z" ]]
 }
 
-record_pid() {  # record_pid PID NAME
+record_pid() {  # record_pid PID NAME (fails if the process is gone already)
   local st
-  st="$(start_time_of "$1")" || die "process $2 (PID $1) vanished right after starting"
+  st="$(start_time_of "$1")" || return 1
   echo "$1 $st $2" >>"$PIDS"
 }
 
-descendants() {  # all descendants of PID, children first listed after their parent
+descendants() {  # all descendants of PID, each listed after its parent
   local child
   for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
     echo "$child"
@@ -134,7 +138,7 @@ record_children() {  # the children that the recorded processes have spawned by 
   while read -r pid st name; do
     [[ "$name" == child-of-* ]] && continue
     for d in $(descendants "$pid"); do
-      grep -q "^$d " "$PIDS" || record_pid "$d" "child-of-$name" 2>/dev/null || true
+      grep -q "^$d " "$PIDS" || record_pid "$d" "child-of-$name" || true
     done
   done < <(cat "$PIDS")
 }
@@ -146,9 +150,7 @@ launch() {  # launch NAME LOG CWD CMD...: own session (PGID = PID), output to LO
   local pid=$!
   # the subshell execs setsid, which execs the command (no fork: we are not a group leader),
   # so $! is the command's own PID and its process group
-  local st
-  st="$(start_time_of "$pid")" || fail_start "$name exited at once" "$logfile"
-  echo "$pid $st $name" >>"$PIDS"
+  record_pid "$pid" "$name" || fail_start "$name exited at once" "$logfile"
   LAUNCHED_PID=$pid
 }
 
@@ -444,5 +446,4 @@ case "$CMD" in
   status) do_status ;;
   certs) make_certs ;;
   keys) make_keys ;;
-  *) echo "deploy.sh: unknown command '$CMD'" >&2; usage 2 ;;
 esac

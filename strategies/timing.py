@@ -46,41 +46,41 @@ class RoundTiming:
             self.timeline[server_round] = RoundLog(start=time.time())
         return self.timeline[server_round]
 
+    def _timed(self, server_round: int, attr: str, call):
+        """Run ``call()``, adding its seconds to the round's ``attr``."""
+        log = self._log(server_round)
+        t0 = time.perf_counter()
+        out = call()
+        setattr(log, attr, getattr(log, attr) + time.perf_counter() - t0)
+        return out
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        log = self._log(server_round)
-        t0 = time.perf_counter()
-        out = list(super().configure_train(server_round, arrays, config, grid))
-        log.configure_s += time.perf_counter() - t0
-        return out
+        sup = super().configure_train
+        return self._timed(server_round, "configure_s",
+                           lambda: list(sup(server_round, arrays, config, grid)))
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        log = self._log(server_round)
-        t0 = time.perf_counter()
-        out = list(super().configure_evaluate(server_round, arrays, config, grid))
-        log.configure_s += time.perf_counter() - t0
-        return out
+        sup = super().configure_evaluate
+        return self._timed(server_round, "configure_s",
+                           lambda: list(sup(server_round, arrays, config, grid)))
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
         self._keep(server_round, "train", replies)
-        t0 = time.perf_counter()
-        out = super().aggregate_train(server_round, replies)
-        log = self._log(server_round)
-        log.aggregate_s += time.perf_counter() - t0
-        log.train_metrics = dict(out[1] or {})
+        sup = super().aggregate_train
+        out = self._timed(server_round, "aggregate_s", lambda: sup(server_round, replies))
+        self._log(server_round).train_metrics = dict(out[1] or {})
         return out
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
         self._keep(server_round, "evaluate", replies)
-        t0 = time.perf_counter()
-        out = super().aggregate_evaluate(server_round, replies)
-        self._log(server_round).aggregate_s += time.perf_counter() - t0
-        return out
+        sup = super().aggregate_evaluate
+        return self._timed(server_round, "aggregate_s", lambda: sup(server_round, replies))
 
     def _keep(self, server_round: int, phase: str, replies: list[Message]) -> None:
         log = self._log(server_round)
