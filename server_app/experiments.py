@@ -2,7 +2,8 @@
 
 For each strategy, from the run config (defaults: the offline default) vary one factor at
 a time with identical seeds: image size (two sizes), local epochs (1, 5, 10), precision
-(fp32, and bf16 where the device supports it). Each run is a whole federation under
+(fp32, and bf16 where the device supports it); for fedlora also the uplink codecs fp16,
+int8 and top-k 0.1, and FFA-LoRA aggregation. Each run is a whole federation under
 ``run_simulation`` in its own process, written to ``<out>/runs/<name>/``; a run whose
 ``summary.json`` exists is complete and is skipped on a rerun, so the command can be
 interrupted and rerun. Progress: runs done, the current run and its round.
@@ -38,12 +39,15 @@ def grid(base: AppConfig, quick: bool) -> list[tuple[str, dict]]:
     sizes = (base.img_size, 2 * base.img_size)
     epochs = (1, 2) if quick else (1, 5, 10)
     precisions = ("fp32", "bf16") if bf16_supported() and not quick else ("fp32",)
+    codecs = ("int8",) if quick else ("fp16", "int8", "topk:0.1")
     runs: list[tuple[str, dict]] = []
     for strategy in STRATEGIES:
         variants: list[dict] = [{}]
         variants += [{"img-size": s} for s in sizes if s != base.img_size]
         variants += [{"local-epochs": e} for e in epochs if e != base.local_epochs]
         variants += [{"precision": p} for p in precisions if p != "fp32"]
+        if strategy == "fedlora":  # beyond LoRA: compressed uplinks, exact aggregation
+            variants += [{"codec-up": c} for c in codecs] + [{"lora-aggregation": "ffa"}]
         for v in variants:
             name = "-".join([strategy, *(f"{k}={val}" for k, val in v.items())]) or strategy
             runs.append((name, {"strategy": strategy, **v}))
