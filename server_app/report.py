@@ -39,7 +39,7 @@ MB = 1e6
 SWEEP_MBPS = (1.0, 10_000.0)  # 1 Mbit/s .. 10 Gbit/s
 SWEEP_POINTS = 60
 COMPARE_AT_MBPS = (10.0, 1000.0)
-LABEL_IGNORED_KEYS = ("outputs-dir",)
+LABEL_IGNORED_KEYS = ("outputs-dir", "run-name", "resume-from")  # bookkeeping, not factors
 LABEL_MAX_KEYS = 3
 PLOTS = {
     "accuracy": "accuracy.png",
@@ -176,7 +176,7 @@ def _stamp(run: Run) -> str:
 
 def run_labels(runs: Sequence[Run]) -> list[str]:
     """The strategy, plus the config keys that set a run apart from runs of its strategy
-    (else its folder's time stamp)."""
+    (a label shared by two runs gets their folders' time stamps)."""
     labels = []
     for run in runs:
         strategy = run.summary["strategy"]
@@ -187,7 +187,7 @@ def run_labels(runs: Sequence[Run]) -> list[str]:
             parts = [f"{k}={_value(run.config[k])}" for k in keys[:LABEL_MAX_KEYS]]
             if len(keys) > LABEL_MAX_KEYS:
                 parts.append(f"+{len(keys) - LABEL_MAX_KEYS}")
-            label = " ".join([strategy, *(parts or [_stamp(run)])])
+            label = " ".join([strategy, *parts])  # no keys: the group's baseline
         labels.append(label)
     return [lb if labels.count(lb) == 1 else f"{lb} {_stamp(r)}"
             for lb, r in zip(labels, runs, strict=True)]
