@@ -138,7 +138,12 @@ class AppConfig:
 
         ``run_simulation`` hands apps an empty run config, hence the fallback.
         Raises ``ConfigError`` listing every bad key with its value and what is allowed.
+        Validated once per distinct run config and process (clients call this per message).
         """
+        return _validated(cls, tuple(sorted(dict(run_config).items())))
+
+    @classmethod
+    def _validate(cls, run_config: Mapping[str, Any]) -> AppConfig:
         merged = {**pyproject_defaults(), **dict(run_config)}
         known = {f.name.replace("_", "-") for f in dataclasses.fields(cls)}
         errors = [
@@ -223,6 +228,11 @@ class AppConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as run-config keys (for results files)."""
         return {k.replace("_", "-"): val for k, val in dataclasses.asdict(self).items()}
+
+
+@lru_cache(maxsize=32)
+def _validated(cls: type[AppConfig], items: tuple[tuple[str, Any], ...]) -> AppConfig:
+    return cls._validate(dict(items))
 
 
 def target_modules(spec: str) -> list[str]:
