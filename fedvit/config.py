@@ -268,9 +268,10 @@ def _coerce(key: str, value: Any, type_name: Any) -> Any:
 
 
 def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(
-        value, bool
-    ) else str(value)
+    """A value as the run config spells it: 'text', true/false, numbers as they are."""
+    if isinstance(value, str):
+        return repr(value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _is_timm_vit(name: str) -> bool:

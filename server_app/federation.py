@@ -79,7 +79,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     writer.write_json("config.json", cfg.to_dict())
     timed_grid = TimedGrid(grid, cfg.min_nodes, cfg.node_wait_s)
     num_nodes = len(timed_grid.get_node_ids())
-    est = estimate({k: v.numpy() for k, v in ArrayRecord(exchanged_state(model)).items()},
+    est = estimate({k: v.cpu().numpy() for k, v in exchanged_state(model).items()},
                    num_nodes, cfg)
     log(INFO, "fedvit: %s on %s (%s parameters, %s trainable, %d tensors exchanged, "
         "backbone %s); results in %s", cfg.strategy, cfg.model_name, f"{total:,}",
