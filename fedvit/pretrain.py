@@ -33,7 +33,7 @@ from fedvit.data import (
 from fedvit.model import HEAD, create_vit
 from fedvit.train import evaluate, train_epochs
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: fused AdamW
 EPOCHS = 100
 LEARNING_RATE = 3e-3
 WEIGHT_DECAY = 0.05

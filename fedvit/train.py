@@ -64,6 +64,36 @@ def _batches(loader: DataLoader, device: str) -> Iterator[tuple[torch.Tensor, to
         )
 
 
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """AdamW over the parameters that require grad, fused: one kernel updates every tensor
+    (torch's CPU default loops over them, which on a small ViT costs a quarter of a step)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    clock: PhaseClock,
+    bf16: bool,
+) -> torch.Tensor:
+    """One optimizer step on one batch; laps the forward, backward and optimizer phases.
+
+    Returns the (detached) loss.
+    """
+    with autocast(images.device.type, bf16):
+        loss = nn.functional.cross_entropy(model(images), labels)
+    clock.lap("forward")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    clock.lap("backward")
+    optimizer.step()
+    clock.lap("optimizer")
+    return loss.detach()
+
+
 def train_epochs(
     model: nn.Module,
     loader: DataLoader,
@@ -79,8 +109,7 @@ def train_epochs(
     ``one_cycle`` anneals the rate over all steps (used by central pretraining).
     """
     model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = make_optimizer(model, lr, weight_decay)
     schedule = (
         torch.optim.lr_scheduler.OneCycleLR(
             optimizer, lr, total_steps=epochs * len(loader), pct_start=0.1
@@ -95,16 +124,10 @@ def train_epochs(
         clock.start()
         for images, labels in _batches(loader, device):
             clock.lap("data")
-            with autocast(device, bf16):
-                loss = nn.functional.cross_entropy(model(images), labels)
-            clock.lap("forward")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clock.lap("backward")
-            optimizer.step()
+            loss = train_step(model, optimizer, images, labels, clock, bf16)
             if schedule is not None:
                 schedule.step()
-            clock.lap("optimizer")
+                clock.lap("optimizer")
             total_loss += loss.item() * len(labels)
             seen += len(labels)
             clock.start()

@@ -13,6 +13,7 @@ from torch import nn
 
 from fedvit.config import AppConfig, ConfigError
 from fedvit.model import (
+    FusedLoraLinear,
     backbone_fingerprint,
     build_model,
     count_parameters,
@@ -90,6 +91,51 @@ def test_fedlora_forward_shape_and_input_stats() -> None:
 
 
 # ---------------------------------------------------------------------------- fedavg
+
+
+def _fused_and_peft_pair(**overrides) -> tuple[PeftModel, PeftModel]:
+    """The same LoRA model with the fused forward and with peft's, B made non-zero."""
+    cfg = _cfg(**overrides)
+    fused = wrap_lora(_plain_vit(0), cfg)
+    plain = wrap_lora(_plain_vit(0), cfg, fused=False)
+    torch.manual_seed(1)
+    for name, param in fused.named_parameters():
+        if ".lora_B." in name:
+            param.data.normal_(0, 0.1)
+    plain.load_state_dict(fused.state_dict())
+    return fused, plain
+
+
+def test_fused_lora_forward_and_gradients_equal_peft() -> None:
+    fused, plain = _fused_and_peft_pair()
+    qkv = [m for n, m in fused.named_modules() if n.endswith(".qkv")]
+    assert len(qkv) == DEPTH and all(isinstance(m, FusedLoraLinear) for m in qkv)
+    assert not any(isinstance(m, FusedLoraLinear) for m in plain.modules())
+    x = torch.randn(4, 3, 16, 16)
+    outs = []
+    for model in (fused, plain):
+        out = model(x)
+        out.square().sum().backward()
+        outs.append((out.detach(), {n: p.grad for n, p in _trainable(model).items()}))
+    (out_f, grads_f), (out_p, grads_p) = outs
+    assert out_f.abs().max() > 0
+    torch.testing.assert_close(out_f, out_p, rtol=1e-5, atol=1e-5)
+    assert grads_f.keys() == grads_p.keys() and len(grads_f) == 2 * DEPTH + 2
+    for name in grads_f:
+        assert grads_f[name].abs().max() > 0, name
+        torch.testing.assert_close(grads_f[name], grads_p[name], rtol=1e-4, atol=1e-5)
+
+
+def test_fused_lora_under_bf16_autocast_and_when_merged() -> None:
+    fused, plain = _fused_and_peft_pair()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_f, out_p = fused(x), plain(x)
+    assert out_f.dtype == torch.bfloat16
+    torch.testing.assert_close(out_f.float(), out_p.float(), rtol=0.05, atol=0.05)
+    expected = plain(x).detach()
+    fused.merge_adapter()  # merged weights take peft's own path
+    torch.testing.assert_close(fused(x).detach(), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_fedavg_exchanges_full_state_dict() -> None:
