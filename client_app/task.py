@@ -50,8 +50,10 @@ def _loaders(cfg: AppConfig, partition_id: int, num_partitions: int) -> tuple:
     splits = client_splits(cfg, partition_id, num_partitions)
     mean, std = input_stats(_model(cfg, cols.num_classes))
     return (
-        make_loader(splits["train"], cols, cfg, mean, std, shuffle=True, seed=cfg.seed),
-        make_loader(splits["val"], cols, cfg, mean, std, shuffle=False),
+        make_loader(splits["train"], cols, cfg, mean, std, shuffle=True,
+                    batch_size=cfg.batch_size, seed=cfg.seed),
+        make_loader(splits["val"], cols, cfg, mean, std, shuffle=False,
+                    batch_size=cfg.eval_batch_size),
     )
 
 

@@ -41,6 +41,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("min-nodes", lambda x: x >= 1, "an integer >= 1"),
     ("local-epochs", lambda x: x >= 1, "an integer >= 1"),
     ("batch-size", lambda x: x >= 1, "an integer >= 1"),
+    ("eval-batch-size", lambda x: x >= 1, "an integer >= 1"),
     ("learning-rate", lambda x: x > 0, "a number > 0"),
     ("model-name", lambda x: _is_timm_vit(x),
      "a timm Vision Transformer name (timm.list_models(module='vision_transformer'))"),
@@ -101,6 +102,7 @@ class AppConfig:
     min_nodes: int
     local_epochs: int
     batch_size: int
+    eval_batch_size: int
     learning_rate: float
     model_name: str
     img_size: int

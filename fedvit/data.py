@@ -173,6 +173,7 @@ def make_loader(
     mean: tuple,
     std: tuple,
     shuffle: bool,
+    batch_size: int,
     seed: int = 0,
 ) -> DataLoader:
     """A DataLoader of ``(images, labels)``; workers and pinned memory on a GPU."""
@@ -182,7 +183,7 @@ def make_loader(
         # Small sets are transformed once, not once per epoch.
         images = torch.stack([tf(im) for im in ds[cols.image]])
         labels = torch.tensor(ds[cols.label], dtype=torch.long)
-        return DataLoader(TensorDataset(images, labels), batch_size=cfg.batch_size,
+        return DataLoader(TensorDataset(images, labels), batch_size=batch_size,
                           shuffle=shuffle, generator=generator)
 
     def apply(batch: dict) -> dict:
@@ -190,7 +191,7 @@ def make_loader(
 
     return DataLoader(
         ds.with_transform(apply),
-        batch_size=cfg.batch_size,
+        batch_size=batch_size,
         shuffle=shuffle,
         generator=generator,
         num_workers=min(4, os.cpu_count() or 1) if cfg.use_cuda else 0,

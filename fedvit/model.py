@@ -146,9 +146,11 @@ class FusedLoraLinear(PeftLoraLinear):
     peft computes ``base(x) + B(A(x)) * s`` as five operations, two of them full passes
     over the output (the scaling and the sum). This computes the same with two matrix
     products and one ``addmm`` that scales and adds in the same kernel; on a small ViT the
-    saved passes are a visible share of the step. Anything else (merged or disabled
-    adapters, several adapters, adapter biases, DoRA and other variants) goes through
-    peft's own forward.
+    saved passes are a visible share of the step. In evaluation (eval mode, no autograd) it
+    folds the adapter into the weight instead, ``W + s·B·A`` (out × in, no per-token work),
+    so evaluating a LoRA model costs what evaluating the plain ViT does; the stored weights
+    are never touched. Anything else (merged or disabled adapters, several adapters,
+    adapter biases, DoRA and other variants) goes through peft's own forward.
     Parameter names and state dicts are peft's.
     """
 
@@ -160,10 +162,15 @@ class FusedLoraLinear(PeftLoraLinear):
             return super().forward(x, *args, **kwargs)
         name = active[0]
         base = self.base_layer
+        lora_a, lora_b = self.lora_A[name].weight, self.lora_B[name].weight
+        scale = self.scaling[name]
+        if not self.training and not torch.is_grad_enabled():
+            weight = torch.addmm(base.weight, lora_b, lora_a, alpha=scale)
+            return nn.functional.linear(x, weight, base.bias)
         flat = x.reshape(-1, x.shape[-1])
         out = nn.functional.linear(flat, base.weight, base.bias)
-        down = self.lora_A[name](self.lora_dropout[name](flat))
-        out = torch.addmm(out, down, self.lora_B[name].weight.t(), alpha=self.scaling[name])
+        down = nn.functional.linear(self.lora_dropout[name](flat), lora_a)
+        out = torch.addmm(out, down, lora_b.t(), alpha=scale)
         return out.view(*x.shape[:-1], out.shape[-1])
 
 

@@ -85,15 +85,17 @@ def build(cfg: AppConfig, path: Path) -> dict[str, float]:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     public = digits_splits()["public"]
     cols = columns_of(public)
-    pcfg = dataclasses.replace(cfg, strategy="fedavg", batch_size=BATCH_SIZE, device="cpu",
-                               precision="fp32", weights_path="", pretrained=False)
+    pcfg = dataclasses.replace(cfg, strategy="fedavg", device="cpu", precision="fp32",
+                               weights_path="", pretrained=False)
     model = create_vit(pcfg, cols.num_classes)
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-    loader = make_loader(public, cols, pcfg, mean, std, shuffle=True, seed=cfg.seed)
+    loader = make_loader(public, cols, pcfg, mean, std, shuffle=True, batch_size=BATCH_SIZE,
+                         seed=cfg.seed)
     stats = train_epochs(model, loader, EPOCHS, LEARNING_RATE, "cpu", bf16=False,
                          weight_decay=WEIGHT_DECAY, one_cycle=True)
-    fit = evaluate(model, make_loader(public, cols, pcfg, mean, std, shuffle=False), "cpu",
-                   bf16=False)
+    eval_loader = make_loader(public, cols, pcfg, mean, std, shuffle=False,
+                              batch_size=BATCH_SIZE)
+    fit = evaluate(model, eval_loader, "cpu", bf16=False)
     state = {k: v.contiguous() for k, v in model.state_dict().items()
              if not k.startswith(HEAD + ".")}
     tmp = path.with_suffix(".tmp")

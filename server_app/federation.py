@@ -61,7 +61,8 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     cols = dataset_columns(cfg)
     model = build_model(cfg, cols.num_classes)
     mean, std = input_stats(model)
-    test_loader = make_loader(central_test_set(cfg), cols, cfg, mean, std, shuffle=False)
+    test_loader = make_loader(central_test_set(cfg), cols, cfg, mean, std, shuffle=False,
+                              batch_size=cfg.eval_batch_size)
     resume = load_checkpoint(resolve_path(cfg.resume_from)) if cfg.resume_from else None
     initial = resume.arrays if resume else ArrayRecord(exchanged_state(model))
     strategy = make_strategy(cfg, initial.keys())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 
@@ -54,6 +55,18 @@ def test_defaults_validate_and_match_pyproject() -> None:
     assert cfg.fraction_train == 1.0 and isinstance(cfg.fraction_train, float)
     # every dataclass field has exactly one pyproject key
     assert {f.name.replace("_", "-") for f in dataclasses.fields(AppConfig)} == set(table)
+
+
+def test_readme_table_gives_every_key_its_pyproject_default() -> None:
+    rows: dict[str, str] = {}
+    for line in (APP_ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].startswith("`"):
+            for key in re.findall(r"`([a-z0-9-]+)`", cells[0]):
+                rows[key] = cells[1].strip("`")
+    for key, default in _pyproject_table().items():
+        shown = str(default).lower() if isinstance(default, bool) else str(default)
+        assert rows.get(key) == (shown or '""'), key
 
 
 def test_overrides_are_merged_onto_defaults() -> None:

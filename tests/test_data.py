@@ -249,7 +249,8 @@ def test_hub_loader(hub_folder, monkeypatch: pytest.MonkeyPatch, materialize: bo
     if not materialize:
         monkeypatch.setattr(fdata, "MATERIALIZE_BYTES", 0)  # the per-batch transform path
     test = central_test_set(cfg)
-    loader = make_loader(test, HUB_COLS, cfg, HALF, HALF, shuffle=False)
+    loader = make_loader(test, HUB_COLS, cfg, HALF, HALF, shuffle=False,
+                         batch_size=cfg.batch_size)
     batches = list(loader)
     assert [len(y) for _, y in batches] == [4, 4, 2]
     for x, y in batches:
@@ -284,7 +285,8 @@ def test_hub_missing_test_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_digits_loader_shapes_and_range(digits: DatasetDict) -> None:
     cfg = _cfg(batch_size=32)
     train = digits["train"]
-    loader = make_loader(train, DIGITS, cfg, HALF, HALF, shuffle=False)
+    loader = make_loader(train, DIGITS, cfg, HALF, HALF, shuffle=False,
+                         batch_size=cfg.batch_size)
     batches = list(loader)
     assert len(batches) == math.ceil(718 / 32)
     assert [len(y) for _, y in batches] == [32] * 22 + [14]
@@ -302,7 +304,7 @@ def test_digits_loader_shapes_and_range(digits: DatasetDict) -> None:
 def test_digits_loader_other_normalisation(digits: DatasetDict) -> None:
     cfg = _cfg(batch_size=64, img_size=8, patch_size=4)
     loader = make_loader(digits["test"], DIGITS, cfg, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0),
-                         shuffle=False)
+                         shuffle=False, batch_size=cfg.batch_size)
     x, _ = next(iter(loader))
     assert x.shape == (64, 3, 8, 8)
     assert x.min().item() == 0.0 and x.max().item() == 1.0
@@ -315,11 +317,13 @@ def test_digits_loader_shuffle_is_seeded(digits: DatasetDict) -> None:
     train = digits["train"].select(range(160))
 
     def order(seed: int) -> list[int]:
-        loader = make_loader(train, DIGITS, cfg, HALF, HALF, shuffle=True, seed=seed)
+        loader = make_loader(train, DIGITS, cfg, HALF, HALF, shuffle=True,
+                             batch_size=cfg.batch_size, seed=seed)
         return torch.cat([y for _, y in loader]).tolist()
 
     def first_batch(seed: int) -> torch.Tensor:
-        loader = make_loader(train, DIGITS, cfg, HALF, HALF, shuffle=True, seed=seed)
+        loader = make_loader(train, DIGITS, cfg, HALF, HALF, shuffle=True,
+                             batch_size=cfg.batch_size, seed=seed)
         return next(iter(loader))[0]
 
     assert order(5) == order(5)

@@ -134,6 +134,11 @@ def test_fused_lora_under_bf16_autocast_and_when_merged() -> None:
     assert out_f.dtype == torch.bfloat16
     torch.testing.assert_close(out_f.float(), out_p.float(), rtol=0.05, atol=0.05)
     expected = plain(x).detach()
+    weights = {k: v.clone() for k, v in fused.state_dict().items()}
+    fused.eval()
+    with torch.no_grad():  # evaluation folds B·A into the weight, leaving the weights alone
+        torch.testing.assert_close(fused(x), expected, rtol=1e-4, atol=1e-4)
+    assert all(torch.equal(v, weights[k]) for k, v in fused.state_dict().items())
     fused.merge_adapter()  # merged weights take peft's own path
     torch.testing.assert_close(fused(x).detach(), expected, rtol=1e-4, atol=1e-4)
 
