@@ -48,8 +48,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default; simulated clients get 1)")
     parser.add_argument("--run-config", default="")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     overrides = parse_config_args([args.run_config]) if args.run_config else {}
     cfg = AppConfig.from_run_config({"weights-path": "", **overrides})
     device = cfg.torch_device
