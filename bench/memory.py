@@ -65,6 +65,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-config", default="")
     args = parser.parse_args()
+    running = superlinks("")
+    if running:  # `flwr run` would hand the run to it, and its memory would not be counted
+        sys.exit(f"a SuperLink is already running (pids {running}); stop it first "
+                 "(pkill -f flower-superlink) so that this run starts and measures its own")
     venv_bin = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as tmp:
         home = os.path.join(tmp, "flwr-home")
@@ -76,10 +80,13 @@ def main() -> None:
                                 "--run-config", run_config], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         peak_pss = peak_rss = 0
+        seen_superlink = False
         t0 = time.perf_counter()
         try:
             while cli.poll() is None:
-                pids = descendants([cli.pid, *superlinks(home)])
+                ours = superlinks(home)
+                seen_superlink |= bool(ours)
+                pids = descendants([cli.pid, *ours])
                 pss, rss = map(sum, zip(*(memory_kb(p) for p in pids), strict=True))
                 peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
                 time.sleep(0.2)
@@ -91,6 +98,8 @@ def main() -> None:
                     except ProcessLookupError:
                         pass
     print(f"flwr run . finished with code {cli.returncode} in {time.perf_counter() - t0:.0f} s")
+    if not seen_superlink:
+        sys.exit("no SuperLink of this run was seen: the figures would miss the run's processes")
     print(f"peak memory of all processes: {peak_pss / 1e6:.2f} GB PSS, "
           f"{peak_rss / 1e6:.2f} GB RSS (target <= 4 GB)")
 
