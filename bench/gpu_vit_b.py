@@ -21,7 +21,7 @@ import torch
 
 from fedvit.config import AppConfig
 from fedvit.model import build_model
-from fedvit.train import autocast
+from fedvit.train import PhaseClock, make_optimizer, train_step
 
 # Dense bf16 tensor-core peak (TFLOP/s) by device name fragment.
 PEAK_BF16 = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
@@ -42,8 +42,8 @@ def train_steps(cfg: AppConfig, batch: int, steps: int) -> tuple[float, int]:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     model = build_model(cfg, 100).cuda().train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    opt = make_optimizer(model, 1e-4)
+    clock = PhaseClock(cuda=True)  # the clients' own step, synchronised per phase as theirs
     x = torch.randn(batch, 3, 32, 32, device="cuda")
     x = torch.nn.functional.interpolate(x, size=224, mode="bilinear")
     y = torch.randint(0, 100, (batch,), device="cuda")
@@ -51,11 +51,8 @@ def train_steps(cfg: AppConfig, batch: int, steps: int) -> tuple[float, int]:
         if i == 5:
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-        with autocast("cuda", True):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        clock.start()
+        train_step(model, opt, x, y, clock, bf16=True)
     torch.cuda.synchronize()
     return batch * steps / (time.perf_counter() - t0), torch.cuda.max_memory_allocated()
 
