@@ -8,8 +8,8 @@
 #   scripts/deploy.sh certs  [--dir DIR] [--san "IP:10.0.0.5,DNS:host-a"]   (TLS files only)
 #   scripts/deploy.sh keys   [--dir DIR] [--nodes N]                         (auth keys only)
 #
-# start   launches `flower-superlink` (working directory DIR, database DIR/state/superlink.db,
-#         no per-run `uv sync`) on 127.0.0.1:PORT (default 8000), waits until it answers, then
+# start   launches `flower-superlink` (working directory DIR, state in memory as is
+#         Flower's default, no per-run `uv sync`) on 127.0.0.1:PORT (default 8000), waits until it answers, then
 #         N `flower-supernode`s (default 2), node i with `--port 9100+i` (SUPERNODE_PORT_BASE
 #         replaces 9100) and `--node-config "partition-id=i num-partitions=N
 #         link-down-mbps=D link-up-mbps=U link-latency-ms=L"`, and waits until each one has
@@ -331,12 +331,11 @@ do_start() {
   done
   for ((i = 0; i < NODES; i++)); do link_of "$i" >/dev/null; done  # validate LINKS early
 
-  mkdir -p "$LOGS" "$DIR/state" "$DIR/homes"
+  mkdir -p "$LOGS" "$DIR/homes"
   : >"$PIDS"
   ((TLS)) && make_certs
   ((AUTH)) && make_keys
   write_connection
-  rm -f "$DIR"/state/superlink.db*  # a fresh federation each start (registrations included)
 
   # The processes find flower-superexec by name, and must not `uv sync` the app per run.
   export PATH="$BIN:$PATH"
@@ -344,8 +343,10 @@ do_start() {
   export FLWR_DISABLE_UPDATE_CHECK="${FLWR_DISABLE_UPDATE_CHECK:-1}"
 
   # --- SuperLink
-  local link_args=(--database "$DIR/state/superlink.db" --port "$PORT"
-                   --disable-runtime-dependency-installation)
+  # State in memory (a fresh federation each start, registrations included). An SQLite
+  # --database writes every message object: a fedavg round of test_vit on 2 nodes took
+  # 45 s with it and 24 s without.
+  local link_args=(--port "$PORT" --disable-runtime-dependency-installation)
   if ((TLS)); then
     link_args+=(--ssl-ca-certfile "$CERTS/ca.crt" --ssl-certfile "$CERTS/server.pem"
                 --ssl-keyfile "$CERTS/server.key")
