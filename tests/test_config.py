@@ -100,6 +100,8 @@ VIT_RULE = "a timm Vision Transformer name (timm.list_models(module='vision_tran
         ({"strategy": "fedsgd"},
          "'strategy' = 'fedsgd' is not allowed: must be one of ('fedavg', 'fedlora')"),
         ({"lora-r": 0}, "'lora-r' = 0 is not allowed: must be an integer >= 1"),
+        ({"eval-batch-size": 0},
+         "'eval-batch-size' = 0 is not allowed: must be an integer >= 1"),
         ({"learning-rate": -0.1}, "'learning-rate' = -0.1 is not allowed: must be a number > 0"),
         ({"model-name": "resnet50"},
          f"'model-name' = 'resnet50' is not allowed: must be {VIT_RULE}"),
