@@ -9,11 +9,11 @@
 #   scripts/deploy.sh keys   [--dir DIR] [--nodes N]                         (auth keys only)
 #
 # start   launches `flower-superlink` (working directory DIR, state in memory as is
-#         Flower's default, no per-run `uv sync`) on 127.0.0.1:PORT (default 8000), waits until it answers, then
-#         N `flower-supernode`s (default 2), node i with `--port 9100+i` (SUPERNODE_PORT_BASE
-#         replaces 9100) and `--node-config "partition-id=i num-partitions=N
-#         link-down-mbps=D link-up-mbps=U link-latency-ms=L"`, and waits until each one has
-#         joined. Insecure by default.
+#         Flower's default, no per-run `uv sync`) on 127.0.0.1:PORT (default 8000), waits
+#         until it answers, then N `flower-supernode`s (default 2), node i with
+#         `--port 9100+i` (SUPERNODE_PORT_BASE replaces 9100) and `--node-config
+#         "partition-id=i num-partitions=N link-down-mbps=D link-up-mbps=U
+#         link-latency-ms=L"`, and waits until each one has joined. Insecure by default.
 #   --tls   a self-signed CA and a server certificate for 127.0.0.1/localhost (openssl) in
 #           DIR/certs; the SuperLink serves HTTPS with them, SuperNodes and `flwr` verify it
 #           with DIR/certs/ca.crt.

@@ -90,12 +90,9 @@ def test_fedlora_forward_shape_and_input_stats() -> None:
     assert input_stats(model) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-# ---------------------------------------------------------------------------- fedavg
-
-
-def _fused_and_peft_pair(**overrides) -> tuple[PeftModel, PeftModel]:
+def _fused_and_peft_pair() -> tuple[PeftModel, PeftModel]:
     """The same LoRA model with the fused forward and with peft's, B made non-zero."""
-    cfg = _cfg(**overrides)
+    cfg = _cfg()
     fused = wrap_lora(_plain_vit(0), cfg)
     plain = wrap_lora(_plain_vit(0), cfg, fused=False)
     torch.manual_seed(1)
@@ -126,7 +123,7 @@ def test_fused_lora_forward_and_gradients_equal_peft() -> None:
         torch.testing.assert_close(grads_f[name], grads_p[name], rtol=1e-4, atol=1e-5)
 
 
-def test_fused_lora_under_bf16_autocast_and_when_merged() -> None:
+def test_fused_lora_under_autocast_in_evaluation_and_when_merged() -> None:
     fused, plain = _fused_and_peft_pair()
     x = torch.randn(4, 3, 16, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -141,6 +138,9 @@ def test_fused_lora_under_bf16_autocast_and_when_merged() -> None:
     assert all(torch.equal(v, weights[k]) for k, v in fused.state_dict().items())
     fused.merge_adapter()  # merged weights take peft's own path
     torch.testing.assert_close(fused(x).detach(), expected, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- fedavg
 
 
 def test_fedavg_exchanges_full_state_dict() -> None:
