@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from fedvit.codecs import CodecSpec, ErrorFeedback, encode_record, record_arrays
 from fedvit.config import AppConfig, ConfigError
-from fedvit.data import client_splits, dataset_columns, make_loader
+from fedvit.data import client_data, make_loader
 from fedvit.model import backbone_fingerprint, build_model, input_stats
 
 EF_STATE = "error-feedback"  # context.state key of the top-k residual
@@ -45,23 +45,25 @@ def _model(cfg: AppConfig, num_classes: int) -> nn.Module:
 
 
 @lru_cache(maxsize=16)
-def _loaders(cfg: AppConfig, partition_id: int, num_partitions: int) -> tuple:
-    cols = dataset_columns(cfg)
-    splits = client_splits(cfg, partition_id, num_partitions)
-    mean, std = input_stats(_model(cfg, cols.num_classes))
+def _data(cfg: AppConfig, partition_id: int, num_partitions: int
+          ) -> tuple[DataLoader, DataLoader, int]:
+    """Train and validation loaders of the partition, and the number of classes."""
+    data = client_data(cfg, partition_id, num_partitions)
+    mean, std = input_stats(_model(cfg, data.cols.num_classes))
     return (
-        make_loader(splits["train"], cols, cfg, mean, std, shuffle=True,
+        make_loader(data.train, data.cols, cfg, mean, std, shuffle=True,
                     batch_size=cfg.batch_size, seed=cfg.seed),
-        make_loader(splits["val"], cols, cfg, mean, std, shuffle=False,
+        make_loader(data.val, data.cols, cfg, mean, std, shuffle=False,
                     batch_size=cfg.eval_batch_size),
+        data.cols.num_classes,
     )
 
 
 def local_task(cfg: AppConfig, partition_id: int, num_partitions: int) -> LocalTask:
     """The cached task of this partition. The model is shared by the partitions a worker
     serves; every message loads the exchanged tensors into it before use."""
-    train, val = _loaders(cfg, partition_id, num_partitions)
-    return LocalTask(_model(cfg, dataset_columns(cfg).num_classes), train, val)
+    train, val, num_classes = _data(cfg, partition_id, num_partitions)
+    return LocalTask(_model(cfg, num_classes), train, val)
 
 
 class BackboneMismatch(RuntimeError):

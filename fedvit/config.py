@@ -242,6 +242,11 @@ def target_modules(spec: str) -> list[str]:
     return [name.strip() for name in spec.split(",") if name.strip()]
 
 
+def cache_dir() -> Path:
+    """Where built artefacts are kept: ``$FEDVIT_CACHE``, default ``~/.cache/fedvit``."""
+    return Path(os.environ.get("FEDVIT_CACHE", Path.home() / ".cache" / "fedvit"))
+
+
 def resolve_path(path: str) -> Path:
     """A user path: ``~`` expanded; relative paths are taken from the app's root."""
     p = Path(os.path.expanduser(path))

@@ -2,24 +2,34 @@
 
 Both kinds become a ``datasets.Dataset`` with an image column and a ``ClassLabel`` column
 and go through the same flwr-datasets partitioners and the same transforms.
+
+A client's partition of a small dataset (digits, or a local folder) is materialised once
+into ``uint8`` tensors and cached under ``$FEDVIT_CACHE/partitions``. A client process that
+finds its partition there never imports ``datasets`` or ``flwr_datasets``, which cost about
+4 s a process (and in deployment Flower 1.41 starts a ClientApp process per message); that
+is why those two are imported inside the functions that use them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
-from flwr_datasets import FederatedDataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
-from PIL import Image as PILImage
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms
 
-from fedvit.config import EMBEDDED_DATASET, AppConfig, ConfigError, resolve_path
+from fedvit.config import EMBEDDED_DATASET, AppConfig, ConfigError, cache_dir, resolve_path
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+    from flwr_datasets.partitioner import Partitioner
 
 # The digits split is part of the dataset's definition, not of a run: fixed forever.
 DIGITS_SPLIT_SEED = 0
@@ -27,6 +37,7 @@ DIGITS_TEST_FRACTION = 0.2
 DIGITS_PUBLIC_FRACTION = 0.4
 PREFERRED_LABELS = ("fine_label", "label")
 MATERIALIZE_BYTES = 256 * 2**20  # below this, a split is transformed once into tensors
+PARTITION_CACHE_VERSION = 1  # bump when what a cached partition holds changes
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,8 @@ def digits_splits() -> DatasetDict:
     held-out set; ``public`` (40 %) is data the clients never see, used only to pretrain
     the frozen backbone centrally (``fedvit.pretrain``).
     """
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    from PIL import Image as PILImage
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -69,6 +82,8 @@ def digits_splits() -> DatasetDict:
 
 def columns_of(ds: Dataset) -> Columns:
     """Find the image column (``Image`` feature) and the label column (``ClassLabel``)."""
+    from datasets import ClassLabel, Image
+
     images = [k for k, f in ds.features.items() if isinstance(f, Image)]
     labels = [k for k, f in ds.features.items() if isinstance(f, ClassLabel)]
     preferred = [k for k in PREFERRED_LABELS if k in labels]
@@ -83,6 +98,8 @@ def columns_of(ds: Dataset) -> Columns:
 
 def make_partitioner(cfg: AppConfig, num_partitions: int, label: str) -> Partitioner:
     """The flwr-datasets partitioner the config asks for."""
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
     if cfg.partitioner == "iid":
         return IidPartitioner(num_partitions=num_partitions)
     return DirichletPartitioner(
@@ -105,6 +122,8 @@ def _partitioned(cfg: AppConfig, num_partitions: int) -> tuple[Partitioner, Data
         partitioner = make_partitioner(cfg, num_partitions, cols.label)
         partitioner.dataset = splits["train"]
         return partitioner, splits["test"], cols
+    from flwr_datasets import FederatedDataset
+
     path = resolve_path(dataset)
     source = str(path) if path.is_dir() else dataset
     try:
@@ -150,8 +169,45 @@ def client_splits(cfg: AppConfig, partition_id: int, num_partitions: int) -> Dat
             f"partition {partition_id} of {num_partitions} holds {len(part)} examples: "
             "too few to split; use fewer partitions or a larger 'dirichlet-alpha'"
         )
+    from datasets import DatasetDict
+
     split = part.train_test_split(test_size=cfg.val_fraction, seed=cfg.seed)
     return DatasetDict(train=split["train"], val=split["test"])
+
+
+def fits_in_memory(num_examples: int, img_size: int) -> bool:
+    """Whether a split is small enough to be transformed once into float tensors."""
+    return num_examples * 3 * img_size**2 * 4 <= MATERIALIZE_BYTES
+
+
+@dataclass(frozen=True)
+class Materialised:
+    """A split as tensors: ``uint8`` RGB images ``(N, 3, S, S)`` and ``int64`` labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def materialise(ds: Dataset, cols: Columns, img_size: int) -> Materialised:
+    """Resize every image of ``ds`` once; normalisation is left to the loader."""
+    to_pixels = transforms.Compose([
+        transforms.Lambda(lambda im: im.convert("RGB")),
+        transforms.Resize((img_size, img_size)),
+        transforms.PILToTensor(),
+    ])
+    images = [to_pixels(im) for im in ds[cols.image]]
+    return Materialised(
+        torch.stack(images) if images else torch.empty(0, 3, img_size, img_size,
+                                                       dtype=torch.uint8),
+        torch.tensor(ds[cols.label], dtype=torch.long),
+    )
+
+
+def normalise(images: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
+    """``uint8`` images -> float32, scaled and normalised exactly as ``ToTensor`` then
+    ``Normalize`` would."""
+    x = images.to(torch.float32).div(255)
+    return x.sub_(torch.tensor(mean).view(-1, 1, 1)).div_(torch.tensor(std).view(-1, 1, 1))
 
 
 def image_transform(img_size: int, mean: tuple, std: tuple) -> transforms.Compose:
@@ -167,7 +223,7 @@ def image_transform(img_size: int, mean: tuple, std: tuple) -> transforms.Compos
 
 
 def make_loader(
-    ds: Dataset,
+    data: Dataset | Materialised,
     cols: Columns,
     cfg: AppConfig,
     mean: tuple,
@@ -177,20 +233,19 @@ def make_loader(
     seed: int = 0,
 ) -> DataLoader:
     """A DataLoader of ``(images, labels)``; workers and pinned memory on a GPU."""
-    tf = image_transform(cfg.img_size, mean, std)
     generator = torch.Generator().manual_seed(seed)
-    if len(ds) * 3 * cfg.img_size**2 * 4 <= MATERIALIZE_BYTES:
-        # Small sets are transformed once, not once per epoch.
-        images = torch.stack([tf(im) for im in ds[cols.image]])
-        labels = torch.tensor(ds[cols.label], dtype=torch.long)
-        return DataLoader(TensorDataset(images, labels), batch_size=batch_size,
-                          shuffle=shuffle, generator=generator)
+    if not isinstance(data, Materialised) and fits_in_memory(len(data), cfg.img_size):
+        data = materialise(data, cols, cfg.img_size)  # transformed once, not every epoch
+    if isinstance(data, Materialised):
+        return DataLoader(TensorDataset(normalise(data.images, mean, std), data.labels),
+                          batch_size=batch_size, shuffle=shuffle, generator=generator)
+    tf = image_transform(cfg.img_size, mean, std)
 
     def apply(batch: dict) -> dict:
         return {"image": [tf(im) for im in batch[cols.image]], "label": batch[cols.label]}
 
     return DataLoader(
-        ds.with_transform(apply),
+        data.with_transform(apply),
         batch_size=batch_size,
         shuffle=shuffle,
         generator=generator,
@@ -205,3 +260,76 @@ def _collate(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         torch.stack([r["image"] for r in rows]),
         torch.tensor([r["label"] for r in rows], dtype=torch.long),
     )
+
+
+# ------------------------------------------------------------- a client's cached partition
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """A client's local ``train`` and ``val`` splits and the dataset's columns."""
+
+    train: Dataset | Materialised
+    val: Dataset | Materialised
+    cols: Columns
+
+
+def client_data(cfg: AppConfig, partition_id: int, num_partitions: int) -> ClientData:
+    """A client's splits. Small partitions of digits or a local folder come materialised,
+    from the partition cache when they are there; others as ``datasets.Dataset``."""
+    path = partition_cache_path(cfg, partition_id, num_partitions)
+    if path is not None and path.is_file():
+        return _load_partition(path)
+    splits = client_splits(cfg, partition_id, num_partitions)
+    cols = dataset_columns(cfg)
+    if path is None or not fits_in_memory(len(splits["train"]) + len(splits["val"]),
+                                          cfg.img_size):
+        return ClientData(splits["train"], splits["val"], cols)
+    data = ClientData(materialise(splits["train"], cols, cfg.img_size),
+                      materialise(splits["val"], cols, cfg.img_size), cols)
+    _save_partition(data, path)
+    return data
+
+
+def partition_cache_path(cfg: AppConfig, partition_id: int, num_partitions: int
+                         ) -> Path | None:
+    """The cache file of this partition, or None for a hub dataset (a hub revision can
+    change under the same name). The key holds everything the partition depends on."""
+    if cfg.dataset == EMBEDDED_DATASET:
+        source: dict = {"embedded": cfg.dataset, "split": [
+            DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, DIGITS_PUBLIC_FRACTION]}
+    else:
+        root = resolve_path(cfg.dataset)
+        if not root.is_dir():
+            return None
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        source = {"folder": str(root), "files": [
+            [str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+    key = {
+        "version": PARTITION_CACHE_VERSION, "source": source,
+        "partitioner": cfg.partitioner, "dirichlet-alpha": cfg.dirichlet_alpha,
+        "seed": cfg.seed, "val-fraction": cfg.val_fraction, "img-size": cfg.img_size,
+        "partition": [partition_id, num_partitions],
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "partitions" / f"{digest}.pt"
+
+
+def _save_partition(data: ClientData, path: Path) -> None:
+    """Write atomically: processes of one machine may build the same partition at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+    torch.save({
+        "train-images": data.train.images, "train-labels": data.train.labels,
+        "val-images": data.val.images, "val-labels": data.val.labels,
+        "columns": [data.cols.image, data.cols.label, data.cols.num_classes],
+    }, tmp)
+    tmp.replace(path)
+
+
+def _load_partition(path: Path) -> ClientData:
+    saved = torch.load(path, weights_only=True)
+    image, label, num_classes = saved["columns"]
+    return ClientData(Materialised(saved["train-images"], saved["train-labels"]),
+                      Materialised(saved["val-images"], saved["val-labels"]),
+                      Columns(image, label, num_classes))

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from fedvit.config import AppConfig
+from fedvit.config import AppConfig, cache_dir
 from fedvit.data import (
     DIGITS_PUBLIC_FRACTION,
     DIGITS_SPLIT_SEED,
@@ -38,10 +38,6 @@ EPOCHS = 100
 LEARNING_RATE = 3e-3
 WEIGHT_DECAY = 0.05
 BATCH_SIZE = 32
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FEDVIT_CACHE", Path.home() / ".cache" / "fedvit"))
 
 
 def recipe(cfg: AppConfig) -> dict:

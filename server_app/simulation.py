@@ -7,10 +7,15 @@ validated config directly. Used by the experiments command and the tests.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Sequence
+from logging import WARNING
 
+import ray
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
@@ -43,6 +48,24 @@ def client_app(overrides: dict, extra_mods: Sequence[Callable] = ()) -> ClientAp
     return app
 
 
+def start_ray(cpus: int, attempts: int = 3) -> None:
+    """Start Ray for ``run_simulation``, which uses a running Ray and shuts it down at the
+    end. Ray 2.55 gives a new raylet a fixed 30 s to register, which a loaded machine can
+    miss; a failed start is retried instead of failing the run."""
+    pythonpath = os.pathsep.join(sys.path)  # the workers import the apps' modules
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=cpus, include_dashboard=False,
+                     runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+            return
+        except Exception as err:  # Ray raises a bare Exception on a startup timeout
+            ray.shutdown()
+            if attempt == attempts:
+                raise
+            log(WARNING, "fedvit: Ray did not start (%s: %s); attempt %d of %d",
+                type(err).__name__, err, attempt + 1, attempts)
+
+
 def simulate(overrides: dict, num_nodes: int = 2, client: ClientApp | None = None,
              cpus: int = 2) -> RunOutcome:
     """Run a whole federation in-process; return what the ServerApp produced."""
@@ -54,12 +77,12 @@ def simulate(overrides: dict, num_nodes: int = 2, client: ClientApp | None = Non
     def _main(grid: Grid, context: Context) -> None:
         outcome.append(run_federation(grid, cfg))
 
+    start_ray(cpus)
     run_simulation(
         server_app=server,
         client_app=client or client_app(overrides),
         num_supernodes=num_nodes,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"num_cpus": cpus}},
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
     )
     if not outcome:
         raise RuntimeError("the ServerApp did not finish (see the log above)")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -18,10 +21,12 @@ from fedvit.config import AppConfig, ConfigError
 from fedvit.data import (
     Columns,
     central_test_set,
+    client_data,
     client_splits,
     dataset_columns,
     digits_splits,
     make_loader,
+    partition_cache_path,
 )
 
 FAST = {"weights-path": ""}
@@ -170,6 +175,59 @@ def test_dirichlet_seeded() -> None:
     other = _partition_keys(_partitions(_cfg(seed=7, **base), 3))
     assert same == first
     assert [sorted(k) for k in other] != [sorted(k) for k in first]
+
+
+# ----------------------------------------------------------------- the partition cache
+
+
+def _batches(data, cols: Columns, cfg: AppConfig) -> list:
+    loader = make_loader(data, cols, cfg, HALF, HALF, shuffle=False, batch_size=64)
+    return [(x, y) for x, y in loader]
+
+
+def test_cached_partition_is_the_fresh_one_and_loads_without_datasets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDVIT_CACHE", str(tmp_path))
+    cfg = _cfg(partitioner="dirichlet", dirichlet_alpha=0.3)
+    built = client_data(cfg, 1, 3)  # a miss: split, materialise, write
+    path = partition_cache_path(cfg, 1, 3)
+    assert path.is_file() and list(path.parent.iterdir()) == [path]
+    fresh = client_splits(cfg, 1, 3)
+    assert built.cols == DIGITS
+    for name in ("train", "val"):
+        cached = client_data(cfg, 1, 3)  # a hit
+        for (x, y), (fx, fy) in zip(_batches(getattr(cached, name), DIGITS, cfg),
+                                    _batches(fresh[name], DIGITS, cfg), strict=True):
+            assert torch.equal(x, fx) and torch.equal(y, fy)
+    # A fresh process that finds its partition cached never imports datasets.
+    code = ("import sys; from fedvit.config import AppConfig; from fedvit.data import "
+            "client_data; d = client_data(AppConfig.from_run_config({'weights-path': '', "
+            "'partitioner': 'dirichlet', 'dirichlet-alpha': 0.3}), 1, 3); "
+            "print(len(d.train.labels), len(d.val.labels), "
+            "sorted(m for m in ('datasets', 'flwr_datasets', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "FEDVIT_CACHE": str(tmp_path)}, check=True)
+    assert out.stdout.split() == [str(len(fresh["train"])), str(len(fresh["val"])), "[]"]
+
+
+def test_partition_cache_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDVIT_CACHE", str(tmp_path))
+    base = partition_cache_path(_cfg(), 0, 2)
+    assert base.parent == tmp_path / "partitions"
+    others = [partition_cache_path(_cfg(), 1, 2), partition_cache_path(_cfg(), 0, 3),
+              partition_cache_path(_cfg(seed=1), 0, 2),
+              partition_cache_path(_cfg(img_size=32), 0, 2),
+              partition_cache_path(_cfg(val_fraction=0.2), 0, 2),
+              partition_cache_path(_cfg(partitioner="dirichlet"), 0, 2)]
+    assert len({base, *others}) == 7
+    assert partition_cache_path(_cfg(num_server_rounds=9, batch_size=8), 0, 2) == base
+    folder = tmp_path / "local"
+    folder.mkdir()
+    (folder / "a.parquet").write_bytes(b"x")
+    before = partition_cache_path(_cfg(dataset=str(folder)), 0, 2)
+    (folder / "a.parquet").write_bytes(b"xy")  # the data changed: another partition
+    assert partition_cache_path(_cfg(dataset=str(folder)), 0, 2) not in (before, None)
+    assert partition_cache_path(_cfg(dataset="uoft-cs/cifar100"), 0, 2) is None  # hub
 
 
 # ---------------------------------------------------------------------------- hub path

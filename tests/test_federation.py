@@ -122,3 +122,25 @@ def test_round_times_are_consistent(fedlora):
         assert sum(times.simulated.values()) == pytest.approx(times.wall_s)
         assert times.projected_s > 0
         assert times.projected["communication"] > 0  # 10 Mbit/s, 50 ms by default
+
+
+def test_a_ray_start_that_times_out_is_retried(monkeypatch):
+    import ray
+
+    from server_app.simulation import start_ray
+
+    calls: list[str] = []
+
+    def init(**kwargs):
+        calls.append("init")
+        if len(calls) == 1:
+            raise Exception("The current node timed out during startup.")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    start_ray(2)
+    assert calls == ["init", "shutdown", "init"]
+    calls.clear()
+    with pytest.raises(Exception, match="timed out during startup"):
+        start_ray(2, attempts=1)
+    assert calls == ["init", "shutdown"]
