@@ -75,6 +75,8 @@ class BandwidthTracking:
         super().__init__(*args, **kwargs)
         self.books = Books()
         self._sent: dict[tuple[int, str, int], BookRow] = {}
+        # The sent messages' metadata, to which the grid writes each message's id on push.
+        self._sent_meta: dict[tuple[int, str], list] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -101,6 +103,7 @@ class BandwidthTracking:
         return super().aggregate_evaluate(server_round, replies)
 
     def _book_sent(self, server_round: int, phase: str, messages: list[Message]) -> None:
+        self._sent_meta[(server_round, phase)] = [msg.metadata for msg in messages]
         for msg in messages:
             row = BookRow(server_round, phase, msg.metadata.dst_node_id, "down",
                           tensor_bytes(msg.content), message_bytes(msg))
@@ -108,9 +111,13 @@ class BandwidthTracking:
             self.books.rows.append(row)
 
     def _book_received(self, server_round: int, phase: str, replies: list[Message]) -> None:
+        # A reply belongs to the node its instruction went to: the SuperLink itself answers
+        # for a node that stopped sending heartbeats, with an error from its own node id.
+        to_node = {m.message_id: m.dst_node_id
+                   for m in self._sent_meta.pop((server_round, phase), [])}
         answered = set()
         for msg in replies:
-            node = msg.metadata.src_node_id
+            node = to_node.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
             answered.add(node)
             if msg.has_error() or METRICS not in msg.content.metric_records:
                 reason = msg.error.reason if msg.has_error() else "no metrics in reply"
