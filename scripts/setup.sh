@@ -20,7 +20,8 @@ while IFS='=' read -r key value; do
     *find-links) for url in $value; do uv_args+=(--find-links "$url"); done ;;
   esac
 done < <(.venv/bin/pip config list 2>/dev/null)
-if ! .venv/bin/uv pip install --python .venv/bin/python -q "${uv_args[@]}" -e ".[dev]"; then
+if ! .venv/bin/uv pip install --python .venv/bin/python -q --compile-bytecode "${uv_args[@]}" \
+    -e ".[dev]"; then
   echo "setup: uv failed, installing with pip" >&2
   .venv/bin/pip install -q -e ".[dev]"
 fi
