@@ -188,13 +188,18 @@ class Materialised:
     labels: torch.Tensor
 
 
-def materialise(ds: Dataset, cols: Columns, img_size: int) -> Materialised:
-    """Resize every image of ``ds`` once; normalisation is left to the loader."""
-    to_pixels = transforms.Compose([
+def pixels(img_size: int) -> transforms.Compose:
+    """PIL image (any mode) -> ``uint8`` RGB tensor of ``img_size`` x ``img_size``."""
+    return transforms.Compose([
         transforms.Lambda(lambda im: im.convert("RGB")),
         transforms.Resize((img_size, img_size)),
         transforms.PILToTensor(),
     ])
+
+
+def materialise(ds: Dataset, cols: Columns, img_size: int) -> Materialised:
+    """Resize every image of ``ds`` once; normalisation is left to the loader."""
+    to_pixels = pixels(img_size)
     images = [to_pixels(im) for im in ds[cols.image]]
     return Materialised(
         torch.stack(images) if images else torch.empty(0, 3, img_size, img_size,
@@ -208,18 +213,6 @@ def normalise(images: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
     ``Normalize`` would."""
     x = images.to(torch.float32).div(255)
     return x.sub_(torch.tensor(mean).view(-1, 1, 1)).div_(torch.tensor(std).view(-1, 1, 1))
-
-
-def image_transform(img_size: int, mean: tuple, std: tuple) -> transforms.Compose:
-    """PIL image (any mode) -> normalised RGB tensor of ``img_size`` x ``img_size``."""
-    return transforms.Compose(
-        [
-            transforms.Lambda(lambda im: im.convert("RGB")),
-            transforms.Resize((img_size, img_size)),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ]
-    )
 
 
 def make_loader(
@@ -239,10 +232,11 @@ def make_loader(
     if isinstance(data, Materialised):
         return DataLoader(TensorDataset(normalise(data.images, mean, std), data.labels),
                           batch_size=batch_size, shuffle=shuffle, generator=generator)
-    tf = image_transform(cfg.img_size, mean, std)
+    to_pixels = pixels(cfg.img_size)
 
     def apply(batch: dict) -> dict:
-        return {"image": [tf(im) for im in batch[cols.image]], "label": batch[cols.label]}
+        return {"image": [normalise(to_pixels(im), mean, std) for im in batch[cols.image]],
+                "label": batch[cols.label]}
 
     return DataLoader(
         data.with_transform(apply),

@@ -113,8 +113,8 @@ class BandwidthTracking:
     def _book_received(self, server_round: int, phase: str, replies: list[Message]) -> None:
         # A reply belongs to the node its instruction went to: the SuperLink itself answers
         # for a node that stopped sending heartbeats, with an error from its own node id.
-        to_node = {m.message_id: m.dst_node_id
-                   for m in self._sent_meta.pop((server_round, phase), [])}
+        sent = self._sent_meta.pop((server_round, phase), [])
+        to_node = {m.message_id: m.dst_node_id for m in sent}
         answered = set()
         for msg in replies:
             node = to_node.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
@@ -131,8 +131,8 @@ class BandwidthTracking:
                           report_bytes=full - bare)
             self.books.rows.append(row)
             self._cross_check(row, bare, msg.content[METRICS])
-        for (rnd, ph, node), _ in list(self._sent.items()):
-            if rnd == server_round and ph == phase and node not in answered:
+        for node in dict.fromkeys(m.dst_node_id for m in sent):
+            if node not in answered:
                 self.books.rows.append(BookRow(server_round, phase, node, "up", 0, 0,
                                                status="error", detail="no reply"))
 
