@@ -3,11 +3,12 @@
 Both kinds become a ``datasets.Dataset`` with an image column and a ``ClassLabel`` column
 and go through the same flwr-datasets partitioners and the same transforms.
 
-A client's partition of a small dataset (digits, or a local folder) is materialised once
-into ``uint8`` tensors and cached under ``$FEDVIT_CACHE/partitions``. A client process that
-finds its partition there never imports ``datasets`` or ``flwr_datasets``, which cost about
-4 s a process (and in deployment Flower 1.41 starts a ClientApp process per message); that
-is why those two are imported inside the functions that use them.
+A client's partition of a small dataset (digits, or a local folder), and the server's test
+split, are materialised once into ``uint8`` tensors and cached under
+``$FEDVIT_CACHE/partitions``. A process that finds its split there never imports
+``datasets`` or ``flwr_datasets``, which cost about 4 s a process (and in deployment Flower
+1.41 starts a ClientApp process per message); that is why those two are imported inside the
+functions that use them.
 """
 
 from __future__ import annotations
@@ -273,7 +274,10 @@ def client_data(cfg: AppConfig, partition_id: int, num_partitions: int) -> Clien
     from the partition cache when they are there; others as ``datasets.Dataset``."""
     path = partition_cache_path(cfg, partition_id, num_partitions)
     if path is not None and path.is_file():
-        return _load_partition(path)
+        saved = torch.load(path, weights_only=True)
+        return ClientData(Materialised(saved["train-images"], saved["train-labels"]),
+                          Materialised(saved["val-images"], saved["val-labels"]),
+                          Columns(*saved["columns"]))
     splits = client_splits(cfg, partition_id, num_partitions)
     cols = dataset_columns(cfg)
     if path is None or not fits_in_memory(len(splits["train"]) + len(splits["val"]),
@@ -281,14 +285,45 @@ def client_data(cfg: AppConfig, partition_id: int, num_partitions: int) -> Clien
         return ClientData(splits["train"], splits["val"], cols)
     data = ClientData(materialise(splits["train"], cols, cfg.img_size),
                       materialise(splits["val"], cols, cfg.img_size), cols)
-    _save_partition(data, path)
+    _save_atomic(path, {
+        "train-images": data.train.images, "train-labels": data.train.labels,
+        "val-images": data.val.images, "val-labels": data.val.labels,
+        "columns": [cols.image, cols.label, cols.num_classes],
+    })
     return data
+
+
+def central_test_data(cfg: AppConfig) -> tuple[Dataset | Materialised, Columns]:
+    """The server's held-out split and the dataset's columns. For digits or a local folder
+    a small split comes materialised, from the cache when it is there, so a ServerApp
+    process that finds it never imports ``datasets`` (about 3-4 s a run)."""
+    path = _cache_path(cfg, {"split": "test", "seed": cfg.seed, "img-size": cfg.img_size})
+    if path is not None and path.is_file():
+        saved = torch.load(path, weights_only=True)
+        return Materialised(saved["images"], saved["labels"]), Columns(*saved["columns"])
+    test, cols = central_test_set(cfg), dataset_columns(cfg)
+    if path is None or not fits_in_memory(len(test), cfg.img_size):
+        return test, cols
+    data = materialise(test, cols, cfg.img_size)
+    _save_atomic(path, {"images": data.images, "labels": data.labels,
+                        "columns": [cols.image, cols.label, cols.num_classes]})
+    return data, cols
 
 
 def partition_cache_path(cfg: AppConfig, partition_id: int, num_partitions: int
                          ) -> Path | None:
-    """The cache file of this partition, or None for a hub dataset (a hub revision can
-    change under the same name). The key holds everything the partition depends on."""
+    """The cache file of this client partition (see ``_cache_path``)."""
+    return _cache_path(cfg, {
+        "partitioner": cfg.partitioner, "dirichlet-alpha": cfg.dirichlet_alpha,
+        "seed": cfg.seed, "val-fraction": cfg.val_fraction, "img-size": cfg.img_size,
+        "partition": [partition_id, num_partitions],
+    })
+
+
+def _cache_path(cfg: AppConfig, what: dict) -> Path | None:
+    """The cache file of a materialised split, or None for a hub dataset (a hub revision
+    can change under the same name). The key holds the data's source (a local folder's
+    file names, sizes and mtimes) and ``what``: everything else the split depends on."""
     if cfg.dataset == EMBEDDED_DATASET:
         source: dict = {"embedded": cfg.dataset, "split": [
             DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, DIGITS_PUBLIC_FRACTION]}
@@ -299,31 +334,14 @@ def partition_cache_path(cfg: AppConfig, partition_id: int, num_partitions: int
         files = sorted(p for p in root.rglob("*") if p.is_file())
         source = {"folder": str(root), "files": [
             [str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
-    key = {
-        "version": PARTITION_CACHE_VERSION, "source": source,
-        "partitioner": cfg.partitioner, "dirichlet-alpha": cfg.dirichlet_alpha,
-        "seed": cfg.seed, "val-fraction": cfg.val_fraction, "img-size": cfg.img_size,
-        "partition": [partition_id, num_partitions],
-    }
+    key = {"version": PARTITION_CACHE_VERSION, "source": source, **what}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "partitions" / f"{digest}.pt"
 
 
-def _save_partition(data: ClientData, path: Path) -> None:
-    """Write atomically: processes of one machine may build the same partition at once."""
+def _save_atomic(path: Path, tensors: dict) -> None:
+    """Write atomically: processes of one machine may build the same split at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-    torch.save({
-        "train-images": data.train.images, "train-labels": data.train.labels,
-        "val-images": data.val.images, "val-labels": data.val.labels,
-        "columns": [data.cols.image, data.cols.label, data.cols.num_classes],
-    }, tmp)
+    torch.save(tensors, tmp)
     tmp.replace(path)
-
-
-def _load_partition(path: Path) -> ClientData:
-    saved = torch.load(path, weights_only=True)
-    image, label, num_classes = saved["columns"]
-    return ClientData(Materialised(saved["train-images"], saved["train-labels"]),
-                      Materialised(saved["val-images"], saved["val-labels"]),
-                      Columns(image, label, num_classes))

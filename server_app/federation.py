@@ -13,7 +13,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from fedvit.config import AppConfig, resolve_path
-from fedvit.data import central_test_set, dataset_columns, make_loader
+from fedvit.data import central_test_data, make_loader
 from fedvit.model import (
     backbone_fingerprint,
     build_model,
@@ -58,10 +58,10 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     With ``resume-from``, start from that run's checkpoint and go on in its folder.
     """
     t_start = time.perf_counter()
-    cols = dataset_columns(cfg)
+    test_data, cols = central_test_data(cfg)
     model = build_model(cfg, cols.num_classes)
     mean, std = input_stats(model)
-    test_loader = make_loader(central_test_set(cfg), cols, cfg, mean, std, shuffle=False,
+    test_loader = make_loader(test_data, cols, cfg, mean, std, shuffle=False,
                               batch_size=cfg.eval_batch_size)
     resume = load_checkpoint(resolve_path(cfg.resume_from)) if cfg.resume_from else None
     initial = resume.arrays if resume else ArrayRecord(exchanged_state(model))

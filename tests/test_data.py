@@ -20,6 +20,8 @@ from fedvit import data as fdata
 from fedvit.config import AppConfig, ConfigError
 from fedvit.data import (
     Columns,
+    Materialised,
+    central_test_data,
     central_test_set,
     client_data,
     client_splits,
@@ -228,6 +230,31 @@ def test_partition_cache_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     (folder / "a.parquet").write_bytes(b"xy")  # the data changed: another partition
     assert partition_cache_path(_cfg(dataset=str(folder)), 0, 2) not in (before, None)
     assert partition_cache_path(_cfg(dataset="uoft-cs/cifar100"), 0, 2) is None  # hub
+
+
+def test_cached_test_split_is_the_fresh_one_and_loads_without_datasets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDVIT_CACHE", str(tmp_path))
+    cfg = _cfg()
+    built, cols = central_test_data(cfg)  # a miss: split, materialise, write
+    assert isinstance(built, Materialised) and cols == DIGITS
+    (path,) = (tmp_path / "partitions").iterdir()
+    assert path != partition_cache_path(cfg, 0, 1)
+    cached, cached_cols = central_test_data(cfg)  # a hit
+    assert cached_cols == DIGITS
+    fresh = central_test_set(cfg)
+    for (x, y), (fx, fy) in zip(_batches(cached, DIGITS, cfg), _batches(fresh, DIGITS, cfg),
+                                strict=True):
+        assert torch.equal(x, fx) and torch.equal(y, fy)
+    central_test_data(_cfg(img_size=32))  # another image size: another file
+    assert len(list((tmp_path / "partitions").iterdir())) == 2
+    code = ("import sys; from fedvit.config import AppConfig; from fedvit.data import "
+            "central_test_data; d, c = central_test_data(AppConfig.from_run_config("
+            "{'weights-path': ''})); print(len(d.labels), c.num_classes, "
+            "sorted(m for m in ('datasets', 'flwr_datasets', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "FEDVIT_CACHE": str(tmp_path)}, check=True)
+    assert out.stdout.split() == [str(len(fresh)), "10", "[]"]
 
 
 # ---------------------------------------------------------------------------- hub path
