@@ -3,7 +3,8 @@
 Runs the default config (or overrides) as a whole federation under run_simulation, then
 prints, for rounds 2..N, the mean round wall time, the mean client compute on the critical
 path (the union of the clients' compute intervals: clients sharing CPUs run in waves), and
-their ratio (target <= 1.10); the first round, which starts the Ray workers, separately.
+their ratio (target <= 1.10), and the phase table of those rounds (what the rest is: central
+evaluation, aggregation, framework); the first round, which starts the Ray workers, separately.
 
     .venv/bin/python bench/overhead.py [--nodes 4] [--run-config "num-server-rounds=6"]
 """
@@ -17,6 +18,7 @@ import tempfile
 from flwr.common.config import parse_config_args
 
 from server_app.simulation import simulate
+from server_app.timeline import format_table, mean_table
 
 
 def main() -> None:
@@ -40,6 +42,7 @@ def main() -> None:
           f"{first.critical_compute_s:.2f} s critical-path compute")
     print(f"rounds 2..{len(outcome.phases)}: {wall:.3f} s wall, {compute:.3f} s critical-path "
           f"compute, {server:.3f} s server work (configure, aggregation, central eval)")
+    print(f"where a steady round goes:\n{format_table({'rounds 2..': mean_table(steady)})}")
     print(f"ratio round wall / critical-path compute: {wall / compute:.3f} (target <= 1.10)")
     print(f"ratio round wall / (critical-path compute + server work): "
           f"{wall / (compute + server):.3f}")
