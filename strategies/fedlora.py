@@ -59,8 +59,8 @@ def naive_aggregation_errors(clients: list[dict[str, np.ndarray]],
     errors = []
     for a_key in sorted(k for k in clients[0] if A_KEY in k):
         b_key = a_key.replace(A_KEY, B_KEY)
-        a = torch.stack([torch.from_numpy(c[a_key]).double() for c in clients])
-        b = torch.stack([torch.from_numpy(c[b_key]).double() for c in clients])
+        a = torch.stack([torch.tensor(c[a_key], dtype=torch.float64) for c in clients])
+        b = torch.stack([torch.tensor(c[b_key], dtype=torch.float64) for c in clients])
         mean_ba = torch.einsum("n,nor,nri->oi", w, b, a)
         naive = torch.einsum("n,nor->or", w, b) @ torch.einsum("n,nri->ri", w, a)
         norm = float(torch.linalg.matrix_norm(mean_ba))
