@@ -69,6 +69,9 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("link-up-mbps", lambda x: x > 0, "a number > 0 (Mbit/s)"),
     ("link-latency-ms", lambda x: x >= 0, "a number >= 0 (ms)"),
     ("link-profile", lambda x: x in LINK_PROFILES, f"one of {LINK_PROFILES}"),
+    ("deploy-pickup-s", lambda x: x >= 0, "a number of seconds >= 0"),
+    ("deploy-startup-s", lambda x: x >= 0, "a number of seconds >= 0"),
+    ("deploy-return-s", lambda x: x >= 0, "a number of seconds >= 0"),
     ("outputs-dir", lambda x: bool(x.strip()), "a non-empty folder path"),
     ("run-name", lambda x: "/" not in x and x not in (".", ".."),
      "'' or a folder name without '/'"),
@@ -128,6 +131,9 @@ class AppConfig:
     link_latency_ms: float
     link_profile: str
     link_emulate: bool
+    deploy_pickup_s: float
+    deploy_startup_s: float
+    deploy_return_s: float
     outputs_dir: str
     run_name: str
     resume_from: str

@@ -5,6 +5,11 @@ A node's link comes from its node config (``link-down-mbps``, ``link-up-mbps``,
 for every node (``link-profile = "uniform"``) or drawn per partition from a seeded
 distribution (``"heterogeneous"``: bandwidths log-uniform between a tenth of the configured
 value and the value, latency uniform between half and twice the configured one).
+
+A node config may also say ``link-real = true``: its link values describe the link the
+node really sits behind (a real deployment, or the link lab's shaped veths), not a
+hypothetical one. The timeline then counts the node's measured pickup and return net of
+the transfer that link implies (``server_app.timeline``).
 """
 
 from __future__ import annotations
@@ -17,15 +22,17 @@ import numpy as np
 from fedvit.config import AppConfig, ConfigError
 
 NODE_KEYS = ("link-down-mbps", "link-up-mbps", "link-latency-ms")
+REAL = "link-real"
 
 
 @dataclass(frozen=True)
 class Link:
-    """One node's link to the server."""
+    """One node's link to the server; ``real``: it is the link the node really has."""
 
     down_mbps: float
     up_mbps: float
     latency_ms: float
+    real: bool = False
 
     def down_s(self, nbytes: int) -> float:
         return transfer_seconds(nbytes, self.down_mbps, self.latency_ms)
@@ -34,12 +41,14 @@ class Link:
         return transfer_seconds(nbytes, self.up_mbps, self.latency_ms)
 
     def as_metrics(self) -> dict[str, float]:
-        return dict(zip(NODE_KEYS, (self.down_mbps, self.up_mbps, self.latency_ms),
-                        strict=True))
+        out = dict(zip(NODE_KEYS, (self.down_mbps, self.up_mbps, self.latency_ms),
+                       strict=True))
+        out[REAL] = float(self.real)
+        return out
 
     @classmethod
     def from_metrics(cls, metrics: Mapping) -> Link:
-        return cls(*(float(metrics[k]) for k in NODE_KEYS))
+        return cls(*(float(metrics[k]) for k in NODE_KEYS), bool(metrics.get(REAL, 0)))
 
 
 def transfer_seconds(nbytes: int, mbps: float, latency_ms: float) -> float:
@@ -67,4 +76,8 @@ def node_link(cfg: AppConfig, node_config: Mapping, partition_id: int) -> Link:
             if not low_ok:
                 raise ConfigError(f"node config '{key}' = {node_config[key]!r} is not "
                                   "allowed: must be a number > 0 (latency >= 0)")
-    return Link(*values)
+    real = node_config.get(REAL, False)
+    if not isinstance(real, bool):
+        raise ConfigError(f"node config '{REAL}' = {real!r} is not allowed: must be true or "
+                          "false (the link-* values describe the node's real link)")
+    return Link(*values, real=real)

@@ -17,7 +17,14 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from fedvit.wire import BYTES_KEYS, METRICS, message_bytes, tensor_bytes, without_keys
+from fedvit.wire import (
+    BYTES_KEYS,
+    METRICS,
+    REPORT_KEYS,
+    message_bytes,
+    tensor_bytes,
+    without_keys,
+)
 
 
 @dataclass(frozen=True)
@@ -126,7 +133,7 @@ class BandwidthTracking:
                                                detail=reason[-500:]))
                 continue
             full = message_bytes(msg)
-            bare = message_bytes(without_keys(msg, METRICS, BYTES_KEYS))
+            bare = message_bytes(without_keys(msg, METRICS, REPORT_KEYS))
             row = BookRow(server_round, phase, node, "up", tensor_bytes(msg.content), full,
                           report_bytes=full - bare)
             self.books.rows.append(row)

@@ -79,14 +79,19 @@ def _critical_comm_s(books: list[dict], r: int) -> float:
     return total
 
 
-def _tables(fixed: float, comm: float, wall: float) -> tuple[dict, dict]:
-    proj = {"data": 0.1, "forward": 0.0, "backward": 0.4, "optimizer": 0.1, "eval": 0.05,
-            "client-other": 0.05, "communication": comm, "configure": 0.01,
-            "aggregation": 0.04, "central-eval": 0.15, "framework": 0.0}
+DEPLOY_FIXED = 2.5  # pickup + start-up + return of the deployment view
+
+
+def _tables(fixed: float, comm: float, wall: float) -> tuple[dict, dict, dict]:
+    proj = dict.fromkeys(TABLE_ROWS, 0.0)
+    proj.update({"data": 0.1, "backward": 0.4, "optimizer": 0.1, "eval": 0.05,
+                 "client-other": 0.05, "transfer": comm, "configure": 0.01,
+                 "aggregation": 0.04, "central-eval": 0.15})
     proj["forward"] = fixed - (sum(proj.values()) - comm)
-    sim = {k: (0.0 if k == "communication" else v) for k, v in proj.items()}
-    sim["framework"] = wall - sum(sim.values())
-    return sim, proj
+    measured = {k: (0.0 if k == "transfer" else v) for k, v in proj.items()}
+    measured["unexplained"] = wall - sum(measured.values())
+    deployment = {**proj, "pickup": 1.5, "start-up": 0.5, "return": 0.5}
+    return measured, proj, deployment
 
 
 def write_run(root: Path, spec: dict, name: str | None = None, **config) -> Path:
@@ -99,7 +104,7 @@ def write_run(root: Path, spec: dict, name: str | None = None, **config) -> Path
     for r in range(1, ROUNDS + 1):
         comm = _critical_comm_s(books, r)
         wall = spec["wall"] * (10 if r == 1 else 1)
-        sim, proj = _tables(spec["fixed"] * (3 if r == 1 else 1), comm, wall)
+        measured, proj, depl = _tables(spec["fixed"] * (3 if r == 1 else 1), comm, wall)
         this, cum = _totals(books, only=r), _totals(books, upto=r)
         rounds.append({
             "round": r, "central-accuracy": spec["acc"][r - 1], "central-loss": 2.0 / r,
@@ -108,17 +113,18 @@ def write_run(root: Path, spec: dict, name: str | None = None, **config) -> Path
             "down-tensor-bytes": this["down-tensor"], "up-tensor-bytes": this["up-tensor"],
             "down-msg-bytes": this["down-msg"], "up-msg-bytes": this["up-msg"],
             "round-s": wall, "projected-round-s": sum(proj.values()),
+            "deployment-round-s": sum(depl.values()),
         })
-        row = {"round": r, "wall_s": wall, "critical_compute_s": 1.0, "send_s": 0.001,
-               "wait_s": wall - 0.5, "slowest_node": NODES[1],
-               "projected_s": sum(proj.values())}
-        row.update({f"sim-{k}": v for k, v in sim.items()})
-        row.update({f"proj-{k}": v for k, v in proj.items()})
+        row = {"round": r, "wall_s": wall, "critical_compute_s": 1.0,
+               "slowest_node": NODES[1], "projected_s": sum(proj.values()),
+               "deployment_s": sum(depl.values())}
+        for kind, table in (("measured", measured), ("projected", proj), ("deployment", depl)):
+            row.update({f"{kind}-{k}": v for k, v in table.items()})
         phases.append(row)
     steady = phases[1:]
-    table = {kind: {k: sum(p[f"{prefix}-{k}"] for p in steady) / len(steady)
+    table = {kind: {k: sum(p[f"{kind}-{k}"] for p in steady) / len(steady)
                     for k in TABLE_ROWS}
-             for kind, prefix in (("simulated", "sim"), ("projected", "proj"))}
+             for kind in ("measured", "projected", "deployment")}
     t = _totals(books)
     tensor, msg = t["down-tensor"] + t["up-tensor"], t["down-msg"] + t["up-msg"]
     summary = {
@@ -288,3 +294,24 @@ def test_an_unfinished_run_is_a_clear_error(tmp_path, capsys):
         main([str(run), "--out", str(tmp_path / "r")])
     assert e.value.code == 2
     assert "summary.json is missing" in capsys.readouterr().err
+
+
+def test_the_deployment_curve_adds_the_fixed_costs(tmp_path):
+    run = load_runs([write_run(tmp_path, FEDLORA)])[0]
+    model = link_model(run)
+    for mbps in (1.0, 10.0, 1000.0):
+        assert model.deployment_round_s(mbps) == pytest.approx(model.round_s(mbps)
+                                                               + DEPLOY_FIXED)
+
+
+def test_link_lab_runs_show_wire_against_books(tmp_path):
+    run = write_run(tmp_path, FEDLORA)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["wire"] = {"0": {"down-wire-bytes": 1_100, "down-books-bytes": 1_000,
+                             "down-wire-per-books": 1.1, "up-wire-bytes": 2_600,
+                             "up-books-bytes": 2_000, "up-wire-per-books": 1.3}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    text = make_report([run], tmp_path / "r").read_text()
+    row = row_of(text, "down wire / books", "fedlora")
+    assert (row["partition"], row["down wire B"], row["up books B"]) == ("0", "1,100", "2,000")
+    assert (row["down wire / books"], row["up wire / books"]) == ("1.100", "1.300")
