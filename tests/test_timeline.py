@@ -179,3 +179,18 @@ def test_heterogeneous_links_are_seeded_per_partition():
     assert len({link.down_mbps for link in links}) == 4
     assert all(1.0 <= link.down_mbps <= 10.0 and 25 <= link.latency_ms <= 100
                for link in links)
+
+
+def test_num_threads_and_link_real_in_node_config_are_validated():
+    from client_app.task import node_threads
+
+    assert node_threads({}) is None
+    assert node_threads({"num-threads": 2}) == 2
+    for bad in (0, -1, "two", 1.5, True):
+        with pytest.raises(ConfigError, match="node config 'num-threads' = "):
+            node_threads({"num-threads": bad})
+    cfg = AppConfig.from_run_config({"weights-path": ""})
+    assert node_link(cfg, {"link-real": True}, 0).real
+    assert not node_link(cfg, {}, 0).real
+    with pytest.raises(ConfigError, match="node config 'link-real' = 'yes'"):
+        node_link(cfg, {"link-real": "yes"}, 0)
