@@ -609,8 +609,9 @@ class LinkLab:
     def flwr_run(self, run_config: Mapping | None = None, timeout_s: float = 600.0, *,
                  app_dir: Path | str | None = None) -> subprocess.CompletedProcess:
         """``flwr run <app_dir> linklab --stream`` inside the SuperLink namespace; returns the
-        CompletedProcess (stdout = the whole output). Raises LinkLabError with the output's
-        tail when it fails, times out, or the run does not end as completed."""
+        CompletedProcess (stdout = the whole output, plus ``run_id`` and ``status``). Raises
+        LinkLabError with the output's tail when it fails, times out, or the SuperLink does not
+        report the run as ``finished:completed``."""
         if not self._started or self.record.get("stopped"):
             raise LinkLabError("the lab is not running")
         app = Path(app_dir or self.app_dir).resolve()
@@ -634,6 +635,10 @@ class LinkLab:
             if rec:
                 _terminate([rec], self.stop_timeout_s)
             proc.wait()
+            started = re.search(r"Successfully started run (\d+)",
+                                log_path.read_text(errors="replace"))
+            if started:  # the run itself goes on without its CLI: stop it on the SuperLink
+                self.flwr_cli("stop", started.group(1), CONNECTION)
             raise LinkLabError(f"`flwr run` timed out after {timeout_s:.0f} s "
                                f"({log_path}):\n{self._tail(name, 40)}") from None
         self.timings[f"{name}_s"] = time.monotonic() - t0
@@ -645,10 +650,15 @@ class LinkLab:
         match = re.search(r"Successfully started run (\d+)", output)
         if not match:
             raise LinkLabError(f"`flwr run` started no run ({log_path}):\n{self._tail(name, 40)}")
-        status = self.run_status(int(match.group(1)))
-        if status and not status.startswith("finished:completed"):
-            raise LinkLabError(f"run {match.group(1)} ended as {status!r} ({log_path}):\n"
+        run_id = int(match.group(1))
+        status, deadline = None, time.monotonic() + 15
+        while not (status or "").startswith("finished") and time.monotonic() < deadline:
+            status = self.run_status(run_id)
+            time.sleep(0.0 if (status or "").startswith("finished") else 0.5)
+        if status != "finished:completed":
+            raise LinkLabError(f"run {run_id} ended as {status!r} ({log_path}):\n"
                                f"{self._tail(name, 40)}")
+        completed.run_id, completed.status = run_id, status  # type: ignore[attr-defined]
         return completed
 
     def flwr_cli(self, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
