@@ -26,7 +26,7 @@ from fedvit.config import AppConfig
 from fedvit.links import Link, node_link
 from fedvit.stamps import BOOKS_S, FRESH, MOD_IN, MOD_OUT, PROCESS_START, TRANSFER_S
 from fedvit.startup import process_start_time
-from fedvit.wire import METRICS, message_bytes, tensor_bytes
+from fedvit.wire import METRICS, message_size, tensor_bytes
 
 # Messages this process has served: Flower 1.41's deployment runs each message in a fresh
 # process (so always 0 there); a simulation's Ray worker serves many.
@@ -42,19 +42,19 @@ def bandwidth_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
     t_in = time.time()
     fresh = _served["messages"] == 0
     _served["messages"] += 1
-    down_tensor, down_msg = tensor_bytes(msg.content), message_bytes(msg)
+    down_tensor, (down_msg, down_objects) = tensor_bytes(msg.content), message_size(msg)
     books_s = time.time() - t_in
     link, transfer_s = _emulated_link(context), 0.0
     if link:
-        transfer_s += _sleep(link.down_s(down_msg))
+        transfer_s += _sleep(link.down_s(down_msg, down_objects))
     reply = call_next(msg, context)
     if reply.has_error() or METRICS not in reply.content.metric_records:
         return reply
     t0 = time.time()
-    up_tensor, up_msg = tensor_bytes(reply.content), message_bytes(reply)
+    up_tensor, (up_msg, up_objects) = tensor_bytes(reply.content), message_size(reply)
     books_s += time.time() - t0
     if link:
-        transfer_s += _sleep(link.up_s(up_msg))
+        transfer_s += _sleep(link.up_s(up_msg, up_objects))
     metrics: MetricRecord = reply.content[METRICS]
     metrics["bytes-down-tensor"] = down_tensor
     metrics["bytes-down-msg"] = down_msg

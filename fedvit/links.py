@@ -22,6 +22,16 @@ import numpy as np
 from fedvit.config import AppConfig, ConfigError
 
 NODE_KEYS = ("link-down-mbps", "link-up-mbps", "link-latency-ms")
+# What a message costs on a real link beyond its serialised bytes (measured in the link lab,
+# bench/links.py; see README "The link lab"):
+# * TCP/IPv4 over Ethernet: a full 1514-byte frame carries 1448 payload bytes (20 IP + 32
+#   TCP with timestamps + 14 Ethernet header bytes);
+# * Flower 1.41 moves a message one object per HTTP call (the message, its records, each
+#   array and each 5 MiB chunk): a pulled object's response adds its HTTP and protobuf
+#   framing, a pushed object's request adds that plus the node's headers.
+FRAME_FACTOR = 1514 / 1448
+PULL_OBJECT_BYTES = 500  # server -> node, per object of a message the node pulls
+PUSH_OBJECT_BYTES = 1400  # node -> server, per object of a reply the node pushes
 REAL = "link-real"
 
 
@@ -34,11 +44,16 @@ class Link:
     latency_ms: float
     real: bool = False
 
-    def down_s(self, nbytes: int) -> float:
-        return transfer_seconds(nbytes, self.down_mbps, self.latency_ms)
+    def down_s(self, nbytes: int, objects: int = 0) -> float:
+        """Seconds to move a message of ``nbytes`` serialised bytes in ``objects`` objects
+        from the server to the node."""
+        return transfer_seconds(wire_bytes(nbytes, objects, PULL_OBJECT_BYTES),
+                                self.down_mbps, self.latency_ms)
 
-    def up_s(self, nbytes: int) -> float:
-        return transfer_seconds(nbytes, self.up_mbps, self.latency_ms)
+    def up_s(self, nbytes: int, objects: int = 0) -> float:
+        """Seconds to move a reply from the node to the server (as ``down_s``)."""
+        return transfer_seconds(wire_bytes(nbytes, objects, PUSH_OBJECT_BYTES),
+                                self.up_mbps, self.latency_ms)
 
     def as_metrics(self) -> dict[str, float]:
         out = dict(zip(NODE_KEYS, (self.down_mbps, self.up_mbps, self.latency_ms),
@@ -51,7 +66,13 @@ class Link:
         return cls(*(float(metrics[k]) for k in NODE_KEYS), bool(metrics.get(REAL, 0)))
 
 
-def transfer_seconds(nbytes: int, mbps: float, latency_ms: float) -> float:
+def wire_bytes(nbytes: int, objects: int, per_object: int) -> float:
+    """Bytes a message takes on the link: its serialised bytes in TCP/IP/Ethernet frames,
+    plus ``per_object`` bytes of HTTP framing for each of its ``objects``."""
+    return nbytes * FRAME_FACTOR + objects * per_object
+
+
+def transfer_seconds(nbytes: float, mbps: float, latency_ms: float) -> float:
     """One message: latency plus serialisation at ``mbps`` megabits (10^6 bit) per second."""
     return latency_ms / 1e3 + nbytes * 8 / (mbps * 1e6)
 

@@ -35,7 +35,9 @@ bytes and the node's link (``fedvit.links``); plus the server's rows. Two projec
   (with task build) and return. A reply from a fresh process measured its own (net of its
   link's transfer where the node config says the link is real, ``link-real``); any other
   reply gets the run config's ``deploy-pickup-s``, ``deploy-startup-s`` and
-  ``deploy-return-s``.
+  ``deploy-return-s``. (Flower 1.41 starts the process while its SuperNode still pulls the
+  message, and the process waits for the message before its imports: a real link's download
+  lies inside pickup + start-up, its upload inside return.)
 
 Clock skew: client stamps are on the node's clock, push and pull times on the server's.
 Rows inside a node (start-up to serialise) are exact whatever the skew; a skew of d seconds
@@ -95,6 +97,8 @@ class NodeTimes:
     transfer_s: float
     down_bytes: int
     up_bytes: int
+    down_objects: int
+    up_objects: int
     link: Link
 
     @classmethod
@@ -105,15 +109,16 @@ class NodeTimes:
         span = m[st.COMPUTE_END] - m[st.COMPUTE_START]
         compute = {p: m.get(f"time-{p}", 0.0) for p in st.COMPUTE_PHASES}
         compute["client-other"] = max(0.0, span - sum(compute.values()))
-        size = {r.direction: r.message_bytes for r in books.rows
+        size = {r.direction: (r.message_bytes, r.objects) for r in books.rows
                 if r.round == server_round and r.phase == report.phase
                 and r.node_id == report.node_id}
+        down, up = size.get("down", (0, 0)), size.get("up", (0, 0))
         return cls(server_round, report.phase, report.node_id, int(m.get("partition-id", -1)),
                    bool(m.get(st.FRESH, 0)),
                    grid.pushed.get(report.reply_to, m[st.MOD_IN]),
                    grid.pulled.get(report.reply_to, m[st.MOD_OUT]),
                    {k: m[k] for k in st.STAMPS}, compute, m.get(st.BOOKS_S, 0.0),
-                   m.get(st.TRANSFER_S, 0.0), size.get("down", 0), size.get("up", 0),
+                   m.get(st.TRANSFER_S, 0.0), down[0], up[0], down[1], up[1],
                    Link.from_metrics(m))
 
     @property
@@ -144,6 +149,14 @@ class NodeTimes:
         out.update(self.compute, books=self.books_s, transfer=self.transfer_s)
         return out
 
+    def down_s(self, link: Link) -> float:
+        """Seconds the message takes down ``link``."""
+        return link.down_s(self.down_bytes, self.down_objects)
+
+    def up_s(self, link: Link) -> float:
+        """Seconds the reply takes up ``link``."""
+        return link.up_s(self.up_bytes, self.up_objects)
+
     def path(self, link: Link, fixed: FixedCosts | None) -> dict[str, float]:
         """This node's projected path through one phase, per row, on ``link``.
 
@@ -153,14 +166,19 @@ class NodeTimes:
         """
         sec = self.seconds()
         out = {row: sec[row] for row in (*COMPUTE_ROWS, "deserialise", "serialise", "books")}
-        out["transfer"] = link.down_s(self.down_bytes) + link.up_s(self.up_bytes)
+        out["transfer"] = self.down_s(link) + self.up_s(link)
         if fixed is None:
             out["task-build"] = 0.0 if self.fresh else sec["task-build"]
         elif self.fresh:
+            # Flower 1.41 starts the ClientApp while its SuperNode still pulls the message,
+            # and the process waits for it before the imports: the download lies inside
+            # pickup + start-up; the upload inside return.
             own = self.link if self.link.real else Link(float("inf"), float("inf"), 0.0)
-            out["pickup"] = max(0.0, sec["pickup"] - own.down_s(self.down_bytes))
-            out["start-up"], out["task-build"] = sec["start-up"], sec["task-build"]
-            out["return"] = max(0.0, sec["return"] - own.up_s(self.up_bytes))
+            waits = max(0.0, sec["pickup"] + sec["start-up"] - self.down_s(own))
+            out["pickup"] = min(sec["pickup"], waits)
+            out["start-up"] = waits - out["pickup"]
+            out["task-build"] = sec["task-build"]
+            out["return"] = max(0.0, sec["return"] - self.up_s(own))
         else:
             out.update({"pickup": fixed.pickup_s, "start-up": fixed.startup_s,
                         "task-build": 0.0, "return": fixed.return_s})
@@ -178,7 +196,8 @@ class NodeTimes:
     def from_row(cls, row: dict) -> NodeTimes:
         plain = {k: row[k] for k in ("round", "phase", "node_id", "partition_id", "fresh",
                                      "pushed", "pulled", "books_s", "transfer_s",
-                                     "down_bytes", "up_bytes")}
+                                     "down_bytes", "up_bytes", "down_objects",
+                                     "up_objects")}
         return cls(**plain, stamps={k: row[k] for k in st.STAMPS},
                    compute={k: row[f"time-{k}"] for k in COMPUTE_ROWS},
                    link=Link.from_metrics(row))

@@ -22,6 +22,7 @@ from fedvit.wire import (
     METRICS,
     REPORT_KEYS,
     message_bytes,
+    message_size,
     tensor_bytes,
     without_keys,
 )
@@ -40,6 +41,7 @@ class BookRow:
     report_bytes: int = 0  # of message_bytes: the client's own byte report
     status: str = "ok"  # ok | error (the node replied with an error or not at all)
     detail: str = ""  # for an error: the reason the node gave, or "no reply"
+    objects: int = 0  # objects of the message's tree (Flower moves one per HTTP call)
 
 
 @dataclass
@@ -112,8 +114,9 @@ class BandwidthTracking:
     def _book_sent(self, server_round: int, phase: str, messages: list[Message]) -> None:
         self._sent_meta[(server_round, phase)] = [msg.metadata for msg in messages]
         for msg in messages:
+            nbytes, objects = message_size(msg)
             row = BookRow(server_round, phase, msg.metadata.dst_node_id, "down",
-                          tensor_bytes(msg.content), message_bytes(msg))
+                          tensor_bytes(msg.content), nbytes, objects=objects)
             self._sent[(server_round, phase, row.node_id)] = row
             self.books.rows.append(row)
 
@@ -132,10 +135,10 @@ class BandwidthTracking:
                                                message_bytes(msg), status="error",
                                                detail=reason[-500:]))
                 continue
-            full = message_bytes(msg)
+            full, objects = message_size(msg)
             bare = message_bytes(without_keys(msg, METRICS, REPORT_KEYS))
             row = BookRow(server_round, phase, node, "up", tensor_bytes(msg.content), full,
-                          report_bytes=full - bare)
+                          report_bytes=full - bare, objects=objects)
             self.books.rows.append(row)
             self._cross_check(row, bare, msg.content[METRICS])
         for node in dict.fromkeys(m.dst_node_id for m in sent):

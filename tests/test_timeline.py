@@ -6,18 +6,29 @@ import pytest
 
 from fedvit import stamps as st
 from fedvit.config import AppConfig, ConfigError
-from fedvit.links import Link, node_link, transfer_seconds
+from fedvit.links import (
+    FRAME_FACTOR,
+    PULL_OBJECT_BYTES,
+    PUSH_OBJECT_BYTES,
+    Link,
+    node_link,
+    transfer_seconds,
+)
 from server_app.grid import GridTimes
 from server_app.timeline import FixedCosts, round_times, sweep
 from strategies import BookRow, Books, RoundLog
 from strategies.timing import ClientReport
 
 
-def test_transfer_time_is_latency_plus_bits_over_bandwidth():
+def test_transfer_time_is_latency_plus_wire_bits_over_bandwidth():
     assert transfer_seconds(1_250_000, 10.0, 50.0) == pytest.approx(0.05 + 1.0)
     link = Link(down_mbps=100.0, up_mbps=10.0, latency_ms=0.0)
-    assert link.down_s(12_500_000) == pytest.approx(1.0)
-    assert link.up_s(12_500_000) == pytest.approx(10.0)
+    # A message's bytes travel in TCP/IP/Ethernet frames (1448 payload bytes per 1514)...
+    assert link.down_s(12_500_000) == pytest.approx(1.0 * 1514 / 1448)
+    assert link.up_s(12_500_000) == pytest.approx(10.0 * 1514 / 1448)
+    # ...and each of its objects adds an HTTP call's framing.
+    assert link.down_s(0, 10) == pytest.approx(10 * PULL_OBJECT_BYTES * 8 / 100e6)
+    assert link.up_s(0, 10) == pytest.approx(10 * PUSH_OBJECT_BYTES * 8 / 10e6)
 
 
 def _client(node: int, t0: float, compute: tuple[float, float], link: Link, *,
@@ -62,7 +73,7 @@ def test_projection_is_exact_and_the_slowest_node_sets_the_round():
     books = _books({1: (1_000_000, 1_000_000), 2: (1_000_000, 500_000)})
     grid = _grid(1000.02, {"m1": 1003.15, "m2": 1001.15})
     times, nodes = round_times(1, log, books, grid, (1003.4, 1003.7), FIXED)
-    node2_transfer = (0.2 + 8.0) + (0.2 + 8.0)  # 1 MB at 1 Mbit/s, 0.5 MB at 0.5 Mbit/s
+    node2_transfer = (0.2 + 8.0 * FRAME_FACTOR) * 2  # 1 MB at 1 Mbit/s, 0.5 MB at 0.5 Mbit/s
     work = 0.01 + 0.02 + 1.0 + 0.01 + 0.01  # task build, deserialise, compute, serialise, books
     server = 0.01 + 0.01 + 0.2 + 0.3  # configure, send, aggregation, central evaluation
     assert times.slowest_node == 2
@@ -111,12 +122,16 @@ def test_a_real_links_transfer_is_not_counted_twice():
     c.metrics.update({st.MOD_IN: 13.0, st.HANDLER_IN: 13.0, st.TASK_BUILT: 13.5})
     log = RoundLog(start=10.0)
     log.clients = [c]
-    books = _books({1: (1_000_000, 1_000_000)})  # 1 s each way at 8 Mbit/s
+    books = _books({1: (1_000_000, 1_000_000)})  # 1 s (plus framing) each way at 8 Mbit/s
     times, _ = round_times(1, log, books, _grid(10.0, {"m1": 16.5}), (16.6, 16.7), FIXED)
+    one_way = FRAME_FACTOR
     assert times.measured["pickup"] == pytest.approx(2.0)
-    assert times.deployment["pickup"] == pytest.approx(1.0)  # 2 s measured - 1 s transfer
-    assert times.deployment["return"] == pytest.approx(16.5 - 15.02 - 1.0)
-    assert times.deployment["transfer"] == pytest.approx(2.0)
+    assert times.measured["start-up"] == pytest.approx(1.0)
+    # The download lies inside pickup + start-up (3 s measured): 3 - 1.046 s are waits.
+    assert times.deployment["pickup"] + times.deployment["start-up"] == pytest.approx(
+        3.0 - one_way)
+    assert times.deployment["return"] == pytest.approx(16.5 - 15.02 - one_way)
+    assert times.deployment["transfer"] == pytest.approx(2 * one_way)
 
 
 def test_start_up_is_counted_from_the_os_process_start():

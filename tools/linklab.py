@@ -22,8 +22,9 @@ Shaping (per node and direction; ``None`` = unshaped, the veth's default ``noque
     tc qdisc replace dev IF parent 1:1 handle 10: pfifo limit 1000
 
 ``rate = ceil`` (one class: no borrowing, the link is exactly R bit/s, 10^6 bit per Mbit as
-tc counts). ``burst = cburst = max(16 KiB, 2 ms at R)``: above one GSO frame's worth of
-tokens is not needed, a larger burst would let short transfers run above R. The leaf is a
+tc counts). ``burst = cburst = max(2 frames, 2 ms at R)``: every packet is one full frame
+at most (the veths send one segment per packet, ``gso_max_segs 1``), and a larger burst
+would let the start of every transfer run above R. The leaf is a
 1000-packet FIFO (the veth's own ``txqueuelen``): every sender is a local TCP socket, whose
 TCP Small Queues keep only about two segments per flow in the qdisc, so the queue stays short
 and TCP is paced by the shaper without drops (the test checks throughput within 15 % of R and
@@ -227,7 +228,7 @@ def htb_commands(ns: str, dev: str, mbps: float | None) -> list[list[str]]:
     if mbps is None:
         return [tc + ["qdisc", "del", "dev", dev, "root"]]
     rate_bit = max(8, round(mbps * 1e6))
-    burst = max(16 * 1024, math.ceil(rate_bit / 8 * 0.002))
+    burst = max(2 * MTU_FRAME, math.ceil(rate_bit / 8 * 0.002))
     return [
         tc + ["qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"],
         tc + ["class", "replace", "dev", dev, "parent", "1:", "classid", "1:1", "htb",
@@ -491,6 +492,12 @@ class LinkLab:
                      "peer", "name", nif, "netns", ns)
             self._ip("-n", self.superlink_ns, "addr", "add", f"{SUBNET}.{i}.1/30", "dev", sif)
             self._ip("-n", ns, "addr", "add", f"{SUBNET}.{i}.2/30", "dev", nif)
+            # One segment per packet, as on a real link: with the veth's default 64 KiB
+            # GSO packets, htb lets a transfer out in lumps, and the byte counters (and the
+            # start of a transfer, which a whole lump leaves at once) are off by a lump.
+            for netns, dev in ((self.superlink_ns, sif), (ns, nif)):
+                self._ip("-n", netns, "link", "set", dev, "gso_max_segs", "1",
+                         "gso_max_size", str(MTU_FRAME))
             self._ip("-n", self.superlink_ns, "link", "set", sif, "up")
             self._ip("-n", ns, "link", "set", nif, "up")
             apply_shaping(self.superlink_ns, sif, down)
@@ -517,6 +524,7 @@ class LinkLab:
         rate = lambda v: f"{UNSHAPED_MBPS if v is None else v:g}"  # noqa: E731
         return (f"partition-id={i} num-partitions={len(self.links)} "
                 f"link-down-mbps={rate(down)} link-up-mbps={rate(up)} link-latency-ms=0 "
+                f"link-real=true "
                 f"num-threads={self.num_threads}")
 
     def _launch(self, name: str, node: int | None, argv: list[str], env: dict[str, str]
