@@ -195,7 +195,7 @@ class _Cli:
     def __init__(self, workdir: Path):
         self.workdir = workdir
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.linklab", "start", "--links", "2:2 none", "--dir",
+            [sys.executable, "-m", "tools.linklab", "start", "--links", "2:1", "--dir",
              str(workdir)], cwd=ROOT, text=True, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         self.lines: list[str] = []

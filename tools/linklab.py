@@ -1,7 +1,7 @@
 """A link lab: a real Flower deployment on one machine in which every SuperNode sits behind its
 own real, shaped network link (Linux network namespaces, veth pairs and ``tc htb``).
 
-Layout of one lab instance (``<tag>`` is short and unique to the instance, e.g. ``2ulls1``)::
+Layout of one lab instance (``<tag>`` is short and unique to the instance, e.g. ``004vc0``)::
 
     netns ll-<tag>-sl      flower-superlink --host 0.0.0.0 --port 8000 (and its superexec,
       |                    which starts the ServerApp; `flwr` runs in here on 127.0.0.1:8000)
@@ -409,7 +409,9 @@ class LinkLab:
     def _choose_tag(self) -> str:
         taken = netns_list()
         while True:
-            tag = f"{_b36(os.getpid())}{_b36(next(_counter))}"
+            # the PID in 5 base-36 digits (Linux PIDs < 36**5), then this process's count:
+            # no two live processes can make the same tag
+            tag = f"{_b36(os.getpid()):0>5}{_b36(next(_counter))}"
             if not any(ns.startswith(f"ll-{tag}-") for ns in taken):
                 return tag
 
