@@ -114,7 +114,8 @@ def test_parsing_and_run_config():
 @needs_root
 def test_lab_shapes_links_and_leaves_nothing(tmp_path):
     """2 nodes, node 0 shaped 8 Mbit/s down / 2 up, node 1 unshaped: the network, the
-    shaping (measured), both SuperNodes joined; then nothing of it is left."""
+    shaping (measured), both SuperNodes joined, live reshaping (with and without a SuperNode
+    restart); then nothing of it is left."""
     t0 = time.monotonic()
     lab = LinkLab([(8, 2), None], tmp_path / "lab")
     with lab:
@@ -167,6 +168,16 @@ def test_lab_shapes_links_and_leaves_nothing(tmp_path):
         assert "htb" not in _tc(lab.node_ns(0), "qdisc", lab.node_if(0))
         assert json.loads((lab.workdir / "manifest.json").read_text()
                           )["nodes"]["0"]["down-mbps"] == 4.0
+        # ... and with the node config too: SuperNode 0 restarted, rejoined
+        old = [p for p in lab.processes() if p["name"] == "supernode-0"]
+        lab.shape(0, 3, 1, restart_node=True)
+        assert "link-down-mbps=3 link-up-mbps=1 link-latency-ms=0" in lab.node_config(0)
+        assert "rate 1Mbit ceil 1Mbit" in _tc(lab.node_ns(0), "class", lab.node_if(0))
+        assert _alive(old) == []
+        nodes = json.loads(lab.flwr_cli("supernode", "list", "linklab", "--format", "json"
+                                        ).stdout)["nodes"]
+        assert sum(n["status"] == "online" for n in nodes) == 2, nodes
+        print(f"SuperNode 0 restarted in {lab.timings['restart_node_0_s']:.1f} s")
         procs = lab.processes()
         names = {p["name"] for p in procs}
         assert {"superlink", "supernode-0", "supernode-1"} <= names
@@ -184,7 +195,7 @@ class _Cli:
     def __init__(self, workdir: Path):
         self.workdir = workdir
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.linklab", "start", "--links", "2:2 none", "--dir",
+            [sys.executable, "-m", "tools.linklab", "start", "--links", "2:1", "--dir",
              str(workdir)], cwd=ROOT, text=True, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         self.lines: list[str] = []

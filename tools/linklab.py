@@ -1,7 +1,7 @@
 """A link lab: a real Flower deployment on one machine in which every SuperNode sits behind its
 own real, shaped network link (Linux network namespaces, veth pairs and ``tc htb``).
 
-Layout of one lab instance (``<tag>`` is short and unique to the instance, e.g. ``2ulls1``)::
+Layout of one lab instance (``<tag>`` is short and unique to the instance, e.g. ``004vc0``)::
 
     netns ll-<tag>-sl      flower-superlink --host 0.0.0.0 --port 8000 (and its superexec,
       |                    which starts the ServerApp; `flwr` runs in here on 127.0.0.1:8000)
@@ -22,20 +22,22 @@ Shaping (per node and direction; ``None`` = unshaped, the veth's default ``noque
     tc qdisc replace dev IF parent 1:1 handle 10: pfifo limit 1000
 
 ``rate = ceil`` (one class: no borrowing, the link is exactly R bit/s, 10^6 bit per Mbit as
-tc counts). ``burst = cburst = max(2 frames, 2 ms at R)``: every packet is one full frame
-at most (the veths send one segment per packet, ``gso_max_segs 1``), and a larger burst
-would let the start of every transfer run above R. The leaf is a
-1000-packet FIFO (the veth's own ``txqueuelen``): every sender is a local TCP socket, whose
-TCP Small Queues keep only about two segments per flow in the qdisc, so the queue stays short
-and TCP is paced by the shaper without drops (the test checks throughput within 15 % of R and
-``tc -s`` shows the drops). No latency is emulated (``netem`` is not in this kernel):
+tc counts, Ethernet/IP/TCP headers included). ``burst = cburst = max(2 frames, 2 ms at
+R)``: every packet is one full frame at most (the veths send one segment per packet,
+``gso_max_segs 1``, as a real link does), and a larger burst would let the start of every
+transfer run above R. ``quantum 1514`` (one class, so it only silences htb's quantum
+warning). The leaf is a 1000-packet FIFO (the veth's own ``txqueuelen``), large enough that
+a TCP sender is never starved by drops. The price is queueing delay, as on a bloated access
+link, for whatever shares the link with a bulk transfer (heartbeats, polls); ``tc -s qdisc``
+shows the backlog and drops. No latency is emulated (``netem`` is not in this kernel):
 ``link-latency-ms=0`` in every node config.
 
 Each SuperNode gets ``--node-config "partition-id=i num-partitions=N link-down-mbps=D
 link-up-mbps=U link-latency-ms=0 num-threads=T"`` (10000 Mbit/s for an unshaped direction,
-``T = max(1, cpu_count // N)``). A node config is fixed when the SuperNode starts: ``shape()``
-changes the kernel's rates live, but the app's *projected* transfer times keep using the
-node config written at start, so a bench that wants both to agree restarts the lab.
+``T = max(1, os.cpu_count() // N)``). A node config is fixed when the SuperNode starts:
+``shape(i, down, up)`` changes the kernel's rates live, but the app's *projected* transfer
+times keep using the node config written at start; ``shape(..., restart_node=True)`` also
+restarts that one SuperNode (about 5 s here) so that its node config says the new rates.
 
 The SuperLink gets ``FEDVIT_LINKLAB=<workdir>/manifest.json``::
 
@@ -57,6 +59,7 @@ Python API::
     with LinkLab(links=[(8, 8), None], workdir=Path("/tmp/lab")) as lab:
         proc = lab.flwr_run({"num-server-rounds": 1, "outputs-dir": "/tmp/out"}, timeout_s=300)
         lab.shape(0, 2, 1)          # node 0 now 2 Mbit/s down, 1 up (kernel only)
+        lab.shape(0, 2, 1, restart_node=True)   # ... and its node config (SuperNode restart)
         lab.counters()              # {0: {"tx": ..., "rx": ...}, 1: {...}} SuperLink-side veths
     lab.leftovers()                 # [] after teardown
 
@@ -357,6 +360,7 @@ class LinkLab:
         self.record: dict = {}
         self.timings: dict[str, float] = {}
         self._popens: list[subprocess.Popen] = []
+        self._node_configs: dict[int, str] = {}
         self._old_sigterm = None
         self._started = False
         self._lock = threading.Lock()
@@ -404,7 +408,9 @@ class LinkLab:
     def _choose_tag(self) -> str:
         taken = netns_list()
         while True:
-            tag = f"{_b36(os.getpid())}{_b36(next(_counter))}"
+            # the PID in 5 base-36 digits (Linux PIDs < 36**5), then this process's count:
+            # no two live processes can make the same tag
+            tag = f"{_b36(os.getpid()):0>5}{_b36(next(_counter))}"
             if not any(ns.startswith(f"ll-{tag}-") for ns in taken):
                 return tag
 
@@ -520,6 +526,10 @@ class LinkLab:
             "insecure = true\n")
 
     def node_config(self, i: int) -> str:
+        """The node config SuperNode ``i`` runs with (from its links when it started)."""
+        return self._node_configs.get(i) or self._node_config_of(i)
+
+    def _node_config_of(self, i: int) -> str:
         down, up = self.links[i]
         rate = lambda v: f"{UNSHAPED_MBPS if v is None else v:g}"  # noqa: E731
         return (f"partition-id={i} num-partitions={len(self.links)} "
@@ -529,11 +539,11 @@ class LinkLab:
 
     def _launch(self, name: str, node: int | None, argv: list[str], env: dict[str, str]
                 ) -> subprocess.Popen:
-        """Start ``argv`` in a namespace, in its own session, output to logs/<name>.log.
-        `ip netns exec` execs the command, so the PID is the command's own."""
+        """Start ``argv`` in a namespace, in its own session, output appended to
+        logs/<name>.log. `ip netns exec` execs the command, so the PID is the command's own."""
         home = self.workdir / "homes" / name
         home.mkdir(parents=True, exist_ok=True)
-        with open(self.logs / f"{name}.log", "wb") as log:
+        with open(self.logs / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(self.netns_exec(node) + argv, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
                                     env={**env, "FLWR_HOME": str(home)},
@@ -575,25 +585,66 @@ class LinkLab:
                                    f"{self.start_timeout_s:.0f} s:\n{self._tail('superlink')}")
             time.sleep(0.3)
         self.timings["superlink_up_s"] = self.start_timeout_s - (deadline - time.monotonic())
-        nodes = []
-        for i in range(len(self.links)):
-            nodes.append(self._launch(f"supernode-{i}", i, [
-                str(self.bin_dir / "flower-supernode"), "--insecure",
-                "--superlink", f"{SUBNET}.{i}.1:{SUPERLINK_PORT}",
-                "--port", str(SUPERNODE_PORT), "--node-config", self.node_config(i)],
-                self.env))
-        for i, node in enumerate(nodes):  # "SuperNode ID: ..." once the SuperLink accepted it
-            while "SuperNode ID:" not in self._tail(f"supernode-{i}", 10_000):
-                if node.poll() is not None:
-                    raise LinkLabError(f"supernode-{i} exited ({node.returncode}):\n"
-                                       f"{self._tail(f'supernode-{i}')}")
-                if time.monotonic() > deadline:
-                    raise LinkLabError(f"supernode-{i} did not join within "
-                                       f"{self.start_timeout_s:.0f} s:\n"
-                                       f"{self._tail(f'supernode-{i}')}")
-                time.sleep(0.3)
+        nodes = [self._launch_node(i) for i in range(len(self.links))]
+        for i, (node, offset) in enumerate(nodes):
+            self._wait_joined(i, node, offset, deadline)
         time.sleep(0.5)
         self._record_children()  # e.g. the superexecs, which run in sessions of their own
+
+    def _launch_node(self, i: int) -> tuple[subprocess.Popen, int]:
+        """Start SuperNode ``i`` with the node config of its current links; returns the
+        process and where its output starts in its log."""
+        log = self.logs / f"supernode-{i}.log"
+        offset = log.stat().st_size if log.exists() else 0
+        self._node_configs[i] = self._node_config_of(i)
+        proc = self._launch(f"supernode-{i}", i, [
+            str(self.bin_dir / "flower-supernode"), "--insecure",
+            "--superlink", f"{SUBNET}.{i}.1:{SUPERLINK_PORT}",
+            "--port", str(SUPERNODE_PORT), "--node-config", self._node_configs[i]], self.env)
+        return proc, offset
+
+    def _wait_joined(self, i: int, node: subprocess.Popen, offset: int, deadline: float
+                     ) -> None:
+        """Until SuperNode ``i`` logs "SuperNode ID: ..." (the SuperLink accepted it)."""
+        log = self.logs / f"supernode-{i}.log"
+        while True:
+            with open(log, "rb") as f:
+                f.seek(offset)
+                if b"SuperNode ID:" in f.read():
+                    return
+            if node.poll() is not None:
+                raise LinkLabError(f"supernode-{i} exited ({node.returncode}):\n"
+                                   f"{self._tail(f'supernode-{i}')}")
+            if time.monotonic() > deadline:
+                raise LinkLabError(f"supernode-{i} did not join within "
+                                   f"{self.start_timeout_s:.0f} s:\n"
+                                   f"{self._tail(f'supernode-{i}')}")
+            time.sleep(0.2)
+
+    def restart_node(self, i: int) -> float:
+        """Restart SuperNode ``i`` (its process and descendants), so that its node config
+        carries its current links; returns the seconds it took (until it joined again).
+        Its old node ID leaves the federation (a SuperNode deactivates itself on SIGTERM)."""
+        if not self._started or self.record.get("stopped"):
+            raise LinkLabError("the lab is not running")
+        t0 = time.monotonic()
+        name = f"supernode-{i}"
+        old = [p for p in self.record["processes"] if p["name"] == name]
+        old_ids = {(p["pid"], p["start"]) for p in old}
+        old_ids |= {(c["pid"], c["start"]) for p in old if _alive(p)
+                    for c in _descendants(int(p["pid"]))}
+        left = _terminate(old, self.stop_timeout_s)
+        if left:
+            raise LinkLabError(f"{name} survived SIGKILL: {left}")
+        with self._lock:  # gone: off the record (the CLI watches the live SuperNodes)
+            self.record["processes"] = [p for p in self.record["processes"]
+                                        if (p["pid"], p["start"]) not in old_ids]
+            self._save()
+        node, offset = self._launch_node(i)
+        self._wait_joined(i, node, offset, time.monotonic() + self.start_timeout_s)
+        time.sleep(0.5)
+        self._record_children()
+        return time.monotonic() - t0
 
     # ----- use
     def __enter__(self) -> LinkLab:
@@ -688,9 +739,12 @@ class LinkLab:
                 return run.get("status")
         return None
 
-    def shape(self, i: int, down_mbps: float | None, up_mbps: float | None) -> None:
-        """Change node ``i``'s rates now (None: unshaped). The kernel's rates only: the node
-        config (and hence the app's projected transfer times) keeps the rates of the start."""
+    def shape(self, i: int, down_mbps: float | None, up_mbps: float | None, *,
+              restart_node: bool = False) -> None:
+        """Change node ``i``'s rates now (None: unshaped), and the manifest. A running
+        SuperNode's node config cannot change: without ``restart_node`` it (and the app's
+        projected transfer times) keeps the rates it started with; with it, SuperNode ``i``
+        is restarted (a few seconds) so that its node config says the new rates."""
         if not self._started or self.record.get("stopped"):
             raise LinkLabError("the lab is not running")
         down, up = _mbit(down_mbps, f"node {i} down"), _mbit(up_mbps, f"node {i} up")
@@ -698,6 +752,8 @@ class LinkLab:
         apply_shaping(self.node_ns(i), self.node_if(i), up)
         self.links[i] = (down, up)
         (self.workdir / MANIFEST).write_text(json.dumps(self.manifest(), indent=1))
+        if restart_node:
+            self.timings[f"restart_node_{i}_s"] = self.restart_node(i)
 
     def counters(self) -> dict[int, dict[str, int]]:
         """Byte counters of the SuperLink-side veths: tx = downlink, rx = uplink."""
