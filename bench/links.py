@@ -15,7 +15,9 @@ For each strategy and setting it prints:
   fixed costs, transfer = the books' message bytes × 8 ÷ rate);
 * measured transfer ÷ projected transfer, from per-node transfer timestamps: the kernel's
   byte counters of each shaped veth, sampled every 10 ms (``tools.wiretime``), give how long
-  each message kept its link busy; projected = its message bytes × 8 ÷ the link's rate;
+  each message kept its link busy (the download between the push and the handler, the
+  upload between the handler and the pull); projected = ``fedvit.links``' price of the
+  message (its bytes in TCP/IP frames plus Flower's HTTP framing per object) ÷ the rate;
 * the shaped round minus the unshaped one, against the projected difference (a check that
   the transfer composes into the round as the projection says; it carries the SuperNodes'
   polling jitter);
@@ -40,6 +42,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedvit import stamps as st
 from fedvit.links import Link
 from server_app.timeline import FixedCosts, NodeTimes, RoundTimes, project
 from tools.linklab import LinkLab
@@ -76,9 +79,11 @@ def run_lab(links: list, overrides: dict, rounds: int, work: Path) -> LabRun:
     run = out / "run"
     phases = [RoundTimes.from_row(r) for r in json.loads((run / "phases.json").read_text())]
     nodes = [NodeTimes.from_row(r) for r in json.loads((run / "nodes.json").read_text())]
+    # The download lies between the push and the handler, the upload after the handler.
+    windows = {"down": lambda n: (n.pushed, n.stamps[st.MOD_IN]),
+               "up": lambda n: (n.stamps[st.MOD_OUT], n.pulled)}
     transfer = {(n.round, n.partition_id, d): sampler.busy_span(
-        interfaces[n.partition_id], d, n.pushed, n.pulled)
-        for n in nodes for d in ("down", "up")}
+        interfaces[n.partition_id], d, *windows[d](n)) for n in nodes for d in windows}
     return LabRun(lab.links, phases[1:], nodes, json.loads((run / "summary.json").read_text()),
                   transfer)
 
@@ -102,12 +107,13 @@ def transfer_ratio(run: LabRun) -> tuple[float, float]:
     """(measured, projected) transfer seconds over the steady rounds' shaped directions."""
     measured = projected = 0.0
     for n in run.steady_nodes():
-        for d, nbytes, rate in (("down", n.down_bytes, run.links[n.partition_id][0]),
-                                ("up", n.up_bytes, run.links[n.partition_id][1])):
+        down, up = run.links[n.partition_id]
+        link = Link(down or 0.0, up or 0.0, 0.0)
+        for d, rate, seconds in (("down", down, n.down_s), ("up", up, n.up_s)):
             if rate is None:
                 continue
             measured += run.transfer[(n.round, n.partition_id, d)]
-            projected += nbytes * 8 / (rate * 1e6)
+            projected += seconds(link)
     return measured, projected
 
 
