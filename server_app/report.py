@@ -36,7 +36,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from fedvit.links import transfer_seconds
+from fedvit.links import PULL_OBJECT_BYTES, PUSH_OBJECT_BYTES, transfer_seconds, wire_bytes
 from server_app.timeline import KINDS, TABLE_ROWS, format_table
 
 MB = 1e6
@@ -93,7 +93,7 @@ class LinkModel:
     fixed_s: float  # projected phase table without transfer
     messages: float  # messages on the critical path per round (2 per phase)
     latency_s: float
-    down_bytes: float  # slowest node's down bytes per round, summed over phases
+    down_bytes: float  # slowest node's down bytes on the wire per round, summed over phases
     up_bytes: float
 
     @property
@@ -218,8 +218,9 @@ def steady_rounds(run: Run) -> list[int]:
     return rounds[1:] or rounds
 
 
-def critical_bytes(books: list[dict], server_round: int) -> tuple[int, int, int]:
-    """(down bytes, up bytes, messages) of one round's slowest-node path, over phases.
+def critical_bytes(books: list[dict], server_round: int) -> tuple[float, float, int]:
+    """(down bytes, up bytes, messages) of one round's slowest-node path, over phases, as
+    they take the wire (``fedvit.links.wire_bytes``: frames and Flower's per-object framing).
 
     Per phase: the largest message any replying node received, and the largest it sent.
     """
@@ -229,10 +230,10 @@ def critical_bytes(books: list[dict], server_round: int) -> tuple[int, int, int]
         ok = {b["node_id"] for b in rows if b["direction"] == "up" and b["status"] == "ok"}
         if not ok:
             continue
-        down += max(b["message_bytes"] for b in rows
-                    if b["direction"] == "down" and b["node_id"] in ok)
-        up += max(b["message_bytes"] for b in rows
-                  if b["direction"] == "up" and b["node_id"] in ok)
+        down += max(wire_bytes(b["message_bytes"], b.get("objects", 0), PULL_OBJECT_BYTES)
+                    for b in rows if b["direction"] == "down" and b["node_id"] in ok)
+        up += max(wire_bytes(b["message_bytes"], b.get("objects", 0), PUSH_OBJECT_BYTES)
+                  for b in rows if b["direction"] == "up" and b["node_id"] in ok)
         messages += 2
     return down, up, messages
 

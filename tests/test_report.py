@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fedvit.links import FRAME_FACTOR as F
 from server_app.report import PLOTS, link_model, links_section, load_runs, main, make_report
 from server_app.timeline import TABLE_ROWS, format_table
 
@@ -75,7 +76,7 @@ def _critical_comm_s(books: list[dict], r: int) -> float:
         for d in ("down", "up"):
             nbytes = max(b["message_bytes"] for b in books
                          if b["round"] == r and b["phase"] == phase and b["direction"] == d)
-            total += LATENCY_MS / 1e3 + nbytes * 8 / (LINK_MBPS * 1e6)
+            total += LATENCY_MS / 1e3 + F * nbytes * 8 / (LINK_MBPS * 1e6)
     return total
 
 
@@ -241,9 +242,9 @@ def test_half_communication_bandwidth_by_hand(report):
     # Steady rounds 2 and 3, slowest path per round: fedavg train down 1,000,000 + 10 r,
     # train up 1,000,500, evaluate down 1,000,200, evaluate up 600 -> mean 3,001,325 bytes;
     # fixed 1.2 s, 4 messages x 50 ms: B* = 8 x 3,001,325 / (1.2 - 0.2) bit/s.
-    fedavg = 8 * 3_001_325 / (1.2 - 4 * 0.05) / 1e6
-    fedlora = 8 * (50_000 + 50_400 + 50_200 + 600) / (1.0 - 4 * 0.05) / 1e6
-    assert f"{fedavg:.3f}" == "24.011" and f"{fedlora:.3f}" == "1.512"
+    fedavg = F * 8 * 3_001_325 / (1.2 - 4 * 0.05) / 1e6
+    fedlora = F * 8 * (50_000 + 50_400 + 50_200 + 600) / (1.0 - 4 * 0.05) / 1e6
+    assert f"{fedavg:.3f}" == "25.105" and f"{fedlora:.3f}" == "1.581"  # x 1514/1448
     assert f"fedavg: communication is more than half of the projected round below " \
            f"**{fedavg:.3f} Mbit/s**." in text
     assert f"below **{fedlora:.3f} Mbit/s**." in text
@@ -253,8 +254,8 @@ def test_half_communication_bandwidth_by_hand(report):
 
 def test_no_crossover_names_the_faster_run(report):
     _, text, _ = report
-    avg = [1.4 + 8 * 3_001_325 / (b * 1e6) for b in (10, 1000)]
-    lora = [1.2 + 8 * 151_200 / (b * 1e6) for b in (10, 1000)]
+    avg = [1.4 + F * 8 * 3_001_325 / (b * 1e6) for b in (10, 1000)]
+    lora = [1.2 + F * 8 * 151_200 / (b * 1e6) for b in (10, 1000)]
     assert "fedlora is faster everywhere" in text
     assert (f"{lora[0]:.3f} s against {avg[0]:.3f} s at 10.000 Mbit/s "
             f"({avg[0] / lora[0]:.2f}× faster)") in text
@@ -267,7 +268,7 @@ def test_crossover_when_the_light_run_computes_longer(tmp_path):
                       write_run(tmp_path, {**FEDLORA, "fixed": 3.0})])
     text = links_section(runs, [link_model(r) for r in runs])  # the report's text, no plots
     # 1.4 + 8 x 3,001,325 / B = 3.2 + 8 x 151,200 / B
-    cross = 8 * (3_001_325 - 151_200) / (3.2 - 1.4) / 1e6
+    cross = F * 8 * (3_001_325 - 151_200) / (3.2 - 1.4) / 1e6
     assert f"cross at **{cross:.3f} Mbit/s**" in text
     assert "below it fedlora is faster, above it fedavg." in text
 
