@@ -28,7 +28,7 @@ The last line is exactly
 unexplained=<p>%`` where each ratio pools both shaped settings' steady rounds and
 ``unexplained`` is the largest unexplained share of any steady round of any run.
 
-    sudo .venv/bin/python bench/links.py [--rate 8] [--slow 4] [--rounds 2]
+    sudo .venv/bin/python bench/links.py [--rate 8] [--slow 4] [--rounds 2] [--run-config ...]
 
 Needs root, ``ip netns`` and ``tc`` (as the link lab does). About 10 minutes here.
 """
@@ -42,10 +42,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from flwr.common.config import parse_config_args
+
 from fedvit import stamps as st
-from fedvit.links import Link
+from fedvit.links import FRAME_FACTOR, PULL_OBJECT_BYTES, PUSH_OBJECT_BYTES, Link
 from server_app.timeline import FixedCosts, NodeTimes, RoundTimes, project
-from tools.linklab import LinkLab
+from tools.linklab import UNSHAPED_MBPS, LinkLab
 from tools.wiretime import CounterSampler
 
 MODEL = {"model-name": "vit_tiny_patch16_224", "weights-path": "", "img-size": 32,
@@ -61,6 +63,7 @@ class LabRun:
     nodes: list[NodeTimes]
     summary: dict
     transfer: dict[tuple[int, int, str], float]  # (round, partition, direction) -> s
+    wire: dict[tuple[int, int, str], int]  # (round, partition, direction) -> kernel bytes
 
     def steady_nodes(self) -> list[NodeTimes]:
         steady = {r.round for r in self.rounds}
@@ -82,16 +85,34 @@ def run_lab(links: list, overrides: dict, rounds: int, work: Path) -> LabRun:
     # The download lies between the push and the handler, the upload after the handler.
     windows = {"down": lambda n: (n.pushed, n.stamps[st.MOD_IN]),
                "up": lambda n: (n.stamps[st.MOD_OUT], n.pulled)}
-    transfer = {(n.round, n.partition_id, d): sampler.busy_span(
-        interfaces[n.partition_id], d, *windows[d](n)) for n in nodes for d in windows}
+    transfer, wire = {}, {}
+    for n in nodes:
+        for d, window in windows.items():
+            args = (interfaces[n.partition_id], d, *window(n))
+            transfer[(n.round, n.partition_id, d)] = sampler.busy_span(*args)
+            wire[(n.round, n.partition_id, d)] = sampler.bytes_in(*args)
     return LabRun(lab.links, phases[1:], nodes, json.loads((run / "summary.json").read_text()),
-                  transfer)
+                  transfer, wire)
+
+
+def per_object_bytes(runs: list[LabRun]) -> dict[str, float]:
+    """Measured framing per object and direction, steady rounds of ``runs``: (the kernel's
+    bytes in the transfer's window - the message's bytes in TCP/IP frames) ÷ its objects."""
+    extra = {"down": 0.0, "up": 0.0}
+    objects = {"down": 0, "up": 0}
+    for run in runs:
+        for n in run.steady_nodes():
+            for d, nbytes, count in (("down", n.down_bytes, n.down_objects),
+                                     ("up", n.up_bytes, n.up_objects)):
+                extra[d] += run.wire[(n.round, n.partition_id, d)] - nbytes * FRAME_FACTOR
+                objects[d] += count
+    return {d: extra[d] / objects[d] if objects[d] else float("nan") for d in extra}
 
 
 def projected_round(base: LabRun, links: list, fixed: FixedCosts) -> float:
     """Mean steady round of ``base``'s replies projected onto ``links`` (by partition)."""
-    rates = [Link(*(10_000.0 if v is None else v for v in link), 0.0, real=True)
-             for link in links]
+    rates = [Link(*(UNSHAPED_MBPS if v is None else v for v in link or (None, None)), 0.0,
+                  real=True) for link in links]
     by_round = {r.round: r for r in base.rounds}
     totals = []
     for rnd, times in by_round.items():
@@ -122,7 +143,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=8.0, help="Mbit/s of a shaped link")
     parser.add_argument("--slow", type=float, default=4.0, help="Mbit/s of the slow node")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--run-config", default="",
+                        help="overrides of the model settings, e.g. \"model-name='test_vit' "
+                             "img-size=16 patch-size=4\" for a quick look")
     args = parser.parse_args()
+    overrides = parse_config_args([args.run_config]) if args.run_config else {}
     settings = {"no shaping": [None, None],
                 f"uniform {args.rate:g}": [(args.rate, args.rate)] * 2,
                 f"pair {args.rate:g}/{args.slow:g}": [(args.rate, args.rate),
@@ -135,7 +160,7 @@ def main() -> None:
           f"{'up':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         for strategy in ("fedavg", "fedlora"):
-            runs = {name: run_lab(links, {"strategy": strategy}, args.rounds,
+            runs = {name: run_lab(links, {**overrides, "strategy": strategy}, args.rounds,
                                   Path(tmp) / f"{strategy}-{i}")
                     for i, (name, links) in enumerate(settings.items())}
             base = runs["no shaping"]
@@ -158,6 +183,10 @@ def main() -> None:
                 print(f"{strategy:<9}{name:<14}{measured_round:>9.2f}{proj_round:>13.2f}"
                       f"{cells[0]:>20}{cells[1]:>23}{ratios[0]:>17.3f}{ratios[1]:>6.3f}")
             pooled[strategy] = total
+            framing = per_object_bytes(list(runs.values()))
+            print(f"{strategy:<9}framing per object, measured: down {framing['down']:.0f} B, "
+                  f"up {framing['up']:.0f} B (the model's: {PULL_OBJECT_BYTES}, "
+                  f"{PUSH_OBJECT_BYTES})")
     ratio = {k: measured / projected for k, (measured, projected) in pooled.items()}
     print(f"links: fedavg transfer measured/projected={ratio['fedavg']:.3f} "
           f"fedlora transfer measured/projected={ratio['fedlora']:.3f} "

@@ -70,6 +70,18 @@ class CounterSampler:
             next_t += self.interval_s
             self._stop.wait(max(0.0, next_t - time.monotonic()))
 
+    def _deltas(self, interface: str, direction: str, start: float, end: float
+                ) -> list[tuple[float, float, int]]:
+        """(interval start, interval end, bytes) of each sampling interval in the window."""
+        col = 1 if direction == "down" else 0
+        return [(t0, t1, b[interface][col] - a[interface][col])
+                for (t0, a), (t1, b) in zip(self.samples, self.samples[1:], strict=False)
+                if t0 >= start and t1 <= end]
+
+    def bytes_in(self, interface: str, direction: str, start: float, end: float) -> int:
+        """Bytes the kernel counted on one direction of ``interface`` inside the window."""
+        return sum(n for _, _, n in self._deltas(interface, direction, start, end))
+
     def busy_span(self, interface: str, direction: str, start: float, end: float,
                   threshold: int = DEFAULT_THRESHOLD) -> float:
         """Seconds from the first to the last busy sampling interval inside [start, end].
@@ -83,9 +95,6 @@ class CounterSampler:
         Returns:
             The span in seconds, 0.0 if no interval was busy.
         """
-        col = 1 if direction == "down" else 0
-        busy = [(t0, t1) for (t0, a), (t1, b) in zip(self.samples, self.samples[1:],
-                                                     strict=False)
-                if t0 >= start and t1 <= end
-                and b[interface][col] - a[interface][col] >= threshold]
+        busy = [(t0, t1) for t0, t1, n in self._deltas(interface, direction, start, end)
+                if n >= threshold]
         return busy[-1][1] - busy[0][0] if busy else 0.0
