@@ -79,17 +79,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     total, trainable = count_parameters(model)
     writer.write_json("config.json", cfg.to_dict())
     timed_grid = TimedGrid(grid, cfg.min_nodes, cfg.node_wait_s)
-    num_nodes = len(timed_grid.get_node_ids())
-    est = estimate({k: v.cpu().numpy() for k, v in exchanged_state(model).items()},
-                   num_nodes, cfg)
-    log(INFO, "fedvit: %s on %s (%s parameters, %s trainable, %d tensors exchanged, "
-        "backbone %s); results in %s", cfg.strategy, cfg.model_name, f"{total:,}",
-        f"{trainable:,}", len(initial), backbone_fingerprint(model), run_dir)
-    log(INFO, "fedvit: estimate (model down + update up) x clients x fraction x rounds: "
-        "%.3f MB down + %.3f MB up over %d rounds, %d of %d nodes training",
-        est.down / MB, est.up / MB, est.rounds, est.train_clients, num_nodes)
-    if resume:
-        log(INFO, "fedvit: resuming %s after round %d", run_dir, done)
+    est: Estimate | None = None
 
     def central_evaluate(loop_round: int, arrays: ArrayRecord) -> MetricRecord:
         t0 = time.perf_counter()
@@ -122,8 +112,19 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
 
     # FedLoRA's clients must adapt the very backbone the server evaluates with.
     shared = {"backbone": backbone_fingerprint(model)} if cfg.strategy == "fedlora" else {}
-    status, result = "complete", Result(arrays=initial)
-    try:
+    result, stop = Result(arrays=initial), None
+    try:  # from here on, whatever stops the run leaves summary.json
+        num_nodes = len(timed_grid.get_node_ids())
+        est = estimate({k: v.cpu().numpy() for k, v in exchanged_state(model).items()},
+                       num_nodes, cfg)
+        log(INFO, "fedvit: %s on %s (%s parameters, %s trainable, %d tensors exchanged, "
+            "backbone %s); results in %s", cfg.strategy, cfg.model_name, f"{total:,}",
+            f"{trainable:,}", len(initial), backbone_fingerprint(model), run_dir)
+        log(INFO, "fedvit: estimate (model down + update up) x clients x fraction x rounds: "
+            "%.3f MB down + %.3f MB up over %d rounds, %d of %d nodes training",
+            est.down / MB, est.up / MB, est.rounds, est.train_clients, num_nodes)
+        if resume:
+            log(INFO, "fedvit: resuming %s after round %d", run_dir, done)
         if cfg.num_server_rounds > done:
             result = strategy.start(
                 grid=timed_grid,
@@ -136,18 +137,44 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
             )
         if len(result.arrays) == 0:  # no round aggregated anything: the global is unchanged
             result.arrays = initial
-    except TooFewNodes as err:
-        status = f"stopped after round {len(rounds)}: {err}"
-        log(ERROR, "fedvit: %s; the completed rounds are saved in %s", status, run_dir)
+    except BaseException as err:  # Ctrl-C and `flwr stop` too: leave a summary
+        stop = err
     summary = _summary(cfg, rounds, strategy.books, est, total, trainable,
                        time.perf_counter() - t_start, phases, strategy.rejections)
-    summary["status"] = status
+    summary.update(stop_status(stop))
+    summary["completed-rounds"] = [r["round"] for r in rounds]
     writer.write_json("summary.json", summary)
     _log_summary(summary, run_dir)
-    if status != "complete":
-        raise TooFewNodes(status)
+    if stop is not None:
+        line = (f"fedvit: run stopped ({summary['status']}) after rounds "
+                f"{summary['completed-rounds']}: {summary['stop-reason']}; summary in "
+                f"{run_dir / 'summary.json'}")
+        log(ERROR, "%s", line)
+        if isinstance(stop, Exception):
+            raise RunStopped(line) from None
+        raise stop  # KeyboardInterrupt, SystemExit (flwr stop): Flower's own exit path
     return RunOutcome(run_dir, result, strategy.books, rounds, summary, initial, phases,
                       strategy.timeline)
+
+
+class RunStopped(RuntimeError):
+    """A run stopped before its last round; its folder holds ``summary.json``."""
+
+
+def stop_status(stop: BaseException | None) -> dict[str, str]:
+    """``status`` and ``stop-reason`` of a run that ended with ``stop`` (None: finished).
+
+    ``status`` is ``complete``, ``too-few-nodes``, ``interrupted`` (Ctrl-C, SIGTERM,
+    ``flwr stop``) or ``failed`` (any other error, e.g. inside an evaluation).
+    """
+    if stop is None:
+        return {"status": "complete", "stop-reason": ""}
+    reason = f"{type(stop).__name__}: {stop}" if str(stop) else type(stop).__name__
+    if isinstance(stop, TooFewNodes):
+        return {"status": "too-few-nodes", "stop-reason": str(stop)}
+    if isinstance(stop, (KeyboardInterrupt, SystemExit)) or not isinstance(stop, Exception):
+        return {"status": "interrupted", "stop-reason": reason}
+    return {"status": "failed", "stop-reason": reason}
 
 
 def _round_row(server_round: int, res: dict, books: Books, times: RoundTimes,
@@ -170,7 +197,8 @@ def _round_row(server_round: int, res: dict, books: Books, times: RoundTimes,
     }
 
 
-def _summary(cfg: AppConfig, rounds: list[dict], books: Books, est: Estimate, total: int,
+def _summary(cfg: AppConfig, rounds: list[dict], books: Books, est: Estimate | None,
+             total: int,
              trainable: int, wall_s: float, phases: list[RoundTimes],
              rejections: list[dict]) -> dict:
     t = books.totals()
@@ -186,9 +214,9 @@ def _summary(cfg: AppConfig, rounds: list[dict], books: Books, est: Estimate, to
         "final-central-loss": rounds[-1]["central-loss"] if rounds else None,
         "wall-s": wall_s,
         "bytes": t,
-        "estimate": est.as_dict(),
+        "estimate": est.as_dict() if est else None,
         "estimate-matches-tensor-bytes": (est.down, est.up) == (t["down-tensor"],
-                                                               t["up-tensor"]),
+                                                               t["up-tensor"]) if est else None,
         "framing-overhead-percent": 100 * (msg - tensor) / tensor if tensor else None,
         "report-bytes": t["report"],
         "books-mismatches": books.mismatches,
@@ -213,9 +241,10 @@ def _log_summary(s: dict, run_dir: Path) -> None:
     b, e = s["bytes"], s["estimate"]
     log(INFO, "fedvit: finished %d rounds in %.1f s, final central accuracy %s", s["rounds"],
         s["wall-s"], f"{s['final-central-accuracy']:.4f}" if s["rounds"] else "n/a")
-    log(INFO, "fedvit: tensors measured %.3f MB down / %.3f MB up, estimated %.3f / %.3f: "
-        "%s", b["down-tensor"] / MB, b["up-tensor"] / MB, e["down"] / MB, e["up"] / MB,
-        "exact match" if s["estimate-matches-tensor-bytes"] else "DIFFERENT")
+    if e:
+        log(INFO, "fedvit: tensors measured %.3f MB down / %.3f MB up, estimated %.3f / "
+            "%.3f: %s", b["down-tensor"] / MB, b["up-tensor"] / MB, e["down"] / MB,
+            e["up"] / MB, "exact match" if s["estimate-matches-tensor-bytes"] else "DIFFERENT")
     log(INFO, "fedvit: whole messages %.3f MB down / %.3f MB up; framing overhead %.3f %%",
         b["down-msg"] / MB, b["up-msg"] / MB, s["framing-overhead-percent"] or 0.0)
     if s["books-mismatches"]:

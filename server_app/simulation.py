@@ -67,15 +67,41 @@ def start_ray(cpus: int, attempts: int = 3) -> None:
 
 
 def simulate(overrides: dict, num_nodes: int = 2, client: ClientApp | None = None,
-             cpus: int = 2) -> RunOutcome:
-    """Run a whole federation in-process; return what the ServerApp produced."""
+             cpus: int = 2, grid_wrapper: Callable[[Grid], Grid] | None = None) -> RunOutcome:
+    """Run a whole federation in-process; return what the ServerApp produced.
+
+    ``grid_wrapper`` wraps the simulation's Grid (fault injection in tests). An error of the
+    ServerApp is raised again here; ``stopped`` returns it instead.
+    """
+    outcome = _run(overrides, num_nodes, client, cpus, grid_wrapper)
+    if isinstance(outcome, BaseException):
+        if isinstance(outcome, Exception):
+            raise outcome
+        raise RuntimeError(f"the ServerApp stopped: {outcome!r}") from outcome
+    return outcome
+
+
+def stopped(overrides: dict, num_nodes: int = 2, cpus: int = 2,
+            grid_wrapper: Callable[[Grid], Grid] | None = None) -> BaseException:
+    """Run a federation that is expected to stop; return what stopped it."""
+    outcome = _run(overrides, num_nodes, None, cpus, grid_wrapper)
+    if not isinstance(outcome, BaseException):
+        raise AssertionError(f"the run finished: {outcome.run_dir}")
+    return outcome
+
+
+def _run(overrides: dict, num_nodes: int, client: ClientApp | None, cpus: int,
+         grid_wrapper: Callable[[Grid], Grid] | None) -> RunOutcome | BaseException:
     cfg = AppConfig.from_run_config(overrides)
-    outcome: list[RunOutcome] = []
+    outcome: list[RunOutcome | BaseException] = []
     server = ServerApp()
 
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
-        outcome.append(run_federation(grid, cfg))
+        try:
+            outcome.append(run_federation(grid_wrapper(grid) if grid_wrapper else grid, cfg))
+        except BaseException as err:  # handed to the caller
+            outcome.append(err)
 
     start_ray(cpus)
     run_simulation(
