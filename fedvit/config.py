@@ -10,7 +10,7 @@ import dataclasses
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +25,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 LINK_PROFILES = ("uniform", "heterogeneous")
 LORA_AGGREGATIONS = ("naive", "ffa")
+FITTING_WEIGHTS = ("must be '', 'public-pretrain' or a weights file of the same architecture "
+                   "('model-name'; position and patch embeddings are resampled)")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -235,6 +237,45 @@ class AppConfig:
 @lru_cache(maxsize=32)
 def _validated(cls: type[AppConfig], items: tuple[tuple[str, Any], ...]) -> AppConfig:
     return cls._validate(dict(items))
+
+
+def model_errors(cfg: AppConfig, patch_size: tuple[int, int], img_size: tuple[int, int],
+                 linear_names: Iterable[str]) -> list[str]:
+    """Rule violations only the resolved model can show (the server checks them before it
+    writes anything): its patch size (``patch-size`` = 0 means the model's own), the input
+    size it was built for, and the LoRA target modules (its linear layers' short names).
+    A size the model would crop (a strided convolution drops the remainder) or pad
+    (``dynamic_img_pad``) is an error too: ``img-size`` must be a multiple of the patch."""
+    errors = []
+    ph, pw = patch_size
+    patch = (f"'patch-size' = {cfg.patch_size}" if cfg.patch_size
+             else f"'patch-size' = 0 (the model's own patch size, {ph})")
+    if img_size != (cfg.img_size, cfg.img_size):
+        errors.append(
+            f"'img-size' = {cfg.img_size} is not allowed with 'model-name' = "
+            f"{cfg.model_name!r}: the model is built for {img_size[0]}x{img_size[1]} inputs; "
+            f"must be {img_size[0]}")
+    elif cfg.img_size % ph or cfg.img_size % pw:
+        lo = max(ph, cfg.img_size // ph * ph)
+        errors.append(
+            f"'img-size' = {cfg.img_size} is not allowed with {patch} of "
+            f"{cfg.model_name!r}: the model would crop or pad the input; must be a "
+            f"multiple of {ph}, e.g. {lo} or {lo + ph}")
+    if cfg.strategy == "fedlora":
+        names = set(linear_names)
+        unknown = [t for t in target_modules(cfg.lora_target_modules) if t not in names]
+        if unknown:
+            errors.append(
+                f"'lora-target-modules' = {cfg.lora_target_modules!r} is not allowed: "
+                f"{unknown} are not linear layers of {cfg.model_name!r}; its linear layers "
+                f"are {sorted(names)}")
+    return errors
+
+
+def raise_errors(errors: list[str]) -> None:
+    """One ``ConfigError`` listing every error (none: nothing happens)."""
+    if errors:
+        raise ConfigError("invalid run config:\n  - " + "\n  - ".join(errors))
 
 
 def target_modules(spec: str) -> list[str]:
