@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
@@ -12,7 +13,15 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
-from fedvit.config import AppConfig, resolve_path
+from fedvit.config import (
+    CONFIG_HISTORY,
+    AppConfig,
+    raise_errors,
+    resolve_path,
+    resume_tensor_errors,
+    run_config_of,
+    validate_server,
+)
 from fedvit.data import central_test_data, make_loader
 from fedvit.model import (
     backbone_fingerprint,
@@ -58,12 +67,17 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     With ``resume-from``, start from that run's checkpoint and go on in its folder.
     """
     t_start = time.perf_counter()
+    validate_server(cfg)  # resume-from against its checkpoint, before anything is written
     test_data, cols = central_test_data(cfg)
     model = build_model(cfg, cols.num_classes)
     mean, std = input_stats(model)
     test_loader = make_loader(test_data, cols, cfg, mean, std, shuffle=False,
                               batch_size=cfg.eval_batch_size)
     resume = load_checkpoint(resolve_path(cfg.resume_from)) if cfg.resume_from else None
+    if resume:
+        raise_errors(resume_tensor_errors(
+            cfg, {k: tuple(v.shape) for k, v in exchanged_state(model).items()},
+            {k: tuple(a.shape) for k, a in resume.arrays.items()}))
     initial = resume.arrays if resume else ArrayRecord(exchanged_state(model))
     strategy = make_strategy(cfg, initial.keys())
     done = resume.round if resume else 0
@@ -77,7 +91,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     run_dir = resolve_path(cfg.resume_from) if resume else new_run_dir(cfg)
     writer = ResultsWriter(run_dir)
     total, trainable = count_parameters(model)
-    writer.write_json("config.json", cfg.to_dict())
+    _record_config(writer, cfg, done)
     timed_grid = TimedGrid(grid, cfg.min_nodes, cfg.node_wait_s)
     est: Estimate | None = None
 
@@ -155,6 +169,22 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
         raise stop  # KeyboardInterrupt, SystemExit (flwr stop): Flower's own exit path
     return RunOutcome(run_dir, result, strategy.books, rounds, summary, initial, phases,
                       strategy.timeline)
+
+
+def _record_config(writer: ResultsWriter, cfg: AppConfig, done: int) -> None:
+    """A new run writes ``config.json``; every run, resumed or not, appends its config to
+    ``configs.json`` (``after-round``: the rounds completed before it started). A resume
+    never rewrites an earlier config."""
+    history_path = writer.run_dir / CONFIG_HISTORY
+    if done == 0 and not history_path.exists():
+        writer.write_json("config.json", cfg.to_dict())
+        history = []
+    elif history_path.exists():
+        history = json.loads(history_path.read_text())
+    else:  # a folder written before configs.json existed
+        history = [{"after-round": 0, "config": run_config_of(writer.run_dir)}]
+    writer.write_json(CONFIG_HISTORY, [*history, {"after-round": done,
+                                                  "config": cfg.to_dict()}])
 
 
 class RunStopped(RuntimeError):

@@ -23,8 +23,8 @@ def test_too_few_nodes_before_round_one_leaves_a_summary(tmp_path):
     assert summary["status"] == "too-few-nodes"
     assert summary["completed-rounds"] == [] and summary["rounds"] == 0
     assert "2 nodes connected" in summary["stop-reason"]
-    assert sorted(p.name for p in (tmp_path / "few").iterdir()) == ["config.json",
-                                                                  "summary.json"]
+    assert sorted(p.name for p in (tmp_path / "few").iterdir()) == [
+        "config.json", "configs.json", "summary.json"]
 
 
 class _InterruptAtRound:
