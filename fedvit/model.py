@@ -14,16 +14,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from torch import nn
 
-from fedvit.config import (
-    FITTING_WEIGHTS,
-    PUBLIC_PRETRAIN,
-    AppConfig,
-    ConfigError,
-    model_errors,
-    raise_errors,
-    resolve_path,
-    target_modules,
-)
+from fedvit.config import PUBLIC_PRETRAIN, AppConfig, ConfigError, resolve_path, target_modules
 
 HEAD = "head"
 
@@ -71,6 +62,8 @@ def load_backbone_weights(model: nn.Module, path: Path, source: str) -> None:
     Raises ``ConfigError`` when the file does not fit the model.
     """
     from timm.models.vision_transformer import checkpoint_filter_fn
+
+    from fedvit.config import FITTING_WEIGHTS
 
     try:
         state = checkpoint_filter_fn(read_weights_file(path), model)
@@ -121,6 +114,8 @@ def build_model(cfg: AppConfig, num_classes: int) -> nn.Module:
 def check_model(cfg: AppConfig, model: nn.Module) -> None:
     """Raise ``ConfigError`` listing what only the built (plain timm) ViT can show: its
     patch size, the input size it was built for, the LoRA target modules."""
+    from fedvit.config import model_errors, raise_errors
+
     pe = model.patch_embed
     raise_errors(model_errors(
         cfg, tuple(pe.patch_size), tuple(pe.img_size) if pe.img_size else (0, 0),
