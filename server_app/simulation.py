@@ -45,6 +45,7 @@ def client_app(overrides: dict, extra_mods: Sequence[Callable] = ()) -> ClientAp
     app = ClientApp(mods=[lend_run_config(overrides), *extra_mods, bandwidth_mod])
     app.train()(client_module.train)
     app.evaluate()(client_module.evaluate)
+    app.query()(client_module.query)
     return app
 
 
