@@ -15,6 +15,7 @@ from fedvit.model import build_model, exchanged_state
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import save as save_checkpoint
 from server_app.federation import run_federation
+from simulate import simulate
 
 FAST = {"model-name": "test_vit", "img-size": 16, "patch-size": 4, "weights-path": ""}
 
@@ -134,6 +135,9 @@ def test_relative_path_is_refused_in_process_whatever_the_cwd(key, tmp_path, mon
         assert errors[0].endswith("pass an absolute path or ~/...")
         assert expected in (None, errors)
         expected = errors
+    with pytest.raises(ConfigError) as info:  # run_simulation: refused before Ray starts
+        simulate({**FAST, key: RELATIVE[key]})
+    assert str(info.value).split("\n  - ")[1:] == expected
 
 
 def test_absolute_home_and_special_values_are_accepted(tmp_path, monkeypatch):
