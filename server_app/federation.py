@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
@@ -12,6 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
+from flwr.supercore.exit import add_exit_handler
 
 from fedvit.config import (
     CONFIG_HISTORY,
@@ -127,6 +129,35 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     # FedLoRA's clients must adapt the very backbone the server evaluates with.
     shared = {"backbone": backbone_fingerprint(model)} if cfg.strategy == "fedlora" else {}
     result, stop = Result(arrays=initial), None
+    closing = threading.Lock()
+    closed: list[dict] = []  # the summary, once written
+
+    def close(stop: BaseException | None) -> dict:
+        """Write summary.json once (the first stop seen wins) and log it."""
+        with closing:
+            if not closed:
+                summary = _summary(cfg, rounds, strategy.books, est, total, trainable,
+                                   time.perf_counter() - t_start, phases, strategy.rejections)
+                summary.update(stop_status(stop))
+                summary["completed-rounds"] = [r["round"] for r in rounds]
+                writer.write_json("summary.json", summary)
+                _log_summary(summary, run_dir)
+                if stop is not None:
+                    log(ERROR, "%s", _stop_line(summary, run_dir))
+                closed.append(summary)
+                pending.clear()
+            return closed[0]
+
+    # `flwr stop`, Ctrl-C, SIGTERM: Flower's exit runs its handlers in the main thread, also
+    # where the ServerApp runs in another (simulation); the summary is written there. The
+    # handler lets go of the run once the summary is written (handlers are never removed).
+    pending = [close]
+
+    def on_flower_exit() -> None:
+        if pending:
+            pending[0](FlowerExit())
+
+    add_exit_handler(on_flower_exit, run_before_force_exit=True)
     try:  # from here on, whatever stops the run leaves summary.json
         num_nodes = len(timed_grid.get_node_ids())
         est = estimate({k: v.cpu().numpy() for k, v in exchanged_state(model).items()},
@@ -153,20 +184,12 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
             result.arrays = initial
     except BaseException as err:  # Ctrl-C and `flwr stop` too: leave a summary
         stop = err
-    summary = _summary(cfg, rounds, strategy.books, est, total, trainable,
-                       time.perf_counter() - t_start, phases, strategy.rejections)
-    summary.update(stop_status(stop))
-    summary["completed-rounds"] = [r["round"] for r in rounds]
-    writer.write_json("summary.json", summary)
-    _log_summary(summary, run_dir)
-    if stop is not None:
-        line = (f"fedvit: run stopped ({summary['status']}) after rounds "
-                f"{summary['completed-rounds']}: {summary['stop-reason']}; summary in "
-                f"{run_dir / 'summary.json'}")
-        log(ERROR, "%s", line)
+    summary = close(stop)
+    if summary["status"] != "complete":
+        line = _stop_line(summary, run_dir)
         if isinstance(stop, Exception):
             raise RunStopped(line) from None
-        raise stop  # KeyboardInterrupt, SystemExit (flwr stop): Flower's own exit path
+        raise stop or FlowerExit(line)  # KeyboardInterrupt, SystemExit: Flower's exit path
     return RunOutcome(run_dir, result, strategy.books, rounds, summary, initial, phases,
                       strategy.timeline)
 
@@ -185,6 +208,19 @@ def _record_config(writer: ResultsWriter, cfg: AppConfig, done: int) -> None:
         history = [{"after-round": 0, "config": run_config_of(writer.run_dir)}]
     writer.write_json(CONFIG_HISTORY, [*history, {"after-round": done,
                                                   "config": cfg.to_dict()}])
+
+
+def _stop_line(summary: dict, run_dir: Path) -> str:
+    return (f"fedvit: run stopped ({summary['status']}) after rounds "
+            f"{summary['completed-rounds']}: {summary['stop-reason']}; summary in "
+            f"{run_dir / 'summary.json'}")
+
+
+class FlowerExit(BaseException):
+    """Flower is ending the process (``flwr stop``, Ctrl-C, SIGTERM: its exit handlers)."""
+
+    def __str__(self) -> str:
+        return super().__str__() or "flwr stop, Ctrl-C or SIGTERM (Flower's exit handlers)"
 
 
 class RunStopped(RuntimeError):
