@@ -34,8 +34,8 @@ def main() -> None:
     first, steady = outcome.phases[0], outcome.phases[1:]
     wall = statistics.mean(p.wall_s for p in steady)
     compute = statistics.mean(p.critical_compute_s for p in steady)
-    server = statistics.mean(p.simulated["aggregation"] + p.simulated["central-eval"]
-                             + p.simulated["configure"] for p in steady)
+    server = statistics.mean(p.measured["aggregation"] + p.measured["central-eval"]
+                             + p.measured["configure"] for p in steady)
     print(f"{outcome.summary['strategy']} on {outcome.summary['model-name']}, {args.nodes} "
           f"clients on {args.cpus} CPUs, {len(outcome.phases)} rounds")
     print(f"first round (starts the workers): {first.wall_s:.2f} s wall, "

@@ -10,11 +10,19 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_app.mods import bandwidth_mod
-from client_app.task import LocalTask, check_backbone, local_task, outgoing, partition_of
+from client_app.task import (
+    LocalTask,
+    check_backbone,
+    local_task,
+    node_threads,
+    outgoing,
+    partition_of,
+)
 from fedvit.codecs import record_arrays
 from fedvit.config import AppConfig
 from fedvit.links import node_link
 from fedvit.model import exchanged_state, load_exchanged
+from fedvit.stamps import COMPUTE_END, COMPUTE_START, HANDLER_IN, HANDLER_OUT, TASK_BUILT
 from fedvit.train import evaluate as evaluate_loader
 from fedvit.train import train_epochs
 from fedvit.wire import METRICS
@@ -25,8 +33,8 @@ app = ClientApp(mods=[bandwidth_mod])
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Load the global tensors, train locally, reply with the exchanged tensors."""
-    start = time.time()
-    cfg, task, pid, received = _prepare(msg, context)
+    stamps = {HANDLER_IN: time.time()}
+    cfg, task, pid, received = _prepare(msg, context, stamps)
     val = _val_metrics(cfg, task, prefix="val") if cfg.evaluate_in_train else {}
     server_round = int(msg.content["config"]["server-round"])
     torch.manual_seed(cfg.seed + 1000 * server_round + pid)
@@ -41,30 +49,42 @@ def train(msg: Message, context: Context) -> Message:
         **{f"time-{phase}": s for phase, s in stats.phases.items()},
         **val,
     }
+    stamps[COMPUTE_END] = time.time()
     arrays = outgoing(cfg, exchanged_state(task.model), received, context)
-    return _reply(msg, context, cfg, pid, start, metrics, arrays)
+    return _reply(msg, context, cfg, pid, stamps, metrics, arrays)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global tensors on the local validation split."""
-    start = time.time()
-    cfg, task, pid, _ = _prepare(msg, context)
+    stamps = {HANDLER_IN: time.time()}
+    cfg, task, pid, _ = _prepare(msg, context, stamps)
     metrics = _val_metrics(cfg, task, prefix="eval")
     metrics["num-examples"] = metrics.pop("eval-examples")
-    return _reply(msg, context, cfg, pid, start, metrics)
+    stamps[COMPUTE_END] = time.time()
+    return _reply(msg, context, cfg, pid, stamps, metrics)
 
 
 def _prepare(
-    msg: Message, context: Context
+    msg: Message, context: Context, stamps: dict[str, float]
 ) -> tuple[AppConfig, LocalTask, int, dict[str, np.ndarray]]:
-    """Config, the local task with the received (decoded) tensors loaded, and those."""
+    """Config, the local task with the received (decoded) tensors loaded, and those.
+
+    Sets torch's intra-op threads from the node config's ``num-threads`` when it has one
+    (a deployment's thread budget per SuperNode); stamps the task built and the tensors
+    loaded into ``stamps``.
+    """
     cfg = AppConfig.from_run_config(context.run_config)
     pid, num = partition_of(context.node_config)
+    threads = node_threads(context.node_config)
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     task = local_task(cfg, pid, num)
+    stamps[TASK_BUILT] = time.time()
     check_backbone(task, msg.content["config"])
     received = record_arrays(msg.content["arrays"])
     load_exchanged(task.model, {k: torch.from_numpy(v) for k, v in received.items()})
+    stamps[COMPUTE_START] = time.time()
     return cfg, task, pid, received
 
 
@@ -77,14 +97,15 @@ def _val_metrics(cfg: AppConfig, task: LocalTask, prefix: str) -> dict:
             "time-eval": time.perf_counter() - t0}
 
 
-def _reply(msg: Message, context: Context, cfg: AppConfig, pid: int, start: float,
+def _reply(msg: Message, context: Context, cfg: AppConfig, pid: int, stamps: dict[str, float],
            metrics: dict, arrays: ArrayRecord | None = None) -> Message:
-    """The reply: metrics plus this node's compute interval (wall clock) and link."""
+    """The reply: metrics plus this message's timestamps on the node (``fedvit.stamps``)
+    and the node's link."""
     metrics.setdefault("time-eval", 0.0)
     metrics.update(node_link(cfg, context.node_config, pid).as_metrics())
     metrics["partition-id"] = pid
-    metrics["compute-start"] = start
-    metrics["compute-end"] = time.time()
+    metrics.update(stamps)
+    metrics[HANDLER_OUT] = time.time()
     content = RecordDict({METRICS: MetricRecord(metrics)})
     if arrays is not None:
         content["arrays"] = arrays

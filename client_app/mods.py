@@ -4,10 +4,14 @@
 whole-message bytes, see ``fedvit.wire``) and writes the four figures into the reply's one
 MetricRecord (``metrics``), so they travel to the server inside the reply.
 
-The report's own bytes: the up figures are measured *before* the four keys are added.
-The server measures the reply as received (report included) and again with the four keys
-removed; the latter must equal the client's ``bytes-up-msg`` and the difference is booked
-as report overhead. So the books stay exact.
+It also stamps the message's way through the node (``fedvit.stamps``): when the mod got
+it, when it handed the reply back, the process's start and whether this message is the
+first the process served, and the seconds of its own byte counting and emulated link.
+
+The report's own bytes: the up figures are measured *before* the mod's keys
+(``fedvit.wire.REPORT_KEYS``) are added. The server measures the reply as received (report
+included) and again with those keys removed; the latter must equal the client's
+``bytes-up-msg`` and the difference is booked as report overhead. So the books stay exact.
 """
 
 from __future__ import annotations
@@ -20,7 +24,13 @@ from flwr.clientapp.typing import ClientAppCallable
 from client_app.task import partition_of
 from fedvit.config import AppConfig
 from fedvit.links import Link, node_link
-from fedvit.wire import METRICS, message_bytes, tensor_bytes
+from fedvit.stamps import BOOKS_S, FRESH, MOD_IN, MOD_OUT, PROCESS_START, TRANSFER_S
+from fedvit.startup import process_start_time
+from fedvit.wire import METRICS, message_size, tensor_bytes
+
+# Messages this process has served: Flower 1.41's deployment runs each message in a fresh
+# process (so always 0 there); a simulation's Ray worker serves many.
+_served = {"messages": 0}
 
 
 def bandwidth_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -29,22 +39,41 @@ def bandwidth_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
     With ``link-emulate``, also sleep for the downlink transfer before the handler and for
     the uplink transfer after it, so the wall clock follows this node's link.
     """
-    down_tensor, down_msg = tensor_bytes(msg.content), message_bytes(msg)
-    link = _emulated_link(context)
+    t_in = time.time()
+    fresh = _served["messages"] == 0
+    _served["messages"] += 1
+    down_tensor, (down_msg, down_objects) = tensor_bytes(msg.content), message_size(msg)
+    books_s = time.time() - t_in
+    link, transfer_s = _emulated_link(context), 0.0
     if link:
-        time.sleep(link.down_s(down_msg))
+        transfer_s += _sleep(link.down_s(down_msg, down_objects))
     reply = call_next(msg, context)
     if reply.has_error() or METRICS not in reply.content.metric_records:
         return reply
-    up_tensor, up_msg = tensor_bytes(reply.content), message_bytes(reply)
+    t0 = time.time()
+    up_tensor, (up_msg, up_objects) = tensor_bytes(reply.content), message_size(reply)
+    books_s += time.time() - t0
     if link:
-        time.sleep(link.up_s(up_msg))
+        transfer_s += _sleep(link.up_s(up_msg, up_objects))
     metrics: MetricRecord = reply.content[METRICS]
     metrics["bytes-down-tensor"] = down_tensor
     metrics["bytes-down-msg"] = down_msg
     metrics["bytes-up-tensor"] = up_tensor
     metrics["bytes-up-msg"] = up_msg
+    metrics[PROCESS_START] = process_start_time()
+    metrics[FRESH] = int(fresh)
+    metrics[BOOKS_S] = books_s
+    metrics[TRANSFER_S] = transfer_s
+    metrics[MOD_IN] = t_in
+    metrics[MOD_OUT] = time.time()
     return reply
+
+
+def _sleep(seconds: float) -> float:
+    """Sleep ``seconds``; return the seconds actually slept."""
+    t0 = time.time()
+    time.sleep(seconds)
+    return time.time() - t0
 
 
 def _emulated_link(context: Context) -> Link | None:

@@ -39,6 +39,29 @@ def partition_of(node_config: dict) -> tuple[int, int]:
         ) from err
 
 
+NUM_THREADS = "num-threads"  # node config: torch intra-op threads of this node's ClientApp
+
+
+def node_threads(node_config: dict) -> int | None:
+    """The node config's ``num-threads`` (an integer >= 1), or None where it is not set.
+
+    A deployment gives each SuperNode its share of the host's cores (the launchers write
+    cores // SuperNodes); without it, torch uses every core, and two SuperNodes on one
+    host oversubscribe it. Simulation sets none: Ray's ``OMP_NUM_THREADS`` per actor holds.
+
+    Raises:
+        ConfigError: the value is not an integer >= 1.
+    """
+    if NUM_THREADS not in node_config:
+        return None
+    value = node_config[NUM_THREADS]
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) \
+            or not str(value).isdigit() or int(value) < 1:
+        raise ConfigError(f"node config '{NUM_THREADS}' = {value!r} is not allowed: must be "
+                          "an integer >= 1 (torch threads of this node's ClientApp)")
+    return int(value)
+
+
 @lru_cache(maxsize=2)
 def _model(cfg: AppConfig, num_classes: int) -> nn.Module:
     return build_model(cfg, num_classes)

@@ -36,6 +36,7 @@ RESUMABLE_KEYS = frozenset({
     "num-server-rounds", "outputs-dir", "run-name", "resume-from", "node-wait-s",
     "round-timeout-s", "device", "eval-batch-size", "fraction-evaluate", "evaluate-in-train",
     "link-down-mbps", "link-up-mbps", "link-latency-ms", "link-profile", "link-emulate",
+    "deploy-pickup-s", "deploy-startup-s", "deploy-return-s",
 })
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Every path-valued key, and what it may be. Relative paths are refused: under `flwr run`
@@ -91,6 +92,9 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("link-up-mbps", lambda x: x > 0, "a number > 0 (Mbit/s)"),
     ("link-latency-ms", lambda x: x >= 0, "a number >= 0 (ms)"),
     ("link-profile", lambda x: x in LINK_PROFILES, f"one of {LINK_PROFILES}"),
+    ("deploy-pickup-s", lambda x: x >= 0, "a number of seconds >= 0"),
+    ("deploy-startup-s", lambda x: x >= 0, "a number of seconds >= 0"),
+    ("deploy-return-s", lambda x: x >= 0, "a number of seconds >= 0"),
     ("outputs-dir", lambda x: bool(x.strip()), "a non-empty folder path"),
     ("run-name", lambda x: "/" not in x and x not in (".", ".."),
      "'' or a folder name without '/'"),
@@ -148,6 +152,9 @@ class AppConfig:
     link_latency_ms: float
     link_profile: str
     link_emulate: bool
+    deploy_pickup_s: float
+    deploy_startup_s: float
+    deploy_return_s: float
     outputs_dir: str
     run_name: str
     resume_from: str

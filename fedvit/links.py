@@ -5,6 +5,11 @@ A node's link comes from its node config (``link-down-mbps``, ``link-up-mbps``,
 for every node (``link-profile = "uniform"``) or drawn per partition from a seeded
 distribution (``"heterogeneous"``: bandwidths log-uniform between a tenth of the configured
 value and the value, latency uniform between half and twice the configured one).
+
+A node config may also say ``link-real = true``: its link values describe the link the
+node really sits behind (a real deployment, or the link lab's shaped veths), not a
+hypothetical one. The timeline then counts the node's measured pickup and return net of
+the transfer that link implies (``server_app.timeline``).
 """
 
 from __future__ import annotations
@@ -17,32 +22,57 @@ import numpy as np
 from fedvit.config import AppConfig, ConfigError
 
 NODE_KEYS = ("link-down-mbps", "link-up-mbps", "link-latency-ms")
+# What a message costs on a real link beyond its serialised bytes (measured in the link lab,
+# bench/links.py; see README "The link lab"):
+# * TCP/IPv4 over Ethernet: a full 1514-byte frame carries 1448 payload bytes (20 IP + 32
+#   TCP with timestamps + 14 Ethernet header bytes);
+# * Flower 1.41 moves a message one object per HTTP call (the message, its records, each
+#   array and each 5 MiB chunk): a pulled object's response adds its HTTP and protobuf
+#   framing, a pushed object's request adds that plus the node's headers.
+FRAME_FACTOR = 1514 / 1448
+PULL_OBJECT_BYTES = 500  # server -> node, per object of a message the node pulls
+PUSH_OBJECT_BYTES = 1400  # node -> server, per object of a reply the node pushes
+REAL = "link-real"
 
 
 @dataclass(frozen=True)
 class Link:
-    """One node's link to the server."""
+    """One node's link to the server; ``real``: it is the link the node really has."""
 
     down_mbps: float
     up_mbps: float
     latency_ms: float
+    real: bool = False
 
-    def down_s(self, nbytes: int) -> float:
-        return transfer_seconds(nbytes, self.down_mbps, self.latency_ms)
+    def down_s(self, nbytes: int, objects: int = 0) -> float:
+        """Seconds to move a message of ``nbytes`` serialised bytes in ``objects`` objects
+        from the server to the node."""
+        return transfer_seconds(wire_bytes(nbytes, objects, PULL_OBJECT_BYTES),
+                                self.down_mbps, self.latency_ms)
 
-    def up_s(self, nbytes: int) -> float:
-        return transfer_seconds(nbytes, self.up_mbps, self.latency_ms)
+    def up_s(self, nbytes: int, objects: int = 0) -> float:
+        """Seconds to move a reply from the node to the server (as ``down_s``)."""
+        return transfer_seconds(wire_bytes(nbytes, objects, PUSH_OBJECT_BYTES),
+                                self.up_mbps, self.latency_ms)
 
     def as_metrics(self) -> dict[str, float]:
-        return dict(zip(NODE_KEYS, (self.down_mbps, self.up_mbps, self.latency_ms),
-                        strict=True))
+        out = dict(zip(NODE_KEYS, (self.down_mbps, self.up_mbps, self.latency_ms),
+                       strict=True))
+        out[REAL] = float(self.real)
+        return out
 
     @classmethod
     def from_metrics(cls, metrics: Mapping) -> Link:
-        return cls(*(float(metrics[k]) for k in NODE_KEYS))
+        return cls(*(float(metrics[k]) for k in NODE_KEYS), bool(metrics.get(REAL, 0)))
 
 
-def transfer_seconds(nbytes: int, mbps: float, latency_ms: float) -> float:
+def wire_bytes(nbytes: int, objects: int, per_object: int) -> float:
+    """Bytes a message takes on the link: its serialised bytes in TCP/IP/Ethernet frames,
+    plus ``per_object`` bytes of HTTP framing for each of its ``objects``."""
+    return nbytes * FRAME_FACTOR + objects * per_object
+
+
+def transfer_seconds(nbytes: float, mbps: float, latency_ms: float) -> float:
     """One message: latency plus serialisation at ``mbps`` megabits (10^6 bit) per second."""
     return latency_ms / 1e3 + nbytes * 8 / (mbps * 1e6)
 
@@ -67,4 +97,8 @@ def node_link(cfg: AppConfig, node_config: Mapping, partition_id: int) -> Link:
             if not low_ok:
                 raise ConfigError(f"node config '{key}' = {node_config[key]!r} is not "
                                   "allowed: must be a number > 0 (latency >= 0)")
-    return Link(*values)
+    real = node_config.get(REAL, False)
+    if not isinstance(real, bool):
+        raise ConfigError(f"node config '{REAL}' = {real!r} is not allowed: must be true or "
+                          "false (the link-* values describe the node's real link)")
+    return Link(*values, real=real)

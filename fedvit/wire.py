@@ -17,8 +17,12 @@ import copy
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
+from fedvit.stamps import MOD_STAMPS
+
 METRICS = "metrics"  # the one MetricRecord of every reply
 BYTES_KEYS = ("bytes-down-tensor", "bytes-down-msg", "bytes-up-tensor", "bytes-up-msg")
+# Every key the client mod adds after it measured the reply: the report's own bytes.
+REPORT_KEYS = (*BYTES_KEYS, *MOD_STAMPS)
 
 
 def tensor_bytes(content: RecordDict) -> int:
@@ -32,15 +36,21 @@ def tensor_bytes(content: RecordDict) -> int:
 
 def message_bytes(msg: Message) -> int:
     """Serialised size of the whole message tree, headers included, duplicates counted."""
-    return _tree_bytes(msg)
+    return _tree_size(msg)[0]
+
+
+def message_size(msg: Message) -> tuple[int, int]:
+    """(bytes, objects) of the whole message tree, duplicates counted: Flower 1.41 moves a
+    message as one HTTP request or response per object (``fedvit.links`` prices that)."""
+    return _tree_size(msg)
 
 
 def content_bytes(content: RecordDict) -> int:
     """Serialised size of a message's content (all of the message but its metadata)."""
-    return _tree_bytes(content)
+    return _tree_size(content)[0]
 
 
-def _tree_bytes(obj) -> int:
+def _tree_size(obj) -> tuple[int, int]:
     if isinstance(obj, Message):
         kids = [obj.content] if obj.has_content() else []
     elif isinstance(obj, (RecordDict, ArrayRecord)):
@@ -49,7 +59,8 @@ def _tree_bytes(obj) -> int:
         kids = [chunk for _, chunk in obj.slice_array()]
     else:
         kids = list((obj.children or {}).values())
-    return len(obj.deflate()) + sum(_tree_bytes(k) for k in kids)
+    sizes = [_tree_size(k) for k in kids]
+    return (len(obj.deflate()) + sum(b for b, _ in sizes), 1 + sum(n for _, n in sizes))
 
 
 def without_keys(msg: Message, record: str, keys: tuple[str, ...]) -> Message:

@@ -13,7 +13,9 @@
 #         until it answers, then N `flower-supernode`s (default 2), node i with
 #         `--port 9100+i` (SUPERNODE_PORT_BASE replaces 9100) and `--node-config
 #         "partition-id=i num-partitions=N link-down-mbps=D link-up-mbps=U
-#         link-latency-ms=L"`, and waits until each one has joined. Insecure by default.
+#         link-latency-ms=L num-threads=T"` (T = CPU cores // N, at least 1: the ClientApp's
+#         torch threads, so N nodes on one host do not oversubscribe it), and waits until
+#         each one has joined. Insecure by default.
 #   --tls   a self-signed CA and a server certificate for 127.0.0.1/localhost (openssl) in
 #           DIR/certs; the SuperLink serves HTTPS with them, SuperNodes and `flwr` verify it
 #           with DIR/certs/ca.crt.
@@ -341,6 +343,11 @@ do_start() {
   export PATH="$BIN:$PATH"
   export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
   export FLWR_DISABLE_UPDATE_CHECK="${FLWR_DISABLE_UPDATE_CHECK:-1}"
+  # No telemetry (flwr_exit waits up to 4 s for it after each ClientApp's reply), and the
+  # superexecs poll for tasks every 0.1 s instead of 1 s (flwr 1.41 reads this variable in
+  # supercore/superexec/run_superexec.py; 0.01 to 60 s).
+  export FLWR_TELEMETRY_ENABLED=0
+  export FLWR_SUPEREXEC_TASK_POLL_INTERVAL="${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.1}"
 
   # --- SuperLink
   # State in memory (a fresh federation each start, registrations included). An SQLite
@@ -381,11 +388,15 @@ do_start() {
   fi
 
   # --- SuperNodes
+  local cores threads
+  cores="$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)"
+  threads=$((cores / NODES))
+  ((threads >= 1)) || threads=1
   local node_pids=() down up lat node_args
   for ((i = 0; i < NODES; i++)); do
     read -r down up lat <<<"$(link_of "$i")"
     node_args=(--superlink "127.0.0.1:$PORT" --port $((NODE_PORT_BASE + i))
-               --node-config "partition-id=$i num-partitions=$NODES link-down-mbps=$down link-up-mbps=$up link-latency-ms=$lat")
+               --node-config "partition-id=$i num-partitions=$NODES link-down-mbps=$down link-up-mbps=$up link-latency-ms=$lat num-threads=$threads")
     if ((TLS)); then
       node_args+=(--root-certificates "$CERTS/ca.crt")
     else
@@ -396,7 +407,7 @@ do_start() {
     FLWR_HOME="$DIR/homes/supernode-$i" launch "supernode-$i" "$LOGS/supernode-$i.log" "$DIR" \
       "$BIN/flower-supernode" "${node_args[@]}"
     node_pids+=("$LAUNCHED_PID")
-    info "started supernode-$i (PID $LAUNCHED_PID, port $((NODE_PORT_BASE + i)), partition $i/$NODES, link ${down}/${up} Mbit/s ${lat} ms)"
+    info "started supernode-$i (PID $LAUNCHED_PID, port $((NODE_PORT_BASE + i)), partition $i/$NODES, link ${down}/${up} Mbit/s ${lat} ms, $threads threads)"
   done
   # a SuperNode logs "SuperNode ID: ..." once the SuperLink has accepted it
   for ((i = 0; i < NODES; i++)); do

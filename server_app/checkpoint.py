@@ -9,7 +9,7 @@ goes on writing into that folder.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flwr.app import ArrayRecord
@@ -30,6 +30,7 @@ class Checkpoint:
     rounds: list[dict]
     phases: list[dict]
     rejections: list[dict]
+    nodes: list[dict] = field(default_factory=list)  # server_app.timeline.NodeTimes rows
 
 
 def save(run_dir: Path, ckpt: Checkpoint) -> None:
@@ -39,7 +40,8 @@ def save(run_dir: Path, ckpt: Checkpoint) -> None:
               str(tmp))
     tmp.replace(run_dir / TENSORS)
     state = {"round": ckpt.round, "books": [r.__dict__ for r in ckpt.books],
-             "rounds": ckpt.rounds, "phases": ckpt.phases, "rejections": ckpt.rejections}
+             "rounds": ckpt.rounds, "phases": ckpt.phases, "rejections": ckpt.rejections,
+             "nodes": ckpt.nodes}
     tmp = run_dir / f".{STATE}.tmp"
     tmp.write_text(json.dumps(state))
     tmp.replace(run_dir / STATE)
@@ -56,6 +58,7 @@ def load(run_dir: Path) -> Checkpoint:
         rounds=state["rounds"],
         phases=state["phases"],
         rejections=state["rejections"],
+        nodes=state.get("nodes", []),
     )
 
 

@@ -40,7 +40,15 @@ from server_app.checkpoint import save as save_checkpoint
 from server_app.estimate import Estimate, estimate
 from server_app.grid import TimedGrid, TooFewNodes
 from server_app.results import ResultsWriter, new_run_dir
-from server_app.timeline import RoundTimes, format_table, mean_table, round_times
+from server_app.timeline import (
+    FixedCosts,
+    NodeTimes,
+    RoundTimes,
+    format_table,
+    mean_table,
+    round_times,
+)
+from server_app.wire_truth import WireCounters
 from strategies import Books, RoundLog, make_strategy
 
 MB = 1e6
@@ -61,6 +69,7 @@ class RunOutcome:
     initial_arrays: ArrayRecord
     phases: list[RoundTimes]
     timeline: dict[int, RoundLog]
+    nodes: list[NodeTimes]
 
 
 def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
@@ -86,6 +95,8 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     strategy.round_offset = done
     rounds: list[dict] = list(resume.rounds) if resume else []
     phases = [RoundTimes.from_row(r) for r in resume.phases] if resume else []
+    nodes = [NodeTimes.from_row(r) for r in resume.nodes] if resume else []
+    fixed = FixedCosts(cfg.deploy_pickup_s, cfg.deploy_startup_s, cfg.deploy_return_s)
     if resume:
         strategy.books.rows = list(resume.books)
         strategy.rejections = list(resume.rejections)
@@ -97,33 +108,36 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     timed_grid = TimedGrid(grid, cfg.min_nodes, cfg.node_wait_s)
     est: Estimate | None = None
 
+    wire = WireCounters.from_env()
+
     def central_evaluate(loop_round: int, arrays: ArrayRecord) -> MetricRecord:
-        t0 = time.perf_counter()
+        t0 = time.time()
         load_exchanged(model, arrays.to_torch_state_dict())
         res = evaluate(model, test_loader, cfg.torch_device, cfg.use_bf16)
         if loop_round > 0:
             server_round = loop_round + done
             log_ = strategy.timeline[server_round]
-            times = round_times(
-                server_round, log_, strategy.books,
-                timed_grid.times.send_s.get(server_round, 0.0),
-                timed_grid.times.wait_s.get(server_round, 0.0),
-                time.perf_counter() - t0, time.time(),
-            )
+            times, round_nodes = round_times(server_round, log_, strategy.books,
+                                             timed_grid.times, (t0, time.time()), fixed)
             phases.append(times)
+            nodes.extend(round_nodes)
             row = _round_row(server_round, res, strategy.books, times, log_.train_metrics)
             rounds.append(row)
             writer.write_table("rounds", rounds)
             writer.write_table("books", strategy.books.as_dicts())
             writer.write_table("phases", [p.as_row() for p in phases])
+            writer.write_table("nodes", [n.as_row() for n in nodes])
             save_checkpoint(run_dir, Checkpoint(
                 server_round, arrays, strategy.books.rows, rounds,
-                [p.as_row() for p in phases], strategy.rejections))
+                [p.as_row() for p in phases], strategy.rejections,
+                [n.as_row() for n in nodes]))
             log(INFO, "fedvit: round %d/%d | central acc %.4f loss %.4f | down %.3f MB "
-                "up %.3f MB | cumulative %.3f MB | %.1f s, projected %.1f s on the links",
+                "up %.3f MB | cumulative %.3f MB | %.1f s (%.0f %% unexplained), projected "
+                "%.1f s on the links, %.1f s as a deployment",
                 server_round, cfg.num_server_rounds, res["accuracy"], res["loss"],
                 row["down-mb"], row["up-mb"], row["cumulative-mb"], row["round-s"],
-                row["projected-round-s"])
+                100 * times.unexplained_share, row["projected-round-s"],
+                row["deployment-round-s"])
         return MetricRecord({"accuracy": res["accuracy"], "loss": res["loss"]})
 
     # FedLoRA's clients must adapt the very backbone the server evaluates with.
@@ -140,6 +154,8 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
                                    time.perf_counter() - t_start, phases, strategy.rejections)
                 summary.update(stop_status(stop))
                 summary["completed-rounds"] = [r["round"] for r in rounds]
+                if wire:
+                    summary["wire"] = wire.versus_books(strategy.books, nodes)
                 writer.write_json("summary.json", summary)
                 _log_summary(summary, run_dir)
                 if stop is not None:
@@ -191,7 +207,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
             raise RunStopped(line) from None
         raise stop or FlowerExit(line)  # KeyboardInterrupt, SystemExit: Flower's exit path
     return RunOutcome(run_dir, result, strategy.books, rounds, summary, initial, phases,
-                      strategy.timeline)
+                      strategy.timeline, nodes)
 
 
 def _record_config(writer: ResultsWriter, cfg: AppConfig, done: int) -> None:
@@ -259,7 +275,9 @@ def _round_row(server_round: int, res: dict, books: Books, times: RoundTimes,
         "up-msg-bytes": this["up-msg"],
         **{key: train.get(key) for key in ROUND_TRAIN_METRICS},
         "round-s": times.wall_s,
+        "unexplained-s": times.measured["unexplained"],
         "projected-round-s": times.projected_s,
+        "deployment-round-s": times.deployment_s,
     }
 
 
@@ -292,7 +310,13 @@ def _summary(cfg: AppConfig, rounds: list[dict], books: Books, est: Estimate | N
         "first-round-wall-s": phases[0].wall_s if phases else None,
         "steady-round-wall-s": _mean([p.wall_s for p in steady]),
         "steady-critical-compute-s": _mean([p.critical_compute_s for p in steady]),
+        "steady-unexplained-max-percent": (100 * max(p.unexplained_share for p in steady)
+                                           if steady else None),
         "projected-round-s": _mean([p.projected_s for p in steady]),
+        "deployment-round-s": _mean([p.deployment_s for p in steady]),
+        "deploy-fixed-costs": {"pickup-s": cfg.deploy_pickup_s,
+                               "startup-s": cfg.deploy_startup_s,
+                               "return-s": cfg.deploy_return_s},
         "links": {"down-mbps": cfg.link_down_mbps, "up-mbps": cfg.link_up_mbps,
                   "latency-ms": cfg.link_latency_ms, "profile": cfg.link_profile},
         "phase-table": mean_table(steady),
@@ -313,6 +337,10 @@ def _log_summary(s: dict, run_dir: Path) -> None:
             e["up"] / MB, "exact match" if s["estimate-matches-tensor-bytes"] else "DIFFERENT")
     log(INFO, "fedvit: whole messages %.3f MB down / %.3f MB up; framing overhead %.3f %%",
         b["down-msg"] / MB, b["up-msg"] / MB, s["framing-overhead-percent"] or 0.0)
+    for pid, w in (s.get("wire") or {}).items():
+        log(INFO, "fedvit: link of partition %s, kernel bytes / books bytes: down %s / %s, "
+            "up %s / %s", pid, f"{w['down-wire-bytes']:,}", f"{w['down-books-bytes']:,}",
+            f"{w['up-wire-bytes']:,}", f"{w['up-books-bytes']:,}")
     if s["books-mismatches"]:
         log(WARNING, "fedvit: %d books mismatches (see summary.json)",
             len(s["books-mismatches"]))

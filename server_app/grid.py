@@ -28,10 +28,20 @@ class TooFewNodes(RuntimeError):
 
 @dataclass
 class GridTimes:
-    """Seconds spent pushing messages and waiting for replies, per round."""
+    """When messages left and replies arrived, on the server's wall clock (``time.time()``).
 
-    send_s: dict[int, float] = field(default_factory=dict)
-    wait_s: dict[int, float] = field(default_factory=dict)
+    ``pushes[round]``: (start, end) of each ``push_messages`` call; ``pushed[id]``: when the
+    message with that id had been handed to the SuperLink (its push call returned);
+    ``pulled[id]``: when the reply *to* message ``id`` came back from ``pull_messages``.
+    """
+
+    pushes: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
+    pushed: dict[str, float] = field(default_factory=dict)
+    pulled: dict[str, float] = field(default_factory=dict)
+
+    def send_s(self, server_round: int) -> float:
+        """Seconds this round spent in ``push_messages``."""
+        return sum(b - a for a, b in self.pushes.get(server_round, []))
 
 
 class TimedGrid:
@@ -65,22 +75,23 @@ class TimedGrid:
         if not messages:
             return []
         r = int(messages[0].content["config"]["server-round"])  # FedAvg injects it
-        t0 = time.perf_counter()
+        t0 = time.time()
         ids = list(self._grid.push_messages(messages))
-        t1 = time.perf_counter()
+        t1 = time.time()
+        self.times.pushes.setdefault(r, []).append((t0, t1))
         pending = {i: m.metadata.dst_node_id for i, m in zip(ids, messages, strict=True) if i}
+        self.times.pushed.update(dict.fromkeys(pending, t1))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         while pending and (deadline is None or time.monotonic() < deadline):
             got = list(self._grid.pull_messages(set(pending)))
+            now = time.time()
             replies.extend(got)
             for m in got:
                 pending.pop(m.metadata.reply_to_message_id, None)
+                self.times.pulled[m.metadata.reply_to_message_id] = now
             if pending:
                 alive = set(self._grid.get_node_ids())
                 pending = {i: node for i, node in pending.items() if node in alive}
                 time.sleep(self._poll_s)
-        t2 = time.perf_counter()
-        self.times.send_s[r] = self.times.send_s.get(r, 0.0) + t1 - t0
-        self.times.wait_s[r] = self.times.wait_s.get(r, 0.0) + t2 - t1
         return replies

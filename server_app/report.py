@@ -5,15 +5,19 @@ Reads only what the results writer left in each run folder (``config.json``,
 training, and writes ``report.md`` with four PNG plots next to it:
 
 * accuracy per round and against cumulative MB exchanged (``rounds.json``);
-* where a steady round's time goes, simulated and projected (``summary.json`` phase table);
-* the projected round time against link bandwidth (1 Mbit/s to 10 Gbit/s, both directions).
+* where a steady round's time goes, measured and projected (``summary.json`` phase table);
+* the projected round time against link bandwidth (1 Mbit/s to 10 Gbit/s, both directions),
+  as a simulation would see it and as a deployment would, with its fixed costs per message;
+* in the link lab, the bytes the kernel counted on each link against the books
+  (``summary.json`` "wire").
 
 The bandwidth sweep is the projection of ``server_app.timeline`` with the mean steady round:
 ``round(B) = fixed + messages x latency + 8 x (down + up bytes) / B``, where *fixed* is the
-projected phase table without its communication row (the slowest node's compute, configure,
-aggregation, central evaluation) and *down*/*up* are the largest message any node received
-or sent in each phase of a round (``books.json``), summed over phases and averaged over the
-steady rounds. At the run's own links it gives back the run's projected round.
+projected phase table without its transfer row (the slowest node's compute, configure,
+aggregation, central evaluation; for the deployment curve also pickup, start-up and
+return) and *down*/*up* are the largest message any node received or sent in each phase
+of a round (``books.json``), summed over phases and averaged over the steady rounds. At
+the run's own links it gives back the run's projected round.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from fedvit.links import transfer_seconds
-from server_app.timeline import TABLE_ROWS, format_table
+from fedvit.links import PULL_OBJECT_BYTES, PUSH_OBJECT_BYTES, transfer_seconds, wire_bytes
+from server_app.timeline import KINDS, TABLE_ROWS, format_table
 
 MB = 1e6
 SWEEP_MBPS = (1.0, 10_000.0)  # 1 Mbit/s .. 10 Gbit/s
@@ -86,10 +90,10 @@ class Run:
 class LinkModel:
     """A run's mean steady round as a function of link bandwidth (same for every node)."""
 
-    fixed_s: float  # projected phase table without communication
+    fixed_s: float  # projected phase table without transfer
     messages: float  # messages on the critical path per round (2 per phase)
     latency_s: float
-    down_bytes: float  # slowest node's down bytes per round, summed over phases
+    down_bytes: float  # slowest node's down bytes on the wire per round, summed over phases
     up_bytes: float
 
     @property
@@ -109,9 +113,15 @@ class LinkModel:
                 + transfer_seconds(self.down_bytes, down_mbps, 0.0)
                 + transfer_seconds(self.up_bytes, up_mbps, 0.0))
 
+    deployment_fixed_s: float = 0.0  # the deployment table without transfer
+
     def round_s(self, down_mbps: float, up_mbps: float | None = None) -> float:
         """Projected round seconds at these link speeds."""
         return self.fixed_s + self.comm_s(down_mbps, up_mbps)
+
+    def deployment_round_s(self, down_mbps: float, up_mbps: float | None = None) -> float:
+        """The same round as a deployment: plus its fixed costs per message."""
+        return self.deployment_fixed_s + self.comm_s(down_mbps, up_mbps)
 
     def half_comm_mbps(self) -> float:
         """Bandwidth below which communication is more than half the round.
@@ -208,8 +218,9 @@ def steady_rounds(run: Run) -> list[int]:
     return rounds[1:] or rounds
 
 
-def critical_bytes(books: list[dict], server_round: int) -> tuple[int, int, int]:
-    """(down bytes, up bytes, messages) of one round's slowest-node path, over phases.
+def critical_bytes(books: list[dict], server_round: int) -> tuple[float, float, int]:
+    """(down bytes, up bytes, messages) of one round's slowest-node path, over phases, as
+    they take the wire (``fedvit.links.wire_bytes``: frames and Flower's per-object framing).
 
     Per phase: the largest message any replying node received, and the largest it sent.
     """
@@ -219,10 +230,10 @@ def critical_bytes(books: list[dict], server_round: int) -> tuple[int, int, int]
         ok = {b["node_id"] for b in rows if b["direction"] == "up" and b["status"] == "ok"}
         if not ok:
             continue
-        down += max(b["message_bytes"] for b in rows
-                    if b["direction"] == "down" and b["node_id"] in ok)
-        up += max(b["message_bytes"] for b in rows
-                  if b["direction"] == "up" and b["node_id"] in ok)
+        down += max(wire_bytes(b["message_bytes"], b.get("objects", 0), PULL_OBJECT_BYTES)
+                    for b in rows if b["direction"] == "down" and b["node_id"] in ok)
+        up += max(wire_bytes(b["message_bytes"], b.get("objects", 0), PUSH_OBJECT_BYTES)
+                  for b in rows if b["direction"] == "up" and b["node_id"] in ok)
         messages += 2
     return down, up, messages
 
@@ -235,8 +246,10 @@ def link_model(run: Run) -> LinkModel | None:
     per_round = [critical_bytes(run.books, r) for r in steady_rounds(run)]
     n = max(len(per_round), 1)
     down, up, messages = (sum(x[i] for x in per_round) / n for i in range(3))
-    fixed = sum(s for row, s in table["projected"].items() if row != "communication")
-    return LinkModel(fixed, messages, run.links["latency-ms"] / 1e3, down, up)
+    fixed = {kind: sum(s for row, s in table[kind].items() if row != "transfer")
+             for kind in ("projected", "deployment") if kind in table}
+    return LinkModel(fixed["projected"], messages, run.links["latency-ms"] / 1e3, down, up,
+                     fixed.get("deployment", fixed["projected"]))
 
 
 def crossover_mbps(a: LinkModel, b: LinkModel) -> float | None:
@@ -318,7 +331,8 @@ def plot_accuracy(runs: Sequence[Run], path: Path, x_key: str | None = None) -> 
 
 
 def plot_phases(runs: Sequence[Run], path: Path) -> None:
-    """Stacked per-phase seconds of a steady round: simulated and projected, per run."""
+    """Stacked per-phase seconds of a steady round: measured, projected and as a
+    deployment, per run."""
     fig = Figure(figsize=(max(6.0, 2.2 * len(runs) + 3), 5))
     ax = fig.add_subplot()
     from matplotlib import colormaps
@@ -327,13 +341,13 @@ def plot_phases(runs: Sequence[Run], path: Path) -> None:
     tabled = [r for r in runs if r.phase_table]
     xs, names = [], []
     for i, run in enumerate(tabled):
-        for j, kind in enumerate(("simulated", "projected")):
-            xs.append(3 * i + j)
+        for j, kind in enumerate(KINDS):
+            xs.append(4 * i + j)
             names.append(f"{run.label}\n{kind}")
     for k, row in enumerate(TABLE_ROWS):
-        heights = [r.phase_table[kind][row] for r in tabled for kind in ("simulated", "projected")]
+        heights = [r.phase_table[kind][row] for r in tabled for kind in KINDS]
         bottoms = [sum(r.phase_table[kind][p] for p in TABLE_ROWS[:k])
-                   for r in tabled for kind in ("simulated", "projected")]
+                   for r in tabled for kind in KINDS]
         ax.bar(xs, heights, bottom=bottoms, color=cmap(k), label=row, width=0.8)
     ax.set_xticks(xs, names, fontsize=8)
     ax.set_ylabel("seconds per steady round (mean)")
@@ -352,7 +366,10 @@ def plot_bandwidth(runs: Sequence[Run], models: Sequence[LinkModel | None],
     for run, model, color in zip(runs, models, _colors(len(runs)), strict=True):
         if model is None:
             continue
-        ax.plot(mbps, [model.round_s(b) for b in mbps], "-", color=color, label=run.label)
+        ax.plot(mbps, [model.round_s(b) for b in mbps], "-", color=color,
+                label=f"{run.label} (simulation)")
+        ax.plot(mbps, [model.deployment_round_s(b) for b in mbps], "-.", color=color,
+                label=f"{run.label} (deployment)")
         links, own = run.links, run.summary.get("projected-round-s")
         if own is not None and links["down-mbps"] == links["up-mbps"]:
             ax.plot([links["down-mbps"]], [own], "o", color=color)
@@ -455,13 +472,15 @@ def phases_section(runs: Sequence[Run]) -> str:
     tables = {r.label: r.phase_table for r in runs if r.phase_table}
     missing = [r.label for r in runs if not r.phase_table]
     parts = ["## Where a round's time goes",
-             "Mean of the steady rounds (all but the first). *Simulated*: measured in this "
-             "run; *projected*: each phase lasts as long as its slowest node's download + "
-             "compute + upload on the run's links."]
+             "Mean of the steady rounds (all but the first). *Measured*: every second of "
+             "the round given to one row (`unexplained`: what no timestamp covers); "
+             "*projected*: each phase lasts as long as its slowest node's download + "
+             "work + upload on the run's links; *deployment*: the same plus a deployment's "
+             "pickup, start-up and return per message."]
     if tables:
         parts += ["```\n" + format_table(tables) + "\n```",
-                  _figure("phases", "Seconds per steady round by phase: simulated (left) and "
-                          "projected on the run's links (right) for each run.")]
+                  _figure("phases", "Seconds per steady round by phase: measured, projected "
+                          "on the run's links, and as a deployment, for each run.")]
     if missing:
         parts.append("No phase data (runs before the timing analysis): " + ", ".join(missing))
     return "\n\n".join(parts)
@@ -533,13 +552,32 @@ def links_section(runs: Sequence[Run], models: Sequence[LinkModel | None]) -> st
     ]))
 
 
+def wire_section(runs: Sequence[Run]) -> str:
+    """Link-lab runs: the kernel's bytes on each link against the books ('' if none)."""
+    rows = [[r.label, pid] + [f"{w[f'{d}-{k}']:,}" for d in ("down", "up")
+                              for k in ("wire-bytes", "books-bytes")]
+            + [_opt(w["down-wire-per-books"]), _opt(w["up-wire-per-books"])]
+            for r in runs for pid, w in (r.summary.get("wire") or {}).items()]
+    if not rows:
+        return ""
+    return "\n\n".join([
+        "## Wire truth (link lab)",
+        "Bytes the kernel counted on each node's veth during the run against the books' "
+        "message bytes. The difference is HTTP framing, TCP/IP and Ethernet headers, TCP "
+        "acknowledgements, the SuperNode's polls and heartbeats, and the app bundle's "
+        "download.",
+        _md_table(["run", "partition", "down wire B", "down books B", "up wire B",
+                   "up books B", "down wire / books", "up wire / books"], rows)])
+
+
 def write_markdown(runs: Sequence[Run], models: Sequence[LinkModel | None], out: Path) -> Path:
     """``report.md`` in ``out``."""
     title = "# fedvit report: " + " vs ".join(r.label for r in runs)
     intro = ("Generated by `fedvit-report` from " + ", ".join(f"`{r.path}`" for r in runs)
              + ". Every number comes from those folders' output files.")
     text = "\n\n".join([title, intro, runs_section(runs), accuracy_section(runs),
-                        bytes_section(runs), phases_section(runs), links_section(runs, models)])
+                        bytes_section(runs), phases_section(runs), links_section(runs, models),
+                        wire_section(runs)]).rstrip()
     path = out / "report.md"
     path.write_text(text + "\n")
     return path

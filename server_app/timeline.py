@@ -1,154 +1,373 @@
-"""Where a round's time goes: simulated (measured) and projected on the nodes' links.
+"""Where a round's time goes: measured second by second, and projected onto links.
 
-*Simulated* is what this run measured: the round's wall time; the client compute on the
-critical path (the union of the clients' compute intervals, so clients that ran in two
-waves on shared CPUs count as two waves); the server's configure, aggregation and central
-evaluation; the framework overhead is the rest. The critical-path compute is apportioned to
-phases by the phase shares summed over the round's clients.
+**Measured.** Every moment of a round, from its first configure call to the end of its
+central evaluation, is given to one row. The server contributes its configure, push
+(``send``), aggregation and central-evaluation intervals; each reply contributes its
+message's way through the node (``fedvit.stamps``) between the server's push and the
+server's pull:
 
-*Projected* is the round on real links: each phase (train, then evaluate if any) lasts as
-long as its slowest sampled node's downlink + compute + uplink, with transfer times from
-the measured message bytes and the node's link; plus aggregation and central evaluation.
+``pickup``       push → the process starts (or, in a process that was already running, the
+                 mod gets the message): SuperNode polling, the message's transfer, queueing
+``start-up``     the process's start → the mod gets the message: interpreter, imports,
+                 Flower's runtime (only for the first message a process serves)
+``task-build``   model and data loaders built (cached after a process's first message)
+``deserialise``  the received tensors decoded and loaded into the model
+compute rows     training and evaluation (data, forward, backward, optimizer, eval, other)
+``serialise``    the reply's tensors encoded
+``books``        the client mod's byte counting
+``transfer``     emulated link sleeps (``link-emulate``)
+``return``       the mod hands the reply back → the server pulls it: the reply's transfer,
+                 SuperNode and Grid polling
+
+Where intervals overlap (several nodes, or a wave of clients waiting behind another), a
+moment counts for the first row of ``PRIORITY`` that covers it, so the rows add up to the
+round's wall time exactly; ``unexplained`` is what no interval covers. The compute rows
+share the moments of compute by the phase seconds the replies report; ``books`` and
+``transfer`` share the mod's moments likewise.
+
+**Projected.** Each phase (train, then evaluate if any) lasts as long as its slowest node's
+path: download + its measured work + upload, with transfer times from the books' message
+bytes and the node's link (``fedvit.links``); plus the server's rows. Two projections:
+
+* ``projected``: the run as a simulation would be on those links (no process start-up,
+  pickup or return; a node's first-message task build only where the run measured it);
+* ``deployment``: the same plus a deployment's fixed costs per message: pickup, start-up
+  (with task build) and return. A reply from a fresh process measured its own (net of its
+  link's transfer where the node config says the link is real, ``link-real``); any other
+  reply gets the run config's ``deploy-pickup-s``, ``deploy-startup-s`` and
+  ``deploy-return-s``. (Flower 1.41 starts the process while its SuperNode still pulls the
+  message, and the process waits for the message before its imports: a real link's download
+  lies inside pickup + start-up, its upload inside return.)
+
+Clock skew: client stamps are on the node's clock, push and pull times on the server's.
+Rows inside a node (start-up to serialise) are exact whatever the skew; a skew of d seconds
+moves d between ``pickup`` and ``return`` (and, beyond the round's edges, into
+``unexplained``). On one host there is none.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
+from fedvit import stamps as st
 from fedvit.links import Link
+from server_app.grid import GridTimes
 from strategies import Books, RoundLog
+from strategies.timing import ClientReport
 
-CLIENT_PHASES = ("data", "forward", "backward", "optimizer", "eval")
-TABLE_ROWS = (*CLIENT_PHASES, "client-other", "communication", "configure", "aggregation",
-              "central-eval", "framework")
+COMPUTE_ROWS = (*st.COMPUTE_PHASES, "client-other")
+SERVER_ROWS = ("configure", "send", "aggregation", "central-eval")
+TABLE_ROWS = ("configure", "send", "pickup", "start-up", "task-build", "deserialise",
+              *COMPUTE_ROWS, "serialise", "books", "transfer", "return", "aggregation",
+              "central-eval", "unexplained")
+# A moment covered by several intervals counts for the first of these ("compute" and "mod"
+# are split into their rows afterwards).
+PRIORITY = ("configure", "send", "aggregation", "central-eval", "compute", "deserialise",
+            "serialise", "mod", "task-build", "start-up", "transfer", "return", "pickup")
+KINDS = ("measured", "projected", "deployment")
+
+
+@dataclass(frozen=True)
+class FixedCosts:
+    """A deployment's per-message costs, seconds: the run config's ``deploy-*-s``."""
+
+    pickup_s: float
+    startup_s: float
+    return_s: float
+
+
+@dataclass(frozen=True)
+class NodeTimes:
+    """One reply's way through its node, in seconds, with its bytes and link.
+
+    ``pushed`` and ``pulled`` are the server's wall clock; ``stamps`` the node's.
+    """
+
+    round: int
+    phase: str
+    node_id: int
+    partition_id: int
+    fresh: bool
+    pushed: float
+    pulled: float
+    stamps: dict[str, float]
+    compute: dict[str, float]  # COMPUTE_ROWS, summing to compute end - compute start
+    books_s: float
+    transfer_s: float
+    down_bytes: int
+    up_bytes: int
+    down_objects: int
+    up_objects: int
+    link: Link
+
+    @classmethod
+    def from_report(cls, server_round: int, report: ClientReport, grid: GridTimes,
+                    books: Books) -> NodeTimes:
+        """Join a reply's metrics with the grid's push/pull times and the books' bytes."""
+        m = report.metrics
+        span = m[st.COMPUTE_END] - m[st.COMPUTE_START]
+        compute = {p: m.get(f"time-{p}", 0.0) for p in st.COMPUTE_PHASES}
+        compute["client-other"] = max(0.0, span - sum(compute.values()))
+        size = {r.direction: (r.message_bytes, r.objects) for r in books.rows
+                if r.round == server_round and r.phase == report.phase
+                and r.node_id == report.node_id}
+        down, up = size.get("down", (0, 0)), size.get("up", (0, 0))
+        return cls(server_round, report.phase, report.node_id, int(m.get("partition-id", -1)),
+                   bool(m.get(st.FRESH, 0)),
+                   grid.pushed.get(report.reply_to, m[st.MOD_IN]),
+                   grid.pulled.get(report.reply_to, m[st.MOD_OUT]),
+                   {k: m[k] for k in st.STAMPS}, compute, m.get(st.BOOKS_S, 0.0),
+                   m.get(st.TRANSFER_S, 0.0), down[0], up[0], down[1], up[1],
+                   Link.from_metrics(m))
+
+    @property
+    def _pickup_end(self) -> float:
+        """The process's start if it was started for this message, else the mod's entry."""
+        s = self.stamps
+        return max(s[st.PROCESS_START], self.pushed) if self.fresh else s[st.MOD_IN]
+
+    def intervals(self) -> list[tuple[str, float, float]]:
+        """(row, start, end) of each step, in order; ``compute`` and ``mod`` to be split."""
+        s = self.stamps
+        return [("pickup", self.pushed, self._pickup_end),
+                ("start-up", self._pickup_end, s[st.MOD_IN]),
+                ("mod", s[st.MOD_IN], s[st.HANDLER_IN]),
+                ("task-build", s[st.HANDLER_IN], s[st.TASK_BUILT]),
+                ("deserialise", s[st.TASK_BUILT], s[st.COMPUTE_START]),
+                ("compute", s[st.COMPUTE_START], s[st.COMPUTE_END]),
+                ("serialise", s[st.COMPUTE_END], s[st.HANDLER_OUT]),
+                ("mod", s[st.HANDLER_OUT], s[st.MOD_OUT]),
+                ("return", s[st.MOD_OUT], self.pulled)]
+
+    def seconds(self) -> dict[str, float]:
+        """Each step's seconds (``books`` and ``transfer`` as the mod reported them)."""
+        out: dict[str, float] = {}
+        for row, a, b in self.intervals():
+            if row not in ("mod", "compute"):
+                out[row] = out.get(row, 0.0) + max(0.0, b - a)
+        out.update(self.compute, books=self.books_s, transfer=self.transfer_s)
+        return out
+
+    def down_s(self, link: Link) -> float:
+        """Seconds the message takes down ``link``."""
+        return link.down_s(self.down_bytes, self.down_objects)
+
+    def up_s(self, link: Link) -> float:
+        """Seconds the reply takes up ``link``."""
+        return link.up_s(self.up_bytes, self.up_objects)
+
+    def path(self, link: Link, fixed: FixedCosts | None) -> dict[str, float]:
+        """This node's projected path through one phase, per row, on ``link``.
+
+        ``fixed`` None: the simulation view (no pickup, start-up, return; a fresh process's
+        task build left out too). Otherwise the deployment view: a fresh process's own
+        pickup, start-up and return (net of its real link's transfer), else ``fixed``.
+        """
+        sec = self.seconds()
+        out = {row: sec[row] for row in (*COMPUTE_ROWS, "deserialise", "serialise", "books")}
+        out["transfer"] = self.down_s(link) + self.up_s(link)
+        if fixed is None:
+            out["task-build"] = 0.0 if self.fresh else sec["task-build"]
+        elif self.fresh:
+            # Flower 1.41 starts the ClientApp while its SuperNode still pulls the message,
+            # and the process waits for it before the imports: the download lies inside
+            # pickup + start-up; the upload inside return.
+            own = self.link if self.link.real else Link(float("inf"), float("inf"), 0.0)
+            waits = max(0.0, sec["pickup"] + sec["start-up"] - self.down_s(own))
+            out["pickup"] = min(sec["pickup"], waits)
+            out["start-up"] = waits - out["pickup"]
+            out["task-build"] = sec["task-build"]
+            out["return"] = max(0.0, sec["return"] - self.up_s(own))
+        else:
+            out.update({"pickup": fixed.pickup_s, "start-up": fixed.startup_s,
+                        "task-build": 0.0, "return": fixed.return_s})
+        return out
+
+    def as_row(self) -> dict:
+        """A flat row for ``nodes.csv/json`` (inverse: ``from_row``)."""
+        row = {k: v for k, v in asdict(self).items() if k not in ("stamps", "compute", "link")}
+        row.update(self.stamps)
+        row.update({f"time-{k}": v for k, v in self.compute.items()})
+        row.update(self.link.as_metrics())
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict) -> NodeTimes:
+        plain = {k: row[k] for k in ("round", "phase", "node_id", "partition_id", "fresh",
+                                     "pushed", "pulled", "books_s", "transfer_s",
+                                     "down_bytes", "up_bytes", "down_objects",
+                                     "up_objects")}
+        return cls(**plain, stamps={k: row[k] for k in st.STAMPS},
+                   compute={k: row[f"time-{k}"] for k in COMPUTE_ROWS},
+                   link=Link.from_metrics(row))
 
 
 @dataclass(frozen=True)
 class RoundTimes:
-    """One round's time, simulated and projected, in seconds."""
+    """One round's time in seconds: ``measured`` (rows add up to ``wall_s``), and
+    ``projected`` / ``deployment`` on the nodes' links (rows add up to ``*_s``)."""
 
     round: int
     wall_s: float
     critical_compute_s: float
-    send_s: float
-    wait_s: float
     slowest_node: int
     projected_s: float
-    simulated: dict[str, float]
+    deployment_s: float
+    measured: dict[str, float]
     projected: dict[str, float]
+    deployment: dict[str, float]
+
+    @property
+    def unexplained_share(self) -> float:
+        """Share of the round's wall time that no interval explains (0..1)."""
+        return self.measured["unexplained"] / self.wall_s if self.wall_s > 0 else 0.0
 
     @classmethod
     def from_row(cls, row: dict) -> RoundTimes:
         """Inverse of ``as_row`` (for a resumed run's earlier rounds)."""
-        plain = {k: row[k] for k in ("round", "wall_s", "critical_compute_s", "send_s",
-                                     "wait_s", "slowest_node", "projected_s")}
-        return cls(**plain,
-                   simulated={k[4:]: v for k, v in row.items() if k.startswith("sim-")},
-                   projected={k[5:]: v for k, v in row.items() if k.startswith("proj-")})
+        plain = {k: row[k] for k in ("round", "wall_s", "critical_compute_s", "slowest_node",
+                                     "projected_s", "deployment_s")}
+        tables = {kind: {r: row[f"{kind}-{r}"] for r in TABLE_ROWS} for kind in KINDS}
+        return cls(**plain, **tables)
 
     def as_row(self) -> dict:
-        row = {k: v for k, v in asdict(self).items() if k not in ("simulated", "projected")}
-        row.update({f"sim-{k}": v for k, v in self.simulated.items()})
-        row.update({f"proj-{k}": v for k, v in self.projected.items()})
+        row = {k: v for k, v in asdict(self).items() if k not in KINDS}
+        for kind in KINDS:
+            row.update({f"{kind}-{r}": v for r, v in getattr(self, kind).items()})
         return row
 
 
-def union_length(intervals: list[tuple[float, float]]) -> float:
-    """Total time covered by at least one interval."""
-    total, end = 0.0, float("-inf")
-    for a, b in sorted(intervals):
-        if b <= end:
-            continue
-        total += b - max(a, end)
-        end = b
-    return total
-
-
-def _compute_s(metrics: dict[str, float]) -> float:
-    return metrics["compute-end"] - metrics["compute-start"]
-
-
-def _phases(metrics: dict[str, float]) -> dict[str, float]:
-    out = {p: metrics.get(f"time-{p}", 0.0) for p in CLIENT_PHASES}
-    out["client-other"] = _compute_s(metrics) - sum(out.values())
+def sweep(intervals: Iterable[tuple[str, float, float]], start: float, end: float
+          ) -> dict[str, float]:
+    """Seconds of [start, end) per row, each moment given to the first row of ``PRIORITY``
+    that covers it; ``unexplained`` for moments none covers. Sums to ``end - start``."""
+    spans = [(row, max(a, start), min(b, end)) for row, a, b in intervals]
+    spans = [x for x in spans if x[2] > x[1]]
+    cuts = sorted({start, end, *(a for _, a, _ in spans), *(b for _, _, b in spans)})
+    rank = {row: i for i, row in enumerate(PRIORITY)}
+    out: dict[str, float] = {}
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        covering = [row for row, x, y in spans if x <= a and y >= b]
+        row = min(covering, key=rank.__getitem__) if covering else "unexplained"
+        out[row] = out.get(row, 0.0) + b - a
     return out
 
 
-def node_times(log: RoundLog, books: Books, server_round: int, phase: str
-               ) -> dict[int, tuple[float, float, float]]:
-    """Per node of one phase: (down s, compute s, up s) on that node's link."""
-    msg = {(r.node_id, r.direction): r.message_bytes for r in books.rows
-           if r.round == server_round and r.phase == phase}
-    out = {}
-    for c in log.clients:
-        if c.phase != phase:
-            continue
-        link = Link.from_metrics(c.metrics)
-        out[c.node_id] = (link.down_s(msg.get((c.node_id, "down"), 0)), _compute_s(c.metrics),
-                          link.up_s(msg.get((c.node_id, "up"), 0)))
-    return out
+def _split(total: float, weights: dict[str, float]) -> dict[str, float]:
+    """``total`` shared in proportion to ``weights`` (evenly if they are all zero)."""
+    norm = sum(weights.values())
+    if norm <= 0:
+        return {k: total / len(weights) for k in weights}
+    return {k: total * w / norm for k, w in weights.items()}
 
 
-def round_times(server_round: int, log: RoundLog, books: Books, send_s: float,
-                wait_s: float, central_eval_s: float, end: float) -> RoundTimes:
-    """Analyse one finished round (``end``: wall clock when its central evaluation ended)."""
-    wall = end - log.start
-    critical = union_length([(c.metrics["compute-start"], c.metrics["compute-end"])
-                             for c in log.clients])
-    summed = {p: 0.0 for p in (*CLIENT_PHASES, "client-other")}
-    for c in log.clients:
-        for p, s in _phases(c.metrics).items():
-            summed[p] += s
-    total_client = sum(summed.values()) or 1.0
-    simulated = {p: critical * s / total_client for p, s in summed.items()}
-    simulated.update(communication=0.0, configure=log.configure_s,
-                     aggregation=log.aggregate_s, **{"central-eval": central_eval_s})
-    simulated["framework"] = wall - sum(simulated.values())
+def measured_table(nodes: list[NodeTimes], server: list[tuple[str, float, float]],
+                   start: float, end: float) -> dict[str, float]:
+    """The measured rows of one round (``TABLE_ROWS``), adding up to ``end - start``."""
+    swept = sweep([*server, *(i for n in nodes for i in n.intervals())], start, end)
+    table = dict.fromkeys(TABLE_ROWS, 0.0)
+    for row, s in swept.items():
+        if row == "compute":
+            weights = {p: sum(n.compute[p] for n in nodes) for p in COMPUTE_ROWS}
+            for p, x in _split(s, weights).items():
+                table[p] += x
+        elif row == "mod":
+            weights = {"books": sum(n.books_s for n in nodes),
+                       "transfer": sum(n.transfer_s for n in nodes)}
+            for p, x in _split(s, weights).items():
+                table[p] += x
+        else:
+            table[row] += s
+    return table
 
-    projected = dict.fromkeys(TABLE_ROWS, 0.0)
+
+def project(nodes: list[NodeTimes], server: dict[str, float],
+            link_of: Callable[[NodeTimes], Link], fixed: FixedCosts | None
+            ) -> tuple[dict[str, float], int]:
+    """A round on links: per phase, the slowest node's path; plus the server's rows.
+
+    Args:
+        nodes: the round's ok replies.
+        server: seconds per ``SERVER_ROWS`` row.
+        link_of: the link each node is projected on.
+        fixed: None for the simulation view, else a deployment's fixed costs
+            (see ``NodeTimes.path``).
+
+    Returns:
+        (seconds per ``TABLE_ROWS`` row, the train phase's slowest node id or -1).
+    """
+    table = dict.fromkeys(TABLE_ROWS, 0.0)
+    table.update({k: v for k, v in server.items() if k in SERVER_ROWS})
     slowest = -1
     for phase in ("train", "evaluate"):
-        times = node_times(log, books, server_round, phase)
-        if not times:
+        paths = {n.node_id: n.path(link_of(n), fixed) for n in nodes if n.phase == phase}
+        if not paths:
             continue
-        node = max(times, key=lambda n: sum(times[n]))
-        down, _, up = times[node]
-        report = next(c for c in log.clients if c.phase == phase and c.node_id == node)
-        for p, s in _phases(report.metrics).items():
-            projected[p] += s
-        projected["communication"] += down + up
+        node = max(paths, key=lambda k: sum(paths[k].values()))
+        for row, s in paths[node].items():
+            table[row] += s
         slowest = node if phase == "train" else slowest
-    projected.update(configure=log.configure_s, aggregation=log.aggregate_s,
-                     **{"central-eval": central_eval_s})
-    return RoundTimes(server_round, wall, critical, send_s, wait_s, slowest,
-                      sum(projected.values()), simulated, projected)
+    return table, slowest
+
+
+def round_times(server_round: int, log: RoundLog, books: Books, grid: GridTimes,
+                central_eval: tuple[float, float], fixed: FixedCosts
+                ) -> tuple[RoundTimes, list[NodeTimes]]:
+    """Analyse one finished round.
+
+    Args:
+        server_round: the round.
+        log: what the strategy saw of it (server intervals, the ok replies' metrics).
+        books: the bandwidth books (message bytes per node and direction).
+        grid: the Grid wrapper's push and pull times.
+        central_eval: (start, end) of its central evaluation, server wall clock; the end
+            closes the round.
+        fixed: a deployment's fixed costs for replies that did not measure their own.
+
+    Returns:
+        The round's times, and each reply's ``NodeTimes``.
+    """
+    nodes = [NodeTimes.from_report(server_round, c, grid, books) for c in log.clients]
+    server = [*log.server, ("central-eval", *central_eval),
+              *(("send", a, b) for a, b in grid.pushes.get(server_round, []))]
+    measured = measured_table(nodes, server, log.start, central_eval[1])
+    server_s = {"configure": log.configure_s, "send": grid.send_s(server_round),
+                "aggregation": log.aggregate_s,
+                "central-eval": central_eval[1] - central_eval[0]}
+    projected, slowest = project(nodes, server_s, lambda n: n.link, None)
+    deployment, _ = project(nodes, server_s, lambda n: n.link, fixed)
+    times = RoundTimes(server_round, central_eval[1] - log.start,
+                       sum(measured[r] for r in COMPUTE_ROWS), slowest,
+                       sum(projected.values()), sum(deployment.values()),
+                       measured, projected, deployment)
+    return times, nodes
 
 
 def mean_table(rounds: list[RoundTimes]) -> dict[str, dict[str, float]]:
-    """Mean seconds per row over ``rounds``: {"simulated": {...}, "projected": {...}}."""
+    """Mean seconds per row over ``rounds``: {kind: {row: s}} for each of ``KINDS``."""
     n = max(len(rounds), 1)
     return {kind: {row: sum(getattr(r, kind)[row] for r in rounds) / n for row in TABLE_ROWS}
-            for kind in ("simulated", "projected")}
+            for kind in KINDS}
 
 
-def format_table(tables: dict[str, dict[str, dict[str, float]]]) -> str:
-    """The analysis' table, seconds and share per phase, for one or more runs side by side.
+def format_table(tables: dict[str, dict[str, dict[str, float]]],
+                 kinds: tuple[str, ...] = KINDS) -> str:
+    """The phase table, seconds and share per row, for one or more runs side by side.
 
-    ``tables`` maps a run label to ``mean_table(...)``.
+    ``tables`` maps a run label to ``mean_table(...)``; ``kinds`` picks its columns.
     """
-    head = f"{'phase':<15}" + "".join(
-        f"{label + ' ' + kind[:4]:>24}" for label in tables for kind in ("simulated", "projected")
-    )
+    head = f"{'phase':<14}" + "".join(
+        f"{label + ' ' + kind[:4]:>24}" for label in tables for kind in kinds)
     lines = [head]
-    totals = {(lb, k): sum(t[k].values()) for lb, t in tables.items()
-              for k in ("simulated", "projected")}
+    totals = {(lb, k): sum(t[k].values()) for lb, t in tables.items() for k in kinds}
     for row in (*TABLE_ROWS, "total"):
         cells = []
         for label, t in tables.items():
-            for kind in ("simulated", "projected"):
+            for kind in kinds:
                 total = totals[(label, kind)]
                 s = total if row == "total" else t[kind][row]
                 share = 100 * s / total if total else 0.0
                 cells.append(f"{s:>14.3f} s {share:>5.1f} %")
-        lines.append(f"{row:<15}" + "".join(cells))
+        lines.append(f"{row:<14}" + "".join(cells))
     return "\n".join(lines)

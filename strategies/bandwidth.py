@@ -17,7 +17,15 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from fedvit.wire import BYTES_KEYS, METRICS, message_bytes, tensor_bytes, without_keys
+from fedvit.wire import (
+    BYTES_KEYS,
+    METRICS,
+    REPORT_KEYS,
+    message_bytes,
+    message_size,
+    tensor_bytes,
+    without_keys,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,7 @@ class BookRow:
     report_bytes: int = 0  # of message_bytes: the client's own byte report
     status: str = "ok"  # ok | error (the node replied with an error or not at all)
     detail: str = ""  # for an error: the reason the node gave, or "no reply"
+    objects: int = 0  # objects of the message's tree (Flower moves one per HTTP call)
 
 
 @dataclass
@@ -118,8 +127,9 @@ class BandwidthTracking:
     def _book_sent(self, server_round: int, phase: str, messages: list[Message]) -> None:
         self._sent_meta[(server_round, phase)] = [msg.metadata for msg in messages]
         for msg in messages:
+            nbytes, objects = message_size(msg)
             row = BookRow(server_round, phase, msg.metadata.dst_node_id, "down",
-                          tensor_bytes(msg.content), message_bytes(msg))
+                          tensor_bytes(msg.content), nbytes, objects=objects)
             self._sent[(server_round, phase, row.node_id)] = row
             self.books.rows.append(row)
 
@@ -138,10 +148,10 @@ class BandwidthTracking:
                                                message_bytes(msg), status="error",
                                                detail=reason[-500:]))
                 continue
-            full = message_bytes(msg)
-            bare = message_bytes(without_keys(msg, METRICS, BYTES_KEYS))
+            full, objects = message_size(msg)
+            bare = message_bytes(without_keys(msg, METRICS, REPORT_KEYS))
             row = BookRow(server_round, phase, node, "up", tensor_bytes(msg.content), full,
-                          report_bytes=full - bare)
+                          report_bytes=full - bare, objects=objects)
             self.books.rows.append(row)
             self._cross_check(row, bare, msg.content[METRICS])
         for node in dict.fromkeys(m.dst_node_id for m in sent):

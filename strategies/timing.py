@@ -15,22 +15,30 @@ from fedvit.wire import METRICS
 
 @dataclass
 class ClientReport:
-    """One ok reply's timing-relevant metrics."""
+    """One ok reply's timing-relevant metrics (``fedvit.stamps``), and the id of the
+    message it answers (the grid's push and pull times are keyed by it)."""
 
     node_id: int
     phase: str
     metrics: dict[str, float]
+    reply_to: str = ""
 
 
 @dataclass
 class RoundLog:
-    """What the strategy saw of one round."""
+    """What the strategy saw of one round. Times are the server's wall clock
+    (``time.time()``); ``server`` holds (row, start, end) of each configure and aggregation
+    call."""
 
     start: float = 0.0  # wall clock at the round's first configure call
     configure_s: float = 0.0
     aggregate_s: float = 0.0
     clients: list[ClientReport] = field(default_factory=list)
     train_metrics: dict[str, float] = field(default_factory=dict)  # aggregated
+    server: list[tuple[str, float, float]] = field(default_factory=list)
+
+
+_ROWS = {"configure_s": "configure", "aggregate_s": "aggregation"}
 
 
 class RoundTiming:
@@ -47,11 +55,14 @@ class RoundTiming:
         return self.timeline[server_round]
 
     def _timed(self, server_round: int, attr: str, call):
-        """Run ``call()``, adding its seconds to the round's ``attr``."""
+        """Run ``call()``, adding its seconds to the round's ``attr`` and its interval to
+        the round's server intervals."""
         log = self._log(server_round)
-        t0 = time.perf_counter()
+        t0 = time.time()
         out = call()
-        setattr(log, attr, getattr(log, attr) + time.perf_counter() - t0)
+        t1 = time.time()
+        setattr(log, attr, getattr(log, attr) + t1 - t0)
+        log.server.append((_ROWS[attr], t0, t1))
         return out
 
     def configure_train(
@@ -89,4 +100,5 @@ class RoundTiming:
                 continue
             metrics = {k: float(v) for k, v in msg.content[METRICS].items()
                        if isinstance(v, (int, float))}
-            log.clients.append(ClientReport(msg.metadata.src_node_id, phase, metrics))
+            log.clients.append(ClientReport(msg.metadata.src_node_id, phase, metrics,
+                                            msg.metadata.reply_to_message_id))

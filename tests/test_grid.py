@@ -53,4 +53,6 @@ def test_waiting_ends_when_a_node_has_left():
     grid = TimedGrid(FakeGrid([[1, 2, 3], [1, 2]], {1, 2}), min_nodes=2, wait_s=1)
     replies = grid.send_and_receive([Msg(1), Msg(2), Msg(3)], timeout=30)
     assert sorted(r.metadata.reply_to_message_id for r in replies) == ["m1", "m2"]
-    assert grid.times.wait_s[3] < 5 and 3 in grid.times.send_s
+    (push,) = grid.times.pushes[3]
+    assert set(grid.times.pulled) == {"m1", "m2"}
+    assert push[1] <= min(grid.times.pulled.values()) < push[1] + 5

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fedvit.links import FRAME_FACTOR as F
 from server_app.report import PLOTS, link_model, links_section, load_runs, main, make_report
 from server_app.timeline import TABLE_ROWS, format_table
 
@@ -75,18 +76,23 @@ def _critical_comm_s(books: list[dict], r: int) -> float:
         for d in ("down", "up"):
             nbytes = max(b["message_bytes"] for b in books
                          if b["round"] == r and b["phase"] == phase and b["direction"] == d)
-            total += LATENCY_MS / 1e3 + nbytes * 8 / (LINK_MBPS * 1e6)
+            total += LATENCY_MS / 1e3 + F * nbytes * 8 / (LINK_MBPS * 1e6)
     return total
 
 
-def _tables(fixed: float, comm: float, wall: float) -> tuple[dict, dict]:
-    proj = {"data": 0.1, "forward": 0.0, "backward": 0.4, "optimizer": 0.1, "eval": 0.05,
-            "client-other": 0.05, "communication": comm, "configure": 0.01,
-            "aggregation": 0.04, "central-eval": 0.15, "framework": 0.0}
+DEPLOY_FIXED = 2.5  # pickup + start-up + return of the deployment view
+
+
+def _tables(fixed: float, comm: float, wall: float) -> tuple[dict, dict, dict]:
+    proj = dict.fromkeys(TABLE_ROWS, 0.0)
+    proj.update({"data": 0.1, "backward": 0.4, "optimizer": 0.1, "eval": 0.05,
+                 "client-other": 0.05, "transfer": comm, "configure": 0.01,
+                 "aggregation": 0.04, "central-eval": 0.15})
     proj["forward"] = fixed - (sum(proj.values()) - comm)
-    sim = {k: (0.0 if k == "communication" else v) for k, v in proj.items()}
-    sim["framework"] = wall - sum(sim.values())
-    return sim, proj
+    measured = {k: (0.0 if k == "transfer" else v) for k, v in proj.items()}
+    measured["unexplained"] = wall - sum(measured.values())
+    deployment = {**proj, "pickup": 1.5, "start-up": 0.5, "return": 0.5}
+    return measured, proj, deployment
 
 
 def write_run(root: Path, spec: dict, name: str | None = None, **config) -> Path:
@@ -99,7 +105,7 @@ def write_run(root: Path, spec: dict, name: str | None = None, **config) -> Path
     for r in range(1, ROUNDS + 1):
         comm = _critical_comm_s(books, r)
         wall = spec["wall"] * (10 if r == 1 else 1)
-        sim, proj = _tables(spec["fixed"] * (3 if r == 1 else 1), comm, wall)
+        measured, proj, depl = _tables(spec["fixed"] * (3 if r == 1 else 1), comm, wall)
         this, cum = _totals(books, only=r), _totals(books, upto=r)
         rounds.append({
             "round": r, "central-accuracy": spec["acc"][r - 1], "central-loss": 2.0 / r,
@@ -108,17 +114,18 @@ def write_run(root: Path, spec: dict, name: str | None = None, **config) -> Path
             "down-tensor-bytes": this["down-tensor"], "up-tensor-bytes": this["up-tensor"],
             "down-msg-bytes": this["down-msg"], "up-msg-bytes": this["up-msg"],
             "round-s": wall, "projected-round-s": sum(proj.values()),
+            "deployment-round-s": sum(depl.values()),
         })
-        row = {"round": r, "wall_s": wall, "critical_compute_s": 1.0, "send_s": 0.001,
-               "wait_s": wall - 0.5, "slowest_node": NODES[1],
-               "projected_s": sum(proj.values())}
-        row.update({f"sim-{k}": v for k, v in sim.items()})
-        row.update({f"proj-{k}": v for k, v in proj.items()})
+        row = {"round": r, "wall_s": wall, "critical_compute_s": 1.0,
+               "slowest_node": NODES[1], "projected_s": sum(proj.values()),
+               "deployment_s": sum(depl.values())}
+        for kind, table in (("measured", measured), ("projected", proj), ("deployment", depl)):
+            row.update({f"{kind}-{k}": v for k, v in table.items()})
         phases.append(row)
     steady = phases[1:]
-    table = {kind: {k: sum(p[f"{prefix}-{k}"] for p in steady) / len(steady)
+    table = {kind: {k: sum(p[f"{kind}-{k}"] for p in steady) / len(steady)
                     for k in TABLE_ROWS}
-             for kind, prefix in (("simulated", "sim"), ("projected", "proj"))}
+             for kind in ("measured", "projected", "deployment")}
     t = _totals(books)
     tensor, msg = t["down-tensor"] + t["up-tensor"], t["down-msg"] + t["up-msg"]
     summary = {
@@ -235,9 +242,9 @@ def test_half_communication_bandwidth_by_hand(report):
     # Steady rounds 2 and 3, slowest path per round: fedavg train down 1,000,000 + 10 r,
     # train up 1,000,500, evaluate down 1,000,200, evaluate up 600 -> mean 3,001,325 bytes;
     # fixed 1.2 s, 4 messages x 50 ms: B* = 8 x 3,001,325 / (1.2 - 0.2) bit/s.
-    fedavg = 8 * 3_001_325 / (1.2 - 4 * 0.05) / 1e6
-    fedlora = 8 * (50_000 + 50_400 + 50_200 + 600) / (1.0 - 4 * 0.05) / 1e6
-    assert f"{fedavg:.3f}" == "24.011" and f"{fedlora:.3f}" == "1.512"
+    fedavg = F * 8 * 3_001_325 / (1.2 - 4 * 0.05) / 1e6
+    fedlora = F * 8 * (50_000 + 50_400 + 50_200 + 600) / (1.0 - 4 * 0.05) / 1e6
+    assert f"{fedavg:.3f}" == "25.105" and f"{fedlora:.3f}" == "1.581"  # x 1514/1448
     assert f"fedavg: communication is more than half of the projected round below " \
            f"**{fedavg:.3f} Mbit/s**." in text
     assert f"below **{fedlora:.3f} Mbit/s**." in text
@@ -247,8 +254,8 @@ def test_half_communication_bandwidth_by_hand(report):
 
 def test_no_crossover_names_the_faster_run(report):
     _, text, _ = report
-    avg = [1.4 + 8 * 3_001_325 / (b * 1e6) for b in (10, 1000)]
-    lora = [1.2 + 8 * 151_200 / (b * 1e6) for b in (10, 1000)]
+    avg = [1.4 + F * 8 * 3_001_325 / (b * 1e6) for b in (10, 1000)]
+    lora = [1.2 + F * 8 * 151_200 / (b * 1e6) for b in (10, 1000)]
     assert "fedlora is faster everywhere" in text
     assert (f"{lora[0]:.3f} s against {avg[0]:.3f} s at 10.000 Mbit/s "
             f"({avg[0] / lora[0]:.2f}× faster)") in text
@@ -261,7 +268,7 @@ def test_crossover_when_the_light_run_computes_longer(tmp_path):
                       write_run(tmp_path, {**FEDLORA, "fixed": 3.0})])
     text = links_section(runs, [link_model(r) for r in runs])  # the report's text, no plots
     # 1.4 + 8 x 3,001,325 / B = 3.2 + 8 x 151,200 / B
-    cross = 8 * (3_001_325 - 151_200) / (3.2 - 1.4) / 1e6
+    cross = F * 8 * (3_001_325 - 151_200) / (3.2 - 1.4) / 1e6
     assert f"cross at **{cross:.3f} Mbit/s**" in text
     assert "below it fedlora is faster, above it fedavg." in text
 
@@ -288,3 +295,24 @@ def test_an_unfinished_run_is_a_clear_error(tmp_path, capsys):
         main([str(run), "--out", str(tmp_path / "r")])
     assert e.value.code == 2
     assert "summary.json is missing" in capsys.readouterr().err
+
+
+def test_the_deployment_curve_adds_the_fixed_costs(tmp_path):
+    run = load_runs([write_run(tmp_path, FEDLORA)])[0]
+    model = link_model(run)
+    for mbps in (1.0, 10.0, 1000.0):
+        assert model.deployment_round_s(mbps) == pytest.approx(model.round_s(mbps)
+                                                               + DEPLOY_FIXED)
+
+
+def test_link_lab_runs_show_wire_against_books(tmp_path):
+    run = write_run(tmp_path, FEDLORA)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["wire"] = {"0": {"down-wire-bytes": 1_100, "down-books-bytes": 1_000,
+                             "down-wire-per-books": 1.1, "up-wire-bytes": 2_600,
+                             "up-books-bytes": 2_000, "up-wire-per-books": 1.3}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    text = make_report([run], tmp_path / "r").read_text()
+    row = row_of(text, "down wire / books", "fedlora")
+    assert (row["partition"], row["down wire B"], row["up books B"]) == ("0", "1,100", "2,000")
+    assert (row["down wire / books"], row["up wire / books"]) == ("1.100", "1.300")

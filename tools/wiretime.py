@@ -1,0 +1,91 @@
+"""When the kernel saw a link busy: per-node transfer times, from sampled byte counters.
+
+A ``CounterSampler`` reads ``/proc/<pid>/net/dev`` of a process inside the SuperLink's
+network namespace every ``interval_s`` in a thread, and keeps the samples: that file shows
+the interfaces of *that* process's namespace, so the sampler needs no ``setns``.
+``busy_span`` then says how long one direction of one link carried a transfer inside a
+window: from the start of the first sampling interval in which at least ``threshold`` bytes
+crossed to the end of the last one. Polls and heartbeats (well under a
+kilobyte each) stay below the threshold; a message's transfer, paced by a shaped link in
+full-size frames (the link lab sends one segment per packet), crosses it at least once
+every frame time.
+
+The span includes whatever stalls the transfer had inside it (TCP slow start, requests
+for Flower's objects one after another), which is what a projection must match.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_INTERVAL_S = 0.01
+DEFAULT_THRESHOLD = 1200  # bytes per interval: less than one full frame, more than a poll
+
+
+def read_net_dev(pid: int) -> dict[str, tuple[int, int]]:
+    """{interface: (rx bytes, tx bytes)} of process ``pid``'s network namespace.
+
+    Raises:
+        OSError: the process is gone.
+    """
+    out = {}
+    for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]:
+        name, _, data = line.partition(":")
+        fields = data.split()
+        out[name.strip()] = (int(fields[0]), int(fields[8]))
+    return out
+
+
+@dataclass
+class CounterSampler:
+    """Samples of (wall-clock time, {interface: (rx, tx)}) while running."""
+
+    pid: int
+    interval_s: float = DEFAULT_INTERVAL_S
+    samples: list[tuple[float, dict[str, tuple[int, int]]]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> CounterSampler:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def _run(self) -> None:
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.time(), read_net_dev(self.pid)))
+            except OSError:
+                return
+            next_t += self.interval_s
+            self._stop.wait(max(0.0, next_t - time.monotonic()))
+
+    def busy_span(self, interface: str, direction: str, start: float, end: float,
+                  threshold: int = DEFAULT_THRESHOLD) -> float:
+        """Seconds from the first to the last busy sampling interval inside [start, end].
+
+        Args:
+            interface: the SuperLink-side veth of a node.
+            direction: "down" (the interface's tx) or "up" (its rx).
+            start, end: wall-clock window (e.g. a message's push and its reply's pull).
+            threshold: bytes an interval must carry to count as busy.
+
+        Returns:
+            The span in seconds, 0.0 if no interval was busy.
+        """
+        col = 1 if direction == "down" else 0
+        busy = [(t0, t1) for (t0, a), (t1, b) in zip(self.samples, self.samples[1:],
+                                                     strict=False)
+                if t0 >= start and t1 <= end
+                and b[interface][col] - a[interface][col] >= threshold]
+        return busy[-1][1] - busy[0][0] if busy else 0.0
