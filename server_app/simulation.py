@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
+from flwr.supercore.exit.exit_handler import trigger_exit_handlers
 
 from client_app import app as client_module
 from client_app.mods import bandwidth_mod
@@ -105,12 +106,16 @@ def _run(overrides: dict, num_nodes: int, client: ClientApp | None, cpus: int,
             outcome.append(err)
 
     start_ray(cpus)
-    run_simulation(
-        server_app=server,
-        client_app=client or client_app(overrides),
-        num_supernodes=num_nodes,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
-    )
+    try:
+        run_simulation(
+            server_app=server,
+            client_app=client or client_app(overrides),
+            num_supernodes=num_nodes,
+            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+        )
+    except KeyboardInterrupt:  # Ctrl-C reaches this thread, not the ServerApp's: run the
+        trigger_exit_handlers(run_before_force_exit=True)  # handler that writes its summary
+        raise
     if not outcome:
         raise RuntimeError("the ServerApp did not finish (see the log above)")
     return outcome[0]
