@@ -110,3 +110,11 @@ def _reply(msg: Message, context: Context, cfg: AppConfig, pid: int, stamps: dic
     if arrays is not None:
         content["arrays"] = arrays
     return Message(content=content, reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds (for seeded sampling)."""
+    pid, num = partition_of(context.node_config)
+    metrics = MetricRecord({"partition-id": pid, "num-partitions": num})
+    return Message(content=RecordDict({METRICS: metrics}), reply_to=msg)

@@ -7,10 +7,11 @@ every validation message. Nothing else reads ``context.run_config`` directly.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +26,29 @@ PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 LINK_PROFILES = ("uniform", "heterogeneous")
 LORA_AGGREGATIONS = ("naive", "ffa")
+FITTING_WEIGHTS = ("must be '', 'public-pretrain' or a weights file of the same architecture "
+                   "('model-name'; position and patch embeddings are resampled)")
+CHECKPOINT_STATE, CHECKPOINT_TENSORS = "checkpoint.json", "checkpoint.safetensors"
+CONFIG_HISTORY = "configs.json"  # every accepted config of a run folder, with its start round
+# Keys a resumed run may change: none of them changes what is exchanged, or how it is
+# trained or aggregated. Every other key must keep the checkpoint's value.
+RESUMABLE_KEYS = frozenset({
+    "num-server-rounds", "outputs-dir", "run-name", "resume-from", "node-wait-s",
+    "round-timeout-s", "device", "eval-batch-size", "fraction-evaluate", "evaluate-in-train",
+    "link-down-mbps", "link-up-mbps", "link-latency-ms", "link-profile", "link-emulate",
+    "deploy-pickup-s", "deploy-startup-s", "deploy-return-s",
+})
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Every path-valued key, and what it may be. Relative paths are refused: under `flwr run`
+# the app runs from its install folder (.flwr/apps/<bundle>/, or the SuperLink's app folder
+# in a deployment), in-process from the project, so a relative path would mean two things.
+PATH_KEYS = {
+    "weights-path": f"'', '{PUBLIC_PRETRAIN}' or an absolute path to a .safetensors/.pth file",
+    "dataset": f"'{EMBEDDED_DATASET}', a hub id 'owner/name' or an absolute path to a "
+               "local dataset folder",
+    "outputs-dir": "an absolute folder path",
+    "resume-from": "'' or the absolute path of an earlier run's folder",
+}
 
 
 def _field(key: str) -> str:
@@ -75,8 +98,6 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("outputs-dir", lambda x: bool(x.strip()), "a non-empty folder path"),
     ("run-name", lambda x: "/" not in x and x not in (".", ".."),
      "'' or a folder name without '/'"),
-    ("resume-from", lambda x: not x or resolve_path(x).is_dir(),
-     "'' or the folder of an earlier run (it holds checkpoint.json)"),
     ("node-wait-s", lambda x: x > 0, "a number of seconds > 0"),
     ("round-timeout-s", lambda x: x > 0, "a number of seconds > 0"),
 )
@@ -175,10 +196,19 @@ class AppConfig:
     def _rule_errors(v: dict[str, Any]) -> list[str]:
         """Rule violations among the values that have the right type (a wrongly typed one
         is already reported, and the rules that need it are skipped)."""
+        relative = {key: allowed for key, allowed in PATH_KEYS.items()
+                    if isinstance(v.get(_field(key)), str)
+                    and is_relative_path(key, v[_field(key)])}
         errors = [
+            f"'{key}' = {_show(v[_field(key)])} is not allowed: a relative path is taken from "
+            "another folder under `flwr run` (the app's install folder) than in-process; "
+            f"must be {allowed}: pass an absolute path or ~/..."
+            for key, allowed in relative.items()
+        ]
+        errors += [
             f"'{key}' = {_show(v[_field(key)])} is not allowed: must be {rule}"
             for key, ok, rule in RULES
-            if _field(key) in v and not ok(v[_field(key)])
+            if _field(key) in v and key not in relative and not ok(v[_field(key)])
         ]
 
         def have(*keys: str) -> bool:
@@ -192,7 +222,8 @@ class AppConfig:
                 f"{v['patch_size']}: must be a multiple of the patch size"
             )
         wp = v.get("weights_path")
-        if wp and wp != PUBLIC_PRETRAIN and not resolve_path(wp).is_file():
+        if (wp and wp != PUBLIC_PRETRAIN and "weights-path" not in relative
+                and not resolve_path(wp).is_file()):
             errors.append(
                 f"'weights-path' = {_show(wp)} is not allowed: no such file "
                 f"({resolve_path(wp)}); must be '', '{PUBLIC_PRETRAIN}', or an existing "
@@ -243,6 +274,103 @@ def _validated(cls: type[AppConfig], items: tuple[tuple[str, Any], ...]) -> AppC
     return cls._validate(dict(items))
 
 
+def resume_errors(cfg: AppConfig) -> list[str]:
+    """Rule violations of ``resume-from`` against the run folder it names (server side: a
+    client never reads it). The folder must hold a checkpoint; every key outside
+    ``RESUMABLE_KEYS`` must keep the value that run was started with (one error lists each
+    changed key with both values); ``num-server-rounds`` must exceed the completed rounds.
+    """
+    if not cfg.resume_from:
+        return []
+    folder = resolve_path(cfg.resume_from)
+    where = f"'resume-from' = {_show(cfg.resume_from)}"
+    if not ((folder / CHECKPOINT_STATE).is_file() and (folder / CHECKPOINT_TENSORS).is_file()):
+        return [f"{where} is not allowed: {folder} holds no checkpoint ({CHECKPOINT_STATE} "
+                f"and {CHECKPOINT_TENSORS}); must be '' or the folder of an earlier run "
+                "that completed at least one round"]
+    earlier = run_config_of(folder)
+    done = int(json.loads((folder / CHECKPOINT_STATE).read_text())["round"])
+    errors = []
+    now = cfg.to_dict()
+    changed = [f"'{k}' = {_show(now[k])} (checkpoint: {_show(earlier[k])})"
+               for k in now if k not in RESUMABLE_KEYS and k in earlier and earlier[k] != now[k]]
+    if changed:
+        errors.append(f"{where} is not allowed with a changed config: these keys change what "
+                      "is exchanged or how it is trained or aggregated and must keep the "
+                      f"checkpoint's values: {', '.join(changed)}")
+    if cfg.num_server_rounds <= done:
+        errors.append(f"'num-server-rounds' = {cfg.num_server_rounds} is not allowed with "
+                      f"{where}: that run completed {done} rounds; must be > {done}")
+    return errors
+
+
+def resume_tensor_errors(cfg: AppConfig, expected: Mapping[str, tuple],
+                         found: Mapping[str, tuple]) -> list[str]:
+    """The checkpoint's tensors (name -> shape) against the ones this config exchanges."""
+    if dict(expected) == dict(found):
+        return []
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    return [f"'resume-from' = {_show(cfg.resume_from)} is not allowed: its checkpoint does "
+            f"not hold the tensors this config exchanges ({len(missing)} missing "
+            f"{missing[:3]}, {len(extra)} extra {extra[:3]}, {len(shapes)} of another shape "
+            f"{shapes[:3]}); must be the folder of a run with the same model and strategy"]
+
+
+def run_config_of(folder: Path) -> dict[str, Any]:
+    """The latest accepted run config of a run folder (``configs.json``, else the older
+    folders' ``config.json``)."""
+    history = folder / CONFIG_HISTORY
+    if history.is_file():
+        return json.loads(history.read_text())[-1]["config"]
+    return json.loads((folder / "config.json").read_text())
+
+
+def validate_server(cfg: AppConfig) -> None:
+    """The server's checks beyond ``from_run_config`` (it reads ``resume-from``'s folder,
+    which clients never see). Raises ``ConfigError``."""
+    raise_errors(resume_errors(cfg))
+
+
+def model_errors(cfg: AppConfig, patch_size: tuple[int, int], img_size: tuple[int, int],
+                 linear_names: Iterable[str]) -> list[str]:
+    """Rule violations only the resolved model can show (the server checks them before it
+    writes anything): its patch size (``patch-size`` = 0 means the model's own), the input
+    size it was built for, and the LoRA target modules (its linear layers' short names).
+    A size the model would crop (a strided convolution drops the remainder) or pad
+    (``dynamic_img_pad``) is an error too: ``img-size`` must be a multiple of the patch."""
+    errors = []
+    ph, pw = patch_size
+    patch = (f"'patch-size' = {cfg.patch_size}" if cfg.patch_size
+             else f"'patch-size' = 0 (the model's own patch size, {ph})")
+    if img_size != (cfg.img_size, cfg.img_size):
+        errors.append(
+            f"'img-size' = {cfg.img_size} is not allowed with 'model-name' = "
+            f"{cfg.model_name!r}: the model is built for {img_size[0]}x{img_size[1]} inputs; "
+            f"must be {img_size[0]}")
+    elif cfg.img_size % ph or cfg.img_size % pw:
+        lo = max(ph, cfg.img_size // ph * ph)
+        errors.append(
+            f"'img-size' = {cfg.img_size} is not allowed with {patch} of "
+            f"{cfg.model_name!r}: the model would crop or pad the input; must be a "
+            f"multiple of {ph}, e.g. {lo} or {lo + ph}")
+    if cfg.strategy == "fedlora":
+        names = set(linear_names)
+        unknown = [t for t in target_modules(cfg.lora_target_modules) if t not in names]
+        if unknown:
+            errors.append(
+                f"'lora-target-modules' = {cfg.lora_target_modules!r} is not allowed: "
+                f"{unknown} are not linear layers of {cfg.model_name!r}; its linear layers "
+                f"are {sorted(names)}")
+    return errors
+
+
+def raise_errors(errors: list[str]) -> None:
+    """One ``ConfigError`` listing every error (none: nothing happens)."""
+    if errors:
+        raise ConfigError("invalid run config:\n  - " + "\n  - ".join(errors))
+
+
 def target_modules(spec: str) -> list[str]:
     """``'qkv, proj'`` -> ``['qkv', 'proj']``."""
     return [name.strip() for name in spec.split(",") if name.strip()]
@@ -254,9 +382,23 @@ def cache_dir() -> Path:
 
 
 def resolve_path(path: str) -> Path:
-    """A user path: ``~`` expanded; relative paths are taken from the app's root."""
-    p = Path(os.path.expanduser(path))
-    return p if p.is_absolute() else APP_ROOT / p
+    """A user path with ``~`` expanded. Validation refuses relative paths
+    (``is_relative_path``), so every path that reaches here is absolute; a hub id
+    ``owner/name`` is returned as a relative path, which names no local folder."""
+    return Path(os.path.expanduser(path))
+
+
+def is_relative_path(key: str, value: str) -> bool:
+    """Whether ``value`` of the path-valued ``key`` is a relative path (refused). Special
+    values are not paths: ``''``, ``public-pretrain``, ``digits``, a hub id ``owner/name``."""
+    if key not in PATH_KEYS or value == "":
+        return False
+    if (key, value) in (("weights-path", PUBLIC_PRETRAIN), ("dataset", EMBEDDED_DATASET)):
+        return False
+    if key == "dataset" and (_HUB_ID.match(value) and not value.startswith(".")
+                             or not value.startswith(".") and "/" not in value):
+        return False  # a hub id, or a name (refused by the dataset rule if unknown)
+    return not resolve_path(value).is_absolute()
 
 
 def _coerce(key: str, value: Any, type_name: Any) -> Any:
@@ -296,8 +438,8 @@ def _is_timm_vit(name: str) -> bool:
 def _is_dataset(name: str) -> bool:
     if name == EMBEDDED_DATASET:
         return True
-    if resolve_path(name).is_dir():
-        return True
+    if resolve_path(name).is_absolute():
+        return resolve_path(name).is_dir()
     return bool(_HUB_ID.match(name)) and not name.startswith((".", "/", "~"))
 
 

@@ -126,7 +126,7 @@ def _partitioned(cfg: AppConfig, num_partitions: int) -> tuple[Partitioner, Data
     from flwr_datasets import FederatedDataset
 
     path = resolve_path(dataset)
-    source = str(path) if path.is_dir() else dataset
+    source = str(path) if path.is_absolute() and path.is_dir() else dataset  # else a hub id
     try:
         probe = FederatedDataset(dataset=source, partitioners={"train": 1})
         cols = columns_of(probe.load_split("train"))
@@ -329,7 +329,7 @@ def _cache_path(cfg: AppConfig, what: dict) -> Path | None:
             DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, DIGITS_PUBLIC_FRACTION]}
     else:
         root = resolve_path(cfg.dataset)
-        if not root.is_dir():
+        if not (root.is_absolute() and root.is_dir()):
             return None
         files = sorted(p for p in root.rglob("*") if p.is_file())
         source = {"folder": str(root), "files": [

@@ -63,6 +63,8 @@ def load_backbone_weights(model: nn.Module, path: Path, source: str) -> None:
     """
     from timm.models.vision_transformer import checkpoint_filter_fn
 
+    from fedvit.config import FITTING_WEIGHTS
+
     try:
         state = checkpoint_filter_fn(read_weights_file(path), model)
     except Exception as err:
@@ -75,12 +77,14 @@ def load_backbone_weights(model: nn.Module, path: Path, source: str) -> None:
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:
-        raise ConfigError(f"{source} = {str(path)!r} does not fit the model: {err}") from err
+        raise ConfigError(f"{source} = {str(path)!r} does not fit the model: {err}; "
+                          f"{FITTING_WEIGHTS}") from err
     missing = [k for k in missing if not k.startswith(HEAD + ".")]
     if missing or unexpected:
         raise ConfigError(
             f"{source} = {str(path)!r} does not fit the model: missing {len(missing)} "
-            f"tensors {missing[:3]}, unexpected {len(unexpected)} {list(unexpected)[:3]}"
+            f"tensors {missing[:3]}, unexpected {len(unexpected)} {list(unexpected)[:3]}; "
+            f"{FITTING_WEIGHTS}"
         )
 
 
@@ -91,6 +95,7 @@ def build_model(cfg: AppConfig, num_classes: int) -> nn.Module:
     bit-identical on the server and on every client.
     """
     model = create_vit(cfg, num_classes)
+    check_model(cfg, model)
     if cfg.weights_path:
         if cfg.weights_path == PUBLIC_PRETRAIN:
             from fedvit.pretrain import public_backbone
@@ -104,6 +109,17 @@ def build_model(cfg: AppConfig, num_classes: int) -> nn.Module:
     if cfg.strategy == "fedavg":
         return model
     return wrap_lora(model, cfg)
+
+
+def check_model(cfg: AppConfig, model: nn.Module) -> None:
+    """Raise ``ConfigError`` listing what only the built (plain timm) ViT can show: its
+    patch size, the input size it was built for, the LoRA target modules."""
+    from fedvit.config import model_errors, raise_errors
+
+    pe = model.patch_embed
+    raise_errors(model_errors(
+        cfg, tuple(pe.patch_size), tuple(pe.img_size) if pe.img_size else (0, 0),
+        {full.rsplit(".", 1)[-1] for full in _adaptable_linears(model)}))
 
 
 def wrap_lora(model: nn.Module, cfg: AppConfig, fused: bool = True) -> PeftModel:

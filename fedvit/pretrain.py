@@ -16,9 +16,11 @@ import hashlib
 import json
 import os
 import time
+from logging import INFO
 from pathlib import Path
 
 import torch
+from flwr.common.logger import log
 from safetensors.torch import save_file
 
 from fedvit.config import AppConfig, cache_dir
@@ -87,8 +89,11 @@ def build(cfg: AppConfig, path: Path) -> dict[str, float]:
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     loader = make_loader(public, cols, pcfg, mean, std, shuffle=True, batch_size=BATCH_SIZE,
                          seed=cfg.seed)
+    log(INFO, "fedvit: pretraining the backbone once on the public split (%d epochs); "
+        "cached as %s", EPOCHS, path)
     stats = train_epochs(model, loader, EPOCHS, LEARNING_RATE, "cpu", bf16=False,
-                         weight_decay=WEIGHT_DECAY, one_cycle=True)
+                         weight_decay=WEIGHT_DECAY, one_cycle=True,
+                         on_epoch=Progress(EPOCHS, "pretraining the backbone"))
     eval_loader = make_loader(public, cols, pcfg, mean, std, shuffle=False,
                               batch_size=BATCH_SIZE)
     fit = evaluate(model, eval_loader, "cpu", bf16=False)
@@ -99,6 +104,29 @@ def build(cfg: AppConfig, path: Path) -> dict[str, float]:
     tmp.replace(path)
     return {"public-accuracy": fit["accuracy"], "train-loss": stats.loss,
             "seconds": time.perf_counter() - t0}
+
+
+class Progress:
+    """``on_epoch`` callback: logs epoch, loss and the time left (from the mean epoch so far)
+    at the first and last epoch and at most every ``every_s`` seconds between."""
+
+    def __init__(self, epochs: int, what: str, every_s: float = 5.0) -> None:
+        self.epochs, self.what, self.every_s = epochs, what, every_s
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, epoch: int, loss: float) -> None:
+        now = time.perf_counter()
+        if epoch in (1, self.epochs) or now - self.last >= self.every_s:
+            self.last = now
+            log(INFO, "fedvit: %s", progress_line(self.what, epoch, self.epochs, loss,
+                                                  now - self.t0))
+
+
+def progress_line(what: str, epoch: int, epochs: int, loss: float, elapsed_s: float) -> str:
+    """``'<what>: epoch 10/100, loss 1.2346, 54 s left'`` (time left: the epochs to go at
+    the mean epoch time so far)."""
+    left = elapsed_s / epoch * (epochs - epoch)
+    return f"{what}: epoch {epoch}/{epochs}, loss {loss:.4f}, {left:.0f} s left"
 
 
 def main() -> None:

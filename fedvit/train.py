@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -103,10 +103,12 @@ def train_epochs(
     bf16: bool,
     weight_decay: float = 0.0,
     one_cycle: bool = False,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainStats:
     """Train the parameters that require grad with AdamW; time every phase.
 
     ``one_cycle`` anneals the rate over all steps (used by central pretraining).
+    ``on_epoch(epoch, loss)`` is called after each epoch (1-based) with its mean loss.
     """
     model.to(device).train()
     optimizer = make_optimizer(model, lr, weight_decay)
@@ -120,17 +122,21 @@ def train_epochs(
     clock = PhaseClock(cuda=device == "cuda")
     total_loss, seen = 0.0, 0
     t0 = time.perf_counter()
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         clock.start()
+        epoch_loss, epoch_seen = 0.0, 0
         for images, labels in _batches(loader, device):
             clock.lap("data")
             loss = train_step(model, optimizer, images, labels, clock, bf16)
             if schedule is not None:
                 schedule.step()
                 clock.lap("optimizer")
-            total_loss += loss.item() * len(labels)
-            seen += len(labels)
+            item = loss.item() * len(labels)
+            total_loss, epoch_loss = total_loss + item, epoch_loss + item
+            seen, epoch_seen = seen + len(labels), epoch_seen + len(labels)
             clock.start()
+        if on_epoch is not None:
+            on_epoch(epoch, epoch_loss / max(epoch_seen, 1))
     wall = time.perf_counter() - t0
     return TrainStats(seen, total_loss / max(seen, 1), wall, clock.seconds)
 

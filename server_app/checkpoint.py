@@ -15,9 +15,9 @@ from pathlib import Path
 from flwr.app import ArrayRecord
 from safetensors.torch import load_file, save_file
 
+from fedvit.config import CHECKPOINT_STATE as STATE
+from fedvit.config import CHECKPOINT_TENSORS as TENSORS
 from strategies import BookRow
-
-TENSORS, STATE = "checkpoint.safetensors", "checkpoint.json"
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
@@ -11,8 +13,17 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
+from flwr.supercore.exit import add_exit_handler
 
-from fedvit.config import AppConfig, resolve_path
+from fedvit.config import (
+    CONFIG_HISTORY,
+    AppConfig,
+    raise_errors,
+    resolve_path,
+    resume_tensor_errors,
+    run_config_of,
+    validate_server,
+)
 from fedvit.data import central_test_data, make_loader
 from fedvit.model import (
     backbone_fingerprint,
@@ -67,12 +78,17 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     With ``resume-from``, start from that run's checkpoint and go on in its folder.
     """
     t_start = time.perf_counter()
+    validate_server(cfg)  # resume-from against its checkpoint, before anything is written
     test_data, cols = central_test_data(cfg)
     model = build_model(cfg, cols.num_classes)
     mean, std = input_stats(model)
     test_loader = make_loader(test_data, cols, cfg, mean, std, shuffle=False,
                               batch_size=cfg.eval_batch_size)
     resume = load_checkpoint(resolve_path(cfg.resume_from)) if cfg.resume_from else None
+    if resume:
+        raise_errors(resume_tensor_errors(
+            cfg, {k: tuple(v.shape) for k, v in exchanged_state(model).items()},
+            {k: tuple(a.shape) for k, a in resume.arrays.items()}))
     initial = resume.arrays if resume else ArrayRecord(exchanged_state(model))
     strategy = make_strategy(cfg, initial.keys())
     done = resume.round if resume else 0
@@ -88,19 +104,9 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     run_dir = resolve_path(cfg.resume_from) if resume else new_run_dir(cfg)
     writer = ResultsWriter(run_dir)
     total, trainable = count_parameters(model)
-    writer.write_json("config.json", cfg.to_dict())
+    _record_config(writer, cfg, done)
     timed_grid = TimedGrid(grid, cfg.min_nodes, cfg.node_wait_s)
-    num_nodes = len(timed_grid.get_node_ids())
-    est = estimate({k: v.cpu().numpy() for k, v in exchanged_state(model).items()},
-                   num_nodes, cfg)
-    log(INFO, "fedvit: %s on %s (%s parameters, %s trainable, %d tensors exchanged, "
-        "backbone %s); results in %s", cfg.strategy, cfg.model_name, f"{total:,}",
-        f"{trainable:,}", len(initial), backbone_fingerprint(model), run_dir)
-    log(INFO, "fedvit: estimate (model down + update up) x clients x fraction x rounds: "
-        "%.3f MB down + %.3f MB up over %d rounds, %d of %d nodes training",
-        est.down / MB, est.up / MB, est.rounds, est.train_clients, num_nodes)
-    if resume:
-        log(INFO, "fedvit: resuming %s after round %d", run_dir, done)
+    est: Estimate | None = None
 
     wire = WireCounters.from_env()
 
@@ -136,8 +142,50 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
 
     # FedLoRA's clients must adapt the very backbone the server evaluates with.
     shared = {"backbone": backbone_fingerprint(model)} if cfg.strategy == "fedlora" else {}
-    status, result = "complete", Result(arrays=initial)
-    try:
+    result, stop = Result(arrays=initial), None
+    closing = threading.Lock()
+    closed: list[dict] = []  # the summary, once written
+
+    def close(stop: BaseException | None) -> dict:
+        """Write summary.json once (the first stop seen wins) and log it."""
+        with closing:
+            if not closed:
+                summary = _summary(cfg, rounds, strategy.books, est, total, trainable,
+                                   time.perf_counter() - t_start, phases, strategy.rejections)
+                summary.update(stop_status(stop))
+                summary["completed-rounds"] = [r["round"] for r in rounds]
+                if wire:
+                    summary["wire"] = wire.versus_books(strategy.books, nodes)
+                writer.write_json("summary.json", summary)
+                _log_summary(summary, run_dir)
+                if stop is not None:
+                    log(ERROR, "%s", _stop_line(summary, run_dir))
+                closed.append(summary)
+                pending.clear()
+            return closed[0]
+
+    # `flwr stop`, Ctrl-C, SIGTERM: Flower's exit runs its handlers in the main thread, also
+    # where the ServerApp runs in another (simulation); the summary is written there. The
+    # handler lets go of the run once the summary is written (handlers are never removed).
+    pending = [close]
+
+    def on_flower_exit() -> None:
+        if pending:
+            pending[0](FlowerExit())
+
+    add_exit_handler(on_flower_exit, run_before_force_exit=True)
+    try:  # from here on, whatever stops the run leaves summary.json
+        num_nodes = len(timed_grid.get_node_ids())
+        est = estimate({k: v.cpu().numpy() for k, v in exchanged_state(model).items()},
+                       num_nodes, cfg)
+        log(INFO, "fedvit: %s on %s (%s parameters, %s trainable, %d tensors exchanged, "
+            "backbone %s); results in %s", cfg.strategy, cfg.model_name, f"{total:,}",
+            f"{trainable:,}", len(initial), backbone_fingerprint(model), run_dir)
+        log(INFO, "fedvit: estimate (model down + update up) x clients x fraction x rounds: "
+            "%.3f MB down + %.3f MB up over %d rounds, %d of %d nodes training",
+            est.down / MB, est.up / MB, est.rounds, est.train_clients, num_nodes)
+        if resume:
+            log(INFO, "fedvit: resuming %s after round %d", run_dir, done)
         if cfg.num_server_rounds > done:
             result = strategy.start(
                 grid=timed_grid,
@@ -150,20 +198,65 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
             )
         if len(result.arrays) == 0:  # no round aggregated anything: the global is unchanged
             result.arrays = initial
-    except TooFewNodes as err:
-        status = f"stopped after round {len(rounds)}: {err}"
-        log(ERROR, "fedvit: %s; the completed rounds are saved in %s", status, run_dir)
-    summary = _summary(cfg, rounds, strategy.books, est, total, trainable,
-                       time.perf_counter() - t_start, phases, strategy.rejections)
-    summary["status"] = status
-    if wire:
-        summary["wire"] = wire.versus_books(strategy.books, nodes)
-    writer.write_json("summary.json", summary)
-    _log_summary(summary, run_dir)
-    if status != "complete":
-        raise TooFewNodes(status)
+    except BaseException as err:  # Ctrl-C and `flwr stop` too: leave a summary
+        stop = err
+    summary = close(stop)
+    if summary["status"] != "complete":
+        line = _stop_line(summary, run_dir)
+        if isinstance(stop, Exception):
+            raise RunStopped(line) from None
+        raise stop or FlowerExit(line)  # KeyboardInterrupt, SystemExit: Flower's exit path
     return RunOutcome(run_dir, result, strategy.books, rounds, summary, initial, phases,
                       strategy.timeline, nodes)
+
+
+def _record_config(writer: ResultsWriter, cfg: AppConfig, done: int) -> None:
+    """A new run writes ``config.json``; every run, resumed or not, appends its config to
+    ``configs.json`` (``after-round``: the rounds completed before it started). A resume
+    never rewrites an earlier config."""
+    history_path = writer.run_dir / CONFIG_HISTORY
+    if done == 0 and not history_path.exists():
+        writer.write_json("config.json", cfg.to_dict())
+        history = []
+    elif history_path.exists():
+        history = json.loads(history_path.read_text())
+    else:  # a folder written before configs.json existed
+        history = [{"after-round": 0, "config": run_config_of(writer.run_dir)}]
+    writer.write_json(CONFIG_HISTORY, [*history, {"after-round": done,
+                                                  "config": cfg.to_dict()}])
+
+
+def _stop_line(summary: dict, run_dir: Path) -> str:
+    return (f"fedvit: run stopped ({summary['status']}) after rounds "
+            f"{summary['completed-rounds']}: {summary['stop-reason']}; summary in "
+            f"{run_dir / 'summary.json'}")
+
+
+class FlowerExit(BaseException):
+    """Flower is ending the process (``flwr stop``, Ctrl-C, SIGTERM: its exit handlers)."""
+
+    def __str__(self) -> str:
+        return super().__str__() or "flwr stop, Ctrl-C or SIGTERM (Flower's exit handlers)"
+
+
+class RunStopped(RuntimeError):
+    """A run stopped before its last round; its folder holds ``summary.json``."""
+
+
+def stop_status(stop: BaseException | None) -> dict[str, str]:
+    """``status`` and ``stop-reason`` of a run that ended with ``stop`` (None: finished).
+
+    ``status`` is ``complete``, ``too-few-nodes``, ``interrupted`` (Ctrl-C, SIGTERM,
+    ``flwr stop``) or ``failed`` (any other error, e.g. inside an evaluation).
+    """
+    if stop is None:
+        return {"status": "complete", "stop-reason": ""}
+    reason = f"{type(stop).__name__}: {stop}" if str(stop) else type(stop).__name__
+    if isinstance(stop, TooFewNodes):
+        return {"status": "too-few-nodes", "stop-reason": str(stop)}
+    if isinstance(stop, (KeyboardInterrupt, SystemExit)) or not isinstance(stop, Exception):
+        return {"status": "interrupted", "stop-reason": reason}
+    return {"status": "failed", "stop-reason": reason}
 
 
 def _round_row(server_round: int, res: dict, books: Books, times: RoundTimes,
@@ -188,7 +281,8 @@ def _round_row(server_round: int, res: dict, books: Books, times: RoundTimes,
     }
 
 
-def _summary(cfg: AppConfig, rounds: list[dict], books: Books, est: Estimate, total: int,
+def _summary(cfg: AppConfig, rounds: list[dict], books: Books, est: Estimate | None,
+             total: int,
              trainable: int, wall_s: float, phases: list[RoundTimes],
              rejections: list[dict]) -> dict:
     t = books.totals()
@@ -204,9 +298,9 @@ def _summary(cfg: AppConfig, rounds: list[dict], books: Books, est: Estimate, to
         "final-central-loss": rounds[-1]["central-loss"] if rounds else None,
         "wall-s": wall_s,
         "bytes": t,
-        "estimate": est.as_dict(),
+        "estimate": est.as_dict() if est else None,
         "estimate-matches-tensor-bytes": (est.down, est.up) == (t["down-tensor"],
-                                                               t["up-tensor"]),
+                                                               t["up-tensor"]) if est else None,
         "framing-overhead-percent": 100 * (msg - tensor) / tensor if tensor else None,
         "report-bytes": t["report"],
         "books-mismatches": books.mismatches,
@@ -237,9 +331,10 @@ def _log_summary(s: dict, run_dir: Path) -> None:
     b, e = s["bytes"], s["estimate"]
     log(INFO, "fedvit: finished %d rounds in %.1f s, final central accuracy %s", s["rounds"],
         s["wall-s"], f"{s['final-central-accuracy']:.4f}" if s["rounds"] else "n/a")
-    log(INFO, "fedvit: tensors measured %.3f MB down / %.3f MB up, estimated %.3f / %.3f: "
-        "%s", b["down-tensor"] / MB, b["up-tensor"] / MB, e["down"] / MB, e["up"] / MB,
-        "exact match" if s["estimate-matches-tensor-bytes"] else "DIFFERENT")
+    if e:
+        log(INFO, "fedvit: tensors measured %.3f MB down / %.3f MB up, estimated %.3f / "
+            "%.3f: %s", b["down-tensor"] / MB, b["up-tensor"] / MB, e["down"] / MB,
+            e["up"] / MB, "exact match" if s["estimate-matches-tensor-bytes"] else "DIFFERENT")
     log(INFO, "fedvit: whole messages %.3f MB down / %.3f MB up; framing overhead %.3f %%",
         b["down-msg"] / MB, b["up-msg"] / MB, s["framing-overhead-percent"] or 0.0)
     for pid, w in (s.get("wire") or {}).items():

@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
+from flwr.supercore.exit.exit_handler import trigger_exit_handlers
 
 from client_app import app as client_module
 from client_app.mods import bandwidth_mod
@@ -45,6 +46,7 @@ def client_app(overrides: dict, extra_mods: Sequence[Callable] = ()) -> ClientAp
     app = ClientApp(mods=[lend_run_config(overrides), *extra_mods, bandwidth_mod])
     app.train()(client_module.train)
     app.evaluate()(client_module.evaluate)
+    app.query()(client_module.query)
     return app
 
 
@@ -67,23 +69,53 @@ def start_ray(cpus: int, attempts: int = 3) -> None:
 
 
 def simulate(overrides: dict, num_nodes: int = 2, client: ClientApp | None = None,
-             cpus: int = 2) -> RunOutcome:
-    """Run a whole federation in-process; return what the ServerApp produced."""
+             cpus: int = 2, grid_wrapper: Callable[[Grid], Grid] | None = None) -> RunOutcome:
+    """Run a whole federation in-process; return what the ServerApp produced.
+
+    ``grid_wrapper`` wraps the simulation's Grid (fault injection in tests). An error of the
+    ServerApp is raised again here; ``stopped`` returns it instead.
+    """
+    outcome = _run(overrides, num_nodes, client, cpus, grid_wrapper)
+    if isinstance(outcome, BaseException):
+        if isinstance(outcome, Exception):
+            raise outcome
+        raise RuntimeError(f"the ServerApp stopped: {outcome!r}") from outcome
+    return outcome
+
+
+def stopped(overrides: dict, num_nodes: int = 2, cpus: int = 2,
+            grid_wrapper: Callable[[Grid], Grid] | None = None) -> BaseException:
+    """Run a federation that is expected to stop; return what stopped it."""
+    outcome = _run(overrides, num_nodes, None, cpus, grid_wrapper)
+    if not isinstance(outcome, BaseException):
+        raise AssertionError(f"the run finished: {outcome.run_dir}")
+    return outcome
+
+
+def _run(overrides: dict, num_nodes: int, client: ClientApp | None, cpus: int,
+         grid_wrapper: Callable[[Grid], Grid] | None) -> RunOutcome | BaseException:
     cfg = AppConfig.from_run_config(overrides)
-    outcome: list[RunOutcome] = []
+    outcome: list[RunOutcome | BaseException] = []
     server = ServerApp()
 
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
-        outcome.append(run_federation(grid, cfg))
+        try:
+            outcome.append(run_federation(grid_wrapper(grid) if grid_wrapper else grid, cfg))
+        except BaseException as err:  # handed to the caller
+            outcome.append(err)
 
     start_ray(cpus)
-    run_simulation(
-        server_app=server,
-        client_app=client or client_app(overrides),
-        num_supernodes=num_nodes,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
-    )
+    try:
+        run_simulation(
+            server_app=server,
+            client_app=client or client_app(overrides),
+            num_supernodes=num_nodes,
+            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+        )
+    except KeyboardInterrupt:  # Ctrl-C reaches this thread, not the ServerApp's: run the
+        trigger_exit_handlers(run_before_force_exit=True)  # handler that writes its summary
+        raise
     if not outcome:
         raise RuntimeError("the ServerApp did not finish (see the log above)")
     return outcome[0]

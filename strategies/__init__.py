@@ -12,15 +12,18 @@ from strategies.bandwidth import BandwidthTracking, BookRow, Books
 from strategies.exchange import ExchangeCodecs
 from strategies.fedlora import FedLoRA
 from strategies.offset import RoundOffset
+from strategies.sampling import SeededSampling
 from strategies.timing import RoundLog, RoundTiming
 
 
-class TrackedFedAvg(RoundOffset, BandwidthTracking, RoundTiming, ExchangeCodecs, FedAvg):
-    """FedAvg over the whole model, with bandwidth books and round timing."""
+class TrackedFedAvg(RoundOffset, BandwidthTracking, RoundTiming, ExchangeCodecs, SeededSampling,
+                    FedAvg):
+    """FedAvg over the whole model, with bandwidth books, round timing, seeded sampling."""
 
 
-class TrackedFedLoRA(RoundOffset, BandwidthTracking, RoundTiming, ExchangeCodecs, FedLoRA):
-    """FedLoRA (adapters + head), with bandwidth books and round timing."""
+class TrackedFedLoRA(RoundOffset, BandwidthTracking, RoundTiming, ExchangeCodecs, SeededSampling,
+                     FedLoRA):
+    """FedLoRA (adapters + head), with bandwidth books, round timing, seeded sampling."""
 
 
 def make_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedAvg:
@@ -33,6 +36,8 @@ def make_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedAvg:
         "min_available_nodes": cfg.min_nodes,
         "codec_down": CodecSpec.parse(cfg.codec_down),
         "codec_up": CodecSpec.parse(cfg.codec_up),
+        "seed": cfg.seed,  # the sample of each round: seed, round and partitions only
+        "query_timeout_s": cfg.round_timeout_s,
     }
     # Replies are summed in a fixed order (by partition), so a resumed run is bit-identical.
     if cfg.strategy == "fedavg":
@@ -41,4 +46,4 @@ def make_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedAvg:
 
 
 __all__ = ["BandwidthTracking", "BookRow", "Books", "FedLoRA", "RoundLog", "RoundTiming",
-           "TrackedFedAvg", "TrackedFedLoRA", "make_strategy"]
+           "SeededSampling", "TrackedFedAvg", "TrackedFedLoRA", "make_strategy"]

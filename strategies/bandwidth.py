@@ -66,11 +66,24 @@ class Books:
         return [dataclasses.asdict(r) for r in self.rows]
 
 
-def sum_bytes_aggr(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
-    """Flower's weighted mean for every metric, except byte counters, which are summed."""
-    agg = aggregate_metricrecords(records, weighted_by_key)
+def averaged(key: str) -> bool:
+    """Whether a reply metric is averaged over nodes: losses and accuracies only."""
+    return key.endswith(("-loss", "-accuracy"))
+
+
+def aggregate_reply_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """The round's aggregate of the replies' metrics: losses and accuracies as Flower's
+    examples-weighted mean, byte counters and ``weighted_by_key`` (examples) summed.
+    Bookkeeping that means something only per node (``partition-id``, wall-clock
+    ``compute-start``/``-end``, ``time-*``, link settings, throughput) is not averaged:
+    the strategy keeps it per node (``RoundTiming.timeline``, the books)."""
+    means = [RecordDict({METRICS: MetricRecord(
+        {k: v for k, v in r[METRICS].items() if averaged(k) or k == weighted_by_key})})
+        for r in records]
+    agg = aggregate_metricrecords(means, weighted_by_key)
+    agg[weighted_by_key] = sum(int(r[METRICS][weighted_by_key]) for r in records)
     for key in BYTES_KEYS:
-        if key in agg:
+        if all(key in r[METRICS] for r in records):
             agg[key] = sum(int(r[METRICS][key]) for r in records)
     return agg
 
@@ -79,8 +92,8 @@ class BandwidthTracking:
     """Mixin: ``class TrackedFedAvg(BandwidthTracking, FedAvg)``. Keeps ``self.books``."""
 
     def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("train_metrics_aggr_fn", sum_bytes_aggr)
-        kwargs.setdefault("evaluate_metrics_aggr_fn", sum_bytes_aggr)
+        kwargs.setdefault("train_metrics_aggr_fn", aggregate_reply_metrics)
+        kwargs.setdefault("evaluate_metrics_aggr_fn", aggregate_reply_metrics)
         super().__init__(*args, **kwargs)
         self.books = Books()
         self._sent: dict[tuple[int, str, int], BookRow] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server_app.simulation import client_app, simulate
+from server_app.simulation import client_app, simulate, stopped
 
 # Small and fast: the tiny timm ViT, random init, few examples per step.
 FAST = {
@@ -16,4 +16,4 @@ FAST = {
     "fraction-evaluate": 0.0,
 }
 
-__all__ = ["FAST", "client_app", "simulate"]
+__all__ = ["FAST", "client_app", "simulate", "stopped"]

@@ -234,8 +234,6 @@ def test_empty_target_modules_rejected() -> None:
 
 
 def test_resolve_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # relative paths follow the app root, not the cwd
-    assert resolve_path("weights/backbone.pth") == APP_ROOT / "weights" / "backbone.pth"
     assert resolve_path(str(tmp_path / "x.pth")) == tmp_path / "x.pth"
     monkeypatch.setenv("HOME", str(tmp_path))
     assert resolve_path("~/fedvit-outputs") == tmp_path / "fedvit-outputs"

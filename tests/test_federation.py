@@ -99,9 +99,12 @@ def test_sampled_out_nodes_have_no_rows(tmp_path):
     outcome = simulate({**FAST, "strategy": "fedlora", "fraction-train": 0.5,
                         "min-nodes": 1, "outputs-dir": str(tmp_path)}, num_nodes=4)
     for rnd in (1, 2):
-        down = {r.node_id for r in _rows(outcome, round=rnd, direction="down")}
-        up = {r.node_id for r in _rows(outcome, round=rnd, direction="up")}
+        down = {r.node_id for r in _rows(outcome, round=rnd, phase="train", direction="down")}
+        up = {r.node_id for r in _rows(outcome, round=rnd, phase="train", direction="up")}
         assert len(down) == 2 and up == down
+    # Seeded sampling asks every node its partition once, before round 1's sample.
+    query = _rows(outcome, phase="query")
+    assert len(query) == 8 and {r.round for r in query} == {1}
     assert outcome.summary["estimate"]["train_clients"] == 2
     assert outcome.summary["estimate-matches-tensor-bytes"]
 

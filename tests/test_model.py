@@ -318,7 +318,8 @@ def test_unknown_lora_target_lists_linear_layers() -> None:
     with pytest.raises(ConfigError) as info:
         build_model(_cfg(**{"lora-target-modules": "nope"}), NUM_CLASSES)
     assert str(info.value) == (
-        "'lora-target-modules' = 'nope' is not allowed: ['nope'] are not linear layers of "
+        "invalid run config:\n  - 'lora-target-modules' = 'nope' is not allowed: "
+        "['nope'] are not linear layers of "
         "'test_vit'; its linear layers are ['fc1', 'fc2', 'proj', 'qkv']"
     )
 

@@ -20,6 +20,12 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
     # ... resumed in a fresh federation, goes on at round 2 in the same folder.
     resumed = simulate({**base, "resume-from": str(part.run_dir)})
     assert resumed.run_dir == part.run_dir
+    # The resume kept the first config and appended its own to the history.
+    first = json.loads((part.run_dir / "config.json").read_text())
+    assert first["num-server-rounds"] == 1 and first["resume-from"] == ""
+    history = json.loads((part.run_dir / "configs.json").read_text())
+    assert [(h["after-round"], h["config"]["num-server-rounds"]) for h in history] == [
+        (0, 1), (1, 2)]
     assert [r["round"] for r in resumed.rounds] == [1, 2]
     for key, arr in full.result.arrays.items():
         assert np.array_equal(arr.numpy(), resumed.result.arrays[key].numpy()), key
@@ -48,7 +54,8 @@ def test_client_with_another_backbone_refuses(tmp_path):
 
 @pytest.mark.parametrize("value", ["/no/such/run"])
 def test_resume_from_a_missing_folder_is_a_config_error(value):
-    from fedvit.config import AppConfig, ConfigError
+    from fedvit.config import AppConfig, ConfigError, validate_server
 
-    with pytest.raises(ConfigError, match="'resume-from' = '/no/such/run'"):
-        AppConfig.from_run_config({"resume-from": value})
+    with pytest.raises(ConfigError, match="'resume-from' = '/no/such/run' is not allowed: "
+                                          "/no/such/run holds no checkpoint"):
+        validate_server(AppConfig.from_run_config({"resume-from": value}))

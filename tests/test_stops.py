@@ -1,0 +1,71 @@
+"""Every stop after the run folder exists leaves summary.json naming the reason and the
+completed rounds, and the ServerApp then ends with one clear error (issue 13, item 5)."""
+
+from __future__ import annotations
+
+import json
+
+from flwr.supercore.exit import exit_handler
+
+from server_app.federation import RunStopped, stop_status
+from server_app.grid import TooFewNodes
+from simulate import FAST, stopped
+
+
+def _summary(out, name):
+    return json.loads((out / name / "summary.json").read_text())
+
+
+def test_too_few_nodes_before_round_one_leaves_a_summary(tmp_path):
+    err = stopped({**FAST, "min-nodes": 3, "node-wait-s": 1.0, "outputs-dir": str(tmp_path),
+                   "run-name": "few"})
+    assert isinstance(err, RunStopped)
+    assert "(too-few-nodes) after rounds []" in str(err) and "'min-nodes' = 3" in str(err)
+    summary = _summary(tmp_path, "few")
+    assert summary["status"] == "too-few-nodes"
+    assert summary["completed-rounds"] == [] and summary["rounds"] == 0
+    assert "2 nodes connected" in summary["stop-reason"]
+    assert sorted(p.name for p in (tmp_path / "few").iterdir()) == [
+        "config.json", "configs.json", "summary.json"]
+
+
+class _StopAtRound:
+    """The simulation's Grid, stopped as `flwr stop` stops a ServerApp when round ``at`` is
+    sent: Flower's exit runs the registered exit handlers, then raises SystemExit."""
+
+    def __init__(self, grid, at: int) -> None:
+        self._grid, self._at = grid, at
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        if messages and int(messages[0].content["config"]["server-round"]) == self._at:
+            ours = [h.exit_handler for h in exit_handler.registered_exit_handlers
+                    if h.exit_handler.__name__ == "on_flower_exit"]
+            ours[-1]()  # this run's handler (the last one registered)
+            raise SystemExit(0)
+        return self._grid.push_messages(messages)
+
+
+def test_flwr_stop_in_round_two_leaves_round_one_and_a_summary(tmp_path):
+    err = stopped({**FAST, "outputs-dir": str(tmp_path), "run-name": "stop"},
+                  grid_wrapper=lambda grid: _StopAtRound(grid, 2))
+    assert isinstance(err, SystemExit)  # handed on to Flower's own exit path
+    summary = _summary(tmp_path, "stop")
+    assert summary["status"] == "interrupted"
+    assert summary["stop-reason"] == ("FlowerExit: flwr stop, Ctrl-C or SIGTERM (Flower's exit "
+                                      "handlers)")
+    assert summary["completed-rounds"] == [1] and summary["rounds"] == 1
+    assert json.loads((tmp_path / "stop" / "checkpoint.json").read_text())["round"] == 1
+
+
+def test_stop_status_names_the_reason():
+    assert stop_status(None) == {"status": "complete", "stop-reason": ""}
+    assert stop_status(TooFewNodes("1 nodes"))["status"] == "too-few-nodes"
+    assert stop_status(SystemExit(1))["status"] == "interrupted"
+    assert stop_status(KeyboardInterrupt()) == {"status": "interrupted",
+                                                "stop-reason": "KeyboardInterrupt"}
+    failed = stop_status(RuntimeError("evaluation broke"))
+    assert failed == {"status": "failed", "stop-reason": "RuntimeError: evaluation broke"}
