@@ -45,7 +45,7 @@ from pathlib import Path
 from flwr.common.config import parse_config_args
 
 from fedvit import stamps as st
-from fedvit.links import FRAME_FACTOR, PULL_OBJECT_BYTES, PUSH_OBJECT_BYTES, Link
+from fedvit.links import FRAME_FACTOR, OBJECT_S, PULL_OBJECT_BYTES, PUSH_OBJECT_BYTES, Link
 from server_app.timeline import FixedCosts, NodeTimes, RoundTimes, project
 from tools.linklab import UNSHAPED_MBPS, LinkLab
 from tools.wiretime import CounterSampler
@@ -138,6 +138,15 @@ def transfer_ratio(run: LabRun) -> tuple[float, float]:
     return measured, projected
 
 
+def per_object_seconds(unshaped: LabRun) -> float:
+    """Seconds per object of a transfer on an unshaped link (where bytes cost nothing):
+    Flower's per-object calls, two in flight: the figure behind ``fedvit.links.OBJECT_S``."""
+    spans = sum(unshaped.transfer[(n.round, n.partition_id, d)]
+                for n in unshaped.steady_nodes() for d in ("down", "up"))
+    objects = sum(n.down_objects + n.up_objects for n in unshaped.steady_nodes())
+    return spans / objects if objects else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=8.0, help="Mbit/s of a shaped link")
@@ -184,9 +193,10 @@ def main() -> None:
                       f"{cells[0]:>20}{cells[1]:>23}{ratios[0]:>17.3f}{ratios[1]:>6.3f}")
             pooled[strategy] = total
             framing = per_object_bytes(list(runs.values()))
-            print(f"{strategy:<9}framing per object, measured: down {framing['down']:.0f} B, "
-                  f"up {framing['up']:.0f} B (the model's: {PULL_OBJECT_BYTES}, "
-                  f"{PUSH_OBJECT_BYTES})")
+            print(f"{strategy:<9}per object, measured: framing down {framing['down']:.0f} B, "
+                  f"up {framing['up']:.0f} B, handling {1e3 * per_object_seconds(base):.1f} "
+                  f"ms (the model's: {PULL_OBJECT_BYTES} B, {PUSH_OBJECT_BYTES} B, "
+                  f"{1e3 * OBJECT_S:.1f} ms)")
     ratio = {k: measured / projected for k, (measured, projected) in pooled.items()}
     print(f"links: fedavg transfer measured/projected={ratio['fedavg']:.3f} "
           f"fedlora transfer measured/projected={ratio['fedlora']:.3f} "

@@ -29,9 +29,14 @@ NODE_KEYS = ("link-down-mbps", "link-up-mbps", "link-latency-ms")
 # * Flower 1.41 moves a message one object per HTTP call (the message, its records, each
 #   array and each 5 MiB chunk): a pulled object's response adds its HTTP and protobuf
 #   framing, a pushed object's request adds that plus the node's headers.
+# * each object is one request and its response, two in flight at a time
+#   (FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PULLS/PUSHES): per object, half a round trip of the
+#   link's latency (modelled, no netem here), plus the two ends' handling of the call
+#   (HTTP, the node's request signature, protobuf, the object store), halved likewise.
 FRAME_FACTOR = 1514 / 1448
 PULL_OBJECT_BYTES = 500  # server -> node, per object of a message the node pulls
 PUSH_OBJECT_BYTES = 1400  # node -> server, per object of a reply the node pushes
+OBJECT_S = 0.004  # handling per object, seconds (bench/links.py measures it unshaped)
 REAL = "link-real"
 
 
@@ -46,14 +51,17 @@ class Link:
 
     def down_s(self, nbytes: int, objects: int = 0) -> float:
         """Seconds to move a message of ``nbytes`` serialised bytes in ``objects`` objects
-        from the server to the node."""
-        return transfer_seconds(wire_bytes(nbytes, objects, PULL_OBJECT_BYTES),
-                                self.down_mbps, self.latency_ms)
+        from the server to the node: latency, its bytes on the wire at the link's rate, and
+        the per-object calls (``object_seconds``)."""
+        return (transfer_seconds(wire_bytes(nbytes, objects, PULL_OBJECT_BYTES),
+                                 self.down_mbps, self.latency_ms)
+                + object_seconds(objects, self.latency_ms))
 
     def up_s(self, nbytes: int, objects: int = 0) -> float:
         """Seconds to move a reply from the node to the server (as ``down_s``)."""
-        return transfer_seconds(wire_bytes(nbytes, objects, PUSH_OBJECT_BYTES),
-                                self.up_mbps, self.latency_ms)
+        return (transfer_seconds(wire_bytes(nbytes, objects, PUSH_OBJECT_BYTES),
+                                 self.up_mbps, self.latency_ms)
+                + object_seconds(objects, self.latency_ms))
 
     def as_metrics(self) -> dict[str, float]:
         out = dict(zip(NODE_KEYS, (self.down_mbps, self.up_mbps, self.latency_ms),
@@ -70,6 +78,13 @@ def wire_bytes(nbytes: int, objects: int, per_object: int) -> float:
     """Bytes a message takes on the link: its serialised bytes in TCP/IP/Ethernet frames,
     plus ``per_object`` bytes of HTTP framing for each of its ``objects``."""
     return nbytes * FRAME_FACTOR + objects * per_object
+
+
+def object_seconds(objects: int, latency_ms: float) -> float:
+    """What moving ``objects`` objects one HTTP call each costs beyond their bytes: with two
+    calls in flight, each object waits half a round trip (one latency) and half of the two
+    ends' handling (``OBJECT_S``)."""
+    return objects * (latency_ms / 1e3 + OBJECT_S)
 
 
 def transfer_seconds(nbytes: float, mbps: float, latency_ms: float) -> float:

@@ -36,7 +36,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from fedvit.links import PULL_OBJECT_BYTES, PUSH_OBJECT_BYTES, transfer_seconds, wire_bytes
+from fedvit.links import (
+    PULL_OBJECT_BYTES,
+    PUSH_OBJECT_BYTES,
+    object_seconds,
+    transfer_seconds,
+    wire_bytes,
+)
 from server_app.timeline import KINDS, TABLE_ROWS, format_table
 
 MB = 1e6
@@ -99,7 +105,7 @@ class LinkModel:
     @property
     def constant_s(self) -> float:
         """The part of the round no bandwidth can shorten: fixed compute plus latencies."""
-        return self.fixed_s + self.messages * self.latency_s
+        return self.fixed_s + self.latencies_s
 
     @property
     def bits(self) -> float:
@@ -109,11 +115,19 @@ class LinkModel:
     def comm_s(self, down_mbps: float, up_mbps: float | None = None) -> float:
         """Communication seconds per round at these link speeds."""
         up_mbps = down_mbps if up_mbps is None else up_mbps
-        return (self.messages * self.latency_s
+        return (self.latencies_s
                 + transfer_seconds(self.down_bytes, down_mbps, 0.0)
                 + transfer_seconds(self.up_bytes, up_mbps, 0.0))
 
     deployment_fixed_s: float = 0.0  # the deployment table without transfer
+    objects: float = 0.0  # objects of those messages (one HTTP call each)
+
+    @property
+    def latencies_s(self) -> float:
+        """The bandwidth-free part of communication: one latency per message, and per
+        object half a round trip and its handling (``fedvit.links.object_seconds``)."""
+        return (self.messages * self.latency_s
+                + object_seconds(round(self.objects), 1e3 * self.latency_s))
 
     def round_s(self, down_mbps: float, up_mbps: float | None = None) -> float:
         """Projected round seconds at these link speeds."""
@@ -129,7 +143,7 @@ class LinkModel:
         comm(B) = fixed  <=>  n·latency + bits / B = fixed  <=>  B = bits / (fixed - n·latency);
         ``inf`` when the latencies alone exceed the fixed part, 0 when nothing is sent.
         """
-        room = self.fixed_s - self.messages * self.latency_s
+        room = self.fixed_s - self.latencies_s
         if self.bits == 0:
             return 0.0
         return math.inf if room <= 0 else self.bits / room / MB
@@ -218,24 +232,29 @@ def steady_rounds(run: Run) -> list[int]:
     return rounds[1:] or rounds
 
 
-def critical_bytes(books: list[dict], server_round: int) -> tuple[float, float, int]:
-    """(down bytes, up bytes, messages) of one round's slowest-node path, over phases, as
-    they take the wire (``fedvit.links.wire_bytes``: frames and Flower's per-object framing).
+def critical_bytes(books: list[dict], server_round: int) -> tuple[float, float, int, int]:
+    """(down bytes, up bytes, messages, objects) of one round's slowest-node path, over
+    phases, as they take the wire (``fedvit.links.wire_bytes``: frames and Flower's
+    per-object framing).
 
     Per phase: the largest message any replying node received, and the largest it sent.
     """
-    down = up = messages = 0
+    down = up = messages = objects = 0
     for phase in ("train", "evaluate"):
         rows = [b for b in books if b["round"] == server_round and b["phase"] == phase]
         ok = {b["node_id"] for b in rows if b["direction"] == "up" and b["status"] == "ok"}
         if not ok:
             continue
+        sent = [b for b in rows if b["direction"] == "down" and b["node_id"] in ok]
+        got = [b for b in rows if b["direction"] == "up" and b["node_id"] in ok]
         down += max(wire_bytes(b["message_bytes"], b.get("objects", 0), PULL_OBJECT_BYTES)
-                    for b in rows if b["direction"] == "down" and b["node_id"] in ok)
+                    for b in sent)
         up += max(wire_bytes(b["message_bytes"], b.get("objects", 0), PUSH_OBJECT_BYTES)
-                  for b in rows if b["direction"] == "up" and b["node_id"] in ok)
+                  for b in got)
+        objects += max(b.get("objects", 0) for b in sent) + max(b.get("objects", 0)
+                                                                for b in got)
         messages += 2
-    return down, up, messages
+    return down, up, messages, objects
 
 
 def link_model(run: Run) -> LinkModel | None:
@@ -245,11 +264,11 @@ def link_model(run: Run) -> LinkModel | None:
         return None
     per_round = [critical_bytes(run.books, r) for r in steady_rounds(run)]
     n = max(len(per_round), 1)
-    down, up, messages = (sum(x[i] for x in per_round) / n for i in range(3))
+    down, up, messages, objects = (sum(x[i] for x in per_round) / n for i in range(4))
     fixed = {kind: sum(s for row, s in table[kind].items() if row != "transfer")
              for kind in ("projected", "deployment") if kind in table}
     return LinkModel(fixed["projected"], messages, run.links["latency-ms"] / 1e3, down, up,
-                     fixed.get("deployment", fixed["projected"]))
+                     fixed.get("deployment", fixed["projected"]), objects)
 
 
 def crossover_mbps(a: LinkModel, b: LinkModel) -> float | None:

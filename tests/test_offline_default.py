@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from fedvit.config import APP_ROOT
+from managed import flwr_env, stop_superlink
 from simulate import simulate
 
 
@@ -29,43 +27,19 @@ def _git_status() -> str:
                           capture_output=True).stdout
 
 
-def _stop_superlinks(flwr_home: Path) -> None:
-    """Kill the managed SuperLink this test started (and its children) by PID."""
-    out = subprocess.run(["pgrep", "-f", f"flower-superlink.*{flwr_home}"], text=True,
-                         capture_output=True).stdout
-    for pid in map(int, out.split()):
-        try:
-            os.killpg(os.getpgid(pid), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    time.sleep(1)
-
-
 def test_flwr_run_local_simulation_end_to_end(tmp_path):
     """README's path: `flwr run . local-simulation` on a managed SuperLink, offline."""
-    config = APP_ROOT / ".flwr" / "config.toml"
-    if not config.is_file():
-        pytest.skip("run scripts/setup.sh first (it writes .flwr/config.toml)")
-    home = tmp_path / "flwr-home"
-    home.mkdir()
-    (home / "config.toml").write_text(config.read_text())
+    home, env = flwr_env(tmp_path)
     out = tmp_path / "outputs"
-    venv_bin = Path(sys.executable).parent
-    env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{venv_bin}:{os.environ['PATH']}",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     before = _git_status()
     try:
         proc = subprocess.run(
-            [str(venv_bin / "flwr"), "run", ".", "local-simulation", "--stream",
+            [str(Path(sys.executable).parent / "flwr"), "run", ".", "local-simulation", "--stream",
              "--run-config", f"num-server-rounds=2 outputs-dir='{out}'"],
             cwd=APP_ROOT, env=env, text=True, capture_output=True, timeout=600,
         )
     finally:
-        _stop_superlinks(home)
+        stop_superlink(home)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     runs = list(out.iterdir())
