@@ -429,8 +429,8 @@ Run the app against it (from $ROOT):
 
   FLWR_HOME=$CLI_HOME $BIN/flwr run . $CONNECTION --stream
 
-Results go to the run config's outputs-dir (default ~/fedvit-outputs; relative paths would
-land in $DIR, the SuperLink's working directory). Stop everything with:
+Results go to the run config's outputs-dir (default ~/fedvit-outputs; give an absolute or
+~/... path: relative paths are refused). Stop everything with:
 
   scripts/deploy.sh stop --dir $DIR
 EOF
