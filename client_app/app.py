@@ -14,7 +14,7 @@ from client_app.task import LocalTask, check_backbone, local_task, outgoing, par
 from fedvit.codecs import record_arrays
 from fedvit.config import AppConfig
 from fedvit.links import node_link
-from fedvit.model import exchanged_state, load_exchanged
+from fedvit.tensors import exchanged_state, load_exchanged
 from fedvit.train import evaluate as evaluate_loader
 from fedvit.train import train_epochs
 from fedvit.wire import METRICS
