@@ -16,7 +16,8 @@ training step (minus the messaging with its SuperNode):
 
 It prints the seconds from the process's start (``fedvit.startup.process_start_time``, the
 OS's record) to the end of that step, split into interpreter + imports, task build and
-first step. "Before" is a git revision (``--before``, default: the main branch's commit
+first step (the optimizer's construction included), and finer: interpreter + Flower's
+runtime, the app's imports, the task, the optimizer, the first batch and step. "Before" is a git revision (``--before``, default: the main branch's commit
 this branch started from), checked out into a temporary ``git worktree`` that is removed
 afterwards; "after" is this working tree. Before and after processes alternate, so that
 drifting machine load hits both alike; both must reach the same backbone fingerprint, the
@@ -40,6 +41,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("imports", "task", "step", "total")
+# The same, finer: interpreter + Flower's runtime, the app's imports, the task, the
+# optimizer's construction (torch imports torch._dynamo there), the first batch and step.
+FINE = ("flower", "app", "task", "optimizer", "batch+step")
 TARGET_S = 3.0
 
 
@@ -55,6 +59,7 @@ def child() -> None:
     from flwr.clientapp.client_app import LoadClientAppError
     from flwr.supercore.object_ref import load_app
 
+    t_flower = time.time()
     load_app("client_app.app:app", LoadClientAppError, Path.cwd())
     t_imports = time.time()
 
@@ -89,6 +94,7 @@ def child() -> None:
     task.train.generator.manual_seed(cfg.seed + server_round)
     model = task.model.to(cfg.torch_device).train()
     optimizer = make_optimizer(model, cfg.learning_rate)
+    t_optimizer = time.time()
     clock = PhaseClock(cuda=cfg.torch_device == "cuda")
     clock.start()
     images, labels = next(_batches(task.train, cfg.torch_device))
@@ -105,6 +111,8 @@ def child() -> None:
         # The backbone check runs twice here (once to get the server's value): count once.
         "imports": t_imports - start, "task": t_task - t_imports - check_s,
         "step": t_step - t_task, "total": t_step - start - check_s,
+        "flower": t_flower - start, "app": t_imports - t_flower,
+        "optimizer": t_optimizer - t_task, "batch+step": t_step - t_optimizer,
         "fingerprint": fingerprint, "loss": float(loss), "state": digest.hexdigest(),
         "keys": len(after), "heavy": sorted(m for m in (
             "datasets", "flwr_datasets", "sklearn", "torchvision", "torchvision.models",
@@ -169,6 +177,11 @@ def main() -> None:
     print(f"{'ratio':8s}" + "".join(
         f"{med['after'][k] / med['before'][k]:10.2f}" if med["before"][k] else f"{'-':>10s}"
         for k in SPLITS))
+    print("finer split, medians (s):")
+    print(f"{'':8s}" + "".join(f"{k:>11s}" for k in FINE))
+    for side in runs:
+        print(f"{side:8s}" + "".join(
+            f"{statistics.median(r[k] for r in runs[side]):11.2f}" for k in FINE))
     for side in runs:
         print(f"{side} imports: {', '.join(runs[side][-1]['heavy']) or 'none of the listed'}")
     if any(len(v) != 1 for v in same.values()):
