@@ -17,9 +17,10 @@ training step (minus the messaging with its SuperNode):
 It prints the seconds from the process's start (``fedvit.startup.process_start_time``, the
 OS's record) to the end of that step, split into interpreter + imports, task build and
 first step (the optimizer's construction included), and finer: interpreter + Flower's
-runtime, the app's imports, the task, the optimizer, the first batch and step. "Before" is a git revision (``--before``, default: the main branch's commit
-this branch started from), checked out into a temporary ``git worktree`` that is removed
-afterwards; "after" is this working tree. Before and after processes alternate, so that
+runtime, the app's imports, the task, the optimizer, the first batch and step. "Before" is
+a git revision (``--before``, default: the main branch's commit this branch started from),
+checked out into a temporary ``git worktree`` that is removed afterwards; "after" is this
+working tree. Before and after processes alternate, so that
 drifting machine load hits both alike; both must reach the same backbone fingerprint, the
 same exchanged tensors and the same first-step loss (checked). Children run with
 ``OMP_NUM_THREADS=1`` (one SuperNode's thread budget when two share a 2-core host) and the

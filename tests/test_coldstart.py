@@ -48,12 +48,14 @@ def _bits(t: torch.Tensor) -> bytes:
 
 def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[bytes, dict]:
     model.train()
+    torch.manual_seed(0)  # the same dropout masks, if any
     loss = train_step(model, make_optimizer(model, 0.01), x, y, PhaseClock(cuda=False), False)
     return _bits(loss), {k: _bits(v) for k, v in exchanged_state(model).items()}
 
 
 @pytest.mark.parametrize("overrides", [{}, {"strategy": "fedavg"},
-                                       {"lora-aggregation": "ffa", "lora-r": 4}])
+                                       {"lora-aggregation": "ffa", "lora-r": 4},
+                                       {"lora-dropout": 0.1}])
 def test_cached_model_is_the_fresh_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          overrides: dict) -> None:
     monkeypatch.setenv("FEDVIT_CACHE", str(tmp_path))
