@@ -311,10 +311,13 @@ def timm_vit_names() -> frozenset[str]:
     import timm
 
     names = sorted(timm.list_models(module="vision_transformer"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(names))
-    tmp.replace(path)
+    try:  # a cache that cannot be written only costs the next process the import
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(names))
+        tmp.replace(path)
+    except OSError:
+        pass
     return frozenset(names)
 
 
