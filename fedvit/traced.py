@@ -73,12 +73,12 @@ class TracedModel(nn.Module):
         self.fedvit_lora = lora
         self.fedvit_input_stats = (tuple(stats[0]), tuple(stats[1]))
         self._sources = dict(sources)
-        self._compile()
+        self._compile_sources()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forwards[MODES[(self.training, torch.is_grad_enabled())]](self, x)
 
-    def _compile(self) -> None:
+    def _compile_sources(self) -> None:
         compiled: dict[str, Any] = {}
         self._forwards = {mode: compiled.setdefault(src, _compile(src))
                           for mode, src in self._sources.items()}
@@ -89,8 +89,8 @@ class TracedModel(nn.Module):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._compile()
+        super().__setstate__(state)
+        self._compile_sources()
 
 
 # ------------------------------------------------------------------------- the cache
