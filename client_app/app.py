@@ -21,8 +21,8 @@ from client_app.task import (
 from fedvit.codecs import record_arrays
 from fedvit.config import AppConfig
 from fedvit.links import node_link
-from fedvit.model import exchanged_state, load_exchanged
 from fedvit.stamps import COMPUTE_END, COMPUTE_START, HANDLER_IN, HANDLER_OUT, TASK_BUILT
+from fedvit.tensors import exchanged_state, load_exchanged
 from fedvit.train import evaluate as evaluate_loader
 from fedvit.train import train_epochs
 from fedvit.wire import METRICS

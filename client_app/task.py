@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 from fedvit.codecs import CodecSpec, ErrorFeedback, encode_record, record_arrays
 from fedvit.config import AppConfig, ConfigError
 from fedvit.data import client_data, make_loader
-from fedvit.model import backbone_fingerprint, build_model, input_stats
+from fedvit.tensors import backbone_fingerprint, input_stats
+from fedvit.traced import cached_model
 
 EF_STATE = "error-feedback"  # context.state key of the top-k residual
 
@@ -64,7 +65,9 @@ def node_threads(node_config: dict) -> int | None:
 
 @lru_cache(maxsize=2)
 def _model(cfg: AppConfig, num_classes: int) -> nn.Module:
-    return build_model(cfg, num_classes)
+    """``fedvit.model.build_model``'s model; from the traced-model cache when it is there,
+    so a fresh process needs neither timm nor peft (see ``fedvit.traced``)."""
+    return cached_model(cfg, num_classes)
 
 
 @lru_cache(maxsize=16)

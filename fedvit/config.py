@@ -7,6 +7,7 @@ every validation message. Nothing else reads ``context.run_config`` directly.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -430,9 +431,41 @@ def _show(value: Any) -> str:
 
 
 def _is_timm_vit(name: str) -> bool:
+    return name in timm_vit_names()
+
+
+@lru_cache(maxsize=1)
+def timm_vit_names() -> frozenset[str]:
+    """``timm.list_models(module="vision_transformer")``, read from a file cached per timm
+    install (``$FEDVIT_CACHE/timm``): importing timm costs about 1.5 s a process (it
+    imports torchvision and, through it, ``torch._dynamo``), and every ClientApp process
+    validates its config. The key is timm's version and its ViT module's size and time."""
+    from importlib import metadata, util
+
+    spec = util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        import timm  # not installed: fail as the import does
+
+        return frozenset(timm.list_models(module="vision_transformer"))
+    source = Path(spec.submodule_search_locations[0]) / "models" / "vision_transformer.py"
+    st = source.stat()
+    key = json.dumps([metadata.version("timm"), str(source), st.st_size, st.st_mtime_ns])
+    path = cache_dir() / "timm" / f"vit-names-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    try:
+        return frozenset(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        pass
     import timm
 
-    return name in timm.list_models(module="vision_transformer")
+    names = sorted(timm.list_models(module="vision_transformer"))
+    try:  # a cache that cannot be written only costs the next process the import
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(names))
+        tmp.replace(path)
+    except OSError:
+        pass
+    return frozenset(names)
 
 
 def _is_dataset(name: str) -> bool:

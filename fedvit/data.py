@@ -7,8 +7,9 @@ A client's partition of a small dataset (digits, or a local folder), and the ser
 split, are materialised once into ``uint8`` tensors and cached under
 ``$FEDVIT_CACHE/partitions``. A process that finds its split there never imports
 ``datasets`` or ``flwr_datasets``, which cost about 4 s a process (and in deployment Flower
-1.41 starts a ClientApp process per message); that is why those two are imported inside the
-functions that use them.
+1.41 starts a ClientApp process per message); that is why those two, and torchvision (about
+1.3 s with the ``torch._dynamo`` its ``ops`` import), are imported inside the functions that
+use them.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from torchvision import transforms
 
 from fedvit.config import EMBEDDED_DATASET, AppConfig, ConfigError, cache_dir, resolve_path
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
     from flwr_datasets.partitioner import Partitioner
+    from torchvision import transforms
 
 # The digits split is part of the dataset's definition, not of a run: fixed forever.
 DIGITS_SPLIT_SEED = 0
@@ -191,6 +192,8 @@ class Materialised:
 
 def pixels(img_size: int) -> transforms.Compose:
     """PIL image (any mode) -> ``uint8`` RGB tensor of ``img_size`` x ``img_size``."""
+    from torchvision import transforms  # not imported by a process that finds its cache
+
     return transforms.Compose([
         transforms.Lambda(lambda im: im.convert("RGB")),
         transforms.Resize((img_size, img_size)),

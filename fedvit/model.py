@@ -6,7 +6,6 @@ strategy exchanges instead of re-deriving it.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -15,8 +14,15 @@ from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from torch import nn
 
 from fedvit.config import PUBLIC_PRETRAIN, AppConfig, ConfigError, resolve_path, target_modules
-
-HEAD = "head"
+from fedvit.tensors import (  # noqa: F401  (re-exported: the torch-only answers)
+    HEAD,
+    backbone_fingerprint,
+    count_parameters,
+    exchanged_state,
+    input_stats,
+    is_lora,
+    load_exchanged,
+)
 
 
 def create_vit(cfg: AppConfig, num_classes: int, pretrained: bool | None = None) -> nn.Module:
@@ -187,55 +193,10 @@ class FusedLoraLinear(PeftLoraLinear):
         out = nn.functional.linear(flat, base.weight, base.bias)
         down = nn.functional.linear(self.lora_dropout[name](flat), lora_a)
         out = torch.addmm(out, down, lora_b.t(), alpha=scale)
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return out.view(x.shape[:-1] + out.shape[-1:])
 
 
 def _adaptable_linears(model: nn.Module) -> list[str]:
     """Full names of the linear layers LoRA may adapt (the head is trained in full)."""
     return [n for n, m in model.named_modules()
             if isinstance(m, nn.Linear) and n != HEAD and not n.startswith(HEAD + ".")]
-
-
-def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors a strategy exchanges: the whole state dict of a plain ViT (``fedavg``),
-    or exactly the trainable parameters (LoRA adapters and head) of a peft model."""
-    if isinstance(model, PeftModel):
-        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v.detach() for k, v in model.state_dict().items()}
-
-
-def load_exchanged(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load exchanged tensors; the key set must be exactly the exchanged one."""
-    expected = set(exchanged_state(model))
-    missing, extra = expected - set(state), set(state) - expected
-    if missing or extra:
-        raise ValueError(
-            f"exchanged tensors do not match the model: {len(missing)} missing "
-            f"{sorted(missing)[:3]}, {len(extra)} extra {sorted(extra)[:3]}"
-        )
-    model.load_state_dict(state, strict=not isinstance(model, PeftModel))
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(all parameters, trainable parameters)."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
-
-
-def backbone_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over the frozen backbone: every tensor that is neither head nor exchanged
-    (so a frozen FFA ``lora_A`` counts, a trained adapter does not)."""
-    exchanged = set(exchanged_state(model)) if isinstance(model, PeftModel) else set()
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if name in exchanged or f"{HEAD}." in name:
-            continue
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def input_stats(model: nn.Module) -> tuple[tuple, tuple]:
-    """The (mean, std) the ViT's inputs are normalised with."""
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    return tuple(base.pretrained_cfg["mean"]), tuple(base.pretrained_cfg["std"])

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 from flwr.common.logger import log
-from safetensors.torch import save_file
 
 from fedvit.config import AppConfig, cache_dir
 from fedvit.data import (
@@ -32,7 +31,7 @@ from fedvit.data import (
     digits_splits,
     make_loader,
 )
-from fedvit.model import HEAD, create_vit
+from fedvit.tensors import HEAD
 from fedvit.train import evaluate, train_epochs
 
 RECIPE_VERSION = 2  # 2: fused AdamW
@@ -79,6 +78,10 @@ def public_backbone(cfg: AppConfig) -> Path:
 
 def build(cfg: AppConfig, path: Path) -> dict[str, float]:
     """Pretrain on the public split and write the headless backbone to ``path``."""
+    from safetensors.torch import save_file
+
+    from fedvit.model import create_vit  # timm: only when building
+
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     public = digits_splits()["public"]
