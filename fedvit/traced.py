@@ -48,7 +48,7 @@ from fedvit.config import PUBLIC_PRETRAIN, AppConfig, cache_dir, resolve_path
 from fedvit.tensors import backbone_fingerprint, exchanged_state, input_stats, is_lora
 
 TRACED_FORMAT = 1  # bump when what an artefact holds or how it is traced changes
-# Run-config keys the built model depends on; every other key is listed in RUNTIME_KEYS.
+# Run-config keys the built model depends on (tests/test_coldstart.py classifies the rest).
 MODEL_KEYS = ("strategy", "model-name", "img-size", "patch-size", "pretrained", "seed",
               "weights-path", "lora-r", "lora-alpha", "lora-dropout", "lora-target-modules",
               "lora-aggregation")
