@@ -45,7 +45,7 @@ from pathlib import Path
 from flwr.common.config import parse_config_args
 
 from fedvit import stamps as st
-from fedvit.links import FRAME_FACTOR, OBJECT_S, PULL_OBJECT_BYTES, PUSH_OBJECT_BYTES, Link
+from fedvit.links import FRAME_FACTOR, OBJECT_CALL_S, PULL_OBJECT_BYTES, PUSH_OBJECT_BYTES, Link
 from server_app.timeline import FixedCosts, NodeTimes, RoundTimes, project
 from tools.linklab import UNSHAPED_MBPS, LinkLab
 from tools.wiretime import CounterSampler
@@ -140,7 +140,7 @@ def transfer_ratio(run: LabRun) -> tuple[float, float]:
 
 def per_object_seconds(unshaped: LabRun) -> float:
     """Seconds per object of a transfer on an unshaped link (where bytes cost nothing):
-    Flower's per-object calls, two in flight: the figure behind ``fedvit.links.OBJECT_S``."""
+    Flower's per-object calls, two in flight: half of ``fedvit.links.OBJECT_CALL_S``."""
     spans = sum(unshaped.transfer[(n.round, n.partition_id, d)]
                 for n in unshaped.steady_nodes() for d in ("down", "up"))
     objects = sum(n.down_objects + n.up_objects for n in unshaped.steady_nodes())
@@ -196,7 +196,7 @@ def main() -> None:
             print(f"{strategy:<9}per object, measured: framing down {framing['down']:.0f} B, "
                   f"up {framing['up']:.0f} B, handling {1e3 * per_object_seconds(base):.1f} "
                   f"ms (the model's: {PULL_OBJECT_BYTES} B, {PUSH_OBJECT_BYTES} B, "
-                  f"{1e3 * OBJECT_S:.1f} ms)")
+                  f"{1e3 * OBJECT_CALL_S / 2:.1f} ms)")
     ratio = {k: measured / projected for k, (measured, projected) in pooled.items()}
     print(f"links: fedavg transfer measured/projected={ratio['fedavg']:.3f} "
           f"fedlora transfer measured/projected={ratio['fedlora']:.3f} "

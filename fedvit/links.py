@@ -29,14 +29,17 @@ NODE_KEYS = ("link-down-mbps", "link-up-mbps", "link-latency-ms")
 # * Flower 1.41 moves a message one object per HTTP call (the message, its records, each
 #   array and each 5 MiB chunk): a pulled object's response adds its HTTP and protobuf
 #   framing, a pushed object's request adds that plus the node's headers.
-# * each object is one request and its response, two in flight at a time
-#   (FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PULLS/PUSHES): per object, half a round trip of the
-#   link's latency (modelled, no netem here), plus the two ends' handling of the call
-#   (HTTP, the node's request signature, protobuf, the object store), halved likewise.
+# * each object is one call (request and response), two calls in flight at a time
+#   (FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PULLS/PUSHES). One call takes the two ends' handling
+#   (HTTP, the node's request signature, protobuf, the object store: OBJECT_CALL_S), a round
+#   trip of the link's latency (modelled: no netem here) and its bytes' time on the link;
+#   with two in flight an object costs half a call, but never less than its bytes' time,
+#   since the link carries one object's bytes at a time (``object_seconds``).
 FRAME_FACTOR = 1514 / 1448
-PULL_OBJECT_BYTES = 500  # server -> node, per object of a message the node pulls
-PUSH_OBJECT_BYTES = 1400  # node -> server, per object of a reply the node pushes
-OBJECT_S = 0.004  # handling per object, seconds (bench/links.py measures it unshaped)
+PULL_OBJECT_BYTES = 400  # server -> node, per object of a message the node pulls
+PUSH_OBJECT_BYTES = 1300  # node -> server, per object of a reply the node pushes
+OBJECT_CALL_S = 0.017  # one call's handling, seconds: twice the elapsed time per object
+#                        bench/links.py measures on an unshaped link (8.7 ms, fedlora)
 REAL = "link-real"
 
 
@@ -51,17 +54,17 @@ class Link:
 
     def down_s(self, nbytes: int, objects: int = 0) -> float:
         """Seconds to move a message of ``nbytes`` serialised bytes in ``objects`` objects
-        from the server to the node: latency, its bytes on the wire at the link's rate, and
-        the per-object calls (``object_seconds``)."""
-        return (transfer_seconds(wire_bytes(nbytes, objects, PULL_OBJECT_BYTES),
-                                 self.down_mbps, self.latency_ms)
-                + object_seconds(objects, self.latency_ms))
+        from the server to the node: latency, then its objects' calls (``object_seconds``);
+        without an object count, latency plus its bytes on the wire at the link's rate."""
+        wire = wire_bytes(nbytes, objects, PULL_OBJECT_BYTES)
+        return self.latency_ms / 1e3 + object_seconds(wire, objects, self.down_mbps,
+                                                      self.latency_ms)
 
     def up_s(self, nbytes: int, objects: int = 0) -> float:
         """Seconds to move a reply from the node to the server (as ``down_s``)."""
-        return (transfer_seconds(wire_bytes(nbytes, objects, PUSH_OBJECT_BYTES),
-                                 self.up_mbps, self.latency_ms)
-                + object_seconds(objects, self.latency_ms))
+        wire = wire_bytes(nbytes, objects, PUSH_OBJECT_BYTES)
+        return self.latency_ms / 1e3 + object_seconds(wire, objects, self.up_mbps,
+                                                      self.latency_ms)
 
     def as_metrics(self) -> dict[str, float]:
         out = dict(zip(NODE_KEYS, (self.down_mbps, self.up_mbps, self.latency_ms),
@@ -80,11 +83,20 @@ def wire_bytes(nbytes: int, objects: int, per_object: int) -> float:
     return nbytes * FRAME_FACTOR + objects * per_object
 
 
-def object_seconds(objects: int, latency_ms: float) -> float:
-    """What moving ``objects`` objects one HTTP call each costs beyond their bytes: with two
-    calls in flight, each object waits half a round trip (one latency) and half of the two
-    ends' handling (``OBJECT_S``)."""
-    return objects * (latency_ms / 1e3 + OBJECT_S)
+def object_seconds(wire: float, objects: int, mbps: float, latency_ms: float) -> float:
+    """Seconds to move ``objects`` objects of ``wire`` bytes (on the wire, in all) one call
+    each, two calls in flight, over a link of ``mbps`` and ``latency_ms``.
+
+    A call of an object of average size takes ``OBJECT_CALL_S`` + a round trip + its bytes'
+    time; an object costs half of that, but at least its bytes' time. Bulk transfers are
+    link-bound (bytes ÷ rate), many small objects call-bound. ``objects`` = 0: bytes ÷ rate.
+    """
+    on_link = wire * 8 / (mbps * 1e6)
+    if objects <= 0:
+        return on_link
+    per_object = on_link / objects
+    call = OBJECT_CALL_S + 2 * latency_ms / 1e3 + per_object
+    return objects * max(per_object, call / 2)
 
 
 def transfer_seconds(nbytes: float, mbps: float, latency_ms: float) -> float:

@@ -40,7 +40,6 @@ from fedvit.links import (
     PULL_OBJECT_BYTES,
     PUSH_OBJECT_BYTES,
     object_seconds,
-    transfer_seconds,
     wire_bytes,
 )
 from server_app.timeline import KINDS, TABLE_ROWS, format_table
@@ -115,19 +114,20 @@ class LinkModel:
     def comm_s(self, down_mbps: float, up_mbps: float | None = None) -> float:
         """Communication seconds per round at these link speeds."""
         up_mbps = down_mbps if up_mbps is None else up_mbps
-        return (self.latencies_s
-                + transfer_seconds(self.down_bytes, down_mbps, 0.0)
-                + transfer_seconds(self.up_bytes, up_mbps, 0.0))
+        objects, ms = round(self.objects / 2), 1e3 * self.latency_s
+        return (self.messages * self.latency_s
+                + object_seconds(self.down_bytes, objects, down_mbps, ms)
+                + object_seconds(self.up_bytes, round(self.objects) - objects, up_mbps, ms))
 
     deployment_fixed_s: float = 0.0  # the deployment table without transfer
     objects: float = 0.0  # objects of those messages (one HTTP call each)
 
     @property
     def latencies_s(self) -> float:
-        """The bandwidth-free part of communication: one latency per message, and per
-        object half a round trip and its handling (``fedvit.links.object_seconds``)."""
+        """The bandwidth-free part of communication: one latency per message, and what
+        the per-object calls cost on an infinitely fast link."""
         return (self.messages * self.latency_s
-                + object_seconds(round(self.objects), 1e3 * self.latency_s))
+                + object_seconds(0.0, round(self.objects), math.inf, 1e3 * self.latency_s))
 
     def round_s(self, down_mbps: float, up_mbps: float | None = None) -> float:
         """Projected round seconds at these link speeds."""

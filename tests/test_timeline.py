@@ -8,7 +8,7 @@ from fedvit import stamps as st
 from fedvit.config import AppConfig, ConfigError
 from fedvit.links import (
     FRAME_FACTOR,
-    OBJECT_S,
+    OBJECT_CALL_S,
     PULL_OBJECT_BYTES,
     PUSH_OBJECT_BYTES,
     Link,
@@ -27,14 +27,15 @@ def test_transfer_time_is_latency_plus_wire_bits_over_bandwidth():
     # A message's bytes travel in TCP/IP/Ethernet frames (1448 payload bytes per 1514)...
     assert link.down_s(12_500_000) == pytest.approx(1.0 * 1514 / 1448)
     assert link.up_s(12_500_000) == pytest.approx(10.0 * 1514 / 1448)
-    # ...and each of its objects is an HTTP call: its framing, and its handling plus half a
-    # round trip (two calls in flight).
-    assert link.down_s(0, 10) == pytest.approx(10 * PULL_OBJECT_BYTES * 8 / 100e6
-                                               + 10 * OBJECT_S)
-    assert link.up_s(0, 10) == pytest.approx(10 * PUSH_OBJECT_BYTES * 8 / 10e6
-                                             + 10 * OBJECT_S)
+    # ...and each of its objects is one call, two in flight: many small objects cost half a
+    # call each (handling + round trip + their bytes), bulk objects their bytes' time.
+    small = Link(down_mbps=100.0, up_mbps=10.0, latency_ms=0.0)
+    bytes_s = 10 * PULL_OBJECT_BYTES * 8 / 100e6
+    assert small.down_s(0, 10) == pytest.approx(10 * (OBJECT_CALL_S + bytes_s / 10) / 2)
+    bulk = 100_000_000 * FRAME_FACTOR + 10 * PUSH_OBJECT_BYTES
+    assert small.up_s(100_000_000, 10) == pytest.approx(bulk * 8 / 10e6)
     far = Link(down_mbps=100.0, up_mbps=10.0, latency_ms=50.0)
-    assert far.down_s(0, 10) - link.down_s(0, 10) == pytest.approx(0.05 + 10 * 0.05)
+    assert far.down_s(0, 10) - small.down_s(0, 10) == pytest.approx(0.05 + 10 * 0.05)
 
 
 def _client(node: int, t0: float, compute: tuple[float, float], link: Link, *,
