@@ -24,7 +24,7 @@ from fedvit.links import node_link
 from fedvit.stamps import COMPUTE_END, COMPUTE_START, HANDLER_IN, HANDLER_OUT, TASK_BUILT
 from fedvit.tensors import exchanged_state, load_exchanged
 from fedvit.train import evaluate as evaluate_loader
-from fedvit.train import train_epochs
+from fedvit.train import make_optimizer, train_epochs
 from fedvit.wire import METRICS
 
 app = ClientApp(mods=[bandwidth_mod])
@@ -34,13 +34,13 @@ app = ClientApp(mods=[bandwidth_mod])
 def train(msg: Message, context: Context) -> Message:
     """Load the global tensors, train locally, reply with the exchanged tensors."""
     stamps = {HANDLER_IN: time.time()}
-    cfg, task, pid, received = _prepare(msg, context, stamps)
+    cfg, task, pid, received, optimizer = _prepare(msg, context, stamps, train=True)
     val = _val_metrics(cfg, task, prefix="val") if cfg.evaluate_in_train else {}
     server_round = int(msg.content["config"]["server-round"])
     torch.manual_seed(cfg.seed + 1000 * server_round + pid)
     task.train.generator.manual_seed(cfg.seed + server_round)  # same order on a resume
     stats = train_epochs(task.model, task.train, cfg.local_epochs, cfg.learning_rate,
-                         cfg.torch_device, cfg.use_bf16)
+                         cfg.torch_device, cfg.use_bf16, optimizer=optimizer)
     metrics = {
         "num-examples": stats.num_examples,
         "train-loss": stats.loss,
@@ -58,7 +58,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global tensors on the local validation split."""
     stamps = {HANDLER_IN: time.time()}
-    cfg, task, pid, _ = _prepare(msg, context, stamps)
+    cfg, task, pid, _, _ = _prepare(msg, context, stamps)
     metrics = _val_metrics(cfg, task, prefix="eval")
     metrics["num-examples"] = metrics.pop("eval-examples")
     stamps[COMPUTE_END] = time.time()
@@ -66,13 +66,15 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def _prepare(
-    msg: Message, context: Context, stamps: dict[str, float]
-) -> tuple[AppConfig, LocalTask, int, dict[str, np.ndarray]]:
-    """Config, the local task with the received (decoded) tensors loaded, and those.
+    msg: Message, context: Context, stamps: dict[str, float], train: bool = False
+) -> tuple[AppConfig, LocalTask, int, dict[str, np.ndarray], torch.optim.Optimizer | None]:
+    """Config, the local task with the received (decoded) tensors loaded, those tensors,
+    and for ``train`` a fresh optimizer (each round starts AdamW anew).
 
     Sets torch's intra-op threads from the node config's ``num-threads`` when it has one
-    (a deployment's thread budget per SuperNode); stamps the task built and the tensors
-    loaded into ``stamps``.
+    (a deployment's thread budget per SuperNode); stamps the task built (model, loaders,
+    optimizer: a process's first optimizer imports ``torch._dynamo``, about 1 s, which is
+    start-up work, not compute) and the tensors loaded into ``stamps``.
     """
     cfg = AppConfig.from_run_config(context.run_config)
     pid, num = partition_of(context.node_config)
@@ -80,12 +82,14 @@ def _prepare(
     if threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     task = local_task(cfg, pid, num)
+    optimizer = (make_optimizer(task.model.to(cfg.torch_device), cfg.learning_rate)
+                 if train else None)
     stamps[TASK_BUILT] = time.time()
     check_backbone(task, msg.content["config"])
     received = record_arrays(msg.content["arrays"])
     load_exchanged(task.model, {k: torch.from_numpy(v) for k, v in received.items()})
     stamps[COMPUTE_START] = time.time()
-    return cfg, task, pid, received
+    return cfg, task, pid, received, optimizer
 
 
 def _val_metrics(cfg: AppConfig, task: LocalTask, prefix: str) -> dict:

@@ -104,14 +104,16 @@ def train_epochs(
     weight_decay: float = 0.0,
     one_cycle: bool = False,
     on_epoch: Callable[[int, float], None] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> TrainStats:
     """Train the parameters that require grad with AdamW; time every phase.
 
     ``one_cycle`` anneals the rate over all steps (used by central pretraining).
     ``on_epoch(epoch, loss)`` is called after each epoch (1-based) with its mean loss.
+    ``optimizer``: one made by ``make_optimizer`` for this model already (else one is made).
     """
     model.to(device).train()
-    optimizer = make_optimizer(model, lr, weight_decay)
+    optimizer = optimizer or make_optimizer(model, lr, weight_decay)
     schedule = (
         torch.optim.lr_scheduler.OneCycleLR(
             optimizer, lr, total_steps=epochs * len(loader), pct_start=0.1
