@@ -9,7 +9,9 @@ by side, then:
 * the deployment's fixed costs per message, medians over the steady replies: pickup,
   start-up (with the task build) and return, the figures behind ``deploy-*-s``;
 * critical-path compute, deployment ÷ simulation (target <= 1.3: one thread budget);
-* the simulation's deployment projection against the deployment's measured round.
+* the simulation's deployment projection (its replies plus the run config's ``deploy-*-s``)
+  against the deployment's measured round; both runs on 10 Gbit/s links without latency,
+  as the deployment's loopback is.
 
     .venv/bin/python bench/deployment.py [--config default|vit-b] [--rounds 3]
 
@@ -34,6 +36,9 @@ from server_app.timeline import NodeTimes, RoundTimes, format_table, mean_table
 from tools.linklab import format_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
+# Both runs on links as fast as the deployment's loopback really is, so that the
+# simulation's deployment projection and the deployment's measured round compare.
+FAST_LINKS = {"link-down-mbps": 10_000.0, "link-up-mbps": 10_000.0, "link-latency-ms": 0.0}
 CONFIGS = {
     "default": {},
     "vit-b": {"model-name": "vit_base_patch16_224", "img-size": 32, "patch-size": 16,
@@ -44,7 +49,7 @@ CONFIGS = {
 def deployed(overrides: dict, out: Path) -> tuple[list[RoundTimes], list[NodeTimes]]:
     """Run ``overrides`` on a 2-node deployment of this host; its rounds and replies."""
     lab = out / "deployment"
-    env = {**os.environ, "LINKS": "10:10:50"}  # the run config's default links
+    env = {**os.environ, "LINKS": "10000:10000:0"}  # as FAST_LINKS
     deploy = [str(ROOT / "scripts" / "deploy.sh")]
     subprocess.run([*deploy, "start", "--nodes", "2", "--dir", str(lab)], env=env,
                    check=True, stdout=subprocess.DEVNULL)
@@ -77,7 +82,7 @@ def main() -> None:
     parser.add_argument("--config", choices=sorted(CONFIGS), default="default")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    overrides = {**CONFIGS[args.config], "num-server-rounds": args.rounds}
+    overrides = {**CONFIGS[args.config], **FAST_LINKS, "num-server-rounds": args.rounds}
     with tempfile.TemporaryDirectory() as tmp:
         sim = simulate({**overrides, "outputs-dir": tmp}, num_nodes=2).phases[1:]
         dep, nodes = deployed(overrides, Path(tmp))
