@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from fedvit.config import APP_ROOT
+from tools.linklab import start_time
 
 VENV_BIN = Path(sys.executable).parent
 FLWR = VENV_BIN / "flwr"
@@ -45,16 +46,6 @@ MEASURED: dict[str, dict] = {}
 
 # ---------------------------------------------------------------------------------------------
 # processes
-
-
-def _start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (None when gone or a zombie): a PID's identity."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else fields[19]
 
 
 def _descendants(pids: set[int]) -> set[int]:
@@ -80,15 +71,15 @@ def _recorded(pids_file: Path) -> dict[int, str]:
         return {}
     rec = {int(p): st for p, st, *_ in (line.split() for line in pids_file.read_text().splitlines()
                                         if line.strip())}
-    alive = {p for p, st in rec.items() if _start_time(p) == st}
-    return {p: _start_time(p) for p in alive | _descendants(alive) if _start_time(p)}
+    alive = {p for p, st in rec.items() if start_time(p) == st}
+    return {p: start_time(p) for p in alive | _descendants(alive) if start_time(p)}
 
 
 def _gone(procs: dict[int, str], timeout_s: float = 20.0) -> list[int]:
     """The processes of ``procs`` still alive after waiting up to ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
-        left = [p for p, st in procs.items() if _start_time(p) == st]
+        left = [p for p, st in procs.items() if start_time(p) == st]
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.5)
@@ -217,8 +208,8 @@ def test_unauthenticated_supernode_is_refused(deployment, key):
     except subprocess.TimeoutExpired:
         returncode = None
     finally:
-        procs = {proc.pid: _start_time(proc.pid)} if _start_time(proc.pid) else {}
-        procs |= {p: _start_time(p) for p in _descendants({proc.pid}) if _start_time(p)}
+        procs = {proc.pid: start_time(proc.pid)} if start_time(proc.pid) else {}
+        procs |= {p: start_time(p) for p in _descendants({proc.pid}) if start_time(p)}
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
