@@ -30,7 +30,7 @@ unexplained=<p>%`` where each ratio pools both shaped settings' steady rounds an
 
     sudo .venv/bin/python bench/links.py [--rate 8] [--slow 4] [--rounds 2] [--run-config ...]
 
-Needs root, ``ip netns`` and ``tc`` (as the link lab does). About 10 minutes here.
+Needs root, ``ip netns`` and ``tc`` (as the link lab does). About 17 minutes here.
 """
 
 from __future__ import annotations
