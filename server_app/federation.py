@@ -154,6 +154,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
                                    time.perf_counter() - t_start, phases, strategy.rejections)
                 summary.update(stop_status(stop))
                 summary["completed-rounds"] = [r["round"] for r in rounds]
+                summary["links"] = _links(cfg, nodes)
                 if wire:
                     summary["wire"] = wire.versus_books(strategy.books, nodes)
                 writer.write_json("summary.json", summary)
@@ -279,6 +280,22 @@ def _round_row(server_round: int, res: dict, books: Books, times: RoundTimes,
         "projected-round-s": times.projected_s,
         "deployment-round-s": times.deployment_s,
     }
+
+
+def _links(cfg: AppConfig, nodes: list[NodeTimes]) -> dict:
+    """The links the run's projection used: the run config's, unless nodes brought their
+    own (node config: a deployment, the link lab), then ``profile`` = ``node-config``, the
+    latency their mean, and each node's link under ``nodes`` (by partition)."""
+    links = {"down-mbps": cfg.link_down_mbps, "up-mbps": cfg.link_up_mbps,
+             "latency-ms": cfg.link_latency_ms, "profile": cfg.link_profile}
+    own = {n.partition_id: n.link for n in nodes}
+    config = (cfg.link_down_mbps, cfg.link_up_mbps, cfg.link_latency_ms)
+    if cfg.link_profile == "uniform" and any(
+            (k.down_mbps, k.up_mbps, k.latency_ms) != config for k in own.values()):
+        links.update(profile="node-config",
+                     **{"latency-ms": sum(k.latency_ms for k in own.values()) / len(own)})
+    links["nodes"] = {str(pid): k.as_metrics() for pid, k in sorted(own.items())}
+    return links
 
 
 def _summary(cfg: AppConfig, rounds: list[dict], books: Books, est: Estimate | None,

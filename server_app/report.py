@@ -310,6 +310,10 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def _links_text(links: dict | None) -> str:
     if not links:
         return "n/a"
+    if links["profile"] == "node-config":
+        return "per node: " + "; ".join(
+            f"{pid}: {_value(n['link-down-mbps'])}/{_value(n['link-up-mbps'])} Mbit/s, "
+            f"{_value(n['link-latency-ms'])} ms" for pid, n in links["nodes"].items())
     return (f"{_value(links['down-mbps'])}/{_value(links['up-mbps'])} Mbit/s, "
             f"{_value(links['latency-ms'])} ms, {links['profile']}")
 
@@ -390,7 +394,8 @@ def plot_bandwidth(runs: Sequence[Run], models: Sequence[LinkModel | None],
         ax.plot(mbps, [model.deployment_round_s(b) for b in mbps], "-.", color=color,
                 label=f"{run.label} (deployment)")
         links, own = run.links, run.summary.get("projected-round-s")
-        if own is not None and links["down-mbps"] == links["up-mbps"]:
+        if own is not None and links["profile"] == "uniform" \
+                and links["down-mbps"] == links["up-mbps"]:
             ax.plot([links["down-mbps"]], [own], "o", color=color)
         half = model.half_comm_mbps()
         if lo <= half <= hi:
@@ -539,11 +544,12 @@ def links_section(runs: Sequence[Run], models: Sequence[LinkModel | None]) -> st
             rows.append([r.label] + ["n/a"] * (len(header) - 1))
             continue
         links = r.links
-        at_links = m.round_s(links["down-mbps"], links["up-mbps"])
+        at_links = (f"{m.round_s(links['down-mbps'], links['up-mbps']):.3f}"
+                    if links["profile"] == "uniform" else "n/a")
         half = m.half_comm_mbps()
         rows.append([r.label, f"{m.fixed_s:.3f}", f"{m.messages:g}", f"{1e3 * m.latency_s:g}",
                      f"{m.down_bytes / MB:.6f}", f"{m.up_bytes / MB:.6f}", fmt_rate(half),
-                     f"{at_links:.3f}", _opt(r.summary.get("projected-round-s"))])
+                     at_links, _opt(r.summary.get("projected-round-s"))])
         halves.append(f"* {r.label}: communication is more than half of the projected round "
                       + (f"below **{fmt_rate(half)}**{_outside(half)}." if 0 < half < math.inf else
                          "at every bandwidth (latency alone)." if half else "never."))
@@ -554,14 +560,19 @@ def links_section(runs: Sequence[Run], models: Sequence[LinkModel | None]) -> st
     return "\n\n".join(filter(None, [
         "## Round time against link bandwidth",
         "Projected steady round with every node on the same link of bandwidth B both ways: "
-        "round(B) = fixed + messages × latency + 8 × (MB down + MB up) / B. *Fixed* is the "
-        "projected phase table without communication; MB down/up are the slowest path's "
-        "message bytes per round from `books.json` (per phase the largest message received "
+        "round(B) = fixed + messages × latency + the messages' objects moved one call each "
+        "(`fedvit.links`: their bytes at B, and per call its handling and a round trip, two "
+        "calls in flight). *Fixed* is the projected phase table without transfer (the "
+        "deployment curve adds pickup, start-up and return); MB down/up are the slowest "
+        "path's bytes per round as they take the wire (the books' message bytes in TCP/IP "
+        "frames plus Flower's per-object framing; per phase the largest message received "
         "and sent by any node, summed over phases, mean of steady rounds). Communication "
-        "exceeds half the round when its time exceeds *fixed*: "
-        "B* = 8 × bytes / (fixed − messages × latency).",
-        "Heterogeneous links: the sweep uses the configured latency for every node, so the "
-        "model at the run's links differs from the run's own projection." if hetero else "",
+        "exceeds half the round when its time exceeds *fixed*, in closed form "
+        "B* = 8 × bytes / (fixed − per-message and per-call costs): exact where the bytes "
+        "set the time, approximate where many small objects' calls do.",
+        "Links per node (heterogeneous, or from node config as in a deployment or the link "
+        "lab): the sweep puts every node on one link with the nodes' mean latency, so the "
+        "run's own projection is not a point of its curve." if hetero else "",
         _md_table(header, rows),
         "\n".join(halves),
         "\n".join(pairs),

@@ -63,6 +63,13 @@ def test_the_slow_nodes_transfer_matches_its_projection(lab_run):
         assert 0.8 <= measured / projected <= 1.3, (direction, measured, projected)
 
 
+def test_the_summary_names_each_nodes_real_link(lab_run):
+    links = lab_run["summary"]["links"]
+    assert links["profile"] == "node-config" and links["latency-ms"] == 0
+    assert (links["nodes"]["1"]["link-down-mbps"], links["nodes"]["1"]["link-real"]) == (
+        SLOW_MBPS, 1.0)
+
+
 def test_the_kernel_counted_at_least_the_books(lab_run):
     wire = lab_run["summary"]["wire"]
     assert set(wire) == {"0", "1"}

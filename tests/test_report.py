@@ -316,3 +316,17 @@ def test_link_lab_runs_show_wire_against_books(tmp_path):
     row = row_of(text, "down wire / books", "fedlora")
     assert (row["partition"], row["down wire B"], row["up books B"]) == ("0", "1,100", "2,000")
     assert (row["down wire / books"], row["up wire / books"]) == ("1.100", "1.300")
+
+
+def test_runs_with_links_from_node_config_show_each_nodes_link(tmp_path):
+    run = write_run(tmp_path, FEDLORA)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["links"] = {**summary["links"], "profile": "node-config", "latency-ms": 0.0,
+                        "nodes": {"0": {"link-down-mbps": 8.0, "link-up-mbps": 2.0,
+                                        "link-latency-ms": 0.0, "link-real": 1.0}}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    text = make_report([run], tmp_path / "r").read_text()
+    assert row_of(text, "links", "fedlora")["links"] == "per node: 0: 8.0/2.0 Mbit/s, 0.0 ms"
+    # The sweep puts every node on one link: the run's own projection is not on the curve.
+    assert row_of(text, "model at run's links s", "fedlora")["model at run's links s"] == "n/a"
+    assert "is not a point of its curve" in text
