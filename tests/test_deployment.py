@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from fedvit.config import APP_ROOT
-from tools.linklab import start_time
+from tools.processes import start_time
 
 VENV_BIN = Path(sys.executable).parent
 FLWR = VENV_BIN / "flwr"

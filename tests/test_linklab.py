@@ -18,15 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tools.linklab import (
-    LinkLab,
-    LinkLabError,
-    check_privileges,
-    format_run_config,
-    netns_list,
-    parse_links,
-    start_time,
-)
+from tools.linklab import LinkLab, format_run_config, parse_links
+from tools.netns import LinkLabError, check_privileges, netns_list
+from tools.processes import start_time
 
 try:
     check_privileges()

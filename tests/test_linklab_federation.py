@@ -16,7 +16,8 @@ import pytest
 from fedvit import stamps as st
 from fedvit.links import Link
 from server_app.timeline import NodeTimes, RoundTimes
-from tools.linklab import LinkLab, LinkLabError, check_privileges, netns_list
+from tools.linklab import LinkLab
+from tools.netns import LinkLabError, check_privileges, netns_list
 from tools.wiretime import CounterSampler
 
 SLOW_MBPS = 0.25

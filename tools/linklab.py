@@ -87,7 +87,16 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-import psutil
+from tools.netns import (
+    MTU_FRAME,
+    LinkLabError,
+    apply_shaping,
+    check_privileges,
+    mbit,
+    netns_list,
+    run,
+)
+from tools.processes import alive, descendants, start_time, terminate
 
 APP_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "linklab"
@@ -98,170 +107,10 @@ UNSHAPED_MBPS = 10000  # what an unshaped direction writes into the node config
 MAX_NODES = 200
 RECORD = "linklab.json"
 MANIFEST = "manifest.json"
-MTU_FRAME = 1514
-LEAF_LIMIT_PACKETS = 1000
 
 Link = tuple[float | None, float | None] | None  # (down, up) Mbit/s; None = unshaped
 
 _counter = itertools.count()
-
-
-class LinkLabError(RuntimeError):
-    """A lab could not be started, used or stopped (the message says why)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# processes: a PID is identified with its start time, so a recycled PID is never signalled
-
-
-def start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (clock ticks after boot); None when gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
-def _alive(proc: Mapping) -> bool:
-    return start_time(int(proc["pid"])) == proc["start"]
-
-
-def _descendants(pid: int) -> list[dict]:
-    """The live descendants of ``pid`` (parents before children) as process records."""
-    try:
-        children = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-    found = []
-    for child in children:
-        st = start_time(child.pid)
-        if st is not None:
-            found.append({"pid": child.pid, "start": st, "name": f"child:{_name(child)}"})
-    return found
-
-
-def _name(proc: psutil.Process) -> str:
-    try:
-        return proc.name()
-    except psutil.Error:
-        return "?"
-
-
-def _terminate(procs: Sequence[Mapping], timeout_s: float) -> list[dict]:
-    """SIGTERM the live ``procs`` and their descendants, SIGKILL what is left after
-    ``timeout_s``; returns the processes still alive at the end (should be none)."""
-    targets: dict[int, dict] = {}
-    for proc in procs:
-        if _alive(proc):
-            targets.setdefault(int(proc["pid"]), dict(proc))
-            for child in _descendants(int(proc["pid"])):
-                targets.setdefault(child["pid"], child)
-    if not targets:
-        return []
-
-    def send(sig: int) -> None:
-        for proc in targets.values():
-            if _alive(proc):
-                try:
-                    os.kill(int(proc["pid"]), sig)
-                except ProcessLookupError:
-                    pass
-
-    def wait(seconds: float) -> list[dict]:
-        deadline = time.monotonic() + seconds
-        while True:
-            left = [p for p in targets.values() if _alive(p)]
-            if not left or time.monotonic() >= deadline:
-                return left
-            time.sleep(0.1)
-
-    send(signal.SIGTERM)
-    if wait(timeout_s):
-        send(signal.SIGKILL)
-    return wait(5.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# ip / tc
-
-
-def _run(argv: Sequence[str], check: bool = True, timeout: float = 30
-         ) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise LinkLabError(f"`{' '.join(argv)}` failed ({proc.returncode}): "
-                           f"{(proc.stderr or proc.stdout).strip()}")
-    return proc
-
-
-def check_privileges() -> None:
-    """Raise LinkLabError at once unless this process is root with working `ip netns` / `tc`."""
-    if os.geteuid() != 0:
-        raise LinkLabError("the link lab needs root (network namespaces, veth pairs, tc): "
-                           f"running as uid {os.geteuid()}")
-    for tool in ("ip", "tc"):
-        if shutil.which(tool) is None:
-            raise LinkLabError(f"the link lab needs `{tool}` (iproute2), not found on PATH")
-    for argv in (["ip", "netns", "list"], ["tc", "-V"], ["tc", "qdisc", "show", "dev", "lo"]):
-        try:
-            _run(argv, timeout=10)
-        except (LinkLabError, OSError, subprocess.TimeoutExpired) as err:
-            raise LinkLabError(f"the link lab needs a working `{' '.join(argv)}`: {err}") from err
-
-
-def netns_list() -> set[str]:
-    out = _run(["ip", "netns", "list"]).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
-def _mbit(value: float | None, what: str) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise LinkLabError(f"{what} must be a positive number of Mbit/s or None, got {value!r}")
-    return value
-
-
-def htb_commands(ns: str, dev: str, mbps: float | None) -> list[list[str]]:
-    """The tc commands that shape ``dev`` (in ``ns``) at ``mbps`` (None: remove the shaping)."""
-    tc = ["tc", "-n", ns]
-    if mbps is None:
-        return [tc + ["qdisc", "del", "dev", dev, "root"]]
-    rate_bit = max(8, round(mbps * 1e6))
-    burst = max(2 * MTU_FRAME, math.ceil(rate_bit / 8 * 0.002))
-    return [
-        tc + ["qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"],
-        tc + ["class", "replace", "dev", dev, "parent", "1:", "classid", "1:1", "htb",
-              "rate", f"{rate_bit}bit", "ceil", f"{rate_bit}bit", "burst", str(burst),
-              "cburst", str(burst), "quantum", str(MTU_FRAME)],
-        tc + ["qdisc", "replace", "dev", dev, "parent", "1:1", "handle", "10:", "pfifo",
-              "limit", str(LEAF_LIMIT_PACKETS)],
-    ]
-
-
-def _has_htb_root(ns: str, dev: str) -> bool:
-    out = _run(["tc", "-n", ns, "-j", "qdisc", "show", "dev", dev]).stdout
-    return any(q.get("kind") == "htb" and q.get("root") and q.get("handle") == "1:"
-               for q in json.loads(out or "[]"))
-
-
-def apply_shaping(ns: str, dev: str, mbps: float | None) -> None:
-    """Shape ``dev`` at ``mbps`` (None: unshaped). On a link shaped already only the class
-    and the leaf change (`tc qdisc replace` of an htb root is not supported)."""
-    commands = htb_commands(ns, dev, mbps)
-    if mbps is not None and _has_htb_root(ns, dev):
-        commands = commands[1:]
-    for argv in commands:
-        proc = _run(argv, check=False)
-        if proc.returncode != 0:
-            unshaped_already = mbps is None and (
-                "Cannot delete qdisc with handle of zero" in proc.stderr
-                or "No such file or directory" in proc.stderr)
-            if not unshaped_already:
-                raise LinkLabError(f"`{' '.join(argv)}` failed: {proc.stderr.strip()}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +160,7 @@ def parse_links(text: str) -> list[Link]:
             down, up = (None if s.lower() == "none" else float(s) for s in sides)
         except ValueError as err:
             raise LinkLabError(f"link {entry!r} is not DOWN:UP (Mbit/s), DOWN, or none") from err
-        links.append((_mbit(down, "down"), _mbit(up, "up")))
+        links.append((mbit(down, "down"), mbit(up, "up")))
     if not links:
         raise LinkLabError("no links given")
     return links
@@ -348,7 +197,7 @@ class LinkLab:
         self.links: list[tuple[float | None, float | None]] = []
         for i, link in enumerate(links):
             down, up = (None, None) if link is None else link
-            self.links.append((_mbit(down, f"node {i} down"), _mbit(up, f"node {i} up")))
+            self.links.append((mbit(down, f"node {i} down"), mbit(up, f"node {i} up")))
         self.workdir = Path(workdir).resolve()
         self.app_dir = Path(app_dir).resolve()
         self.bin_dir = Path(bin_dir) if bin_dir else _flower_bin()
@@ -432,12 +281,12 @@ class LinkLab:
 
     def _record_children(self) -> None:
         for proc in list(self.record["processes"]):
-            if _alive(proc):
-                for child in _descendants(int(proc["pid"])):
+            if alive(proc):
+                for child in descendants(int(proc["pid"])):
                     self._record_proc(child["pid"], child["name"])
 
     def _ip(self, *args: str) -> None:
-        _run(["ip", *args])
+        run(["ip", *args])
 
     def _add_netns(self, ns: str) -> None:
         self.record["namespaces"].append(ns)  # recorded first: a crash right after leaves a
@@ -631,9 +480,9 @@ class LinkLab:
         name = f"supernode-{i}"
         old = [p for p in self.record["processes"] if p["name"] == name]
         old_ids = {(p["pid"], p["start"]) for p in old}
-        old_ids |= {(c["pid"], c["start"]) for p in old if _alive(p)
-                    for c in _descendants(int(p["pid"]))}
-        left = _terminate(old, self.stop_timeout_s)
+        old_ids |= {(c["pid"], c["start"]) for p in old if alive(p)
+                    for c in descendants(int(p["pid"]))}
+        left = terminate(old, self.stop_timeout_s)
         if left:
             raise LinkLabError(f"{name} survived SIGKILL: {left}")
         with self._lock:  # gone: off the record (the CLI watches the live SuperNodes)
@@ -692,7 +541,7 @@ class LinkLab:
             returncode = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             if rec:
-                _terminate([rec], self.stop_timeout_s)
+                terminate([rec], self.stop_timeout_s)
             proc.wait()
             started = re.search(r"Successfully started run (\d+)",
                                 log_path.read_text(errors="replace"))
@@ -734,9 +583,9 @@ class LinkLab:
             runs = json.loads(proc.stdout).get("runs", [])
         except (json.JSONDecodeError, AttributeError):
             return None
-        for run in runs:
-            if str(run.get("run-id")) == str(run_id):
-                return run.get("status")
+        for entry in runs:
+            if str(entry.get("run-id")) == str(run_id):
+                return entry.get("status")
         return None
 
     def shape(self, i: int, down_mbps: float | None, up_mbps: float | None, *,
@@ -747,7 +596,7 @@ class LinkLab:
         is restarted (a few seconds) so that its node config says the new rates."""
         if not self._started or self.record.get("stopped"):
             raise LinkLabError("the lab is not running")
-        down, up = _mbit(down_mbps, f"node {i} down"), _mbit(up_mbps, f"node {i} up")
+        down, up = mbit(down_mbps, f"node {i} down"), mbit(up_mbps, f"node {i} up")
         apply_shaping(self.superlink_ns, self.superlink_if(i), down)
         apply_shaping(self.node_ns(i), self.node_if(i), up)
         self.links[i] = (down, up)
@@ -757,7 +606,7 @@ class LinkLab:
 
     def counters(self) -> dict[int, dict[str, int]]:
         """Byte counters of the SuperLink-side veths: tx = downlink, rx = uplink."""
-        out = _run(["ip", "-n", self.superlink_ns, "-s", "-j", "link", "show"]).stdout
+        out = run(["ip", "-n", self.superlink_ns, "-s", "-j", "link", "show"]).stdout
         stats = {link["ifname"]: link["stats64"] for link in json.loads(out)}
         return {i: {"tx": int(stats[self.superlink_if(i)]["tx"]["bytes"]),
                     "rx": int(stats[self.superlink_if(i)]["rx"]["bytes"])}
@@ -813,12 +662,12 @@ def _flower_bin() -> Path:
 
 def _record_leftovers(record: Mapping) -> list[str]:
     left = [f"process {p['name']} (PID {p['pid']})" for p in record.get("processes", [])
-            if _alive(p)]
+            if alive(p)]
     existing = netns_list()
     left += [f"netns {ns}" for ns in record.get("namespaces", []) if ns in existing]
     for iface in record.get("interfaces", []):
         if iface["ns"] in existing:
-            if _run(["ip", "-n", iface["ns"], "link", "show", "dev", iface["name"]],
+            if run(["ip", "-n", iface["ns"], "link", "show", "dev", iface["name"]],
                     check=False).returncode == 0:
                 left.append(f"interface {iface['name']} (netns {iface['ns']})")
         elif Path("/sys/class/net", iface["name"]).exists():
@@ -830,17 +679,17 @@ def teardown(record: Mapping, stop_timeout_s: float = 15.0) -> list[str]:
     """Kill the recorded processes and their descendants, delete the recorded namespaces (and
     with them their veths). Returns what could not be removed (empty when all went)."""
     problems = []
-    survivors = _terminate(record.get("processes", []), stop_timeout_s)
+    survivors = terminate(record.get("processes", []), stop_timeout_s)
     problems += [f"process {p['name']} (PID {p['pid']}) survived SIGKILL" for p in survivors]
     existing = netns_list()
     for ns in reversed(record.get("namespaces", [])):
         if ns not in existing:
             continue
-        pids = _run(["ip", "netns", "pids", ns], check=False).stdout.split()
+        pids = run(["ip", "netns", "pids", ns], check=False).stdout.split()
         if pids:  # not ours (not recorded, not a descendant): left alone, but the namespace
             problems.append(f"netns {ns} still holds processes {' '.join(pids)} that the "
                             "lab did not start")  # lives on while they do
-        proc = _run(["ip", "netns", "del", ns], check=False)
+        proc = run(["ip", "netns", "del", ns], check=False)
         if proc.returncode != 0:
             problems.append(f"`ip netns del {ns}`: {proc.stderr.strip()}")
     # a veth whose namespace went is gone with it (deleting one end removes the pair)
@@ -874,7 +723,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         while not stop.wait(1.0):
             gone = [p["name"] for p in lab.processes()
                     if p["name"] in ("superlink",) or p["name"].startswith("supernode-")
-                    if not _alive(p)]
+                    if not alive(p)]
             if gone:
                 _say(f"linklab: {', '.join(gone)} exited; stopping the lab", file=sys.stderr)
                 return_code = 1
@@ -907,7 +756,7 @@ def _cmd_stop(args: argparse.Namespace) -> int:
         print(f"linklab: the lab in {args.dir} was stopped already")
         return 0
     owner = record.get("owner") or {}
-    if owner.get("pid") and _alive({"pid": owner["pid"], "start": owner.get("start")}) \
+    if owner.get("pid") and alive({"pid": owner["pid"], "start": owner.get("start")}) \
             and owner["pid"] != os.getpid():
         os.kill(int(owner["pid"]), signal.SIGTERM)  # it tears its own lab down
         deadline = time.monotonic() + 60
