@@ -18,6 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from fedvit.files import write_text
+
 APP_ROOT = Path(__file__).resolve().parents[1]
 PUBLIC_PRETRAIN = "public-pretrain"
 EMBEDDED_DATASET = "digits"
@@ -460,9 +462,7 @@ def timm_vit_names() -> frozenset[str]:
     names = sorted(timm.list_models(module="vision_transformer"))
     try:  # a cache that cannot be written only costs the next process the import
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(names))
-        tmp.replace(path)
+        write_text(path, json.dumps(names))
     except OSError:
         pass
     return frozenset(names)

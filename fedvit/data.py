@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedvit.config import EMBEDDED_DATASET, AppConfig, ConfigError, cache_dir, resolve_path
+from fedvit.files import atomic_path
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -345,6 +346,5 @@ def _cache_path(cfg: AppConfig, what: dict) -> Path | None:
 def _save_atomic(path: Path, tensors: dict) -> None:
     """Write atomically: processes of one machine may build the same split at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-    torch.save(tensors, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(tensors, tmp)

@@ -31,6 +31,7 @@ from fedvit.data import (
     digits_splits,
     make_loader,
 )
+from fedvit.files import atomic_path
 from fedvit.tensors import HEAD
 from fedvit.train import evaluate, train_epochs
 
@@ -102,9 +103,8 @@ def build(cfg: AppConfig, path: Path) -> dict[str, float]:
     fit = evaluate(model, eval_loader, "cpu", bf16=False)
     state = {k: v.contiguous() for k, v in model.state_dict().items()
              if not k.startswith(HEAD + ".")}
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"recipe": json.dumps(recipe(cfg))})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"recipe": json.dumps(recipe(cfg))})
     return {"public-accuracy": fit["accuracy"], "train-loss": stats.loss,
             "seconds": time.perf_counter() - t0}
 

@@ -36,7 +36,6 @@ import inspect
 import json
 import logging
 import operator
-import os
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ import torch
 from torch import nn
 
 from fedvit.config import PUBLIC_PRETRAIN, AppConfig, cache_dir, resolve_path
+from fedvit.files import atomic_path
 from fedvit.tensors import backbone_fingerprint, exchanged_state, input_stats, is_lora
 
 TRACED_FORMAT = 1  # bump when what an artefact holds or how it is traced changes
@@ -170,18 +170,13 @@ def save_checked(model: nn.Module, cfg: AppConfig, num_classes: int, path: Path)
     from fedvit.model import build_model
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
     # The global random state is left as the build left it.
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), atomic_path(path) as tmp:
         traced = trace(copy.deepcopy(model), cfg.img_size)
-        try:
-            torch.save({"format": TRACED_FORMAT, "tree": _container(traced),
-                        "sources": traced._sources, "lora": traced.fedvit_lora,
-                        "stats": traced.fedvit_input_stats}, tmp)
-            check_same(load(tmp), build_model(cfg, num_classes), cfg)
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        torch.save({"format": TRACED_FORMAT, "tree": _container(traced),
+                    "sources": traced._sources, "lora": traced.fedvit_lora,
+                    "stats": traced.fedvit_input_stats}, tmp)
+        check_same(load(tmp), build_model(cfg, num_classes), cfg)
 
 
 def check_same(loaded: nn.Module, built: nn.Module, cfg: AppConfig) -> None:

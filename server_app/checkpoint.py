@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from fedvit.config import CHECKPOINT_STATE as STATE
 from fedvit.config import CHECKPOINT_TENSORS as TENSORS
+from fedvit.files import atomic_path, write_json
 from strategies import BookRow
 
 
@@ -35,16 +36,13 @@ class Checkpoint:
 
 def save(run_dir: Path, ckpt: Checkpoint) -> None:
     """Write both files atomically (tensors first, then the state that names the round)."""
-    tmp = run_dir / f".{TENSORS}.tmp"
-    save_file({k: v.contiguous() for k, v in ckpt.arrays.to_torch_state_dict().items()},
-              str(tmp))
-    tmp.replace(run_dir / TENSORS)
+    with atomic_path(run_dir / TENSORS) as tmp:
+        save_file({k: v.contiguous() for k, v in ckpt.arrays.to_torch_state_dict().items()},
+                  str(tmp))
     state = {"round": ckpt.round, "books": [r.__dict__ for r in ckpt.books],
              "rounds": ckpt.rounds, "phases": ckpt.phases, "rejections": ckpt.rejections,
              "nodes": ckpt.nodes}
-    tmp = run_dir / f".{STATE}.tmp"
-    tmp.write_text(json.dumps(state))
-    tmp.replace(run_dir / STATE)
+    write_json(run_dir / STATE, state, indent=None)
 
 
 def load(run_dir: Path) -> Checkpoint:

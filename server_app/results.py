@@ -9,12 +9,12 @@ Files (format documented in README.md):
 from __future__ import annotations
 
 import csv
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from fedvit.config import AppConfig, resolve_path
+from fedvit.files import atomic_path, write_json
 
 
 def new_run_dir(cfg: AppConfig) -> Path:
@@ -38,18 +38,14 @@ class ResultsWriter:
         self.run_dir = run_dir
 
     def write_json(self, name: str, data: Any) -> None:
-        tmp = self.run_dir / f".{name}.tmp"
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(self.run_dir / name)
+        write_json(self.run_dir / name, data)
 
     def write_table(self, stem: str, rows: list[dict]) -> None:
         """``<stem>.csv`` and ``<stem>.json`` with the same rows."""
         self.write_json(f"{stem}.json", rows)
         if not rows:
             return
-        tmp = self.run_dir / f".{stem}.csv.tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.run_dir / f"{stem}.csv") as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        tmp.replace(self.run_dir / f"{stem}.csv")
