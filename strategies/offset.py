@@ -20,3 +20,9 @@ class RoundOffset:
 
     def aggregate_evaluate(self, server_round: int, *args, **kwargs):
         return super().aggregate_evaluate(server_round + self.round_offset, *args, **kwargs)
+
+    def resume(self, after_round: int, books: list, rejections: list[dict]) -> None:
+        """Go on after ``after_round`` with a checkpoint's books and rejections."""
+        self.round_offset = after_round
+        self.books.rows = list(books)
+        self.rejections = list(rejections)

@@ -7,8 +7,8 @@ import json
 
 from flwr.supercore.exit import exit_handler
 
-from server_app.federation import RunStopped, stop_status
 from server_app.grid import TooFewNodes
+from server_app.summary import RunStopped, stop_status
 from simulate import FAST, stopped
 
 

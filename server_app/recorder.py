@@ -1,0 +1,172 @@
+"""Recording a run: after every round its tables, its checkpoint and one log line; at the
+end (however it ends) its ``summary.json``. Nothing else in the ServerApp writes files."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from logging import ERROR, INFO
+from pathlib import Path
+
+from flwr.app import ArrayRecord, MetricRecord
+from flwr.common.logger import log
+
+from fedvit.config import CONFIG_HISTORY, AppConfig, run_config_of
+from server_app.checkpoint import Checkpoint
+from server_app.checkpoint import save as save_checkpoint
+from server_app.estimate import Estimate
+from server_app.grid import GridTimes
+from server_app.results import ResultsWriter
+from server_app.summary import MB, RunRecord, build_summary, log_summary, stop_line
+from server_app.timeline import FixedCosts, NodeTimes, RoundTimes, round_times
+from server_app.wire_truth import WireCounters
+
+# Aggregated train metrics copied into rounds.csv (None where a run has none).
+ROUND_TRAIN_METRICS = ("train-loss", "val-accuracy", "lora-agg-error-mean",
+                       "lora-agg-error-max")
+
+
+class RunRecorder:
+    """Writes a run's folder: ``rounds``, ``books``, ``phases``, ``nodes`` (CSV and JSON),
+    the checkpoint and ``summary.json``; and logs a line per round.
+
+    Args:
+        cfg: the run config.
+        run_dir: the run's folder (it exists).
+        strategy: the strategy built by ``strategies.build_strategy``; the recorder reads
+            its ``books``, ``timeline`` and ``rejections``.
+        grid_times: the Grid wrapper's push and pull times.
+        record: what earlier rounds recorded (a resumed run's checkpoint), else empty.
+        done: rounds completed before this run started (0, or a checkpoint's round).
+    """
+
+    def __init__(self, cfg: AppConfig, run_dir: Path, strategy, grid_times: GridTimes,
+                 record: RunRecord, done: int) -> None:
+        self.cfg, self.run_dir, self.strategy = cfg, run_dir, strategy
+        self.grid_times, self.record, self.done = grid_times, record, done
+        self.writer = ResultsWriter(run_dir)
+        self.fixed = FixedCosts(cfg.deploy_pickup_s, cfg.deploy_startup_s, cfg.deploy_return_s)
+        self.estimate: Estimate | None = None
+        self.wire = WireCounters.from_env()
+        self._t_start = time.perf_counter()
+        self._closing = threading.Lock()
+        self._summary: dict | None = None
+
+    def write_config(self) -> None:
+        """A new run writes ``config.json``; every run, resumed or not, appends its config
+        to ``configs.json`` (``after-round``: the rounds completed before it started). A
+        resume never rewrites an earlier config."""
+        history_path = self.run_dir / CONFIG_HISTORY
+        if self.done == 0 and not history_path.exists():
+            self.writer.write_json("config.json", self.cfg.to_dict())
+            history = []
+        elif history_path.exists():
+            history = json.loads(history_path.read_text())
+        else:  # a folder written before configs.json existed
+            history = [{"after-round": 0, "config": run_config_of(self.run_dir)}]
+        self.writer.write_json(CONFIG_HISTORY, [*history, {"after-round": self.done,
+                                                          "config": self.cfg.to_dict()}])
+
+    def recording(self, evaluate_fn: Callable[[int, ArrayRecord], MetricRecord]
+                  ) -> Callable[[int, ArrayRecord], MetricRecord]:
+        """``evaluate_fn``, timed, with every round after it recorded (``round``): what
+        ``Strategy.start`` is given. Flower counts this run's rounds from 1; the recorded
+        round adds the rounds done before a resume; its round 0 (the initial model) is
+        evaluated but not recorded."""
+
+        def evaluate_and_record(loop_round: int, arrays: ArrayRecord) -> MetricRecord:
+            t0 = time.time()
+            metrics = evaluate_fn(loop_round + self.done, arrays)
+            if loop_round > 0:
+                self.round(loop_round + self.done, arrays, metrics, (t0, time.time()))
+            return metrics
+
+        return evaluate_and_record
+
+    def round(self, server_round: int, arrays: ArrayRecord, central: MetricRecord,
+              central_eval: tuple[float, float]) -> None:
+        """Record one finished round: analyse its time, rewrite the tables, checkpoint.
+
+        Args:
+            server_round: the round (resume offset included).
+            arrays: the global tensors after it.
+            central: its central evaluation (``accuracy`` 0..1, ``loss`` nats).
+            central_eval: (start, end) of that evaluation, server wall clock in seconds.
+        """
+        s, rec = self.strategy, self.record
+        log_ = s.timeline[server_round]
+        times, nodes = round_times(server_round, log_, s.books, self.grid_times,
+                                   central_eval, self.fixed)
+        rec.phases.append(times)
+        rec.nodes.extend(nodes)
+        row = round_row(server_round, central, s.books, times, log_.train_metrics)
+        rec.rounds.append(row)
+        self.writer.write_table("rounds", rec.rounds)
+        self.writer.write_table("books", s.books.as_dicts())
+        self.writer.write_table("phases", [p.as_row() for p in rec.phases])
+        self.writer.write_table("nodes", [n.as_row() for n in rec.nodes])
+        save_checkpoint(self.run_dir, Checkpoint(
+            server_round, arrays, s.books.rows, rec.rounds, [p.as_row() for p in rec.phases],
+            s.rejections, [n.as_row() for n in rec.nodes]))
+        log(INFO, "fedvit: round %d/%d | central acc %.4f loss %.4f | down %.3f MB "
+            "up %.3f MB | cumulative %.3f MB | %.1f s (%.0f %% unexplained), projected "
+            "%.1f s on the links, %.1f s as a deployment",
+            server_round, self.cfg.num_server_rounds, central["accuracy"], central["loss"],
+            row["down-mb"], row["up-mb"], row["cumulative-mb"], row["round-s"],
+            100 * times.unexplained_share, row["projected-round-s"],
+            row["deployment-round-s"])
+
+    def close(self, stop: BaseException | None) -> dict:
+        """Write ``summary.json`` once (the first stop seen wins), log it, and return it.
+
+        Args:
+            stop: what ended the run (None: it completed). Called from the run's own
+                thread and from Flower's exit handler, whichever comes first.
+        """
+        with self._closing:
+            if self._summary is None:
+                s = self.strategy
+                wire = self.wire.versus_books(s.books, self.record.nodes) if self.wire else None
+                summary = build_summary(self.cfg, self.record, s.books, s.rejections,
+                                        self.estimate, time.perf_counter() - self._t_start,
+                                        stop, wire)
+                self.writer.write_json("summary.json", summary)
+                log_summary(summary, self.run_dir)
+                if stop is not None:
+                    log(ERROR, "%s", stop_line(summary, self.run_dir))
+                self._summary = summary
+            return self._summary
+
+
+def round_row(server_round: int, central: MetricRecord, books, times: RoundTimes,
+              train: dict[str, float]) -> dict:
+    """One row of ``rounds.csv`` (columns documented in README "Output files")."""
+    this, cum = books.totals(server_round), books.totals(server_round, upto=True)
+    return {
+        "round": server_round,
+        "central-accuracy": central["accuracy"],
+        "central-loss": central["loss"],
+        "down-mb": this["down-msg"] / MB,
+        "up-mb": this["up-msg"] / MB,
+        "cumulative-mb": (cum["down-msg"] + cum["up-msg"]) / MB,
+        "down-tensor-bytes": this["down-tensor"],
+        "up-tensor-bytes": this["up-tensor"],
+        "down-msg-bytes": this["down-msg"],
+        "up-msg-bytes": this["up-msg"],
+        **{key: train.get(key) for key in ROUND_TRAIN_METRICS},
+        "round-s": times.wall_s,
+        "unexplained-s": times.measured["unexplained"],
+        "projected-round-s": times.projected_s,
+        "deployment-round-s": times.deployment_s,
+    }
+
+
+def resumed_record(parameters: tuple[int, int], ckpt: Checkpoint | None) -> RunRecord:
+    """The record a run starts with: empty, or a resumed run's checkpointed rounds."""
+    if ckpt is None:
+        return RunRecord(parameters)
+    return RunRecord(parameters, list(ckpt.rounds),
+                     [RoundTimes.from_row(r) for r in ckpt.phases],
+                     [NodeTimes.from_row(r) for r in ckpt.nodes])

@@ -1,0 +1,169 @@
+"""A run's ``summary.json``: totals, final accuracy, the estimate against the measurement,
+the steady round's phase table, and how the run ended; plus the lines it logs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from pathlib import Path
+
+from flwr.common.logger import log
+
+from fedvit.config import AppConfig
+from server_app.estimate import Estimate
+from server_app.grid import TooFewNodes
+from server_app.timeline import NodeTimes, RoundTimes, format_table, mean_table
+from strategies import Books
+
+MB = 1e6
+
+
+@dataclass
+class RunRecord:
+    """What a run has recorded so far, one entry per completed round (a resumed run starts
+    with its checkpoint's): ``rounds`` rows of ``rounds.csv``, ``phases`` each round's
+    times, ``nodes`` each reply's times; ``parameters`` (all, trainable) of the model."""
+
+    parameters: tuple[int, int]
+    rounds: list[dict] = field(default_factory=list)
+    phases: list[RoundTimes] = field(default_factory=list)
+    nodes: list[NodeTimes] = field(default_factory=list)
+
+
+def stop_line(summary: dict, run_dir: Path) -> str:
+    """The one line a stopped run logs (and raises as ``RunStopped``)."""
+    return (f"fedvit: run stopped ({summary['status']}) after rounds "
+            f"{summary['completed-rounds']}: {summary['stop-reason']}; summary in "
+            f"{run_dir / 'summary.json'}")
+
+
+class FlowerExit(BaseException):
+    """Flower is ending the process (``flwr stop``, Ctrl-C, SIGTERM: its exit handlers)."""
+
+    def __str__(self) -> str:
+        return super().__str__() or "flwr stop, Ctrl-C or SIGTERM (Flower's exit handlers)"
+
+
+class RunStopped(RuntimeError):
+    """A run stopped before its last round; its folder holds ``summary.json``."""
+
+
+def stop_status(stop: BaseException | None) -> dict[str, str]:
+    """``status`` and ``stop-reason`` of a run that ended with ``stop`` (None: finished).
+
+    ``status`` is ``complete``, ``too-few-nodes``, ``interrupted`` (Ctrl-C, SIGTERM,
+    ``flwr stop``) or ``failed`` (any other error, e.g. inside an evaluation).
+    """
+    if stop is None:
+        return {"status": "complete", "stop-reason": ""}
+    reason = f"{type(stop).__name__}: {stop}" if str(stop) else type(stop).__name__
+    if isinstance(stop, TooFewNodes):
+        return {"status": "too-few-nodes", "stop-reason": str(stop)}
+    if isinstance(stop, (KeyboardInterrupt, SystemExit)) or not isinstance(stop, Exception):
+        return {"status": "interrupted", "stop-reason": reason}
+    return {"status": "failed", "stop-reason": reason}
+
+
+def links(cfg: AppConfig, nodes: list[NodeTimes]) -> dict:
+    """The links the run's projection used: the run config's, unless nodes brought their
+    own (node config: a deployment, the link lab), then ``profile`` = ``node-config``, the
+    latency their mean, and each node's link under ``nodes`` (by partition)."""
+    out = {"down-mbps": cfg.link_down_mbps, "up-mbps": cfg.link_up_mbps,
+           "latency-ms": cfg.link_latency_ms, "profile": cfg.link_profile}
+    own = {n.partition_id: n.link for n in nodes}
+    config = (cfg.link_down_mbps, cfg.link_up_mbps, cfg.link_latency_ms)
+    if cfg.link_profile == "uniform" and any(
+            (k.down_mbps, k.up_mbps, k.latency_ms) != config for k in own.values()):
+        out.update(profile="node-config",
+                   **{"latency-ms": sum(k.latency_ms for k in own.values()) / len(own)})
+    out["nodes"] = {str(pid): k.as_metrics() for pid, k in sorted(own.items())}
+    return out
+
+
+def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list[dict],
+                  est: Estimate | None, wall_s: float, stop: BaseException | None,
+                  wire: dict | None) -> dict:
+    """The content of ``summary.json`` (keys documented in README "Output files").
+
+    Args:
+        cfg: the run config.
+        run: the rounds recorded so far (a stopped run has fewer than asked for).
+        books: the bandwidth books; bytes are summed over every row.
+        rejections: replies the strategy refused to aggregate.
+        est: the bandwidth estimate computed before round 1 (None if the run stopped
+            earlier).
+        wall_s: seconds since the run started.
+        stop: what ended the run; None for a run that completed.
+        wire: the kernel's byte counters against the books (link lab only), else None.
+
+    Returns:
+        A JSON-ready dict; seconds are floats, bytes ints.
+    """
+    rounds, phases, total, trainable = run.rounds, run.phases, *run.parameters
+    t = books.totals()
+    steady = phases[1:] or phases
+    tensor, msg = t["down-tensor"] + t["up-tensor"], t["down-msg"] + t["up-msg"]
+    return {
+        "strategy": cfg.strategy,
+        "model-name": cfg.model_name,
+        "parameters": total,
+        "trainable-parameters": trainable,
+        "rounds": len(rounds),
+        "final-central-accuracy": rounds[-1]["central-accuracy"] if rounds else None,
+        "final-central-loss": rounds[-1]["central-loss"] if rounds else None,
+        "wall-s": wall_s,
+        "bytes": t,
+        "estimate": est.as_dict() if est else None,
+        "estimate-matches-tensor-bytes": (est.down, est.up) == (t["down-tensor"],
+                                                               t["up-tensor"]) if est else None,
+        "framing-overhead-percent": 100 * (msg - tensor) / tensor if tensor else None,
+        "report-bytes": t["report"],
+        "books-mismatches": books.mismatches,
+        "codecs": {"down": cfg.codec_down, "up": cfg.codec_up},
+        "lora-aggregation": cfg.lora_aggregation,
+        "rejected-replies": rejections,
+        "first-round-wall-s": phases[0].wall_s if phases else None,
+        "steady-round-wall-s": _mean([p.wall_s for p in steady]),
+        "steady-critical-compute-s": _mean([p.critical_compute_s for p in steady]),
+        "steady-unexplained-max-percent": (100 * max(p.unexplained_share for p in steady)
+                                           if steady else None),
+        "projected-round-s": _mean([p.projected_s for p in steady]),
+        "deployment-round-s": _mean([p.deployment_s for p in steady]),
+        "deploy-fixed-costs": {"pickup-s": cfg.deploy_pickup_s,
+                               "startup-s": cfg.deploy_startup_s,
+                               "return-s": cfg.deploy_return_s},
+        "links": links(cfg, run.nodes),
+        "phase-table": mean_table(steady),
+        **stop_status(stop),
+        "completed-rounds": [r["round"] for r in rounds],
+        **({"wire": wire} if wire else {}),
+    }
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def log_summary(s: dict, run_dir: Path) -> None:
+    """Log a summary's figures: totals, estimate, framing, wire truth, the phase table."""
+    b, e = s["bytes"], s["estimate"]
+    log(INFO, "fedvit: finished %d rounds in %.1f s, final central accuracy %s", s["rounds"],
+        s["wall-s"], f"{s['final-central-accuracy']:.4f}" if s["rounds"] else "n/a")
+    if e:
+        log(INFO, "fedvit: tensors measured %.3f MB down / %.3f MB up, estimated %.3f / "
+            "%.3f: %s", b["down-tensor"] / MB, b["up-tensor"] / MB, e["down"] / MB,
+            e["up"] / MB, "exact match" if s["estimate-matches-tensor-bytes"] else "DIFFERENT")
+    log(INFO, "fedvit: whole messages %.3f MB down / %.3f MB up; framing overhead %.3f %%",
+        b["down-msg"] / MB, b["up-msg"] / MB, s["framing-overhead-percent"] or 0.0)
+    for pid, w in (s.get("wire") or {}).items():
+        log(INFO, "fedvit: link of partition %s, kernel bytes / books bytes: down %s / %s, "
+            "up %s / %s", pid, f"{w['down-wire-bytes']:,}", f"{w['down-books-bytes']:,}",
+            f"{w['up-wire-bytes']:,}", f"{w['up-books-bytes']:,}")
+    if s["books-mismatches"]:
+        log(WARNING, "fedvit: %d books mismatches (see summary.json)",
+            len(s["books-mismatches"]))
+    if s["rounds"]:
+        log(INFO, "fedvit: where a round's time goes (mean of rounds %s; first round %.1f s):"
+            "\n%s", "2.." + str(s["rounds"]) if s["rounds"] > 1 else "1",
+            s["first-round-wall-s"], format_table({s["strategy"]: s["phase-table"]}))
+    log(INFO, "fedvit: results written to %s", run_dir)
