@@ -54,9 +54,10 @@ exactly the recorded processes and their descendants (SIGTERM, then SIGKILL), de
 the recorded namespaces (which removes their veths) and nothing else. Root and iproute2
 (``ip netns``, ``tc``) are required.
 
-Modules: ``lab`` (``LinkLab``: the processes' start, supervision and stop), ``network``
-(names, namespaces, veths, shaping), ``netns`` (the ``ip``/``tc`` commands), ``record``
-(what a lab made, and teardown), ``runs`` (the ``flwr`` CLI against the lab), ``cli``.
+Modules: ``lab`` (``LinkLab``: start, reshape, restart, stop), ``network`` (names,
+namespaces, veths, shaping), ``netns`` (the ``ip``/``tc`` commands), ``record`` (what a lab
+made, and teardown), ``supervise`` (the Flower processes), ``runs`` (the ``flwr`` CLI
+against the lab), ``cli``.
 
 Python API::
 

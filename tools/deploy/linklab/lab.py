@@ -1,8 +1,9 @@
 """``LinkLab``: one SuperLink and N SuperNodes, each node behind its own shaped veth link.
 
 The lab's parts: ``network`` (names, namespaces, veths, shaping), ``record`` (what it made,
-and teardown), ``runs`` (the ``flwr`` CLI against it); this module starts, supervises and
-stops the Flower processes. See the package's docstring for the layout.
+and teardown), ``supervise`` (the Flower processes), ``runs`` (the ``flwr`` CLI against
+it); this module holds them together: start, reshape, restart, stop. See the package's
+docstring for the layout.
 """
 
 from __future__ import annotations
@@ -30,11 +31,9 @@ from tools.deploy.linklab.network import (
     veth_counters,
 )
 from tools.deploy.linklab.record import RECORD, LabRecord, leftovers, load
-from tools.deploy.linklab.runs import CONNECTION, FlwrCli, log_tail
-from tools.deploy.processes import alive, descendants, terminate
+from tools.deploy.linklab.runs import CONNECTION, FlwrCli
+from tools.deploy.linklab.supervise import SUPERLINK_PORT, Supervisor
 
-SUPERLINK_PORT = 8000  # inside the SuperLink namespace: no other lab can collide with it
-SUPERNODE_PORT = 9100  # inside each node namespace
 UNSHAPED_MBPS = 10000  # what an unshaped direction writes into the node config
 MAX_NODES = 200
 MANIFEST = "manifest.json"
@@ -184,81 +183,25 @@ class LinkLab:
                 f"link-real=true "
                 f"num-threads={self.num_threads}")
 
-    def _launch(self, name: str, node: int | None, argv: list[str], env: dict[str, str]
-                ) -> subprocess.Popen:
-        """Start ``argv`` in a namespace, in its own session, output appended to
-        logs/<name>.log. `ip netns exec` execs the command, so the PID is the command's own."""
-        home = self.workdir / "homes" / name
-        home.mkdir(parents=True, exist_ok=True)
-        with open(self.logs / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(self.netns_exec(node) + argv, stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-                                    env={**env, "FLWR_HOME": str(home)},
-                                    start_new_session=True)
-        if self.record.add_popen(proc, name) is None:
-            raise LinkLabError(f"{name} exited at once:\n{log_tail(self.logs, name)}")
-        return proc
+    def _supervisor(self) -> Supervisor:
+        return Supervisor(self.names, self.bin_dir, self.workdir, self.record,
+                          self.start_timeout_s, self.stop_timeout_s)
 
-    def _superlink_answers(self) -> bool:
-        probe = (f"import urllib.request; urllib.request.urlopen("
-                 f"'http://127.0.0.1:{SUPERLINK_PORT}/health', timeout=2)")
-        try:
-            return subprocess.run(self.netns_exec(None) + [sys.executable, "-c", probe],
-                                  capture_output=True, timeout=10).returncode == 0
-        except subprocess.TimeoutExpired:
-            return False
+    def _start_node(self, i: int) -> tuple[subprocess.Popen, int]:
+        self._node_configs[i] = self._node_config_of(i)
+        return self._supervisor().start_node(i, self._node_configs[i], self.env)
 
     def _start_processes(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
-        link_env = {**self.env, "FEDVIT_LINKLAB": str(self.workdir / MANIFEST)}
-        superlink = self._launch("superlink", None, [
-            str(self.bin_dir / "flower-superlink"), "--insecure", "--host", "0.0.0.0",
-            "--port", str(SUPERLINK_PORT), "--disable-runtime-dependency-installation"],
-            link_env)
-        while not self._superlink_answers():
-            if superlink.poll() is not None:
-                raise LinkLabError(f"flower-superlink exited ({superlink.returncode}) during "
-                                   f"start-up:\n{log_tail(self.logs, 'superlink')}")
-            if time.monotonic() > deadline:
-                raise LinkLabError(f"flower-superlink did not answer within "
-                                   f"{self.start_timeout_s:.0f} s:\n"
-                                   f"{log_tail(self.logs, 'superlink')}")
-            time.sleep(0.3)
+        supervisor = self._supervisor()
+        supervisor.start_superlink({**self.env, "FEDVIT_LINKLAB": str(self.workdir / MANIFEST)},
+                                   deadline)
         self.timings["superlink_up_s"] = self.start_timeout_s - (deadline - time.monotonic())
-        nodes = [self._launch_node(i) for i in range(len(self.links))]
+        nodes = [self._start_node(i) for i in range(len(self.links))]
         for i, (node, offset) in enumerate(nodes):
-            self._wait_joined(i, node, offset, deadline)
+            supervisor.wait_joined(i, node, offset, deadline)
         time.sleep(SETTLE_S)
         self.record.add_children()  # e.g. the superexecs, which run in sessions of their own
-
-    def _launch_node(self, i: int) -> tuple[subprocess.Popen, int]:
-        """Start SuperNode ``i`` with the node config of its current links; returns the
-        process and where its output starts in its log."""
-        log = self.logs / f"supernode-{i}.log"
-        offset = log.stat().st_size if log.exists() else 0
-        self._node_configs[i] = self._node_config_of(i)
-        proc = self._launch(f"supernode-{i}", i, [
-            str(self.bin_dir / "flower-supernode"), "--insecure",
-            "--superlink", f"{self.names.superlink_address(i)}:{SUPERLINK_PORT}",
-            "--port", str(SUPERNODE_PORT), "--node-config", self._node_configs[i]], self.env)
-        return proc, offset
-
-    def _wait_joined(self, i: int, node: subprocess.Popen, offset: int, deadline: float
-                     ) -> None:
-        """Until SuperNode ``i`` logs "SuperNode ID: ..." (the SuperLink accepted it)."""
-        name = f"supernode-{i}"
-        while True:
-            with open(self.logs / f"{name}.log", "rb") as f:
-                f.seek(offset)
-                if b"SuperNode ID:" in f.read():
-                    return
-            if node.poll() is not None:
-                raise LinkLabError(f"{name} exited ({node.returncode}):\n"
-                                   f"{log_tail(self.logs, name)}")
-            if time.monotonic() > deadline:
-                raise LinkLabError(f"{name} did not join within {self.start_timeout_s:.0f} s:"
-                                   f"\n{log_tail(self.logs, name)}")
-            time.sleep(0.2)
 
     def restart_node(self, i: int) -> float:
         """Restart SuperNode ``i`` (its process and descendants), so that its node config
@@ -271,17 +214,10 @@ class LinkLab:
         if not self.running:
             raise LinkLabError("the lab is not running")
         t0 = time.monotonic()
-        name = f"supernode-{i}"
-        old = [p for p in self.record.processes if p["name"] == name]
-        old_ids = {(p["pid"], p["start"]) for p in old}
-        old_ids |= {(c["pid"], c["start"]) for p in old if alive(p)
-                    for c in descendants(int(p["pid"]))}
-        left = terminate(old, self.stop_timeout_s)
-        if left:
-            raise LinkLabError(f"{name} survived SIGKILL: {left}")
-        self.record.forget(old_ids)  # gone: off the record (the CLI watches the live nodes)
-        node, offset = self._launch_node(i)
-        self._wait_joined(i, node, offset, time.monotonic() + self.start_timeout_s)
+        supervisor = self._supervisor()
+        supervisor.stop_node(i)
+        node, offset = self._start_node(i)
+        supervisor.wait_joined(i, node, offset, time.monotonic() + self.start_timeout_s)
         time.sleep(SETTLE_S)
         self.record.add_children()
         return time.monotonic() - t0
