@@ -31,9 +31,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from server_app.simulation import simulate
 from server_app.timeline import NodeTimes, RoundTimes, format_table, mean_table
-from tools.linklab import format_run_config
+from tools.deploy.linklab import format_run_config
+from tools.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 # Both runs on links as fast as the deployment's loopback really is, so that the

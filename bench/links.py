@@ -1,6 +1,6 @@
 """The projection against real links: fedavg and fedlora in the link lab.
 
-For each strategy, three settings, each a fresh link lab (``tools.linklab``: a SuperLink and
+For each strategy, three settings, each a fresh link lab (``tools.deploy.linklab``: a SuperLink and
 2 SuperNodes as real processes, each SuperNode in its own network namespace behind its own
 htb-shaped veth pair): no shaping; a uniform rate (``--rate``, both nodes, both ways); a
 heterogeneous pair (node 0 at ``--rate``, node 1 at ``--slow``). Each runs ``--rounds``
@@ -14,7 +14,7 @@ For each strategy and setting it prints:
   links (``server_app.timeline.project``, deployment view: the same compute and measured
   fixed costs, transfer = the books' message bytes × 8 ÷ rate);
 * measured transfer ÷ projected transfer, from per-node transfer timestamps: the kernel's
-  byte counters of each shaped veth, sampled every 10 ms (``tools.wiretime``), give how long
+  byte counters of each shaped veth, sampled every 10 ms (``tools.deploy.wiretime``), give how long
   each message kept its link busy (the download between the push and the handler, the
   upload between the handler and the pull); projected = ``fedvit.links``' price of the
   message (its bytes in TCP/IP frames plus Flower's HTTP framing per object) ÷ the rate;
@@ -47,8 +47,8 @@ from flwr.common.config import parse_config_args
 from fedvit import stamps as st
 from fedvit.links import FRAME_FACTOR, OBJECT_CALL_S, PULL_OBJECT_BYTES, PUSH_OBJECT_BYTES, Link
 from server_app.timeline import FixedCosts, NodeTimes, RoundTimes, project
-from tools.linklab import UNSHAPED_MBPS, LinkLab
-from tools.wiretime import CounterSampler
+from tools.deploy.linklab import UNSHAPED_MBPS, LinkLab
+from tools.deploy.wiretime import CounterSampler
 
 MODEL = {"model-name": "vit_tiny_patch16_224", "weights-path": "", "img-size": 32,
          "patch-size": 16, "local-epochs": 1}

@@ -20,29 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from tools.deploy.processes import descendants
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            tree.setdefault(ppid, []).append(int(d.name))
-    return tree
-
-
-def descendants(roots: list[int]) -> set[int]:
-    tree, seen, todo = children(), set(), list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in seen:
-            seen.add(pid)
-            todo += tree.get(pid, [])
-    return seen
+def tree(roots: list[int]) -> set[int]:
+    """``roots`` and their live descendants (``tools.deploy.processes``)."""
+    return set(roots) | {child["pid"] for root in roots for child in descendants(root)}
 
 
 def memory_kb(pid: int) -> tuple[int, int]:
@@ -86,13 +71,13 @@ def main() -> None:
             while cli.poll() is None:
                 ours = superlinks(home)
                 seen_superlink |= bool(ours)
-                pids = descendants([cli.pid, *ours])
+                pids = tree([cli.pid, *ours])
                 pss, rss = map(sum, zip(*(memory_kb(p) for p in pids), strict=True))
                 peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
                 time.sleep(0.2)
         finally:
             for pid in superlinks(home):
-                for target in descendants([pid]):
+                for target in tree([pid]):
                     try:
                         os.kill(target, signal.SIGTERM)
                     except ProcessLookupError:

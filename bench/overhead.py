@@ -17,8 +17,8 @@ import tempfile
 
 from flwr.common.config import parse_config_args
 
-from server_app.simulation import simulate
 from server_app.timeline import format_table, mean_table
+from tools.simulate import simulate
 
 
 def main() -> None:

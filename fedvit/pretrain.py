@@ -9,7 +9,6 @@ The result is deterministic for a given recipe (model, sizes, seed) and cached u
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import fcntl
 import hashlib
@@ -130,27 +129,3 @@ def progress_line(what: str, epoch: int, epochs: int, loss: float, elapsed_s: fl
     the mean epoch time so far)."""
     left = elapsed_s / epoch * (epochs - epoch)
     return f"{what}: epoch {epoch}/{epochs}, loss {loss:.4f}, {left:.0f} s left"
-
-
-def main() -> None:
-    """``fedvit-pretrain``: build (or rebuild) the public backbone for the run config."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--force", action="store_true", help="rebuild even if cached")
-    parser.add_argument("--run-config", default="", help="overrides, 'key=value key=value'")
-    args = parser.parse_args()
-    from flwr.common.config import parse_config_args
-
-    cfg = AppConfig.from_run_config(parse_config_args([args.run_config]) if args.run_config
-                                    else {})
-    path = backbone_path(cfg)
-    if path.is_file() and not args.force:
-        print(f"cached: {path}")
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    result = build(cfg, path)
-    print(f"built {path} in {result['seconds']:.1f} s "
-          f"(public-split accuracy {result['public-accuracy']:.3f})")
-
-
-if __name__ == "__main__":
-    main()

@@ -47,7 +47,7 @@ moves d between ``pickup`` and ``return`` (and, beyond the round's edges, into
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 from fedvit import stamps as st
@@ -66,6 +66,7 @@ TABLE_ROWS = ("configure", "send", "pickup", "start-up", "task-build", "deserial
 PRIORITY = ("configure", "send", "aggregation", "central-eval", "compute", "deserialise",
             "serialise", "mod", "task-build", "start-up", "transfer", "return", "pickup")
 KINDS = ("measured", "projected", "deployment")
+PHASES = ("train", "evaluate")  # in a round's order
 
 
 @dataclass(frozen=True)
@@ -282,10 +283,32 @@ def measured_table(nodes: list[NodeTimes], server: list[tuple[str, float, float]
     return table
 
 
-def project(nodes: list[NodeTimes], server: dict[str, float],
+def critical_path(paths: Mapping[int, Mapping[str, float]]) -> int:
+    """The critical path of one phase: the node whose projected path takes longest.
+
+    The one rule for both the timeline (``project``) and the report's bandwidth curves.
+
+    Args:
+        paths: per node id, its path through the phase, seconds per row
+            (``NodeTimes.path``: its work plus its transfer on its link).
+
+    Returns:
+        The node id whose rows add up to the most seconds (the first of equals, in the
+        mapping's order).
+
+    Raises:
+        ValueError: ``paths`` is empty (a phase without replies has no critical path).
+    """
+    if not paths:
+        raise ValueError("a phase without replies has no critical path")
+    return max(paths, key=lambda node: sum(paths[node].values()))
+
+
+def project(nodes: list[NodeTimes], server: Mapping[str, float],
             link_of: Callable[[NodeTimes], Link], fixed: FixedCosts | None
-            ) -> tuple[dict[str, float], int]:
-    """A round on links: per phase, the slowest node's path; plus the server's rows.
+            ) -> tuple[dict[str, float], dict[str, NodeTimes]]:
+    """A round on links: per phase, the critical path (``critical_path``); plus the
+    server's rows.
 
     Args:
         nodes: the round's ok replies.
@@ -295,20 +318,22 @@ def project(nodes: list[NodeTimes], server: dict[str, float],
             (see ``NodeTimes.path``).
 
     Returns:
-        (seconds per ``TABLE_ROWS`` row, the train phase's slowest node id or -1).
+        (seconds per ``TABLE_ROWS`` row, the reply on each phase's critical path, by phase;
+        a phase without replies is left out).
     """
     table = dict.fromkeys(TABLE_ROWS, 0.0)
     table.update({k: v for k, v in server.items() if k in SERVER_ROWS})
-    slowest = -1
-    for phase in ("train", "evaluate"):
-        paths = {n.node_id: n.path(link_of(n), fixed) for n in nodes if n.phase == phase}
-        if not paths:
+    critical: dict[str, NodeTimes] = {}
+    for phase in PHASES:
+        replies = {n.node_id: n for n in nodes if n.phase == phase}
+        if not replies:
             continue
-        node = max(paths, key=lambda k: sum(paths[k].values()))
+        paths = {k: n.path(link_of(n), fixed) for k, n in replies.items()}
+        node = critical_path(paths)
         for row, s in paths[node].items():
             table[row] += s
-        slowest = node if phase == "train" else slowest
-    return table, slowest
+        critical[phase] = replies[node]
+    return table, critical
 
 
 def round_times(server_round: int, log: RoundLog, books: Books, grid: GridTimes,
@@ -335,8 +360,9 @@ def round_times(server_round: int, log: RoundLog, books: Books, grid: GridTimes,
     server_s = {"configure": log.configure_s, "send": grid.send_s(server_round),
                 "aggregation": log.aggregate_s,
                 "central-eval": central_eval[1] - central_eval[0]}
-    projected, slowest = project(nodes, server_s, lambda n: n.link, None)
+    projected, critical = project(nodes, server_s, lambda n: n.link, None)
     deployment, _ = project(nodes, server_s, lambda n: n.link, fixed)
+    slowest = critical["train"].node_id if "train" in critical else -1
     times = RoundTimes(server_round, central_eval[1] - log.start,
                        sum(measured[r] for r in COMPUTE_ROWS), slowest,
                        sum(projected.values()), sum(deployment.values()),

@@ -1,6 +1,6 @@
 """Wire truth: the bytes the kernel counted on each node's link, next to the books.
 
-In the link lab (``tools.linklab``) every SuperNode is joined to the SuperLink's network
+In the link lab (``tools.deploy.linklab``) every SuperNode is joined to the SuperLink's network
 namespace by its own veth pair, and the ServerApp runs in that namespace. The lab names
 each node's SuperLink-side interface in a JSON manifest whose path it puts in
 ``$FEDVIT_LINKLAB``::

@@ -1,8 +1,8 @@
-"""Test settings for whole federations (the harness itself is server_app.simulation)."""
+"""Test settings for whole federations (the harness itself is tools.simulate)."""
 
 from __future__ import annotations
 
-from server_app.simulation import client_app, simulate, stopped
+from tools.simulate import client_app, simulate, stopped
 
 # Small and fast: the tiny timm ViT, random init, few examples per step.
 FAST = {

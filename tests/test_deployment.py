@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from fedvit.config import APP_ROOT
-from tools.processes import start_time
+from tools.deploy.processes import descendants, start_time
 
 VENV_BIN = Path(sys.executable).parent
 FLWR = VENV_BIN / "flwr"
@@ -49,20 +49,9 @@ MEASURED: dict[str, dict] = {}
 
 
 def _descendants(pids: set[int]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), list(pids)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
+    """The live descendants of ``pids`` (``tools.deploy.processes``: the one process-tree
+    walk)."""
+    return {child["pid"] for pid in pids for child in descendants(pid)}
 
 
 def _recorded(pids_file: Path) -> dict[int, str]:

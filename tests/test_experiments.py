@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import server_app.experiments as experiments
+import tools.experiments as experiments
 from fedvit.config import AppConfig
 
 
@@ -35,7 +35,7 @@ def test_rerun_skips_complete_runs(tmp_path, monkeypatch):
         return True
 
     monkeypatch.setattr(experiments, "run_one", fake_run)
-    monkeypatch.setattr("server_app.report.main", lambda argv: reported.append(argv))
+    monkeypatch.setattr("tools.report.cli.main", lambda argv: reported.append(argv))
     experiments.main(["--quick", "--out", str(tmp_path)])
     assert ran == names[2:]
     assert reported and reported[0][:len(names)] == [str(tmp_path / "runs" / n)

@@ -139,7 +139,7 @@ def test_round_times_are_consistent(fedlora):
 def test_a_ray_start_that_times_out_is_retried(monkeypatch):
     import ray
 
-    from server_app.simulation import start_ray
+    from tools.simulate import start_ray
 
     calls: list[str] = []
 

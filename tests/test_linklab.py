@@ -1,4 +1,4 @@
-"""tools/linklab.py on real kernel links: namespaces, veth pairs, htb shaping, a real SuperLink
+"""tools/deploy/linklab on real kernel links: namespaces, veth pairs, htb shaping, a real SuperLink
 and SuperNodes, and a teardown that leaves nothing behind (no mocks; about 30 s).
 
 Needs root and iproute2 (`ip netns`, `tc`); skipped otherwise, with the reason.
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tools.linklab import LinkLab, format_run_config, parse_links
-from tools.netns import LinkLabError, check_privileges, netns_list
-from tools.processes import start_time
+from tools.deploy.linklab import LinkLab, format_run_config, parse_links
+from tools.deploy.linklab.netns import LinkLabError, check_privileges, netns_list
+from tools.deploy.processes import start_time
 
 try:
     check_privileges()
@@ -184,12 +184,12 @@ def test_lab_shapes_links_and_leaves_nothing(tmp_path):
 
 
 class _Cli:
-    """`python -m tools.linklab start` as a subprocess, its output collected by a thread."""
+    """`python -m tools.deploy.linklab start` as a subprocess, its output collected by a thread."""
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.linklab", "start", "--links", "2:1", "--dir",
+            [sys.executable, "-m", "tools.deploy.linklab", "start", "--links", "2:1", "--dir",
              str(workdir)], cwd=ROOT, text=True, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         self.lines: list[str] = []
@@ -213,14 +213,15 @@ class _Cli:
             self.proc.kill()
         self.proc.wait()
         if (self.workdir / "linklab.json").exists():
-            subprocess.run([sys.executable, "-m", "tools.linklab", "stop", "--dir",
+            subprocess.run([sys.executable, "-m", "tools.deploy.linklab", "stop", "--dir",
                             str(self.workdir)], cwd=ROOT, capture_output=True, timeout=60,
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 @needs_root
 def test_cli_sigint_tears_down(tmp_path):
-    """`python -m tools.linklab start` in the foreground: SIGINT -> everything goes, exit 0."""
+    """`python -m tools.deploy.linklab start` in the foreground: SIGINT -> everything goes,
+    exit 0."""
     cli = _Cli(tmp_path / "cli")
     try:
         cli.wait_up()
@@ -252,7 +253,7 @@ def test_stop_cleans_up_after_a_crash(tmp_path):
         record = json.loads((cli.workdir / "linklab.json").read_text())
         assert set(record["namespaces"]) <= netns_list()  # left behind by the crash
         assert _alive(record["processes"])
-        stop = subprocess.run([sys.executable, "-m", "tools.linklab", "stop", "--dir",
+        stop = subprocess.run([sys.executable, "-m", "tools.deploy.linklab", "stop", "--dir",
                                str(cli.workdir)], cwd=ROOT, capture_output=True, text=True,
                               timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert stop.returncode == 0, stop.stdout + stop.stderr
@@ -272,7 +273,7 @@ def test_refuses_without_root(tmp_path):
     if not setpriv:
         pytest.skip("setpriv (util-linux) not installed: cannot drop root for this check")
     proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                           sys.executable, "-m", "tools.linklab", "start", "--links", "1",
+                           sys.executable, "-m", "tools.deploy.linklab", "start", "--links", "1",
                            "--dir", str(tmp_path / "x")], cwd=ROOT, capture_output=True,
                           text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1

@@ -16,9 +16,9 @@ import pytest
 from fedvit import stamps as st
 from fedvit.links import Link
 from server_app.timeline import NodeTimes, RoundTimes
-from tools.linklab import LinkLab
-from tools.netns import LinkLabError, check_privileges, netns_list
-from tools.wiretime import CounterSampler
+from tools.deploy.linklab import LinkLab
+from tools.deploy.linklab.netns import LinkLabError, check_privileges, netns_list
+from tools.deploy.wiretime import CounterSampler
 
 SLOW_MBPS = 0.25
 RUN = {"strategy": "fedlora", "model-name": "test_vit", "img-size": 16, "patch-size": 4,

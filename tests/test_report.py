@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from fedvit import stamps as st
 from fedvit.links import FRAME_FACTOR as F
-from server_app.report import PLOTS, link_model, links_section, load_runs, main, make_report
-from server_app.timeline import TABLE_ROWS, format_table
+from fedvit.links import Link
+from server_app.timeline import COMPUTE_ROWS, TABLE_ROWS, FixedCosts, NodeTimes, format_table
+from tools.report.cli import main, make_report
+from tools.report.linkmodel import LinkModel, SteadyRound, link_model
+from tools.report.load import load_runs
+from tools.report.markdown import links_section
+from tools.report.plots import PLOTS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NODES = (15855658815669980887, 11876383608496797056)  # real node ids are 64-bit
@@ -28,6 +34,8 @@ CONFIG = {
     "precision": "auto", "device": "auto", "link-down-mbps": LINK_MBPS,
     "link-up-mbps": LINK_MBPS, "link-latency-ms": LATENCY_MS, "link-profile": "uniform",
     "link-emulate": False, "outputs-dir": "/tmp/fedvit-out",
+    # per message: 1.25 s a phase, DEPLOY_FIXED a round
+    "deploy-pickup-s": 0.75, "deploy-startup-s": 0.25, "deploy-return-s": 0.25,
 }
 
 # Per run: the larger node's message bytes per phase and direction (the other node's are 100
@@ -70,7 +78,8 @@ def _totals(books: list[dict], upto: int | None = None, only: int | None = None)
 
 
 def _critical_comm_s(books: list[dict], r: int) -> float:
-    """Slowest node's down + up per phase on the configured links (timeline's rule)."""
+    """Down + up per phase of the critical path on the configured links: node 1's, whose
+    messages are the larger ones (both nodes' work is the same, ``_nodes``)."""
     total = 0.0
     for phase in ("train", "evaluate"):
         for d in ("down", "up"):
@@ -95,17 +104,35 @@ def _tables(fixed: float, comm: float, wall: float) -> tuple[dict, dict, dict]:
     return measured, proj, deployment
 
 
+def _nodes(books: list[dict], r: int, proj: dict) -> list[dict]:
+    """``nodes.json`` rows of round ``r``: both nodes do the projected table's client work
+    (eval in the evaluate phase, the rest in train), with their books' message bytes."""
+    rows = []
+    for phase in ("train", "evaluate"):
+        work = {k: (proj[k] if (k == "eval") == (phase == "evaluate") else 0.0)
+                for k in COMPUTE_ROWS}
+        for i, node in enumerate(NODES):
+            size = {b["direction"]: b["message_bytes"] for b in books
+                    if (b["round"], b["phase"], b["node_id"]) == (r, phase, node)}
+            rows.append(NodeTimes(
+                r, phase, node, i, False, 0.0, 0.0, dict.fromkeys(st.STAMPS, 0.0), work, 0.0,
+                0.0, size["down"], size["up"], 0, 0, Link(LINK_MBPS, LINK_MBPS, LATENCY_MS)
+            ).as_row())
+    return rows
+
+
 def write_run(root: Path, spec: dict, name: str | None = None, **config) -> Path:
     """One run folder with the files (and keys) the results writer leaves."""
     strategy = spec["strategy"]
     run = root / (name or f"20260101-000000-{strategy}")
     run.mkdir(parents=True)
     books = _books(spec)
-    rounds, phases = [], []
+    rounds, phases, nodes = [], [], []
     for r in range(1, ROUNDS + 1):
         comm = _critical_comm_s(books, r)
         wall = spec["wall"] * (10 if r == 1 else 1)
         measured, proj, depl = _tables(spec["fixed"] * (3 if r == 1 else 1), comm, wall)
+        nodes += _nodes(books, r, proj)
         this, cum = _totals(books, only=r), _totals(books, upto=r)
         rounds.append({
             "round": r, "central-accuracy": spec["acc"][r - 1], "central-loss": 2.0 / r,
@@ -149,7 +176,7 @@ def write_run(root: Path, spec: dict, name: str | None = None, **config) -> Path
     }
     files = {"config.json": {**CONFIG, "strategy": strategy, **config},
              "summary.json": summary, "rounds.json": rounds, "books.json": books,
-             "phases.json": phases}
+             "phases.json": phases, "nodes.json": nodes}
     for fname, data in files.items():
         (run / fname).write_text(json.dumps(data, indent=2) + "\n")
     return run
@@ -330,3 +357,36 @@ def test_runs_with_links_from_node_config_show_each_nodes_link(tmp_path):
     # The sweep puts every node on one link: the run's own projection is not on the curve.
     assert row_of(text, "model at run's links s", "fedlora")["model at run's links s"] == "n/a"
     assert "is not a point of its curve" in text
+
+
+def _reply(node: int, forward_s: float, down: int, up: int) -> NodeTimes:
+    work = {k: (forward_s if k == "forward" else 0.0) for k in COMPUTE_ROWS}
+    return NodeTimes(2, "train", node, node, False, 0.0, 0.0, dict.fromkeys(st.STAMPS, 0.0),
+                     work, 0.0, 0.0, down, up, 0, 0, Link(LINK_MBPS, LINK_MBPS, LATENCY_MS))
+
+
+def test_the_curve_follows_the_critical_path_of_each_bandwidth():
+    """Node 1 sends the most, node 2 works the longest: at each bandwidth the round is the
+    slower of their two whole paths (the timeline's rule), never node 1's bytes with node
+    2's work (the report's former rule: the largest message of any node per direction)."""
+    heavy, busy = _reply(1, 0.1, 2_000_000, 1_000_000), _reply(2, 3.0, 10_000, 10_000)
+    server = {"configure": 0.01, "send": 0.0, "aggregation": 0.04, "central-eval": 0.15}
+    model = LinkModel((SteadyRound((heavy, busy), server),), LATENCY_MS,
+                      FixedCosts(1.0, 2.0, 0.5))
+    latencies = 2 * LATENCY_MS / 1e3
+
+    def round_s(work_s: float, nbytes: int, mbps: float) -> float:
+        return 0.2 + work_s + latencies + F * 8 * nbytes / (mbps * 1e6)
+
+    for mbps in (1.0, 10.0, 100.0, 1000.0):
+        expected = max(round_s(0.1, 3_000_000, mbps), round_s(3.0, 20_000, mbps))
+        assert model.round_s(mbps) == pytest.approx(expected)
+        assert model.deployment_round_s(mbps) == pytest.approx(expected + 3.5)
+    assert model.critical(1.0).down_bytes == pytest.approx(F * 2_000_000)  # heavy's path
+    assert model.critical(1000.0).down_bytes == pytest.approx(F * 10_000)  # busy's path
+    # The former rule at 10 Mbit/s: busy's 3 s of work plus heavy's 3 MB, 2 s too long.
+    assert round_s(3.0, 3_000_000, 10.0) - model.round_s(10.0) > 2.0
+    # Communication is more than half the round while heavy is critical, and far less once
+    # busy is: the half-communication bandwidth is where the critical path changes.
+    switch = F * 8 * (3_000_000 - 20_000) / (3.0 - 0.1) / 1e6
+    assert model.half_comm_mbps() == pytest.approx(switch, rel=1e-9)

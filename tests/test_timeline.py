@@ -16,7 +16,7 @@ from fedvit.links import (
     transfer_seconds,
 )
 from server_app.grid import GridTimes
-from server_app.timeline import FixedCosts, round_times, sweep
+from server_app.timeline import FixedCosts, critical_path, round_times, sweep
 from strategies import BookRow, Books, RoundLog
 from strategies.timing import ClientReport
 
@@ -157,6 +157,16 @@ def test_start_up_is_counted_from_the_os_process_start():
     lag, started = map(float, out.stdout.split())
     assert before - 0.011 <= started <= after  # one 10 ms clock tick of resolution
     assert 0 < lag < after - before + 0.011
+
+
+def test_the_critical_path_is_the_node_whose_whole_path_is_longest():
+    # Node 7 moves the most bytes and node 8 works the longest; node 9 is slowest overall.
+    paths = {7: {"forward": 0.1, "transfer": 2.0}, 8: {"forward": 1.9, "transfer": 0.1},
+             9: {"forward": 1.2, "transfer": 1.0}}
+    assert critical_path(paths) == 9
+    assert critical_path({5: {"transfer": 1.0}, 6: {"forward": 1.0}}) == 5  # first of equals
+    with pytest.raises(ValueError, match="no critical path"):
+        critical_path({})
 
 
 def test_overlapping_intervals_count_once_by_priority():

@@ -90,7 +90,13 @@ def format_report(cfg: AppConfig, num_classes: int, sizes: list[ExchangeSize]) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Entry point of ``fedvit-sizes``: print both strategies' exchange sizes.
+
+    Args:
+        argv: command-line arguments (None: ``sys.argv[1:]``): ``--num-classes`` and the
+            model flags of ``FLAGS`` (run-config keys).
+    """
+    parser = argparse.ArgumentParser(prog="fedvit-sizes", description=__doc__.splitlines()[0])
     parser.add_argument("--num-classes", type=int, default=10)
     for flag in FLAGS:
         parser.add_argument(f"--{flag}", default=None)

@@ -57,7 +57,7 @@ def grid(base: AppConfig, quick: bool) -> list[tuple[str, dict]]:
 def run_one(name: str, overrides: dict, out: Path, nodes: int) -> bool:
     """Run one experiment in a child process, echoing its round progress."""
     cfg = {**overrides, "outputs-dir": str(out / "runs"), "run-name": name}
-    cmd = [sys.executable, "-m", "server_app.experiments", "--one", json.dumps(cfg),
+    cmd = [sys.executable, "-m", "tools.experiments", "--one", json.dumps(cfg),
            "--nodes", str(nodes)]
     log = (out / "logs" / f"{name}.log").open("w")
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -71,7 +71,14 @@ def run_one(name: str, overrides: dict, out: Path, nodes: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Entry point of ``fedvit-experiments``: run the grid (skipping complete runs), then
+    report on all of it.
+
+    Args:
+        argv: command-line arguments (None: ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(prog="fedvit-experiments",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="~/fedvit-outputs/experiments")
     parser.add_argument("--quick", action="store_true", help="a small grid, 2 rounds")
     parser.add_argument("--nodes", type=int, default=2)
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     from flwr.common.config import parse_config_args
 
     if args.one:  # child process: one federation
-        from server_app.simulation import simulate
+        from tools.simulate import simulate
 
         simulate(json.loads(args.one), num_nodes=args.nodes)
         return
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         if not run_one(name, {**base_overrides, **overrides}, out, args.nodes):
             sys.exit(f"run {name} failed: see {out / 'logs' / (name + '.log')}")
     print(f"all {len(runs)} runs complete in {time.perf_counter() - t0:.0f} s", flush=True)
-    from server_app.report import main as report
+    from tools.report.cli import main as report
 
     report([str(out / "runs" / name) for name, _ in runs] + ["--out", str(out / "report")])
     print(f"outputs: {out / 'runs'}; report: {out / 'report' / 'report.md'}")

@@ -1,5 +1,6 @@
-"""Processes of the link lab, identified with their start time, so that a recycled PID is
-never signalled: a process record is ``{"pid", "start", "name"}``."""
+"""Processes identified with their start time, so that a recycled PID is never signalled: a
+process record is ``{"pid", "start", "name"}``. The project's one walk of a process tree
+(``descendants``), used by the link lab, the deployment tests and the memory bench."""
 
 from __future__ import annotations
 

@@ -1,0 +1,158 @@
+"""The link lab's command line: ``start`` (in the foreground until Ctrl-C) and ``stop``
+(a lab left behind by a crash), ``python -m tools.deploy.linklab start|stop``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from fedvit.config import APP_ROOT
+from fedvit.files import write_json
+from tools.deploy.linklab.lab import Link, LinkLab
+from tools.deploy.linklab.netns import LinkLabError, check_privileges, mbit
+from tools.deploy.linklab.record import RECORD, load, teardown
+from tools.deploy.processes import alive
+
+DEFAULT_DIR = APP_ROOT / ".flwr" / "linklab"
+OWNER_STOP_S = 60.0  # a running lab's owner gets this long to tear its lab down
+
+
+def parse_links(text: str) -> list[Link]:
+    """``"8:8 none 20:5 4"`` -> ``[(8.0, 8.0), None, (20.0, 5.0), (4.0, 4.0)]``; either side of
+    a pair may be ``none`` (that direction unshaped).
+
+    Raises:
+        LinkLabError: an entry is not ``DOWN:UP``, ``DOWN`` or ``none``, a rate is not
+            positive, or there is no entry.
+    """
+    links: list[Link] = []
+    for entry in text.split():
+        if entry.lower() == "none":
+            links.append(None)
+            continue
+        sides = entry.split(":")
+        if len(sides) == 1:
+            sides = sides * 2
+        if len(sides) != 2:
+            raise LinkLabError(f"link {entry!r} is not DOWN:UP (Mbit/s), DOWN, or none")
+        try:
+            down, up = (None if s.lower() == "none" else float(s) for s in sides)
+        except ValueError as err:
+            raise LinkLabError(f"link {entry!r} is not DOWN:UP (Mbit/s), DOWN, or none") from err
+        links.append((mbit(down, "down"), mbit(up, "up")))
+    if not links:
+        raise LinkLabError("no links given")
+    return links
+
+
+def _say(*args, file=None) -> None:
+    """print, flushed; a closed stdout/stderr (the reader went away) is ignored."""
+    try:
+        print(*args, file=file or sys.stdout, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    links = parse_links(args.links)
+    lab = LinkLab(links, args.dir, app_dir=args.app_dir, start_timeout_s=args.timeout)
+    _say(f"linklab: starting {len(links)} SuperNodes in {lab.workdir}")
+    return_code = 1
+    try:
+        lab.start()  # Ctrl-C or SIGTERM during start: start() tears down what it made
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        for i, (down, up) in enumerate(lab.links):
+            _say(f"linklab: node {i}: netns {lab.node_ns(i)}, {lab.superlink_if(i)} <-> "
+                 f"{lab.node_if(i)}, down {down or 'unshaped'} / up {up or 'unshaped'} "
+                 "Mbit/s")
+        _say(f"linklab: up in {lab.timings['start_s']:.1f} s (SuperLink netns "
+             f"{lab.superlink_ns}, logs {lab.logs})\n\nRun the app against it (from "
+             f"{lab.app_dir}):\n\n  {shlex.join(lab.flwr_command())}\n\n"
+             f"Ctrl-C here (or `python -m tools.deploy.linklab stop --dir {lab.workdir}`) "
+             "stops it.")
+        return_code = 0
+        while not stop.wait(1.0):
+            gone = [p["name"] for p in lab.processes()
+                    if p["name"] in ("superlink",) or p["name"].startswith("supernode-")
+                    if not alive(p)]
+            if gone:
+                _say(f"linklab: {', '.join(gone)} exited; stopping the lab", file=sys.stderr)
+                return_code = 1
+                break
+    except (KeyboardInterrupt, SystemExit):
+        _say("linklab: interrupted during start-up", file=sys.stderr)
+        return_code = 130
+    finally:  # teardown first: a closed stdout must not keep it from running
+        lab.stop()
+        _say(f"linklab: stopped in {lab.timings.get('stop_s', 0):.1f} s; leftovers: "
+             f"{lab.leftovers() or 'none'}")
+    return return_code
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    path = Path(args.dir) / RECORD
+    if not path.is_file():
+        print(f"linklab: no lab recorded in {args.dir}", file=sys.stderr)
+        return 1
+    record = load(path)
+    if record.get("stopped"):
+        print(f"linklab: the lab in {args.dir} was stopped already")
+        return 0
+    owner = record.get("owner") or {}
+    if owner.get("pid") and alive({"pid": owner["pid"], "start": owner.get("start")}) \
+            and owner["pid"] != os.getpid():
+        os.kill(int(owner["pid"]), signal.SIGTERM)  # it tears its own lab down
+        deadline = time.monotonic() + OWNER_STOP_S
+        while time.monotonic() < deadline and not load(path).get("stopped"):
+            time.sleep(0.2)
+        record = load(path) or record
+    if not record.get("stopped"):
+        check_privileges()
+        problems = teardown(record)
+        record["stopped"] = True
+        write_json(path, record, indent=1)
+        if problems:
+            print("linklab: teardown left: " + "; ".join(problems), file=sys.stderr)
+            return 1
+    print(f"linklab: stopped the lab in {args.dir}")
+    return 0
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    """``python -m tools.deploy.linklab start|stop``.
+
+    Args:
+        argv: command-line arguments (None: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 when the lab ran and went, 1 on an error (said on stderr), 130
+        when interrupted during start-up.
+    """
+    parser = argparse.ArgumentParser(prog="python -m tools.deploy.linklab",
+                                     description="A link lab: a Flower deployment with one "
+                                     "shaped network link per SuperNode.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    start = sub.add_parser("start", help="start a lab, stay in the foreground until Ctrl-C")
+    start.add_argument("--links", required=True,
+                       help='per node "DOWN:UP" Mbit/s or "none", e.g. "8:8 none 20:5"')
+    start.add_argument("--dir", default=str(DEFAULT_DIR),
+                       help="work dir: record, manifest, logs, FLWR_HOME")
+    start.add_argument("--app-dir", default=str(APP_ROOT))
+    start.add_argument("--timeout", type=float, default=90.0, help="start-up timeout (s)")
+    stop = sub.add_parser("stop", help="tear down the lab recorded in --dir")
+    stop.add_argument("--dir", default=str(DEFAULT_DIR))
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        return _cmd_start(args) if args.cmd == "start" else _cmd_stop(args)
+    except LinkLabError as err:
+        print(f"linklab: error: {err}", file=sys.stderr)
+        return 1
