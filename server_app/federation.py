@@ -49,7 +49,7 @@ from server_app.timeline import (
     round_times,
 )
 from server_app.wire_truth import WireCounters
-from strategies import Books, RoundLog, make_strategy
+from strategies import Books, RoundLog, build_strategy
 
 MB = 1e6
 # Aggregated train metrics copied into rounds.csv (None where a run has none).
@@ -90,16 +90,14 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
             cfg, {k: tuple(v.shape) for k, v in exchanged_state(model).items()},
             {k: tuple(a.shape) for k, a in resume.arrays.items()}))
     initial = resume.arrays if resume else ArrayRecord(exchanged_state(model))
-    strategy = make_strategy(cfg, initial.keys())
+    strategy = build_strategy(cfg, initial.keys())
     done = resume.round if resume else 0
-    strategy.round_offset = done
     rounds: list[dict] = list(resume.rounds) if resume else []
     phases = [RoundTimes.from_row(r) for r in resume.phases] if resume else []
     nodes = [NodeTimes.from_row(r) for r in resume.nodes] if resume else []
     fixed = FixedCosts(cfg.deploy_pickup_s, cfg.deploy_startup_s, cfg.deploy_return_s)
     if resume:
-        strategy.books.rows = list(resume.books)
-        strategy.rejections = list(resume.rejections)
+        strategy.resume(done, resume.books, resume.rejections)
 
     run_dir = resolve_path(cfg.resume_from) if resume else new_run_dir(cfg)
     writer = ResultsWriter(run_dir)
