@@ -31,7 +31,7 @@ from server_app.recorder import RunRecorder, resumed_record
 from server_app.results import new_run_dir
 from server_app.summary import MB, FlowerExit, RunStopped, stop_line
 from server_app.timeline import NodeTimes, RoundTimes
-from strategies import Books, RoundLog, make_strategy
+from strategies import Books, RoundLog, build_strategy
 
 
 @dataclass
@@ -80,7 +80,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     ckpt = _checkpoint(cfg, model)
     initial = ckpt.arrays if ckpt else ArrayRecord(exchanged_state(model))
     done = ckpt.round if ckpt else 0
-    strategy = make_strategy(cfg, initial.keys())
+    strategy = build_strategy(cfg, initial.keys())
     if ckpt:
         strategy.resume(done, ckpt.books, ckpt.rejections)
     run_dir = resolve_path(cfg.resume_from) if ckpt else new_run_dir(cfg)

@@ -1,24 +1,23 @@
-"""Bandwidth tracking for any message-API strategy: one mixin, exact books.
+"""Bandwidth books for any message-API strategy: a wrapper that measures every message.
 
 ``configure_*`` measures what the server sends to each node, ``aggregate_*`` what it
 receives from each; both are cross-checked against the figures each client's
-``bandwidth_mod`` reports inside its reply.
+``bandwidth_mod`` reports inside its reply. Messages the inner strategies send themselves
+while configuring a round (seeded sampling's ``query`` messages) go through a
+``BookingGrid`` and are booked the same way, under their message type as phase.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from logging import ERROR
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from flwr.serverapp.strategy import Strategy
 
 from fedvit.wire import (
-    BYTES_KEYS,
     METRICS,
     REPORT_KEYS,
     message_bytes,
@@ -26,105 +25,65 @@ from fedvit.wire import (
     tensor_bytes,
     without_keys,
 )
+from strategies.books import BookRow, Books
+from strategies.wrapper import StrategyWrapper
 
 
-@dataclass(frozen=True)
-class BookRow:
-    """Bytes of one message: one round x phase x node x direction."""
+class BandwidthTracking(StrategyWrapper):
+    """Books every message the inner strategy sends and receives, in ``self.books``.
 
-    round: int
-    phase: str  # train | evaluate
-    node_id: int
-    direction: str  # down (server -> client) | up (client -> server)
-    tensor_bytes: int
-    message_bytes: int  # as sent/received, report included
-    report_bytes: int = 0  # of message_bytes: the client's own byte report
-    status: str = "ok"  # ok | error (the node replied with an error or not at all)
-    detail: str = ""  # for an error: the reason the node gave, or "no reply"
-    objects: int = 0  # objects of the message's tree (Flower moves one per HTTP call)
+    Place it outside ``RoundTiming``, so the books' own measuring is not counted as the
+    round's configure or aggregation time.
 
+    Args:
+        strategy: the inner strategy.
+    """
 
-@dataclass
-class Books:
-    """Every measured message, plus the cross-check failures."""
-
-    rows: list[BookRow] = field(default_factory=list)
-    mismatches: list[str] = field(default_factory=list)
-
-    def totals(self, server_round: int | None = None, upto: bool = False) -> dict[str, int]:
-        """Bytes per direction and level: one round, all rounds up to one, or all."""
-        rows = [r for r in self.rows if server_round is None
-                or (r.round <= server_round if upto else r.round == server_round)]
-        out: dict[str, int] = {}
-        for d in ("down", "up"):
-            out[f"{d}-tensor"] = sum(r.tensor_bytes for r in rows if r.direction == d)
-            out[f"{d}-msg"] = sum(r.message_bytes for r in rows if r.direction == d)
-        out["report"] = sum(r.report_bytes for r in rows)
-        return out
-
-    def as_dicts(self) -> list[dict]:
-        return [dataclasses.asdict(r) for r in self.rows]
-
-
-def averaged(key: str) -> bool:
-    """Whether a reply metric is averaged over nodes: losses and accuracies only."""
-    return key.endswith(("-loss", "-accuracy"))
-
-
-def aggregate_reply_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
-    """The round's aggregate of the replies' metrics: losses and accuracies as Flower's
-    examples-weighted mean, byte counters and ``weighted_by_key`` (examples) summed.
-    Bookkeeping that means something only per node (``partition-id``, wall-clock
-    ``compute-start``/``-end``, ``time-*``, link settings, throughput) is not averaged:
-    the strategy keeps it per node (``RoundTiming.timeline``, the books)."""
-    means = [RecordDict({METRICS: MetricRecord(
-        {k: v for k, v in r[METRICS].items() if averaged(k) or k == weighted_by_key})})
-        for r in records]
-    agg = aggregate_metricrecords(means, weighted_by_key)
-    agg[weighted_by_key] = sum(int(r[METRICS][weighted_by_key]) for r in records)
-    for key in BYTES_KEYS:
-        if all(key in r[METRICS] for r in records):
-            agg[key] = sum(int(r[METRICS][key]) for r in records)
-    return agg
-
-
-class BandwidthTracking:
-    """Mixin: ``class TrackedFedAvg(BandwidthTracking, FedAvg)``. Keeps ``self.books``."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("train_metrics_aggr_fn", aggregate_reply_metrics)
-        kwargs.setdefault("evaluate_metrics_aggr_fn", aggregate_reply_metrics)
-        super().__init__(*args, **kwargs)
+    def __init__(self, strategy: Strategy) -> None:
+        super().__init__(strategy)
         self.books = Books()
         self._sent: dict[tuple[int, str, int], BookRow] = {}
         # The sent messages' metadata, to which the grid writes each message's id on push.
-        self._sent_meta: dict[tuple[int, str], list] = {}
+        self._sent_meta: dict[tuple[int, str], list[Metadata]] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        self._book_sent(server_round, "train", messages)
+        messages = list(self.strategy.configure_train(
+            server_round, arrays, config, BookingGrid(grid, self, server_round)))
+        self.book_sent(server_round, MessageType.TRAIN, messages)
         return messages
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
-        self._book_sent(server_round, "evaluate", messages)
+        messages = list(self.strategy.configure_evaluate(
+            server_round, arrays, config, BookingGrid(grid, self, server_round)))
+        self.book_sent(server_round, MessageType.EVALUATE, messages)
         return messages
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        self._book_received(server_round, "train", replies)
-        return super().aggregate_train(server_round, replies)
+        self.book_received(server_round, MessageType.TRAIN, replies)
+        return self.strategy.aggregate_train(server_round, replies)
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         replies = list(replies)
-        self._book_received(server_round, "evaluate", replies)
-        return super().aggregate_evaluate(server_round, replies)
+        self.book_received(server_round, MessageType.EVALUATE, replies)
+        return self.strategy.aggregate_evaluate(server_round, replies)
 
-    def _book_sent(self, server_round: int, phase: str, messages: list[Message]) -> None:
+    def book_sent(self, server_round: int, phase: str, messages: list[Message]) -> None:
+        """Book one ``down`` row per message (before the grid pushes them).
+
+        Args:
+            server_round: the round the messages belong to.
+            phase: ``train``, ``evaluate`` or ``query``.
+            messages: the instructions, one per destination node.
+        """
         self._sent_meta[(server_round, phase)] = [msg.metadata for msg in messages]
         for msg in messages:
             nbytes, objects = message_size(msg)
@@ -133,7 +92,15 @@ class BandwidthTracking:
             self._sent[(server_round, phase, row.node_id)] = row
             self.books.rows.append(row)
 
-    def _book_received(self, server_round: int, phase: str, replies: list[Message]) -> None:
+    def book_received(self, server_round: int, phase: str, replies: list[Message]) -> None:
+        """Book one ``up`` row per node the round's ``phase`` messages went to: the reply
+        (cross-checked against the client's report), its error, or ``no reply``.
+
+        Args:
+            server_round: the round the replies belong to.
+            phase: the phase their instructions were booked under (``book_sent``).
+            replies: the replies the grid returned, in any order.
+        """
         # A reply belongs to the node its instruction went to: the SuperLink itself answers
         # for a node that stopped sending heartbeats, with an error from its own node id.
         sent = self._sent_meta.pop((server_round, phase), [])
@@ -174,3 +141,54 @@ class BandwidthTracking:
                         f"{ours} != client {theirs}")
                 self.books.mismatches.append(text)
                 log(ERROR, "BANDWIDTH BOOKS MISMATCH: %s", text)
+
+
+class BookingGrid:
+    """The grid as the strategies inside ``BandwidthTracking`` see it during one
+    ``configure_*`` call: what they send and receive through it is booked in that round,
+    under the messages' type as phase. Everything else is the grid's own.
+
+    Args:
+        grid: the grid the round runs on.
+        tracker: the books to write to.
+        server_round: the round being configured.
+    """
+
+    def __init__(self, grid: Grid, tracker: BandwidthTracking, server_round: int) -> None:
+        self._grid, self._tracker, self._round = grid, tracker, server_round
+
+    def __getattr__(self, name: str):
+        if name in ("push_messages", "pull_messages"):  # would bypass the books
+            raise AttributeError(f"{name} is not booked; use send_and_receive")
+        return getattr(self._grid, name)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """The grid's connected nodes."""
+        return self._grid.get_node_ids()
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        """Book the messages, send them, book and return the replies.
+
+        Args:
+            messages: instructions of one message type (the phase they are booked under).
+            timeout: seconds to wait for the replies; ``None`` waits for all.
+
+        Returns:
+            The replies, as the grid returned them.
+
+        Raises:
+            ValueError: the messages are of more than one type.
+        """
+        messages = list(messages)
+        phases = {m.metadata.message_type for m in messages}
+        if len(phases) > 1:
+            raise ValueError(f"one message type per send_and_receive, got {sorted(phases)}")
+        if not messages:
+            return list(self._grid.send_and_receive(messages, timeout=timeout))
+        phase = phases.pop()
+        self._tracker.book_sent(self._round, phase, messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self._tracker.book_received(self._round, phase, replies)
+        return replies

@@ -1,4 +1,5 @@
-"""What crosses the wire, for any message-API strategy: encode down, decode and check up.
+"""What crosses the wire, for any message-API strategy (a wrapper): encode down, decode and
+check up.
 
 The global tensors go down encoded with ``codec-down``. Clients send their update
 (local - received) encoded with ``codec-up``, or their tensors as they are when
@@ -17,20 +18,36 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
 from fedvit.codecs import CodecSpec, encode_record, is_encoded, record_arrays
+from fedvit.wire import METRICS
+from strategies.wrapper import StrategyWrapper
 
 
 class RejectedReply(ValueError):
     """A train reply that cannot be aggregated."""
 
 
-class ExchangeCodecs:
-    """Mixin; ``self.rejections`` lists every rejected reply (round, node, reason)."""
+class ExchangeCodecs(StrategyWrapper):
+    """Encodes what goes down, decodes and checks what comes up, and hands the inner
+    strategy the accepted train replies in a fixed order (by partition, errors last), so the
+    aggregate is the same whichever order the replies arrived in.
 
-    def __init__(self, *args, codec_down: CodecSpec, codec_up: CodecSpec, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    ``self.rejections`` lists every rejected reply as ``{"round", "node_id", "reason"}``.
+
+    Args:
+        strategy: the inner strategy (it aggregates decoded, global-shaped tensors).
+        codec_down: how the global tensors are encoded for the clients.
+        codec_up: how the clients encode their update (``none``: they send tensors).
+        arrayrecord_key: the ArrayRecord of a reply that holds the tensors.
+    """
+
+    def __init__(self, strategy: Strategy, codec_down: CodecSpec, codec_up: CodecSpec,
+                 arrayrecord_key: str) -> None:
+        super().__init__(strategy)
         self.codec_down, self.codec_up = codec_down, codec_up
+        self.arrayrecord_key = arrayrecord_key
         self.rejections: list[dict] = []
         self._global: dict[str, np.ndarray] = {}
 
@@ -38,12 +55,13 @@ class ExchangeCodecs:
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._global = {k: v.numpy() for k, v in arrays.items()}
-        return super().configure_train(server_round, self._down(arrays), config, grid)
+        return self.strategy.configure_train(server_round, self._down(arrays), config, grid)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return super().configure_evaluate(server_round, self._down(arrays), config, grid)
+        return self.strategy.configure_evaluate(server_round, self._down(arrays), config,
+                                                grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -62,7 +80,7 @@ class ExchangeCodecs:
                 log(WARNING, "round %d: REJECTED reply of node %d, not aggregated: %s",
                     server_round, node, err)
         kept.sort(key=_partition)  # a fixed summation order: reproducible aggregates
-        return super().aggregate_train(server_round, kept)
+        return self.strategy.aggregate_train(server_round, kept)
 
     def _down(self, arrays: ArrayRecord) -> ArrayRecord:
         if self.codec_down.name == "none":
@@ -90,7 +108,15 @@ class ExchangeCodecs:
 
 
 def check(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
-    """Same keys, shapes and dtypes as ``reference``, and only finite values."""
+    """Same keys, shapes and dtypes as ``reference``, and only finite values.
+
+    Args:
+        arrays: a reply's decoded tensors by name.
+        reference: the round's global tensors by name.
+
+    Raises:
+        RejectedReply: naming the first thing that differs.
+    """
     missing, extra = sorted(set(reference) - set(arrays)), sorted(set(arrays) - set(reference))
     if missing or extra:
         raise RejectedReply(f"{len(missing)} tensors missing {missing[:2]}, {len(extra)} "
@@ -109,4 +135,4 @@ def _partition(msg: Message) -> float:
     """The partition a reply reports (errors last): FedAvg sums in this order."""
     if msg.has_error():
         return float("inf")
-    return float(msg.content.metric_records.get("metrics", {}).get("partition-id", 0))
+    return float(msg.content.metric_records.get(METRICS, {}).get("partition-id", 0))

@@ -1,28 +1,48 @@
-"""Round numbering for a resumed run: the strategy's rounds start after ``round_offset``."""
+"""Round numbering for a resumed run: the rounds below start after ``offset``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 
-class RoundOffset:
-    """Mixin (first in the bases): every hook and everything below it, including the
-    ``server-round`` that clients see, gets ``server_round + round_offset``."""
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
-    round_offset = 0
+from strategies.wrapper import StrategyWrapper
 
-    def configure_train(self, server_round: int, *args, **kwargs):
-        return super().configure_train(server_round + self.round_offset, *args, **kwargs)
 
-    def configure_evaluate(self, server_round: int, *args, **kwargs):
-        return super().configure_evaluate(server_round + self.round_offset, *args, **kwargs)
+class RoundOffset(StrategyWrapper):
+    """Hands every hook of the inner strategy ``server_round + offset``.
 
-    def aggregate_train(self, server_round: int, *args, **kwargs):
-        return super().aggregate_train(server_round + self.round_offset, *args, **kwargs)
+    Placed outermost, so every add-on below it, and the ``server-round`` that FedAvg writes
+    into the messages' config (what the clients see), count from the resumed round on.
 
-    def aggregate_evaluate(self, server_round: int, *args, **kwargs):
-        return super().aggregate_evaluate(server_round + self.round_offset, *args, **kwargs)
+    Args:
+        strategy: the inner strategy.
+        offset: rounds already done (a resumed run's checkpoint round); 0 for a new run.
+    """
 
-    def resume(self, after_round: int, books: list, rejections: list[dict]) -> None:
-        """Go on after ``after_round`` with a checkpoint's books and rejections."""
-        self.round_offset = after_round
-        self.books.rows = list(books)
-        self.rejections = list(rejections)
+    def __init__(self, strategy: Strategy, offset: int = 0) -> None:
+        super().__init__(strategy)
+        self.offset = offset
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.strategy.aggregate_train(server_round + self.offset, replies)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round + self.offset, arrays, config,
+                                                grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round + self.offset, replies)

@@ -3,33 +3,35 @@ the connected nodes hold, never on node ids (which Flower draws at random) or on
 unseeded ``random.sample``.
 
 Which partition a node holds is known only to the node (its node config). When a round
-must choose among the nodes (a fraction below 1), the strategy first asks every node it
+must choose among the nodes (a fraction below 1), the sampler first asks every node it
 does not know yet with one small ``query`` message; the reply carries ``partition-id``.
-Those messages are measured and booked like any other (phase ``query``), so the books stay
-exact. A run that samples every node sends no query.
+Those messages go through the grid it is handed, which books them when the sampler sits
+inside ``BandwidthTracking`` (phase ``query``), so the books stay exact. A run that samples
+every node sends no query.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 from logging import INFO, WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
 from fedvit.wire import METRICS
+from strategies.wrapper import StrategyWrapper
 
-QUERY_PHASE = "query"
+QUERY_PHASE = MessageType.QUERY
 
 
 class TooFewPartitions(RuntimeError):
     """Fewer nodes with a known partition than a round must sample."""
 
 
-class _OnlyNodes:
+class NodeView:
     """A Grid view that offers only ``node_ids`` (in that order) for sampling."""
 
     def __init__(self, grid: Grid, node_ids: list[int]) -> None:
@@ -39,82 +41,113 @@ class _OnlyNodes:
         return getattr(self._grid, name)
 
     def get_node_ids(self) -> list[int]:
+        """The nodes of this view."""
         return list(self._ids)
 
 
-class SeededSampling:
-    """Mixin, placed right above ``FedAvg``/``FedLoRA``: ``configure_train`` and
-    ``configure_evaluate`` sample with ``random.Random(f"{seed}:{phase}:{round}")`` over the
-    nodes ordered by partition; FedAvg then builds the messages for exactly that sample.
-    ``self.partitions`` maps node id -> partition id."""
+class SeededSampling(StrategyWrapper):
+    """Chooses each round's nodes: ``random.Random(f"{seed}:{phase}:{round}")`` over the
+    nodes ordered by partition. The inner strategy then gets a grid that offers exactly
+    the chosen nodes.
 
-    def __init__(self, *args, seed: int, query_timeout_s: float | None = None,
-                 **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.seed, self.query_timeout_s = seed, query_timeout_s
+    Contract with the inner strategy: it sends one message to every node the grid offers
+    (``FedAvg`` with ``fraction_train = fraction_evaluate = 1.0``); the fractions live
+    here. ``configure_*`` raises ``ValueError`` when the inner strategy's messages go to
+    other nodes than the chosen ones. ``self.partitions`` maps node id -> partition id.
+
+    Args:
+        strategy: the inner strategy (sends to every node offered).
+        fraction_train: share of the connected nodes that train, in (0, 1].
+        fraction_evaluate: share that evaluate, in [0, 1]; 0 sends no evaluate message.
+        min_nodes: fewest nodes a round samples, and fewest with a known partition.
+        seed: the run's seed.
+        query_timeout_s: seconds to wait for the partition replies; ``None`` waits for all.
+    """
+
+    def __init__(self, strategy: Strategy, *, fraction_train: float,
+                 fraction_evaluate: float, min_nodes: int, seed: int,
+                 query_timeout_s: float | None = None) -> None:
+        super().__init__(strategy)
+        self.fractions = {MessageType.TRAIN: fraction_train,
+                          MessageType.EVALUATE: fraction_evaluate}
+        self.min_nodes, self.seed, self.query_timeout_s = min_nodes, seed, query_timeout_s
         self.partitions: dict[int, int] = {}
+
+    def summary(self) -> None:
+        """Log the sampling settings, then the inner strategy's summary."""
+        log(INFO, "\t├──> Seeded sampling (seed %d): fraction train %.2f | evaluate %.2f, "
+            "at least %d nodes", self.seed, self.fractions[MessageType.TRAIN],
+            self.fractions[MessageType.EVALUATE], self.min_nodes)
+        self.strategy.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        sup = super().configure_train
-        return self._seeded(server_round, "train", "fraction_train", self.min_train_nodes,
-                            grid, lambda g: sup(server_round, arrays, config, g))
+        inner = self.strategy.configure_train
+        return self._seeded(server_round, MessageType.TRAIN, grid,
+                            lambda g: inner(server_round, arrays, config, g))
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        sup = super().configure_evaluate
-        return self._seeded(server_round, "evaluate", "fraction_evaluate",
-                            self.min_evaluate_nodes, grid,
-                            lambda g: sup(server_round, arrays, config, g))
+        inner = self.strategy.configure_evaluate
+        return self._seeded(server_round, MessageType.EVALUATE, grid,
+                            lambda g: inner(server_round, arrays, config, g))
 
     def sample(self, server_round: int, phase: str, node_ids: list[int],
                size: int) -> list[int]:
         """``size`` of ``node_ids`` (all with a known partition), ordered by partition;
-        the same partitions for the same seed, phase and round."""
+        the same partitions for the same seed, phase and round.
+
+        Args:
+            server_round: the round (resume offset included).
+            phase: ``train`` or ``evaluate``.
+            node_ids: candidates, each a key of ``self.partitions``.
+            size: how many to choose, at most ``len(node_ids)``.
+
+        Returns:
+            The chosen node ids, ordered by partition.
+        """
         ordered = sorted(node_ids, key=lambda n: (self.partitions[n], n))
         rng = random.Random(f"{self.seed}:{phase}:{server_round}")
         chosen = rng.sample(range(len(ordered)), size)
         return [ordered[i] for i in sorted(chosen)]
 
-    def _seeded(self, server_round: int, phase: str, fraction_attr: str, min_nodes: int,
-                grid: Grid, configure: Callable[[Grid], Iterable[Message]]) -> list[Message]:
-        fraction = getattr(self, fraction_attr)
+    def _seeded(self, server_round: int, phase: str, grid: Grid,
+                configure: Callable[[Grid], Iterable[Message]]) -> list[Message]:
+        fraction = self.fractions[phase]
         if fraction == 0.0:
-            return list(configure(grid))  # FedAvg sends nothing
+            return []  # this phase is off
         ids = sorted(grid.get_node_ids())
-        size = max(int(len(ids) * fraction), min_nodes)
+        size = max(int(len(ids) * fraction), self.min_nodes)
         if size >= len(ids):  # every node: nothing to choose
             return list(configure(grid))
         self._learn_partitions(server_round, ids, grid)
         known = [n for n in ids if n in self.partitions]
-        if len(known) < max(size, self.min_available_nodes):
+        if len(known) < size:
             raise TooFewPartitions(
                 f"round {server_round} {phase}: {len(known)} of {len(ids)} nodes told their "
                 f"partition, fewer than the {size} to sample")
         chosen = self.sample(server_round, phase, known, size)
         log(INFO, "fedvit: round %d %s: sampled partitions %s (seed %d)", server_round, phase,
             [self.partitions[n] for n in chosen], self.seed)
-        with _set(self, fraction_attr, 1.0):  # FedAvg takes exactly the view's nodes
-            messages = list(configure(_OnlyNodes(grid, chosen)))
+        messages = list(configure(NodeView(grid, chosen)))
+        if sorted(m.metadata.dst_node_id for m in messages) != sorted(chosen):
+            raise ValueError(f"round {server_round} {phase}: the inner strategy sent to "
+                             f"{sorted(m.metadata.dst_node_id for m in messages)}, not to "
+                             f"the sampled nodes {sorted(chosen)}")
         rank = {n: i for i, n in enumerate(chosen)}
         return sorted(messages, key=lambda m: rank[m.metadata.dst_node_id])
 
     def _learn_partitions(self, server_round: int, ids: list[int], grid: Grid) -> None:
-        """Ask the nodes whose partition is not known yet (one booked message each)."""
+        """Ask the nodes whose partition is not known yet (one ``query`` message each)."""
         unknown = [n for n in ids if n not in self.partitions]
         if not unknown:
             return
         record = RecordDict({"config": ConfigRecord({"server-round": server_round})})
-        messages = list(self._construct_messages(record, unknown, MessageType.QUERY))
-        book_sent = getattr(self, "_book_sent", None)
-        if book_sent:
-            book_sent(server_round, QUERY_PHASE, messages)
+        messages = [Message(content=record, message_type=QUERY_PHASE, dst_node_id=node)
+                    for node in unknown]
         replies = list(grid.send_and_receive(messages, timeout=self.query_timeout_s))
-        book_received = getattr(self, "_book_received", None)
-        if book_received:
-            book_received(server_round, QUERY_PHASE, replies)
         to_node = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
         for reply in replies:
             node = to_node.get(reply.metadata.reply_to_message_id)
@@ -123,13 +156,3 @@ class SeededSampling:
                     reply.error.reason if reply.has_error() else "no metrics")
                 continue
             self.partitions[node] = int(reply.content[METRICS]["partition-id"])
-
-
-@contextmanager
-def _set(obj: object, attr: str, value: object):
-    saved = getattr(obj, attr)
-    setattr(obj, attr, value)
-    try:
-        yield
-    finally:
-        setattr(obj, attr, saved)

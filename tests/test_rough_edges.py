@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedvit.config import APP_ROOT
 from fedvit.pretrain import progress_line
 from fedvit.train import train_epochs
-from strategies.bandwidth import aggregate_reply_metrics
+from strategies.metrics import aggregate_reply_metrics
 
 
 def test_train_epochs_reports_every_epoch_with_its_loss():

@@ -4,14 +4,15 @@ round depends on ``seed``, the round and the nodes' partitions, not on node ids.
 from __future__ import annotations
 
 import numpy as np
+from flwr.serverapp.strategy import FedAvg
 
 from simulate import FAST, simulate
-from strategies import TrackedFedAvg
-from strategies.sampling import QUERY_PHASE
+from strategies.sampling import QUERY_PHASE, SeededSampling
 
 
-def _sampler(partitions: dict[int, int]) -> TrackedFedAvg:
-    strategy = TrackedFedAvg(fraction_train=0.5, seed=42, codec_down=None, codec_up=None)
+def _sampler(partitions: dict[int, int]) -> SeededSampling:
+    strategy = SeededSampling(FedAvg(), fraction_train=0.5, fraction_evaluate=1.0, min_nodes=2,
+                              seed=42)
     strategy.partitions = dict(partitions)
     return strategy
 

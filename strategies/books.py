@@ -1,0 +1,53 @@
+"""The bandwidth books: one row per message measured, and the cross-check failures."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class BookRow:
+    """Bytes of one message: one round x phase x node x direction."""
+
+    round: int
+    phase: str  # train | evaluate | query
+    node_id: int
+    direction: str  # down (server -> client) | up (client -> server)
+    tensor_bytes: int
+    message_bytes: int  # as sent/received, report included
+    report_bytes: int = 0  # of message_bytes: the client's own byte report
+    status: str = "ok"  # ok | error (the node replied with an error or not at all)
+    detail: str = ""  # for an error: the reason the node gave, or "no reply"
+    objects: int = 0  # objects of the message's tree (Flower moves one per HTTP call)
+
+
+@dataclass
+class Books:
+    """Every measured message, plus the cross-check failures."""
+
+    rows: list[BookRow] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+
+    def totals(self, server_round: int | None = None, upto: bool = False) -> dict[str, int]:
+        """Bytes per direction and level: one round, all rounds up to one, or all.
+
+        Args:
+            server_round: the round to total; ``None`` for every round.
+            upto: total every round up to and including ``server_round``.
+
+        Returns:
+            ``{"down-tensor", "down-msg", "up-tensor", "up-msg", "report"}`` in bytes.
+        """
+        rows = [r for r in self.rows if server_round is None
+                or (r.round <= server_round if upto else r.round == server_round)]
+        out: dict[str, int] = {}
+        for d in ("down", "up"):
+            out[f"{d}-tensor"] = sum(r.tensor_bytes for r in rows if r.direction == d)
+            out[f"{d}-msg"] = sum(r.message_bytes for r in rows if r.direction == d)
+        out["report"] = sum(r.report_bytes for r in rows)
+        return out
+
+    def as_dicts(self) -> list[dict]:
+        """The rows as plain dicts (one per row, ``BookRow``'s field names as keys)."""
+        return [dataclasses.asdict(r) for r in self.rows]

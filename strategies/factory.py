@@ -1,0 +1,112 @@
+"""The one place that stacks the strategy add-ons, in one visible order.
+
+From the outside in::
+
+    RoundOffset         rounds count on from a resumed run's last round
+    BandwidthTracking   books every message (its own measuring is outside the timing)
+    RoundTiming         configure/aggregation intervals and the replies' reports
+    ExchangeCodecs      encode down; decode, check, reject, order by partition up
+    SeededSampling      each round's nodes from seed, round and partitions
+    FedAvg | FedLoRA    sends to every node offered; aggregates what it is handed
+
+Each add-on is a ``StrategyWrapper`` and sees the round numbers with the resume offset, as
+the clients do (FedAvg writes them into the messages' config).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.serverapp.strategy import FedAvg
+
+from fedvit.codecs import CodecSpec
+from fedvit.config import AppConfig
+from strategies.bandwidth import BandwidthTracking
+from strategies.books import BookRow, Books
+from strategies.exchange import ExchangeCodecs
+from strategies.fedlora import FedLoRA
+from strategies.metrics import aggregate_reply_metrics
+from strategies.offset import RoundOffset
+from strategies.sampling import SeededSampling
+from strategies.timing import RoundLog, RoundTiming
+from strategies.wrapper import StrategyWrapper
+
+
+class FedVitStrategy(StrategyWrapper):
+    """The stack ``build_strategy`` returns, and what the server reads of it.
+
+    Run it with Flower's ``Strategy.start``; read ``books``, ``timeline`` and
+    ``rejections`` while and after it runs; ``resume`` before it starts.
+
+    Args:
+        offset: the outermost add-on (the whole stack hangs below it).
+        books: the stack's bandwidth books.
+        timing: the stack's round timing.
+        codecs: the stack's exchange codecs (they keep the rejections).
+    """
+
+    def __init__(self, offset: RoundOffset, books: BandwidthTracking, timing: RoundTiming,
+                 codecs: ExchangeCodecs) -> None:
+        super().__init__(offset)
+        self._offset, self._books, self._timing, self._codecs = offset, books, timing, codecs
+
+    @property
+    def books(self) -> Books:
+        """Every message measured so far, and the cross-check failures."""
+        return self._books.books
+
+    @property
+    def timeline(self) -> dict[int, RoundLog]:
+        """What each round (resume offset included) looked like to the strategy."""
+        return self._timing.timeline
+
+    @property
+    def rejections(self) -> list[dict]:
+        """Every rejected train reply: ``{"round", "node_id", "reason"}``."""
+        return self._codecs.rejections
+
+    def resume(self, after_round: int, books: list[BookRow], rejections: list[dict]) -> None:
+        """Go on from a checkpoint: rounds count from ``after_round + 1``, and the books and
+        rejections start with the checkpoint's.
+
+        Args:
+            after_round: the last round the checkpoint completed.
+            books: the checkpoint's book rows.
+            rejections: the checkpoint's rejected replies.
+        """
+        self._offset.offset = after_round
+        self._books.books.rows = list(books)
+        self._codecs.rejections[:] = list(rejections)
+
+
+def build_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedVitStrategy:
+    """The strategy the config names, with every add-on, stacked in the module's order.
+
+    Args:
+        cfg: the run's config (strategy, fractions, min nodes, codecs, seed, timeout).
+        exchanged_keys: names of the tensors that travel (FedLoRA's adapters and head).
+
+    Returns:
+        The stack, ready for ``start``.
+    """
+    every_node = {  # the sampler chooses the nodes; FedAvg sends to all it is offered
+        "fraction_train": 1.0,
+        "fraction_evaluate": 1.0,
+        "min_train_nodes": cfg.min_nodes,
+        "min_evaluate_nodes": cfg.min_nodes,
+        "min_available_nodes": cfg.min_nodes,
+        "train_metrics_aggr_fn": aggregate_reply_metrics,
+        "evaluate_metrics_aggr_fn": aggregate_reply_metrics,
+    }
+    base = (FedAvg(**every_node) if cfg.strategy == "fedavg"
+            else FedLoRA(exchanged_keys=exchanged_keys, **every_node))
+    sampling = SeededSampling(base, fraction_train=cfg.fraction_train,
+                              fraction_evaluate=cfg.fraction_evaluate,
+                              min_nodes=cfg.min_nodes, seed=cfg.seed,
+                              query_timeout_s=cfg.round_timeout_s)
+    codecs = ExchangeCodecs(sampling, CodecSpec.parse(cfg.codec_down),
+                            CodecSpec.parse(cfg.codec_up), base.arrayrecord_key)
+    timing = RoundTiming(codecs)
+    books = BandwidthTracking(timing)
+    offset = RoundOffset(books)
+    return FedVitStrategy(offset, books, timing, codecs)
