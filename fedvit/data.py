@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedvit.config import EMBEDDED_DATASET, AppConfig, ConfigError, cache_dir, resolve_path
+from fedvit.config import AppConfig, ConfigError
 from fedvit.files import atomic_path
+from fedvit.paths import EMBEDDED_DATASET, cache_dir, resolve_path
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict

@@ -15,15 +15,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 from flwr.supercore.exit import add_exit_handler
 
-from fedvit.config import (
-    CONFIG_HISTORY,
-    AppConfig,
-    raise_errors,
-    resolve_path,
-    resume_tensor_errors,
-    run_config_of,
-    validate_server,
-)
+from fedvit.config import AppConfig, raise_errors
 from fedvit.data import central_test_data, make_loader
 from fedvit.model import (
     backbone_fingerprint,
@@ -33,6 +25,8 @@ from fedvit.model import (
     input_stats,
     load_exchanged,
 )
+from fedvit.paths import resolve_path
+from fedvit.resume import CONFIG_HISTORY, resume_tensor_errors, run_config_of, validate_server
 from fedvit.train import evaluate
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import load as load_checkpoint

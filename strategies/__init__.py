@@ -6,7 +6,6 @@ from collections.abc import Iterable
 
 from flwr.serverapp.strategy import FedAvg
 
-from fedvit.codecs import CodecSpec
 from fedvit.config import AppConfig
 from strategies.bandwidth import BandwidthTracking, BookRow, Books
 from strategies.exchange import ExchangeCodecs
@@ -34,8 +33,8 @@ def make_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedAvg:
         "min_train_nodes": cfg.min_nodes,
         "min_evaluate_nodes": cfg.min_nodes,
         "min_available_nodes": cfg.min_nodes,
-        "codec_down": CodecSpec.parse(cfg.codec_down),
-        "codec_up": CodecSpec.parse(cfg.codec_up),
+        "codec_down": cfg.down_codec,
+        "codec_up": cfg.up_codec,
         "seed": cfg.seed,  # the sample of each round: seed, round and partitions only
         "query_timeout_s": cfg.round_timeout_s,
     }
