@@ -134,28 +134,66 @@ class ErrorFeedback:
                          for k, v in sent_input.items()}
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Copies of the residuals (float32), e.g. for an ``ArrayRecord`` in ``context.state``."""
+        """The residuals, e.g. for an ``ArrayRecord`` in ``context.state``.
+
+        Returns:
+            ``{name: array}``, float32 copies.
+        """
         return {k: v.copy() for k, v in self.residual.items()}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ErrorFeedback:
-        """The memory from residuals ``to_arrays`` gave (stored as float32)."""
+        """The memory from stored residuals.
+
+        Args:
+            arrays: what ``to_arrays`` gave (stored as float32).
+
+        Returns:
+            The error-feedback memory.
+        """
         return cls(arrays)
 
 
 def is_encoded(keys: Iterable[str]) -> bool:
-    """Whether a record's keys are an encoded payload (a tensor has a ``<name>::meta``)."""
+    """Whether a record's keys are an encoded payload.
+
+    Args:
+        keys: the record's keys.
+
+    Returns:
+        True when a key is a ``<name>::meta`` header.
+    """
     return any(k.endswith(SEP + "meta") for k in keys)
 
 
 def encode_record(spec: CodecSpec, tensors: dict[str, np.ndarray]) -> ArrayRecord:
-    """An ArrayRecord carrying ``encode(spec, tensors)`` (raises as ``encode`` does)."""
+    """An ArrayRecord carrying an encoded payload.
+
+    Args:
+        spec: the codec.
+        tensors: ``{name: array}``, float32/float16/float64.
+
+    Returns:
+        The record of ``encode(spec, tensors)``'s arrays.
+
+    Raises:
+        ValueError: as ``encode`` raises.
+    """
     return ArrayRecord({k: Array.from_numpy_ndarray(np.ascontiguousarray(v))
                         for k, v in encode(spec, tensors).items()})
 
 
 def record_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """The float arrays a record carries: decoded if encoded (raises ``CodecError`` as
-    ``decode`` does), as they are otherwise."""
+    """The float arrays a record carries.
+
+    Args:
+        record: an encoded payload (``is_encoded``) or plain tensors.
+
+    Returns:
+        ``{name: array}``: decoded (float32) if encoded, as they are otherwise.
+
+    Raises:
+        CodecError: as ``decode`` raises.
+    """
     arrays = {k: v.numpy() for k, v in record.items()}
     return decode(arrays) if is_encoded(arrays) else arrays

@@ -38,7 +38,10 @@ def raise_errors(errors: list[str]) -> None:
 
 @lru_cache(maxsize=1)
 def pyproject_defaults() -> dict[str, Any]:
-    """The ``[tool.flwr.app.config]`` table of the app's pyproject.toml: every default.
+    """Every default of the run config.
+
+    Returns:
+        The ``[tool.flwr.app.config]`` table of the app's pyproject.toml.
 
     Raises:
         OSError: pyproject.toml cannot be read.
@@ -161,8 +164,11 @@ class AppConfig:
         return "cuda" if self.use_cuda else "cpu"
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as run-config keys and values (for results files): the strings as
-        given, codec specs included."""
+        """The config as the run config spells it (for results files).
+
+        Returns:
+            ``{run-config key: value}``, every key; strings as given (codec specs too).
+        """
         return {k.replace("_", "-"): val for k, val in dataclasses.asdict(self).items()}
 
 

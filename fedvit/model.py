@@ -123,7 +123,14 @@ class FusedLoraLinear(PeftLoraLinear):
     """
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """``(..., in_features)`` -> ``(..., out_features)``, as peft's forward computes."""
+        """The adapted layer, as peft's forward computes it.
+
+        Args:
+            x: ``(..., in_features)``.
+
+        Returns:
+            ``(..., out_features)``.
+        """
         active = self.active_adapters
         if (args or kwargs or self.disable_adapters or self.merged or len(active) != 1
                 or active[0] not in self.lora_A or active[0] in self.lora_variant

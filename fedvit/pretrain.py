@@ -24,15 +24,15 @@ from flwr.common.logger import log
 
 from fedvit.backbone import create_vit
 from fedvit.config import AppConfig
-from fedvit.data import (
+from fedvit.data import make_loader
+from fedvit.files import atomic_path
+from fedvit.partitions import (
     DIGITS_PUBLIC_FRACTION,
     DIGITS_SPLIT_SEED,
     DIGITS_TEST_FRACTION,
     columns_of,
     digits_splits,
-    make_loader,
 )
-from fedvit.files import atomic_path
 from fedvit.paths import cache_dir
 from fedvit.tensors import HEAD, input_stats
 from fedvit.train import evaluate, train_epochs
@@ -69,7 +69,10 @@ def recipe(cfg: AppConfig) -> dict:
 
 
 def backbone_path(cfg: AppConfig) -> Path:
-    """Where the public backbone of ``cfg``'s recipe is cached (it may not exist yet).
+    """Where the public backbone of a recipe is cached (it may not exist yet).
+
+    Args:
+        cfg: the run config (its ``recipe``).
 
     Returns:
         ``$FEDVIT_CACHE/<model>-digits-public-<img-size>px-<recipe digest>.safetensors``.
@@ -160,7 +163,12 @@ class Progress:
         self.t0 = self.last = time.perf_counter()
 
     def __call__(self, epoch: int, loss: float) -> None:
-        """Log ``epoch`` (1-based) and its mean ``loss`` if it is time to."""
+        """Log an epoch if it is time to.
+
+        Args:
+            epoch: the epoch just done, 1-based.
+            loss: its mean loss.
+        """
         now = time.perf_counter()
         if epoch in (1, self.epochs) or now - self.last >= self.every_s:
             self.last = now

@@ -114,6 +114,9 @@ def validate_server(cfg: AppConfig) -> None:
     """The server's checks beyond ``AppConfig.from_run_config``: it reads ``resume-from``'s
     folder, which clients never see.
 
+    Args:
+        cfg: the new run's config.
+
     Raises:
         ConfigError: listing every ``resume_errors`` message.
     """

@@ -156,8 +156,14 @@ def _cross_key_errors(v: dict[str, Any], weights_relative: bool) -> list[str]:
 
 
 def show(value: Any) -> str:
-    """A value as the run config spells it: ``'text'``, ``true``/``false``, numbers as
-    they are."""
+    """A value as the run config spells it, for messages.
+
+    Args:
+        value: a run-config value.
+
+    Returns:
+        ``'text'`` (quoted), ``true``/``false``, numbers as ``str`` gives them.
+    """
     if isinstance(value, str):
         return repr(value)
     return str(value).lower() if isinstance(value, bool) else str(value)
@@ -176,7 +182,11 @@ def target_modules(spec: str) -> list[str]:
 
 
 def cuda_available() -> bool:
-    """Whether torch sees a CUDA device (imports torch)."""
+    """Whether a GPU is there (imports torch).
+
+    Returns:
+        ``torch.cuda.is_available()``.
+    """
     import torch
 
     return torch.cuda.is_available()

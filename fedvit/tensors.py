@@ -90,6 +90,9 @@ def load_exchanged(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """Parameter counts.
 
+    Args:
+        model: any model.
+
     Returns:
         (all parameters, trainable parameters), in elements.
     """

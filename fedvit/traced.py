@@ -121,6 +121,10 @@ def model_key(cfg: AppConfig, num_classes: int) -> dict | None:
 def model_path(cfg: AppConfig, num_classes: int) -> Path | None:
     """The artefact's file.
 
+    Args:
+        cfg: the run config.
+        num_classes: the classifier's outputs.
+
     Returns:
         ``$FEDVIT_CACHE/models/<model-name>-<key digest>.pt``, or None (not cacheable,
         see ``model_key``).
@@ -184,6 +188,11 @@ def check_same(loaded: nn.Module, built: nn.Module, cfg: AppConfig) -> None:
     order, values, trainables, exchanged tensors, fingerprint, input statistics, outputs
     in every mode on a seeded ``(5, 3, img-size, img-size)`` input, and one training step.
     Both models are left trained by that step.
+
+    Args:
+        loaded: the model loaded from the new artefact.
+        built: a second, fresh timm+peft build.
+        cfg: the run config (image size, seed, learning rate).
 
     Raises:
         AssertionError: naming the first difference.

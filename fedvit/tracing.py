@@ -60,8 +60,17 @@ class TracedModel(nn.Module):
         self._compile_sources()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The build's forward: ``(B, 3, S, S)`` float32 images (``S``: the traced image
-        size; another fails a traced guard with ``AssertionError``) -> ``(B, classes)``."""
+        """The build's forward, in the current mode.
+
+        Args:
+            x: ``(B, 3, S, S)`` float32 normalised images, ``S`` the traced image size.
+
+        Returns:
+            ``(B, num_classes)`` logits.
+
+        Raises:
+            AssertionError: an input unlike the traced one (a traced guard).
+        """
         return self._forwards[MODES[(self.training, torch.is_grad_enabled())]](self, x)
 
     def to_artefact(self) -> dict[str, Any]:
@@ -79,6 +88,12 @@ class TracedModel(nn.Module):
     @classmethod
     def from_artefact(cls, saved: dict[str, Any]) -> TracedModel:
         """The model ``to_artefact`` described.
+
+        Args:
+            saved: what ``to_artefact`` returned (as read back).
+
+        Returns:
+            The traced model.
 
         Raises:
             KeyError: an entry is missing.
@@ -227,7 +242,14 @@ def _with_imports(code: Any) -> str:
 
 
 def lookup(module: str, qualname: str) -> Any:
-    """The object ``module.qualname`` names (what traced code binds its globals with).
+    """The object a dotted name names (what traced code binds its globals with).
+
+    Args:
+        module: an importable module, e.g. ``'torch.nn.functional'``.
+        qualname: an attribute path in it, e.g. ``'linear'``.
+
+    Returns:
+        The object.
 
     Raises:
         ImportError, AttributeError: no such module or attribute.
@@ -274,8 +296,12 @@ def _adopt(target: nn.Module, source: nn.Module) -> None:
 
 
 def safe_globals() -> list:
-    """What a traced model's file may hold besides tensors (``torch.load`` with
-    ``weights_only``): torch.nn's module classes, ``TracedModel`` and ``set``."""
+    """What a traced model's file may hold besides tensors.
+
+    Returns:
+        The classes ``torch.load(..., weights_only=True)`` may build: torch.nn's module
+        classes, ``TracedModel`` and ``set``.
+    """
     classes = [nn.Module, TracedModel, set]
     for name in dir(nn):
         obj = getattr(nn, name)
