@@ -1,8 +1,9 @@
 """The run config, read once into one typed, validated object.
 
 Every default lives in ``pyproject.toml`` (``[tool.flwr.app.config]``); nothing else reads
-``context.run_config`` directly. What each key may be is ``fedvit.rules``' (and, for paths,
-``fedvit.paths'``); the checks against a run folder to resume are ``fedvit.resume``'s.
+``context.run_config`` directly. What each key may be is stated in ``fedvit.rules``
+(paths: ``fedvit.paths``); the checks against a run folder to resume are in
+``fedvit.resume``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def raise_errors(errors: list[str]) -> None:
         errors: messages, one per violation (none: nothing happens).
 
     Raises:
-        ConfigError: ``"invalid run config:"`` and one ``"\n  - "`` line per error.
+        ConfigError: ``invalid run config:``, then a ``  - <error>`` line per error.
     """
     if errors:
         raise ConfigError("invalid run config:\n  - " + "\n  - ".join(errors))
