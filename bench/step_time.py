@@ -23,8 +23,9 @@ import statistics
 import torch
 from flwr.common.config import parse_config_args
 
-from fedvit.config import AppConfig, target_modules
+from fedvit.config import AppConfig
 from fedvit.model import build_model, count_parameters, wrap_lora
+from fedvit.rules import target_modules
 from fedvit.train import PHASES, PhaseClock, make_optimizer, train_step
 
 

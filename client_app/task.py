@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedvit.codecs import CodecSpec, ErrorFeedback, encode_record, record_arrays
+from fedvit.codecs import ErrorFeedback, encode_record, record_arrays
 from fedvit.config import AppConfig, ConfigError
 from fedvit.data import client_data, make_loader
 from fedvit.tensors import backbone_fingerprint, input_stats
@@ -116,7 +116,7 @@ def outgoing(cfg: AppConfig, local: dict[str, torch.Tensor], received: dict[str,
     """What this client sends up: its tensors as they are (``codec-up`` = none), or its
     update (local - received) encoded with ``codec-up``. For top-k, error feedback keeps
     what was not sent in ``context.state`` and adds it to the next round's update."""
-    spec = CodecSpec.parse(cfg.codec_up)
+    spec = cfg.up_codec
     if spec.name == "none":
         return ArrayRecord(local)
     update = {k: v.detach().cpu().numpy() - received[k] for k, v in local.items()}

@@ -1,15 +1,12 @@
-"""Data: the embedded digits set or a hub/local dataset -> partitions -> loaders.
-
-Both kinds become a ``datasets.Dataset`` with an image column and a ``ClassLabel`` column
-and go through the same flwr-datasets partitioners and the same transforms.
+"""Data as the model sees it: a client's or the server's split -> tensors -> loaders.
 
 A client's partition of a small dataset (digits, or a local folder), and the server's test
 split, are materialised once into ``uint8`` tensors and cached under
 ``$FEDVIT_CACHE/partitions``. A process that finds its split there never imports
-``datasets`` or ``flwr_datasets``, which cost about 4 s a process (and in deployment Flower
-1.41 starts a ClientApp process per message); that is why those two, and torchvision (about
-1.3 s with the ``torch._dynamo`` its ``ops`` import), are imported inside the functions that
-use them.
+``datasets`` or ``flwr_datasets`` (``fedvit.partitions``), which cost about 4 s a process
+(and in deployment Flower 1.41 starts a ClientApp process per message); torchvision (about
+1.3 s with the ``torch._dynamo`` its ``ops`` import) is imported inside the functions that
+use it for the same reason.
 """
 
 from __future__ import annotations
@@ -18,181 +15,68 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedvit.config import EMBEDDED_DATASET, AppConfig, ConfigError, cache_dir, resolve_path
+from fedvit.config import AppConfig
 from fedvit.files import atomic_path
+from fedvit.partitions import (
+    DIGITS_PUBLIC_FRACTION,
+    DIGITS_SPLIT_SEED,
+    DIGITS_TEST_FRACTION,
+    Columns,
+    central_test_set,
+    client_splits,
+    dataset_columns,
+)
+from fedvit.paths import EMBEDDED_DATASET, cache_dir, resolve_path
 
 if TYPE_CHECKING:
-    from datasets import Dataset, DatasetDict
-    from flwr_datasets.partitioner import Partitioner
+    from datasets import Dataset
     from torchvision import transforms
 
-# The digits split is part of the dataset's definition, not of a run: fixed forever.
-DIGITS_SPLIT_SEED = 0
-DIGITS_TEST_FRACTION = 0.2
-DIGITS_PUBLIC_FRACTION = 0.4
-PREFERRED_LABELS = ("fine_label", "label")
 MATERIALIZE_BYTES = 256 * 2**20  # below this, a split is transformed once into tensors
 PARTITION_CACHE_VERSION = 1  # bump when what a cached partition holds changes
 
 
-@dataclass(frozen=True)
-class Columns:
-    """Which column holds the image and which the class label."""
-
-    image: str
-    label: str
-    num_classes: int
-
-
-def digits_splits() -> DatasetDict:
-    """scikit-learn's bundled digits (1,797 8x8 images) as a ``DatasetDict``.
-
-    ``train`` (40 %) is what the clients partition; ``test`` (20 %) is the server's
-    held-out set; ``public`` (40 %) is data the clients never see, used only to pretrain
-    the frozen backbone centrally (``fedvit.pretrain``).
-    """
-    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
-    from PIL import Image as PILImage
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    pixels = np.clip(bunch.images * 16, 0, 255).astype(np.uint8)  # 0..16 -> 0..255
-    features = Features(
-        {"image": Image(), "label": ClassLabel(names=[str(d) for d in range(10)])}
-    )
-    full = Dataset.from_dict(
-        {"image": [PILImage.fromarray(p, mode="L") for p in pixels],
-         "label": bunch.target.tolist()},
-        features=features,
-    )
-    first = full.train_test_split(
-        test_size=DIGITS_TEST_FRACTION, seed=DIGITS_SPLIT_SEED, stratify_by_column="label"
-    )
-    public_share = DIGITS_PUBLIC_FRACTION / (1 - DIGITS_TEST_FRACTION)
-    second = first["train"].train_test_split(
-        test_size=public_share, seed=DIGITS_SPLIT_SEED, stratify_by_column="label"
-    )
-    return DatasetDict(train=second["train"], public=second["test"], test=first["test"])
-
-
-def columns_of(ds: Dataset) -> Columns:
-    """Find the image column (``Image`` feature) and the label column (``ClassLabel``)."""
-    from datasets import ClassLabel, Image
-
-    images = [k for k, f in ds.features.items() if isinstance(f, Image)]
-    labels = [k for k, f in ds.features.items() if isinstance(f, ClassLabel)]
-    preferred = [k for k in PREFERRED_LABELS if k in labels]
-    if not images or not labels:
-        raise ConfigError(
-            f"'dataset' has columns {dict(ds.features)}: need one Image column and one "
-            "ClassLabel column"
-        )
-    label = (preferred or labels)[0]
-    return Columns(image=images[0], label=label, num_classes=ds.features[label].num_classes)
-
-
-def make_partitioner(cfg: AppConfig, num_partitions: int, label: str) -> Partitioner:
-    """The flwr-datasets partitioner the config asks for."""
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
-
-    if cfg.partitioner == "iid":
-        return IidPartitioner(num_partitions=num_partitions)
-    return DirichletPartitioner(
-        num_partitions=num_partitions,
-        partition_by=label,
-        alpha=cfg.dirichlet_alpha,
-        min_partition_size=0,
-        self_balancing=True,
-        seed=cfg.seed,
-    )
-
-
-@lru_cache(maxsize=4)
-def _partitioned(cfg: AppConfig, num_partitions: int) -> tuple[Partitioner, Dataset, Columns]:
-    """Partitioner (dataset attached), central test split and columns; cached per process."""
-    dataset = cfg.dataset
-    if dataset == EMBEDDED_DATASET:
-        splits = digits_splits()
-        cols = columns_of(splits["train"])
-        partitioner = make_partitioner(cfg, num_partitions, cols.label)
-        partitioner.dataset = splits["train"]
-        return partitioner, splits["test"], cols
-    from flwr_datasets import FederatedDataset
-
-    path = resolve_path(dataset)
-    source = str(path) if path.is_absolute() and path.is_dir() else dataset  # else a hub id
-    try:
-        probe = FederatedDataset(dataset=source, partitioners={"train": 1})
-        cols = columns_of(probe.load_split("train"))
-        fds = FederatedDataset(
-            dataset=source,
-            partitioners={"train": make_partitioner(cfg, num_partitions, cols.label)},
-            seed=cfg.seed,
-        )
-        test = fds.load_split("test")
-    except ConfigError:
-        raise
-    except Exception as err:  # network, missing dataset, missing split
-        raise ConfigError(
-            f"'dataset' = {dataset!r} could not be loaded with a 'train' and a 'test' split "
-            f"({type(err).__name__}: {err})"
-        ) from err
-    return fds.partitioners["train"], test, cols
-
-
-def dataset_columns(cfg: AppConfig) -> Columns:
-    """Image/label columns and class count of the configured dataset."""
-    return _partitioned(cfg, 1)[2]
-
-
-def central_test_set(cfg: AppConfig) -> Dataset:
-    """The held-out split the server evaluates the global model on."""
-    return _partitioned(cfg, 1)[1]
-
-
-def client_splits(cfg: AppConfig, partition_id: int, num_partitions: int) -> DatasetDict:
-    """A client's partition split into local ``train`` and ``val``."""
-    if not 0 <= partition_id < num_partitions:
-        raise ConfigError(
-            f"node config 'partition-id' = {partition_id} is not allowed: must be in "
-            f"[0, {num_partitions}) for 'num-partitions' = {num_partitions}"
-        )
-    partitioner = _partitioned(cfg, num_partitions)[0]
-    part = partitioner.load_partition(partition_id)
-    if len(part) < 2:
-        raise ConfigError(
-            f"partition {partition_id} of {num_partitions} holds {len(part)} examples: "
-            "too few to split; use fewer partitions or a larger 'dirichlet-alpha'"
-        )
-    from datasets import DatasetDict
-
-    split = part.train_test_split(test_size=cfg.val_fraction, seed=cfg.seed)
-    return DatasetDict(train=split["train"], val=split["test"])
-
-
 def fits_in_memory(num_examples: int, img_size: int) -> bool:
-    """Whether a split is small enough to be transformed once into float tensors."""
+    """Whether a split is small enough to be transformed once into tensors.
+
+    Args:
+        num_examples: the split's size.
+        img_size: the model's input side, pixels.
+
+    Returns:
+        True when its float32 images would take at most ``MATERIALIZE_BYTES``.
+    """
     return num_examples * 3 * img_size**2 * 4 <= MATERIALIZE_BYTES
 
 
 @dataclass(frozen=True)
 class Materialised:
-    """A split as tensors: ``uint8`` RGB images ``(N, 3, S, S)`` and ``int64`` labels."""
+    """A split as tensors.
+
+    Args:
+        images: ``(N, 3, S, S)`` uint8 RGB, resized to the model's input side ``S``.
+        labels: ``(N,)`` int64 class indices.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
 
 
 def pixels(img_size: int) -> transforms.Compose:
-    """PIL image (any mode) -> ``uint8`` RGB tensor of ``img_size`` x ``img_size``."""
+    """The transform from a PIL image (any mode) to pixels.
+
+    Args:
+        img_size: the output side, pixels.
+
+    Returns:
+        A torchvision transform giving ``(3, img_size, img_size)`` uint8 RGB tensors.
+    """
     from torchvision import transforms  # not imported by a process that finds its cache
 
     return transforms.Compose([
@@ -203,7 +87,16 @@ def pixels(img_size: int) -> transforms.Compose:
 
 
 def materialise(ds: Dataset, cols: Columns, img_size: int) -> Materialised:
-    """Resize every image of ``ds`` once; normalisation is left to the loader."""
+    """Resize every image of ``ds`` once; normalisation is left to the loader.
+
+    Args:
+        ds: a dataset split.
+        cols: its columns.
+        img_size: the model's input side, pixels.
+
+    Returns:
+        Its images ``(N, 3, img_size, img_size)`` uint8 and labels ``(N,)`` int64.
+    """
     to_pixels = pixels(img_size)
     images = [to_pixels(im) for im in ds[cols.image]]
     return Materialised(
@@ -214,8 +107,16 @@ def materialise(ds: Dataset, cols: Columns, img_size: int) -> Materialised:
 
 
 def normalise(images: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
-    """``uint8`` images -> float32, scaled and normalised exactly as ``ToTensor`` then
-    ``Normalize`` would."""
+    """Scale and normalise images exactly as ``ToTensor`` then ``Normalize`` would.
+
+    Args:
+        images: ``(..., 3, H, W)`` uint8.
+        mean: per-channel mean on the [0, 1] scale (``fedvit.tensors.input_stats``).
+        std: per-channel standard deviation on that scale.
+
+    Returns:
+        ``(..., 3, H, W)`` float32: ``(images / 255 - mean) / std``.
+    """
     x = images.to(torch.float32).div(255)
     return x.sub_(torch.tensor(mean).view(-1, 1, 1)).div_(torch.tensor(std).view(-1, 1, 1))
 
@@ -230,7 +131,24 @@ def make_loader(
     batch_size: int,
     seed: int = 0,
 ) -> DataLoader:
-    """A DataLoader of ``(images, labels)``; workers and pinned memory on a GPU."""
+    """A DataLoader of ``(images, labels)``; workers and pinned memory on a GPU.
+
+    A split that ``fits_in_memory`` is materialised first (transformed once, not every
+    epoch); a larger one is transformed per batch.
+
+    Args:
+        data: a dataset split, or one already materialised.
+        cols: its columns.
+        cfg: ``img-size`` and the device (workers, pinned memory).
+        mean: per-channel normalisation mean on the [0, 1] scale.
+        std: per-channel normalisation standard deviation on that scale.
+        shuffle: reshuffle every epoch (seeded).
+        batch_size: examples per batch.
+        seed: the shuffling generator's seed.
+
+    Returns:
+        Batches of images ``(B, 3, S, S)`` float32 normalised and labels ``(B,)`` int64.
+    """
     generator = torch.Generator().manual_seed(seed)
     if not isinstance(data, Materialised) and fits_in_memory(len(data), cfg.img_size):
         data = materialise(data, cols, cfg.img_size)  # transformed once, not every epoch
@@ -266,7 +184,13 @@ def _collate(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass(frozen=True)
 class ClientData:
-    """A client's local ``train`` and ``val`` splits and the dataset's columns."""
+    """A client's local splits and the dataset's columns.
+
+    Args:
+        train: the local training split (materialised, or a ``datasets.Dataset``).
+        val: the local validation split (likewise).
+        cols: the dataset's columns.
+    """
 
     train: Dataset | Materialised
     val: Dataset | Materialised
@@ -275,7 +199,20 @@ class ClientData:
 
 def client_data(cfg: AppConfig, partition_id: int, num_partitions: int) -> ClientData:
     """A client's splits. Small partitions of digits or a local folder come materialised,
-    from the partition cache when they are there; others as ``datasets.Dataset``."""
+    from the partition cache when they are there (written on a miss); others as
+    ``datasets.Dataset``.
+
+    Args:
+        cfg: the run config.
+        partition_id: this client's partition, in ``[0, num_partitions)``.
+        num_partitions: how many clients share the data.
+
+    Returns:
+        The client's ``train`` and ``val`` splits and the columns.
+
+    Raises:
+        ConfigError: as ``fedvit.partitions.client_splits`` raises (on a cache miss).
+    """
     path = partition_cache_path(cfg, partition_id, num_partitions)
     if path is not None and path.is_file():
         saved = torch.load(path, weights_only=True)
@@ -300,7 +237,17 @@ def client_data(cfg: AppConfig, partition_id: int, num_partitions: int) -> Clien
 def central_test_data(cfg: AppConfig) -> tuple[Dataset | Materialised, Columns]:
     """The server's held-out split and the dataset's columns. For digits or a local folder
     a small split comes materialised, from the cache when it is there, so a ServerApp
-    process that finds it never imports ``datasets`` (about 3-4 s a run)."""
+    process that finds it never imports ``datasets`` (about 3-4 s a run).
+
+    Args:
+        cfg: the run config.
+
+    Returns:
+        (the test split, materialised or a ``datasets.Dataset``; the columns).
+
+    Raises:
+        ConfigError: the dataset cannot be loaded (on a cache miss).
+    """
     path = _cache_path(cfg, {"split": "test", "seed": cfg.seed, "img-size": cfg.img_size})
     if path is not None and path.is_file():
         saved = torch.load(path, weights_only=True)
@@ -316,7 +263,17 @@ def central_test_data(cfg: AppConfig) -> tuple[Dataset | Materialised, Columns]:
 
 def partition_cache_path(cfg: AppConfig, partition_id: int, num_partitions: int
                          ) -> Path | None:
-    """The cache file of this client partition (see ``_cache_path``)."""
+    """The cache file of a client's partition.
+
+    Args:
+        cfg: the run config (dataset, partitioner, seed, sizes).
+        partition_id: the partition.
+        num_partitions: how many clients share the data.
+
+    Returns:
+        ``$FEDVIT_CACHE/partitions/<key digest>.pt`` (it may not exist yet), or None for
+        a hub dataset (a hub revision can change under the same name).
+    """
     return _cache_path(cfg, {
         "partitioner": cfg.partitioner, "dirichlet-alpha": cfg.dirichlet_alpha,
         "seed": cfg.seed, "val-fraction": cfg.val_fraction, "img-size": cfg.img_size,

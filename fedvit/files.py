@@ -37,15 +37,29 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` (UTF-8) atomically (see ``atomic_path``)."""
+    """Replace a file's content atomically (see ``atomic_path``).
+
+    Args:
+        path: the file (its folder must exist).
+        text: the new content, written as UTF-8.
+
+    Raises:
+        OSError: as ``atomic_path`` raises.
+    """
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
 def write_json(path: Path, data: Any, indent: int | None = 2) -> None:
-    """Replace ``path`` with ``data`` as JSON (a trailing newline) atomically.
+    """Replace a file with JSON atomically (see ``atomic_path``).
+
+    Args:
+        path: the file (its folder must exist).
+        data: what to write, then a trailing newline.
+        indent: JSON indentation (None: one line).
 
     Raises:
+        OSError: as ``atomic_path`` raises.
         TypeError: ``data`` holds a value JSON cannot encode.
     """
     write_text(path, json.dumps(data, indent=indent) + "\n")

@@ -45,7 +45,14 @@ REAL = "link-real"
 
 @dataclass(frozen=True)
 class Link:
-    """One node's link to the server; ``real``: it is the link the node really has."""
+    """One node's link to the server.
+
+    Args:
+        down_mbps: server -> node rate, megabits (10^6 bit) per second.
+        up_mbps: node -> server rate, megabits per second.
+        latency_ms: one-way latency, milliseconds.
+        real: it is the link the node really has (not a hypothetical one).
+    """
 
     down_mbps: float
     up_mbps: float
@@ -53,20 +60,42 @@ class Link:
     real: bool = False
 
     def down_s(self, nbytes: int, objects: int = 0) -> float:
-        """Seconds to move a message of ``nbytes`` serialised bytes in ``objects`` objects
-        from the server to the node: latency, then its objects' calls (``object_seconds``);
-        without an object count, latency plus its bytes on the wire at the link's rate."""
+        """Seconds to move a message from the server to the node: latency, then its
+        objects' calls (``object_seconds``); without an object count, latency plus its
+        bytes on the wire at the link's rate.
+
+        Args:
+            nbytes: the message's serialised bytes (``fedvit.wire.message_size``).
+            objects: its objects (0: unknown).
+
+        Returns:
+            Seconds.
+        """
         wire = wire_bytes(nbytes, objects, PULL_OBJECT_BYTES)
         return self.latency_ms / 1e3 + object_seconds(wire, objects, self.down_mbps,
                                                       self.latency_ms)
 
     def up_s(self, nbytes: int, objects: int = 0) -> float:
-        """Seconds to move a reply from the node to the server (as ``down_s``)."""
+        """Seconds to move a reply from the node to the server (as ``down_s``, with a
+        pushed object's framing).
+
+        Args:
+            nbytes: the reply's serialised bytes.
+            objects: its objects (0: unknown).
+
+        Returns:
+            Seconds.
+        """
         wire = wire_bytes(nbytes, objects, PUSH_OBJECT_BYTES)
         return self.latency_ms / 1e3 + object_seconds(wire, objects, self.up_mbps,
                                                       self.latency_ms)
 
     def as_metrics(self) -> dict[str, float]:
+        """The link as a reply's metrics.
+
+        Returns:
+            ``{NODE_KEYS...: value, "link-real": 0.0 or 1.0}``.
+        """
         out = dict(zip(NODE_KEYS, (self.down_mbps, self.up_mbps, self.latency_ms),
                        strict=True))
         out[REAL] = float(self.real)
@@ -74,12 +103,32 @@ class Link:
 
     @classmethod
     def from_metrics(cls, metrics: Mapping) -> Link:
+        """The link ``as_metrics`` wrote.
+
+        Args:
+            metrics: a reply's metrics (``link-real`` may be missing: not real).
+
+        Returns:
+            The link.
+
+        Raises:
+            KeyError: a ``NODE_KEYS`` key is missing.
+        """
         return cls(*(float(metrics[k]) for k in NODE_KEYS), bool(metrics.get(REAL, 0)))
 
 
 def wire_bytes(nbytes: int, objects: int, per_object: int) -> float:
-    """Bytes a message takes on the link: its serialised bytes in TCP/IP/Ethernet frames,
-    plus ``per_object`` bytes of HTTP framing for each of its ``objects``."""
+    """Bytes a message takes on the link.
+
+    Args:
+        nbytes: its serialised bytes.
+        objects: its objects (one HTTP call each).
+        per_object: HTTP framing bytes per object (``PULL_OBJECT_BYTES`` or
+            ``PUSH_OBJECT_BYTES``).
+
+    Returns:
+        ``nbytes`` in TCP/IP/Ethernet frames (``FRAME_FACTOR``) plus the framing, bytes.
+    """
     return nbytes * FRAME_FACTOR + objects * per_object
 
 
@@ -89,7 +138,16 @@ def object_seconds(wire: float, objects: int, mbps: float, latency_ms: float) ->
 
     A call of an object of average size takes ``OBJECT_CALL_S`` + a round trip + its bytes'
     time; an object costs half of that, but at least its bytes' time. Bulk transfers are
-    link-bound (bytes ÷ rate), many small objects call-bound. ``objects`` = 0: bytes ÷ rate.
+    link-bound (bytes ÷ rate), many small objects call-bound.
+
+    Args:
+        wire: bytes on the wire, all objects together (``wire_bytes``).
+        objects: how many objects (0: bytes ÷ rate only).
+        mbps: the link's rate, megabits per second.
+        latency_ms: its one-way latency, milliseconds.
+
+    Returns:
+        Seconds.
     """
     on_link = wire * 8 / (mbps * 1e6)
     if objects <= 0:
@@ -100,12 +158,35 @@ def object_seconds(wire: float, objects: int, mbps: float, latency_ms: float) ->
 
 
 def transfer_seconds(nbytes: float, mbps: float, latency_ms: float) -> float:
-    """One message: latency plus serialisation at ``mbps`` megabits (10^6 bit) per second."""
+    """One message's time on a link.
+
+    Args:
+        nbytes: bytes to move.
+        mbps: the rate, megabits (10^6 bit) per second.
+        latency_ms: one-way latency, milliseconds.
+
+    Returns:
+        Seconds: latency plus serialisation.
+    """
     return latency_ms / 1e3 + nbytes * 8 / (mbps * 1e6)
 
 
 def node_link(cfg: AppConfig, node_config: Mapping, partition_id: int) -> Link:
-    """This node's link: node config first, then the run config's profile."""
+    """This node's link: node config first, then the run config's profile.
+
+    Args:
+        cfg: the run config (``link-*`` keys, ``seed``).
+        node_config: the node's config (``link-down-mbps``, ``link-up-mbps``,
+            ``link-latency-ms``, ``link-real``, each optional).
+        partition_id: the node's partition (seeds the heterogeneous draw).
+
+    Returns:
+        The link.
+
+    Raises:
+        ConfigError: a node-config link value that is not a number > 0 (latency >= 0),
+            or a ``link-real`` that is not a bool.
+    """
     if cfg.link_profile == "heterogeneous":
         rng = np.random.default_rng([cfg.seed, partition_id])
         down, up = (float(10 ** rng.uniform(-1, 0)) for _ in range(2))

@@ -1,19 +1,30 @@
-"""Model construction (timm ViT, peft LoRA) and the answer to "which tensors travel".
+"""The model a strategy trains: the plain timm ViT (``fedavg``) or the same ViT with peft
+LoRA adapters (``fedlora``), and the answer to "which tensors travel".
 
-The client, the server, the size report and the tests all ask this module which tensors a
-strategy exchanges instead of re-deriving it.
+The client, the server, the size report and the tests all ask this module (or the
+torch-only ``fedvit.tensors``, whose answers it re-exports) which tensors a strategy
+exchanges instead of re-deriving it.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from torch import nn
 
-from fedvit.config import PUBLIC_PRETRAIN, AppConfig, ConfigError, resolve_path, target_modules
+from fedvit.adapters import freeze_ffa
+from fedvit.backbone import (
+    adaptable_linears,
+    check_model,
+    create_vit,
+    load_backbone_weights,
+    lora_target_errors,
+)
+from fedvit.config import AppConfig, raise_errors
+from fedvit.paths import PUBLIC_PRETRAIN, resolve_path
+from fedvit.pretrain import public_backbone
+from fedvit.rules import target_modules
 from fedvit.tensors import (  # noqa: F401  (re-exported: the torch-only answers)
     HEAD,
     backbone_fingerprint,
@@ -25,87 +36,31 @@ from fedvit.tensors import (  # noqa: F401  (re-exported: the torch-only answers
 )
 
 
-def create_vit(cfg: AppConfig, num_classes: int, pretrained: bool | None = None) -> nn.Module:
-    """The plain timm ViT at the configured image and patch size (seeded init)."""
-    import timm
-
-    kwargs: dict = {"num_classes": num_classes, "img_size": cfg.img_size}
-    if cfg.patch_size:
-        kwargs["patch_size"] = cfg.patch_size
-    torch.manual_seed(cfg.seed)
-    use_hub = cfg.pretrained if pretrained is None else pretrained
-    try:
-        return timm.create_model(cfg.model_name, pretrained=use_hub, **kwargs)
-    except Exception as err:
-        if not use_hub:
-            raise ConfigError(
-                f"'model-name' = {cfg.model_name!r} cannot be built with 'img-size' = "
-                f"{cfg.img_size}, 'patch-size' = {cfg.patch_size}: {err}"
-            ) from err
-        raise ConfigError(
-            f"'pretrained' = true: hub weights for {cfg.model_name!r} could not be loaded "
-            f"({type(err).__name__}: {err}); set 'weights-path' to a local file instead"
-        ) from err
-
-
-def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a torch checkpoint (``.pth``/``.pt``/``.bin``)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "module"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    return dict(obj)
-
-
-def load_backbone_weights(model: nn.Module, path: Path, source: str) -> None:
-    """Load a weights file into a timm ViT; only the classifier head may be left out.
-
-    Position and patch embeddings are resampled to the model's sizes (timm's own filter).
-    Raises ``ConfigError`` when the file does not fit the model.
-    """
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
-    from fedvit.config import FITTING_WEIGHTS
-
-    try:
-        state = checkpoint_filter_fn(read_weights_file(path), model)
-    except Exception as err:
-        raise ConfigError(f"{source} = {str(path)!r} cannot be read: {err}") from err
-    own = model.state_dict()
-    state = {
-        k: v for k, v in state.items()
-        if not (k.startswith(HEAD + ".") and k in own and own[k].shape != v.shape)
-    }
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:
-        raise ConfigError(f"{source} = {str(path)!r} does not fit the model: {err}; "
-                          f"{FITTING_WEIGHTS}") from err
-    missing = [k for k in missing if not k.startswith(HEAD + ".")]
-    if missing or unexpected:
-        raise ConfigError(
-            f"{source} = {str(path)!r} does not fit the model: missing {len(missing)} "
-            f"tensors {missing[:3]}, unexpected {len(unexpected)} {list(unexpected)[:3]}; "
-            f"{FITTING_WEIGHTS}"
-        )
-
-
 def build_model(cfg: AppConfig, num_classes: int) -> nn.Module:
     """The model a strategy trains: a plain ViT (``fedavg``) or a LoRA-wrapped one.
 
     Everything is seeded, so the frozen backbone and the initial adapters are
-    bit-identical on the server and on every client.
+    bit-identical on the server and on every client. A weights file (or the public
+    backbone, built first if missing) replaces the backbone; the head is then a fresh,
+    seeded one for this task.
+
+    Args:
+        cfg: the run config (model, weights, LoRA and seed keys).
+        num_classes: the classifier's outputs.
+
+    Returns:
+        A timm ViT or a ``peft.PeftModel`` around one, on the CPU, float32, taking
+        ``(B, 3, img-size, img-size)`` normalised images and giving ``(B, num_classes)``
+        logits.
+
+    Raises:
+        ConfigError: the model cannot be built at these sizes, the weights do not fit,
+            or a rule only the built model can check is broken (``model_errors``).
     """
     model = create_vit(cfg, num_classes)
     check_model(cfg, model)
     if cfg.weights_path:
         if cfg.weights_path == PUBLIC_PRETRAIN:
-            from fedvit.pretrain import public_backbone
-
             path, source = public_backbone(cfg), "'weights-path' (public pretraining)"
         else:
             path, source = resolve_path(cfg.weights_path), "'weights-path'"
@@ -117,32 +72,25 @@ def build_model(cfg: AppConfig, num_classes: int) -> nn.Module:
     return wrap_lora(model, cfg)
 
 
-def check_model(cfg: AppConfig, model: nn.Module) -> None:
-    """Raise ``ConfigError`` listing what only the built (plain timm) ViT can show: its
-    patch size, the input size it was built for, the LoRA target modules."""
-    from fedvit.config import model_errors, raise_errors
-
-    pe = model.patch_embed
-    raise_errors(model_errors(
-        cfg, tuple(pe.patch_size), tuple(pe.img_size) if pe.img_size else (0, 0),
-        {full.rsplit(".", 1)[-1] for full in _adaptable_linears(model)}))
-
-
 def wrap_lora(model: nn.Module, cfg: AppConfig, fused: bool = True) -> PeftModel:
-    """peft LoRA on the target modules; adapters and the head are the only trainables.
+    """peft LoRA on the target modules; adapters and the head are the only trainables
+    (FFA-LoRA: ``lora_A`` frozen too, ``fedvit.adapters.freeze_ffa``).
 
-    ``fused`` uses ``FusedLoraLinear``'s forward; ``False`` keeps peft's own (benchmarks).
+    Args:
+        model: a plain timm ViT (consumed: peft wraps it in place).
+        cfg: ``lora-r``, ``lora-alpha``, ``lora-dropout``, ``lora-target-modules``,
+            ``lora-aggregation``, ``seed`` (the adapters' init).
+        fused: use ``FusedLoraLinear``'s forward; False keeps peft's own (benchmarks).
+
+    Returns:
+        The peft model.
+
+    Raises:
+        ConfigError: a target module is not a linear layer of the model.
     """
     targets = target_modules(cfg.lora_target_modules)
-    linear = _adaptable_linears(model)
-    names = {full.rsplit(".", 1)[-1] for full in linear}
-    unknown = [t for t in targets if t not in names]
-    if unknown:
-        raise ConfigError(
-            f"'lora-target-modules' = {cfg.lora_target_modules!r} is not allowed: "
-            f"{unknown} are not linear layers of {cfg.model_name!r}; its linear layers "
-            f"are {sorted(names)}"
-        )
+    linear = adaptable_linears(model)
+    raise_errors(lora_target_errors(cfg, {full.rsplit(".", 1)[-1] for full in linear}))
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -156,9 +104,7 @@ def wrap_lora(model: nn.Module, cfg: AppConfig, fused: bool = True) -> PeftModel
     torch.manual_seed(cfg.seed)
     peft_model = get_peft_model(model, lora)
     if cfg.lora_aggregation == "ffa":  # FFA-LoRA: A stays at its shared seeded init
-        for name, param in peft_model.named_parameters():
-            if ".lora_A." in name:
-                param.requires_grad_(False)
+        freeze_ffa(peft_model)
     return peft_model
 
 
@@ -177,6 +123,14 @@ class FusedLoraLinear(PeftLoraLinear):
     """
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The adapted layer, as peft's forward computes it.
+
+        Args:
+            x: ``(..., in_features)``.
+
+        Returns:
+            ``(..., out_features)``.
+        """
         active = self.active_adapters
         if (args or kwargs or self.disable_adapters or self.merged or len(active) != 1
                 or active[0] not in self.lora_A or active[0] in self.lora_variant
@@ -194,9 +148,3 @@ class FusedLoraLinear(PeftLoraLinear):
         down = nn.functional.linear(self.lora_dropout[name](flat), lora_a)
         out = torch.addmm(out, down, lora_b.t(), alpha=scale)
         return out.view(x.shape[:-1] + out.shape[-1:])
-
-
-def _adaptable_linears(model: nn.Module) -> list[str]:
-    """Full names of the linear layers LoRA may adapt (the head is trained in full)."""
-    return [n for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and n != HEAD and not n.startswith(HEAD + ".")]

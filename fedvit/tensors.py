@@ -1,9 +1,12 @@
-"""Which tensors travel, and the backbone's fingerprint: torch only.
+"""Which tensors travel, the backbone's fingerprint and the input statistics.
 
-The answers for a model built with timm and peft (``fedvit.model``) and for the same model
-loaded from the traced-model cache (``fedvit.traced.TracedModel``). Nothing here imports
-timm or peft: a ClientApp process that loads its model from the cache never pays for
-them (``fedvit.model`` re-exports these functions for everyone else).
+One answer for a model built with timm and peft (``fedvit.model``) and for the same model
+loaded from the traced-model cache (``fedvit.tracing.TracedModel``). A built model is
+answered with its libraries' own helpers: peft's adapter state dict
+(``fedvit.adapters``) and timm's data config. A traced model carries the answers recorded
+from those helpers when it was traced, so a ClientApp process that loads it never imports
+timm or peft (a built model exists only once they are imported, so asking about one costs
+nothing more). ``fedvit.model`` re-exports these functions.
 """
 
 from __future__ import annotations
@@ -11,34 +14,64 @@ from __future__ import annotations
 import hashlib
 import sys
 
+import torch
 from torch import nn
 
-HEAD = "head"
+HEAD = "head"  # timm's classifier: trained in full, never adapted, never in the backbone
 
 
 def is_lora(model: nn.Module) -> bool:
     """Whether ``model`` is a peft LoRA model (built, or loaded from the traced cache).
 
-    A peft model exists only once peft has been imported, so a process that never
-    imported it is not asked to import it here.
+    Args:
+        model: a model ``fedvit.model.build_model`` built, or a ``TracedModel``.
+
+    Returns:
+        True for a LoRA model (``fedlora``), False for a plain ViT (``fedavg``).
     """
-    lora = getattr(model, "fedvit_lora", None)  # set by fedvit.traced.TracedModel
+    lora = getattr(model, "fedvit_lora", None)  # set by fedvit.tracing.TracedModel
     if lora is not None:
         return bool(lora)
-    peft = sys.modules.get("peft")
+    peft = sys.modules.get("peft")  # not imported: no peft model can exist
     return peft is not None and isinstance(model, peft.PeftModel)
 
 
-def exchanged_state(model: nn.Module) -> dict:
-    """The tensors a strategy exchanges: the whole state dict of a plain ViT (``fedavg``),
-    or exactly the trainable parameters (LoRA adapters and head) of a peft model."""
+def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a strategy exchanges, under the names they travel with.
+
+    A plain ViT (``fedavg``) exchanges its whole state dict; a LoRA model its adapter state
+    (``fedvit.adapters.adapter_state``: peft's adapter state dict, FFA-LoRA's frozen
+    ``lora_A`` left out); a traced model the names recorded from its build.
+
+    Args:
+        model: as for ``is_lora``.
+
+    Returns:
+        ``{state-dict name: tensor}`` in state-dict order; the tensors are detached and
+        share memory with the model (dtype and device as they are).
+    """
+    names = getattr(model, "fedvit_exchanged", None)  # set by fedvit.tracing.TracedModel
+    if names is not None:
+        state = model.state_dict()
+        return {name: state[name] for name in names}
     if is_lora(model):
-        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v.detach() for k, v in model.state_dict().items()}
+        from fedvit.adapters import adapter_state  # peft is imported already
+
+        return adapter_state(model)
+    return dict(model.state_dict())
 
 
-def load_exchanged(model: nn.Module, state: dict) -> None:
-    """Load exchanged tensors; the key set must be exactly the exchanged one."""
+def load_exchanged(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load exchanged tensors into ``model`` (copied into its own tensors).
+
+    Args:
+        model: as for ``is_lora``.
+        state: ``{name: tensor}`` with exactly the names ``exchanged_state`` gives.
+
+    Raises:
+        ValueError: the names are not exactly the exchanged ones.
+        RuntimeError: a tensor's shape does not fit.
+    """
     expected = set(exchanged_state(model))
     missing, extra = expected - set(state), set(state) - expected
     if missing or extra:
@@ -46,18 +79,37 @@ def load_exchanged(model: nn.Module, state: dict) -> None:
             f"exchanged tensors do not match the model: {len(missing)} missing "
             f"{sorted(missing)[:3]}, {len(extra)} extra {sorted(extra)[:3]}"
         )
-    model.load_state_dict(state, strict=not is_lora(model))
+    if is_lora(model) and getattr(model, "fedvit_exchanged", None) is None:
+        from fedvit.adapters import load_adapter_state  # peft is imported already
+
+        load_adapter_state(model, state)
+    else:
+        model.load_state_dict(state, strict=not is_lora(model))
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(all parameters, trainable parameters)."""
+    """Parameter counts.
+
+    Args:
+        model: any model.
+
+    Returns:
+        (all parameters, trainable parameters), in elements.
+    """
     params = list(model.parameters())
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
 def backbone_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over the frozen backbone: every tensor that is neither head nor exchanged
-    (so a frozen FFA ``lora_A`` counts, a trained adapter does not)."""
+    """A digest of the frozen backbone: every tensor that is neither head nor exchanged
+    (so a frozen FFA ``lora_A`` counts, a trained adapter does not).
+
+    Args:
+        model: as for ``is_lora``.
+
+    Returns:
+        16 hex digits of SHA-256 over the names and bytes, in name order.
+    """
     exchanged = set(exchanged_state(model)) if is_lora(model) else set()
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -68,10 +120,21 @@ def backbone_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def input_stats(model: nn.Module) -> tuple[tuple, tuple]:
-    """The (mean, std) the ViT's inputs are normalised with."""
+def input_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel (mean, std) the ViT's inputs are normalised with: timm's
+    ``resolve_model_data_config`` of the built ViT, or what a traced model recorded.
+
+    Args:
+        model: as for ``is_lora``.
+
+    Returns:
+        (mean, std), one float per input channel, on the [0, 1] pixel scale.
+    """
     stats = getattr(model, "fedvit_input_stats", None)  # a TracedModel carries its own
-    if stats is not None:
-        return tuple(stats[0]), tuple(stats[1])
-    base = model.get_base_model() if is_lora(model) else model
-    return tuple(base.pretrained_cfg["mean"]), tuple(base.pretrained_cfg["std"])
+    if stats is None:
+        from timm.data import resolve_model_data_config  # timm is imported already
+
+        base = model.get_base_model() if is_lora(model) else model
+        data = resolve_model_data_config(base)
+        stats = (data["mean"], data["std"])
+    return tuple(stats[0]), tuple(stats[1])

@@ -16,17 +16,31 @@ PHASES = ("data", "forward", "backward", "optimizer")
 
 @dataclass
 class PhaseClock:
-    """Accumulates seconds per phase; on CUDA it synchronises so times are real."""
+    """Accumulates seconds per phase; on CUDA it synchronises so times are real.
+
+    Args:
+        cuda: synchronise the GPU before every reading.
+        seconds: seconds so far per phase (``PHASES``; zeros by default).
+    """
 
     cuda: bool
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     _last: float = 0.0
 
     def start(self) -> None:
+        """Start timing the next phase now."""
         self._sync()
         self._last = time.perf_counter()
 
     def lap(self, phase: str) -> None:
+        """Add the seconds since the last ``start``/``lap`` to a phase; start the next.
+
+        Args:
+            phase: one of ``seconds``' phases.
+
+        Raises:
+            KeyError: ``phase`` is not one of ``seconds``' phases.
+        """
         self._sync()
         now = time.perf_counter()
         self.seconds[phase] += now - self._last
@@ -39,7 +53,14 @@ class PhaseClock:
 
 @dataclass
 class TrainStats:
-    """What one local training run did."""
+    """What one local training run did.
+
+    Args:
+        num_examples: examples trained on, over all epochs.
+        loss: their mean loss.
+        wall_s: seconds the run took.
+        phases: seconds per phase (``PHASES``).
+    """
 
     num_examples: int
     loss: float
@@ -48,11 +69,17 @@ class TrainStats:
 
     @property
     def examples_per_s(self) -> float:
+        """Training throughput, examples per second (0 for a run that took no time)."""
         return self.num_examples / self.wall_s if self.wall_s > 0 else 0.0
 
 
 def autocast(device: str, bf16: bool):
-    """bf16 autocast when asked for, a no-op context otherwise."""
+    """bf16 autocast when asked for, a no-op context otherwise.
+
+    Args:
+        device: ``'cpu'`` or ``'cuda'``.
+        bf16: autocast to bfloat16.
+    """
     return torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
@@ -66,7 +93,16 @@ def _batches(loader: DataLoader, device: str) -> Iterator[tuple[torch.Tensor, to
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
     """AdamW over the parameters that require grad, fused: one kernel updates every tensor
-    (torch's CPU default loops over them, which on a small ViT costs a quarter of a step)."""
+    (torch's CPU default loops over them, which on a small ViT costs a quarter of a step).
+
+    Args:
+        model: the model to train.
+        lr: the learning rate.
+        weight_decay: AdamW's decoupled weight decay.
+
+    Returns:
+        The optimizer.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
@@ -81,7 +117,16 @@ def train_step(
 ) -> torch.Tensor:
     """One optimizer step on one batch; laps the forward, backward and optimizer phases.
 
-    Returns the (detached) loss.
+    Args:
+        model: the model, in training mode, on the batch's device.
+        optimizer: its optimizer (``make_optimizer``).
+        images: ``(B, 3, S, S)`` float32, normalised.
+        labels: ``(B,)`` int64 class indices.
+        clock: the phase clock to lap.
+        bf16: autocast the forward pass to bfloat16.
+
+    Returns:
+        The batch's mean cross-entropy loss, a detached scalar.
     """
     with autocast(images.device.type, bf16):
         loss = nn.functional.cross_entropy(model(images), labels)
@@ -108,9 +153,22 @@ def train_epochs(
 ) -> TrainStats:
     """Train the parameters that require grad with AdamW; time every phase.
 
-    ``one_cycle`` anneals the rate over all steps (used by central pretraining).
-    ``on_epoch(epoch, loss)`` is called after each epoch (1-based) with its mean loss.
-    ``optimizer``: one made by ``make_optimizer`` for this model already (else one is made).
+    Args:
+        model: the model (moved to ``device``, set to training mode).
+        loader: batches of images ``(B, 3, S, S)`` float32 normalised and labels
+            ``(B,)`` int64.
+        epochs: passes over ``loader``.
+        lr: the learning rate (the peak rate with ``one_cycle``).
+        device: ``'cpu'`` or ``'cuda'``.
+        bf16: autocast the forward passes to bfloat16.
+        weight_decay: AdamW's decoupled weight decay (only when an optimizer is made).
+        one_cycle: anneal the rate over all steps (used by central pretraining).
+        on_epoch: called as ``on_epoch(epoch, loss)`` after each epoch (1-based) with its
+            mean loss.
+        optimizer: one made by ``make_optimizer`` for this model already (else one is made).
+
+    Returns:
+        Examples seen, mean loss, seconds and seconds per phase.
     """
     model.to(device).train()
     optimizer = optimizer or make_optimizer(model, lr, weight_decay)
@@ -145,7 +203,18 @@ def train_epochs(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: str, bf16: bool) -> dict[str, float]:
-    """Loss and accuracy over a loader."""
+    """Loss and accuracy over a loader, without gradients, in evaluation mode.
+
+    Args:
+        model: the model (moved to ``device``).
+        loader: batches of images ``(B, 3, S, S)`` float32 normalised and labels
+            ``(B,)`` int64.
+        device: ``'cpu'`` or ``'cuda'``.
+        bf16: autocast the forward passes to bfloat16 (the loss is taken in float32).
+
+    Returns:
+        ``{"loss": mean cross-entropy, "accuracy": fraction correct, "num-examples": n}``.
+    """
     model.to(device).eval()
     total_loss, correct, seen = 0.0, 0, 0
     for images, labels in _batches(loader, device):

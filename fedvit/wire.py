@@ -26,7 +26,14 @@ REPORT_KEYS = (*BYTES_KEYS, *MOD_STAMPS)
 
 
 def tensor_bytes(content: RecordDict) -> int:
-    """Σ itemsize × number of elements over all arrays of all ArrayRecords."""
+    """The raw tensor payload of a message's content.
+
+    Args:
+        content: the message's records.
+
+    Returns:
+        Bytes: Σ itemsize × number of elements over all arrays of all ArrayRecords.
+    """
     return sum(
         np.dtype(arr.dtype).itemsize * int(np.prod(arr.shape, dtype=np.int64))
         for record in content.array_records.values()
@@ -35,18 +42,40 @@ def tensor_bytes(content: RecordDict) -> int:
 
 
 def message_bytes(msg: Message) -> int:
-    """Serialised size of the whole message tree, headers included, duplicates counted."""
+    """Serialised size of the whole message tree, headers included, duplicates counted.
+
+    Args:
+        msg: a Flower message.
+
+    Returns:
+        Bytes.
+    """
     return _tree_size(msg)[0]
 
 
 def message_size(msg: Message) -> tuple[int, int]:
-    """(bytes, objects) of the whole message tree, duplicates counted: Flower 1.41 moves a
-    message as one HTTP request or response per object (``fedvit.links`` prices that)."""
+    """Serialised size and object count of the whole message tree, duplicates counted:
+    Flower 1.41 moves a message as one HTTP request or response per object
+    (``fedvit.links`` prices that).
+
+    Args:
+        msg: a Flower message.
+
+    Returns:
+        (bytes, objects).
+    """
     return _tree_size(msg)
 
 
 def content_bytes(content: RecordDict) -> int:
-    """Serialised size of a message's content (all of the message but its metadata)."""
+    """Serialised size of a message's content (all of the message but its metadata).
+
+    Args:
+        content: the message's records.
+
+    Returns:
+        Bytes, headers included, duplicates counted.
+    """
     return _tree_size(content)[0]
 
 
@@ -64,7 +93,20 @@ def _tree_size(obj) -> tuple[int, int]:
 
 
 def without_keys(msg: Message, record: str, keys: tuple[str, ...]) -> Message:
-    """A copy of ``msg`` (same metadata) whose MetricRecord ``record`` lacks ``keys``."""
+    """A copy of a message without some metrics (e.g. to size it as it was before they
+    were added).
+
+    Args:
+        msg: a Flower message with a MetricRecord ``record``.
+        record: the MetricRecord's name.
+        keys: the metrics to leave out.
+
+    Returns:
+        A new message, same metadata (copied), the other records shared.
+
+    Raises:
+        KeyError: ``msg`` has no record ``record``.
+    """
     content = RecordDict(dict(msg.content.items()))
     content[record] = MetricRecord({k: v for k, v in msg.content[record].items()
                                      if k not in keys})

@@ -15,9 +15,9 @@ from pathlib import Path
 from flwr.app import ArrayRecord
 from safetensors.torch import load_file, save_file
 
-from fedvit.config import CHECKPOINT_STATE as STATE
-from fedvit.config import CHECKPOINT_TENSORS as TENSORS
 from fedvit.files import atomic_path, write_json
+from fedvit.resume import CHECKPOINT_STATE as STATE
+from fedvit.resume import CHECKPOINT_TENSORS as TENSORS
 from strategies import BookRow
 
 

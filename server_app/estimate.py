@@ -32,10 +32,9 @@ def sampled(num_nodes: int, fraction: float, min_nodes: int) -> int:
     return 0 if fraction == 0 else max(int(num_nodes * fraction), min_nodes)
 
 
-def message_tensor_bytes(arrays: dict[str, np.ndarray], codec: str) -> int:
-    """Tensor bytes of one message carrying ``arrays`` encoded with ``codec``. Exact for
+def message_tensor_bytes(arrays: dict[str, np.ndarray], spec: CodecSpec) -> int:
+    """Tensor bytes of one message carrying ``arrays`` encoded with ``spec``. Exact for
     every codec but top-k, whose index encoding depends on the values."""
-    spec = CodecSpec.parse(codec)
     if spec.name == "none":
         return sum(a.nbytes for a in arrays.values())
     return encoded_bytes(encode(spec, arrays))
@@ -44,8 +43,8 @@ def message_tensor_bytes(arrays: dict[str, np.ndarray], codec: str) -> int:
 def estimate(arrays: dict[str, np.ndarray], num_nodes: int, cfg: AppConfig) -> Estimate:
     """Train rounds send the model down and the update up to every sampled client;
     evaluation rounds (``fraction-evaluate`` > 0) send the model down once more."""
-    down = message_tensor_bytes(arrays, cfg.codec_down)
-    up = message_tensor_bytes(arrays, cfg.codec_up)
+    down = message_tensor_bytes(arrays, cfg.down_codec)
+    up = message_tensor_bytes(arrays, cfg.up_codec)
     train = sampled(num_nodes, cfg.fraction_train, cfg.min_nodes)
     evaluate = sampled(num_nodes, cfg.fraction_evaluate, cfg.min_nodes)
     rounds = cfg.num_server_rounds

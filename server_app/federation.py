@@ -12,8 +12,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 from flwr.supercore.exit import add_exit_handler
 
-from fedvit.config import AppConfig, raise_errors, resolve_path, resume_tensor_errors
-from fedvit.config import validate_server as validate_resume
+from fedvit.config import AppConfig, raise_errors
 from fedvit.data import central_test_data, make_loader
 from fedvit.model import (
     backbone_fingerprint,
@@ -22,6 +21,9 @@ from fedvit.model import (
     exchanged_state,
     input_stats,
 )
+from fedvit.paths import resolve_path
+from fedvit.resume import resume_tensor_errors
+from fedvit.resume import validate_server as validate_resume
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import load as load_checkpoint
 from server_app.estimate import estimate

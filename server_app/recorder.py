@@ -13,7 +13,8 @@ from pathlib import Path
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 
-from fedvit.config import CONFIG_HISTORY, AppConfig, run_config_of
+from fedvit.config import AppConfig
+from fedvit.resume import CONFIG_HISTORY, run_config_of
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import save as save_checkpoint
 from server_app.estimate import Estimate

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedvit.config import AppConfig, resolve_path
+from fedvit.config import AppConfig
 from fedvit.files import atomic_path, write_json
+from fedvit.paths import resolve_path
 
 
 def new_run_dir(cfg: AppConfig) -> Path:

@@ -19,7 +19,6 @@ from collections.abc import Iterable
 
 from flwr.serverapp.strategy import FedAvg
 
-from fedvit.codecs import CodecSpec
 from fedvit.config import AppConfig
 from strategies.bandwidth import BandwidthTracking
 from strategies.books import BookRow, Books
@@ -104,8 +103,7 @@ def build_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedVitStrat
                               fraction_evaluate=cfg.fraction_evaluate,
                               min_nodes=cfg.min_nodes, seed=cfg.seed,
                               query_timeout_s=cfg.round_timeout_s)
-    codecs = ExchangeCodecs(sampling, CodecSpec.parse(cfg.codec_down),
-                            CodecSpec.parse(cfg.codec_up), base.arrayrecord_key)
+    codecs = ExchangeCodecs(sampling, cfg.down_codec, cfg.up_codec, base.arrayrecord_key)
     timing = RoundTiming(codecs)
     books = BandwidthTracking(timing)
     offset = RoundOffset(books)

@@ -7,17 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from fedvit.codecs import (
-    CODECS,
-    INDEX_ENCODINGS,
-    CodecError,
-    CodecSpec,
-    ErrorFeedback,
-    decode,
-    encode,
-    encoded_bytes,
-    topk_count,
-)
+from fedvit.codec_format import INDEX_ENCODINGS, CodecError
+from fedvit.codec_spec import CODECS, CodecSpec, topk_count
+from fedvit.codecs import ErrorFeedback, decode, encode, encoded_bytes
 
 
 def header_bytes(ndim: int) -> int:

@@ -19,7 +19,8 @@ import torch
 from fedvit.config import AppConfig
 from fedvit.model import build_model
 from fedvit.tensors import backbone_fingerprint, exchanged_state, input_stats
-from fedvit.traced import MODEL_KEYS, TracedModel, cached_model, load, model_key, model_path
+from fedvit.traced import MODEL_KEYS, cached_model, load, model_key, model_path
+from fedvit.tracing import TracedModel
 from fedvit.train import PhaseClock, make_optimizer, train_step
 
 FAST = {"model-name": "test_vit", "img-size": 16, "patch-size": 4, "weights-path": ""}
@@ -153,7 +154,7 @@ def test_a_fresh_client_process_imports_only_what_it_trains_with(
     ``torch._dynamo``, which torch's own optimizer imports on construction."""
     monkeypatch.setenv("FEDVIT_CACHE", str(tmp_path))
     from client_app.task import local_task
-    from fedvit.config import timm_vit_names
+    from fedvit.rules import timm_vit_names
 
     timm_vit_names.cache_clear()
     timm_vit_names()  # this process's names were read before: write them to this cache
@@ -164,7 +165,7 @@ import sys
 import client_app.app
 from client_app.task import local_task
 from fedvit.config import AppConfig
-from fedvit.traced import TracedModel
+from fedvit.tracing import TracedModel
 from fedvit.train import PhaseClock, make_optimizer, train_step
 heavy = {HEAVY!r}
 task = local_task(AppConfig.from_run_config({run_config!r}), 0, 2)

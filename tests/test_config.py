@@ -10,14 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedvit.config import (
-    APP_ROOT,
-    AppConfig,
-    ConfigError,
-    pyproject_defaults,
-    resolve_path,
-    target_modules,
-)
+from fedvit.codec_spec import CodecSpec
+from fedvit.config import AppConfig, ConfigError, pyproject_defaults
+from fedvit.paths import APP_ROOT, resolve_path
+from fedvit.rules import target_modules
 
 # Offline and small: no hub weights, no public pretraining.
 FAST = {"weights-path": ""}
@@ -89,6 +85,19 @@ def test_cpu_defaults_pick_cpu_fp32() -> None:
     assert cfg.torch_device == "cpu"
     assert cfg.use_bf16 is False
     assert AppConfig.from_run_config({"precision": "bf16"}).use_bf16 is True
+
+
+def test_codec_specs_are_parsed_once_into_the_config() -> None:
+    cfg = AppConfig.from_run_config({"codec-down": "int4:64", "codec-up": "topk:0.05"})
+    assert cfg.down_codec == CodecSpec("int4", block_size=64)
+    assert cfg.up_codec == CodecSpec("topk", topk_fraction=0.05)
+    assert cfg.down_codec is cfg.down_codec  # parsed once per config object
+    assert AppConfig.from_run_config({"codec-down": "int4:64", "codec-up": "topk:0.05"}
+                                     ).up_codec is cfg.up_codec  # one object per run config
+    # Results files keep the run config's spelling.
+    assert (cfg.to_dict()["codec-down"], cfg.to_dict()["codec-up"]) == ("int4:64", "topk:0.05")
+    defaults = AppConfig.from_run_config({})
+    assert defaults.down_codec == CodecSpec.parse(defaults.codec_down)
 
 
 VIT_RULE = "a timm Vision Transformer name (timm.list_models(module='vision_transformer'))"

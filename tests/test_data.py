@@ -19,16 +19,18 @@ from PIL import Image as PILImage
 from fedvit import data as fdata
 from fedvit.config import AppConfig, ConfigError
 from fedvit.data import (
-    Columns,
     Materialised,
     central_test_data,
-    central_test_set,
     client_data,
+    make_loader,
+    partition_cache_path,
+)
+from fedvit.partitions import (
+    Columns,
+    central_test_set,
     client_splits,
     dataset_columns,
     digits_splits,
-    make_loader,
-    partition_cache_path,
 )
 
 FAST = {"weights-path": ""}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from peft import PeftModel
+from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import save_file
 from torch import nn
 
@@ -68,6 +68,23 @@ def test_fedlora_trainables_are_qkv_adapters_and_head() -> None:
     assert trainable[f"{PREFIX}blocks.0.attn.qkv.lora_B.default.weight"].shape == (QKV_OUT, R)
     assert trainable[f"{PREFIX}head.modules_to_save.default.weight"].shape == (
         NUM_CLASSES, EMBED)
+
+
+@pytest.mark.parametrize("aggregation", ["naive", "ffa"])
+def test_exchanged_is_peft_adapter_state_minus_ffa_lora_a(aggregation: str) -> None:
+    """What travels is peft's adapter state dict (LoRA matrices and the modules_to_save
+    head), under the model's own names; FFA-LoRA leaves every lora_A out, and only those."""
+    model = build_model(_cfg(**{"lora-aggregation": aggregation}), NUM_CLASSES)
+    peft_state = get_peft_model_state_dict(model)  # peft drops ".default" and the wrapper
+    exchanged = exchanged_state(model)
+    as_peft = {k.replace(".modules_to_save.default.", ".").replace(".default.", "."): v
+               for k, v in exchanged.items()}
+    frozen = {k for k in peft_state if ".lora_A." in k} if aggregation == "ffa" else set()
+    assert len(frozen) == (DEPTH if aggregation == "ffa" else 0)
+    assert set(as_peft) == set(peft_state) - frozen
+    for key, tensor in as_peft.items():
+        assert torch.equal(tensor, peft_state[key]), key
+    assert list(exchanged) == list(_trainable(model))  # and exactly what trains, in order
 
 
 def test_fedlora_parameter_count() -> None:
@@ -370,8 +387,9 @@ def test_load_exchanged_key_mismatch(strategy: str) -> None:
     )
 
 
-def test_load_exchanged_lora_updates_only_exchanged() -> None:
-    model = build_model(_cfg(), NUM_CLASSES)
+@pytest.mark.parametrize("aggregation", ["naive", "ffa"])
+def test_load_exchanged_lora_updates_only_exchanged(aggregation: str) -> None:
+    model = build_model(_cfg(**{"lora-aggregation": aggregation}), NUM_CLASSES)
     fingerprint = backbone_fingerprint(model)
     gen = torch.Generator().manual_seed(0)
     new = {k: torch.randn(v.shape, generator=gen) for k, v in exchanged_state(model).items()}
@@ -382,7 +400,7 @@ def test_load_exchanged_lora_updates_only_exchanged() -> None:
         assert torch.equal(got[name], tensor), name
     assert backbone_fingerprint(model) == fingerprint
     # the loaded adapters take part in the forward pass
-    fresh = build_model(_cfg(), NUM_CLASSES)
+    fresh = build_model(_cfg(**{"lora-aggregation": aggregation}), NUM_CLASSES)
     x = torch.randn(2, 3, 16, 16, generator=gen)
     model.eval()
     fresh.eval()

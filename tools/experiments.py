@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from fedvit.config import STRATEGIES, AppConfig
+from fedvit.config import AppConfig
+from fedvit.rules import STRATEGIES
 
 ROUND_LINE = re.compile(r"fedvit: round (\d+)/(\d+) \| central acc ([\d.]+)")
 

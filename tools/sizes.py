@@ -12,8 +12,9 @@ import dataclasses
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedvit.codecs import CodecSpec, encode, encoded_bytes
-from fedvit.config import STRATEGIES, AppConfig, ConfigError
+from fedvit.config import AppConfig, ConfigError
 from fedvit.model import build_model, count_parameters, exchanged_state
+from fedvit.rules import STRATEGIES
 from fedvit.wire import content_bytes, tensor_bytes
 
 MB = 1e6

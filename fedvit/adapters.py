@@ -1,0 +1,75 @@
+"""A peft LoRA model's exchanged state, by peft's own helpers, and FFA-LoRA's rule.
+
+What a LoRA model exchanges is what ``peft.get_peft_model_state_dict`` returns for its
+adapter (the LoRA matrices and the ``modules_to_save`` head), minus ``lora_A`` under
+FFA-LoRA (``lora-aggregation = "ffa"``: A stays at its shared seeded init, so it is
+neither trained nor sent). The tensors travel under the model's own state-dict names
+(``...qkv.lora_A.default.weight``, ``...head.modules_to_save.default.weight``), which
+peft's helper renames (``...qkv.lora_A.weight``, ``...head.weight``): the two are matched
+by tensor, not by rewriting names, and loading goes back through
+``peft.set_peft_model_state_dict``.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+
+FFA_FROZEN = ".lora_A."  # FFA-LoRA freezes, and does not exchange, every lora_A
+
+
+def freeze_ffa(model: PeftModel) -> None:
+    """Make ``model`` FFA-LoRA: freeze every ``lora_A`` and mark the model, so that
+    ``adapter_state`` leaves them out.
+
+    Args:
+        model: a fresh peft LoRA model (``fedvit.model.wrap_lora``).
+    """
+    for name, param in model.named_parameters():
+        if FFA_FROZEN in name:
+            param.requires_grad_(False)
+    model.fedvit_ffa = True
+
+
+def adapter_state(model: PeftModel) -> dict[str, torch.Tensor]:
+    """The tensors a LoRA model exchanges.
+
+    Args:
+        model: a peft LoRA model.
+
+    Returns:
+        ``{state-dict name: tensor}`` in state-dict order: peft's adapter state dict
+        under the model's own names, without ``lora_A`` under FFA-LoRA. The tensors are
+        detached and share memory with the model.
+    """
+    return {name: tensor for name, (_, tensor) in _peft_names(model).items()}
+
+
+def load_adapter_state(model: PeftModel, state: dict[str, torch.Tensor]) -> None:
+    """Load exchanged tensors with ``peft.set_peft_model_state_dict``.
+
+    Args:
+        model: a peft LoRA model.
+        state: ``{state-dict name: tensor}``, names among ``adapter_state``'s.
+
+    Raises:
+        KeyError: a name that is not exchanged.
+        RuntimeError: a tensor's shape does not fit, or peft did not load a tensor.
+    """
+    names = _peft_names(model)
+    result = set_peft_model_state_dict(model, {names[k][0]: v for k, v in state.items()})
+    if result.unexpected_keys:
+        raise RuntimeError(f"peft did not load {sorted(result.unexpected_keys)[:3]}")
+
+
+def _peft_names(model: PeftModel) -> dict[str, tuple[str, torch.Tensor]]:
+    """``{state-dict name: (peft's name, tensor)}`` of the exchanged tensors."""
+    state = model.state_dict()
+    peft_state = get_peft_model_state_dict(model, state_dict=state, save_embedding_layers=False)
+    peft_name = {id(tensor): name for name, tensor in peft_state.items()}
+    found = [name for name, tensor in state.items() if id(tensor) in peft_name]
+    if len(found) != len(peft_state):  # peft copied or renamed a tensor: not ours to guess
+        raise RuntimeError("peft's adapter state holds tensors the model's state dict lacks")
+    ffa = getattr(model, "fedvit_ffa", False)
+    return {name: (peft_name[id(state[name])], state[name]) for name in found
+            if not (ffa and FFA_FROZEN in name)}

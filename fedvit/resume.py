@@ -1,0 +1,123 @@
+"""Resuming a run: the checks of ``resume-from`` against the run folder it names.
+
+Server side only (a client never reads ``resume-from``). The folder must hold a
+checkpoint, its config must agree with the new one outside ``RESUMABLE_KEYS``, and its
+tensors must be the ones the new config exchanges.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fedvit.config import AppConfig, raise_errors
+from fedvit.paths import resolve_path
+from fedvit.rules import show
+
+CHECKPOINT_STATE, CHECKPOINT_TENSORS = "checkpoint.json", "checkpoint.safetensors"
+CONFIG_HISTORY = "configs.json"  # every accepted config of a run folder, with its start round
+# Keys a resumed run may change: none of them changes what is exchanged, or how it is
+# trained or aggregated. Every other key must keep the checkpoint's value.
+RESUMABLE_KEYS = frozenset({
+    "num-server-rounds", "outputs-dir", "run-name", "resume-from", "node-wait-s",
+    "round-timeout-s", "device", "eval-batch-size", "fraction-evaluate", "evaluate-in-train",
+    "link-down-mbps", "link-up-mbps", "link-latency-ms", "link-profile", "link-emulate",
+    "deploy-pickup-s", "deploy-startup-s", "deploy-return-s",
+})
+
+
+def resume_errors(cfg: AppConfig) -> list[str]:
+    """Rule violations of ``resume-from`` against the run folder it names.
+
+    The folder must hold a checkpoint; every key outside ``RESUMABLE_KEYS`` must keep the
+    value that run was started with (one error lists each changed key with both values);
+    ``num-server-rounds`` must exceed the completed rounds.
+
+    Args:
+        cfg: the new run's config.
+
+    Returns:
+        The messages (none when ``resume-from`` is ``''`` or all is well).
+
+    Raises:
+        OSError, ValueError: the folder's checkpoint or config files cannot be read.
+    """
+    if not cfg.resume_from:
+        return []
+    folder = resolve_path(cfg.resume_from)
+    where = f"'resume-from' = {show(cfg.resume_from)}"
+    if not ((folder / CHECKPOINT_STATE).is_file() and (folder / CHECKPOINT_TENSORS).is_file()):
+        return [f"{where} is not allowed: {folder} holds no checkpoint ({CHECKPOINT_STATE} "
+                f"and {CHECKPOINT_TENSORS}); must be '' or the folder of an earlier run "
+                "that completed at least one round"]
+    earlier = run_config_of(folder)
+    done = int(json.loads((folder / CHECKPOINT_STATE).read_text())["round"])
+    errors = []
+    now = cfg.to_dict()
+    changed = [f"'{k}' = {show(now[k])} (checkpoint: {show(earlier[k])})"
+               for k in now if k not in RESUMABLE_KEYS and k in earlier and earlier[k] != now[k]]
+    if changed:
+        errors.append(f"{where} is not allowed with a changed config: these keys change what "
+                      "is exchanged or how it is trained or aggregated and must keep the "
+                      f"checkpoint's values: {', '.join(changed)}")
+    if cfg.num_server_rounds <= done:
+        errors.append(f"'num-server-rounds' = {cfg.num_server_rounds} is not allowed with "
+                      f"{where}: that run completed {done} rounds; must be > {done}")
+    return errors
+
+
+def resume_tensor_errors(cfg: AppConfig, expected: Mapping[str, tuple],
+                         found: Mapping[str, tuple]) -> list[str]:
+    """The checkpoint's tensors against the ones this config exchanges.
+
+    Args:
+        cfg: the new run's config.
+        expected: name -> shape of the tensors ``cfg`` exchanges.
+        found: name -> shape of the checkpoint's tensors.
+
+    Returns:
+        One message counting the missing, extra and reshaped tensors (the first three
+        of each), or none when the two agree.
+    """
+    if dict(expected) == dict(found):
+        return []
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    return [f"'resume-from' = {show(cfg.resume_from)} is not allowed: its checkpoint does "
+            f"not hold the tensors this config exchanges ({len(missing)} missing "
+            f"{missing[:3]}, {len(extra)} extra {extra[:3]}, {len(shapes)} of another shape "
+            f"{shapes[:3]}); must be the folder of a run with the same model and strategy"]
+
+
+def run_config_of(folder: Path) -> dict[str, Any]:
+    """The latest accepted run config of a run folder.
+
+    Args:
+        folder: a run's output folder.
+
+    Returns:
+        Run-config keys and values: the last entry of ``configs.json``, else (older
+        folders) ``config.json``.
+
+    Raises:
+        OSError, ValueError: neither file can be read as JSON.
+    """
+    history = folder / CONFIG_HISTORY
+    if history.is_file():
+        return json.loads(history.read_text())[-1]["config"]
+    return json.loads((folder / "config.json").read_text())
+
+
+def validate_server(cfg: AppConfig) -> None:
+    """The server's checks beyond ``AppConfig.from_run_config``: it reads ``resume-from``'s
+    folder, which clients never see.
+
+    Args:
+        cfg: the new run's config.
+
+    Raises:
+        ConfigError: listing every ``resume_errors`` message.
+    """
+    raise_errors(resume_errors(cfg))
