@@ -44,7 +44,7 @@ from pathlib import Path
 
 from flwr.common.config import parse_config_args
 
-from fedvit import stamps as st
+from fedvit import keys
 from fedvit.links import FRAME_FACTOR, OBJECT_CALL_S, PULL_OBJECT_BYTES, PUSH_OBJECT_BYTES, Link
 from server_app.timeline import FixedCosts, NodeTimes, RoundTimes, project
 from tools.deploy.linklab import UNSHAPED_MBPS, LinkLab
@@ -83,8 +83,8 @@ def run_lab(links: list, overrides: dict, rounds: int, work: Path) -> LabRun:
     phases = [RoundTimes.from_row(r) for r in json.loads((run / "phases.json").read_text())]
     nodes = [NodeTimes.from_row(r) for r in json.loads((run / "nodes.json").read_text())]
     # The download lies between the push and the handler, the upload after the handler.
-    windows = {"down": lambda n: (n.pushed, n.stamps[st.MOD_IN]),
-               "up": lambda n: (n.stamps[st.MOD_OUT], n.pulled)}
+    windows = {"down": lambda n: (n.pushed, n.stamps[keys.MOD_IN]),
+               "up": lambda n: (n.stamps[keys.MOD_OUT], n.pulled)}
     transfer, wire = {}, {}
     for n in nodes:
         for d, window in windows.items():

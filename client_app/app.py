@@ -18,14 +18,14 @@ from client_app.task import (
     outgoing,
     partition_of,
 )
+from fedvit import keys
 from fedvit.codecs import record_arrays
 from fedvit.config import AppConfig
+from fedvit.keys import COMPUTE_END, COMPUTE_START, HANDLER_IN, HANDLER_OUT, METRICS, TASK_BUILT
 from fedvit.links import node_link
-from fedvit.stamps import COMPUTE_END, COMPUTE_START, HANDLER_IN, HANDLER_OUT, TASK_BUILT
 from fedvit.tensors import exchanged_state, load_exchanged
 from fedvit.train import evaluate as evaluate_loader
 from fedvit.train import make_optimizer, train_epochs
-from fedvit.wire import METRICS
 
 app = ClientApp(mods=[bandwidth_mod])
 
@@ -35,18 +35,18 @@ def train(msg: Message, context: Context) -> Message:
     """Load the global tensors, train locally, reply with the exchanged tensors."""
     stamps = {HANDLER_IN: time.time()}
     cfg, task, pid, received, optimizer = _prepare(msg, context, stamps, train=True)
-    val = _val_metrics(cfg, task, prefix="val") if cfg.evaluate_in_train else {}
-    server_round = int(msg.content["config"]["server-round"])
+    val = _val_metrics(cfg, task, prefix=keys.VAL) if cfg.evaluate_in_train else {}
+    server_round = int(msg.content[keys.CONFIG][keys.SERVER_ROUND])
     torch.manual_seed(cfg.seed + 1000 * server_round + pid)
     task.train.generator.manual_seed(cfg.seed + server_round)  # same order on a resume
     stats = train_epochs(task.model, task.train, cfg.local_epochs, cfg.learning_rate,
                          cfg.torch_device, cfg.use_bf16, optimizer=optimizer)
     metrics = {
-        "num-examples": stats.num_examples,
-        "train-loss": stats.loss,
-        "time-train": stats.wall_s,
-        "examples-per-s": stats.examples_per_s,
-        **{f"time-{phase}": s for phase, s in stats.phases.items()},
+        keys.NUM_EXAMPLES: stats.num_examples,
+        keys.TRAIN_LOSS: stats.loss,
+        keys.TIME_TRAIN: stats.wall_s,
+        keys.EXAMPLES_PER_S: stats.examples_per_s,
+        **{keys.time_key(phase): s for phase, s in stats.phases.items()},
         **val,
     }
     stamps[COMPUTE_END] = time.time()
@@ -59,8 +59,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global tensors on the local validation split."""
     stamps = {HANDLER_IN: time.time()}
     cfg, task, pid, _, _ = _prepare(msg, context, stamps)
-    metrics = _val_metrics(cfg, task, prefix="eval")
-    metrics["num-examples"] = metrics.pop("eval-examples")
+    metrics = _val_metrics(cfg, task, prefix=keys.EVAL)
+    metrics[keys.NUM_EXAMPLES] = metrics.pop(f"{keys.EVAL}-examples")
     stamps[COMPUTE_END] = time.time()
     return _reply(msg, context, cfg, pid, stamps, metrics)
 
@@ -85,8 +85,8 @@ def _prepare(
     optimizer = (make_optimizer(task.model.to(cfg.torch_device), cfg.learning_rate)
                  if train else None)
     stamps[TASK_BUILT] = time.time()
-    check_backbone(task, msg.content["config"])
-    received = record_arrays(msg.content["arrays"])
+    check_backbone(task, msg.content[keys.CONFIG])
+    received = record_arrays(msg.content[keys.ARRAYS])
     load_exchanged(task.model, {k: torch.from_numpy(v) for k, v in received.items()})
     stamps[COMPUTE_START] = time.time()
     return cfg, task, pid, received, optimizer
@@ -98,21 +98,21 @@ def _val_metrics(cfg: AppConfig, task: LocalTask, prefix: str) -> dict:
     res = evaluate_loader(task.model, task.val, cfg.torch_device, cfg.use_bf16)
     return {f"{prefix}-loss": res["loss"], f"{prefix}-accuracy": res["accuracy"],
             f"{prefix}-examples": res["num-examples"],
-            "time-eval": time.perf_counter() - t0}
+            keys.time_key("eval"): time.perf_counter() - t0}
 
 
 def _reply(msg: Message, context: Context, cfg: AppConfig, pid: int, stamps: dict[str, float],
            metrics: dict, arrays: ArrayRecord | None = None) -> Message:
     """The reply: metrics plus this message's timestamps on the node (``fedvit.stamps``)
     and the node's link."""
-    metrics.setdefault("time-eval", 0.0)
+    metrics.setdefault(keys.time_key("eval"), 0.0)
     metrics.update(node_link(cfg, context.node_config, pid).as_metrics())
-    metrics["partition-id"] = pid
+    metrics[keys.PARTITION_ID] = pid
     metrics.update(stamps)
     metrics[HANDLER_OUT] = time.time()
     content = RecordDict({METRICS: MetricRecord(metrics)})
     if arrays is not None:
-        content["arrays"] = arrays
+        content[keys.ARRAYS] = arrays
     return Message(content=content, reply_to=msg)
 
 
@@ -120,5 +120,5 @@ def _reply(msg: Message, context: Context, cfg: AppConfig, pid: int, stamps: dic
 def query(msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds (for seeded sampling)."""
     pid, num = partition_of(context.node_config)
-    metrics = MetricRecord({"partition-id": pid, "num-partitions": num})
+    metrics = MetricRecord({keys.PARTITION_ID: pid, keys.NUM_PARTITIONS: num})
     return Message(content=RecordDict({METRICS: metrics}), reply_to=msg)

@@ -23,10 +23,19 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from client_app.task import partition_of
 from fedvit.config import AppConfig
+from fedvit.keys import (
+    BOOKS_S,
+    BYTES_KEYS,
+    FRESH,
+    METRICS,
+    MOD_IN,
+    MOD_OUT,
+    PROCESS_START,
+    TRANSFER_S,
+)
 from fedvit.links import Link, node_link
-from fedvit.stamps import BOOKS_S, FRESH, MOD_IN, MOD_OUT, PROCESS_START, TRANSFER_S
 from fedvit.startup import process_start_time
-from fedvit.wire import METRICS, message_size, tensor_bytes
+from fedvit.wire import message_size, tensor_bytes
 
 # Messages this process has served: Flower 1.41's deployment runs each message in a fresh
 # process (so always 0 there); a simulation's Ray worker serves many.
@@ -56,10 +65,7 @@ def bandwidth_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
     if link:
         transfer_s += _sleep(link.up_s(up_msg, up_objects))
     metrics: MetricRecord = reply.content[METRICS]
-    metrics["bytes-down-tensor"] = down_tensor
-    metrics["bytes-down-msg"] = down_msg
-    metrics["bytes-up-tensor"] = up_tensor
-    metrics["bytes-up-msg"] = up_msg
+    metrics.update(zip(BYTES_KEYS, (down_tensor, down_msg, up_tensor, up_msg), strict=True))
     metrics[PROCESS_START] = process_start_time()
     metrics[FRESH] = int(fresh)
     metrics[BOOKS_S] = books_s

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from fedvit.codecs import ErrorFeedback, encode_record, record_arrays
 from fedvit.config import AppConfig, ConfigError
 from fedvit.data import client_data, make_loader
+from fedvit.keys import BACKBONE, NUM_PARTITIONS, NUM_THREADS, PARTITION_ID
 from fedvit.tensors import backbone_fingerprint, input_stats
 from fedvit.traced import cached_model
 
@@ -32,7 +33,7 @@ class LocalTask:
 def partition_of(node_config: dict) -> tuple[int, int]:
     """(partition-id, num-partitions) from the node config, validated."""
     try:
-        return int(node_config["partition-id"]), int(node_config["num-partitions"])
+        return int(node_config[PARTITION_ID]), int(node_config[NUM_PARTITIONS])
     except (KeyError, TypeError, ValueError) as err:
         raise ConfigError(
             f"node config {dict(node_config)} is not allowed: must set integer "
@@ -40,7 +41,6 @@ def partition_of(node_config: dict) -> tuple[int, int]:
         ) from err
 
 
-NUM_THREADS = "num-threads"  # node config: torch intra-op threads of this node's ClientApp
 
 
 def node_threads(node_config: dict) -> int | None:
@@ -100,7 +100,7 @@ def check_backbone(task: LocalTask, config: ConfigRecord) -> None:
     """Refuse to work on a backbone other than the server's (``fedlora`` sends its
     fingerprint in the config). Checked every round, so a backbone that training changed
     would be caught too."""
-    expected = config.get("backbone")
+    expected = config.get(BACKBONE)
     if expected is None:
         return
     ours = backbone_fingerprint(task.model)

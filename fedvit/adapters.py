@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
-FFA_FROZEN = ".lora_A."  # FFA-LoRA freezes, and does not exchange, every lora_A
+from fedvit.keys import LORA_A as FFA_FROZEN  # FFA-LoRA freezes, and does not exchange, lora_A
 
 
 def freeze_ffa(model: PeftModel) -> None:

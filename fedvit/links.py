@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedvit.config import AppConfig, ConfigError
+from fedvit.keys import LINK_KEYS, LINK_LATENCY_MS, LINK_REAL
 
-NODE_KEYS = ("link-down-mbps", "link-up-mbps", "link-latency-ms")
 # What a message costs on a real link beyond its serialised bytes (measured in the link lab,
 # bench/links.py; see README "The link lab"):
 # * TCP/IPv4 over Ethernet: a full 1514-byte frame carries 1448 payload bytes (20 IP + 32
@@ -40,7 +40,6 @@ PULL_OBJECT_BYTES = 400  # server -> node, per object of a message the node pull
 PUSH_OBJECT_BYTES = 1300  # node -> server, per object of a reply the node pushes
 OBJECT_CALL_S = 0.017  # one call's handling, seconds: twice the elapsed time per object
 #                        bench/links.py measures on an unshaped link (8.7 ms, fedlora)
-REAL = "link-real"
 
 
 @dataclass(frozen=True)
@@ -94,11 +93,11 @@ class Link:
         """The link as a reply's metrics.
 
         Returns:
-            ``{NODE_KEYS...: value, "link-real": 0.0 or 1.0}``.
+            ``{LINK_KEYS...: value, "link-real": 0.0 or 1.0}``.
         """
-        out = dict(zip(NODE_KEYS, (self.down_mbps, self.up_mbps, self.latency_ms),
+        out = dict(zip(LINK_KEYS, (self.down_mbps, self.up_mbps, self.latency_ms),
                        strict=True))
-        out[REAL] = float(self.real)
+        out[LINK_REAL] = float(self.real)
         return out
 
     @classmethod
@@ -112,9 +111,9 @@ class Link:
             The link.
 
         Raises:
-            KeyError: a ``NODE_KEYS`` key is missing.
+            KeyError: a ``LINK_KEYS`` key is missing.
         """
-        return cls(*(float(metrics[k]) for k in NODE_KEYS), bool(metrics.get(REAL, 0)))
+        return cls(*(float(metrics[k]) for k in LINK_KEYS), bool(metrics.get(LINK_REAL, 0)))
 
 
 def wire_bytes(nbytes: int, objects: int, per_object: int) -> float:
@@ -195,18 +194,18 @@ def node_link(cfg: AppConfig, node_config: Mapping, partition_id: int) -> Link:
     else:
         base = Link(cfg.link_down_mbps, cfg.link_up_mbps, cfg.link_latency_ms)
     values = list((base.down_mbps, base.up_mbps, base.latency_ms))
-    for i, key in enumerate(NODE_KEYS):
+    for i, key in enumerate(LINK_KEYS):
         if key in node_config:
             try:
                 values[i] = float(node_config[key])
             except (TypeError, ValueError):
                 values[i] = float("nan")
-            low_ok = values[i] >= 0 if key == "link-latency-ms" else values[i] > 0
+            low_ok = values[i] >= 0 if key == LINK_LATENCY_MS else values[i] > 0
             if not low_ok:
                 raise ConfigError(f"node config '{key}' = {node_config[key]!r} is not "
                                   "allowed: must be a number > 0 (latency >= 0)")
-    real = node_config.get(REAL, False)
+    real = node_config.get(LINK_REAL, False)
     if not isinstance(real, bool):
-        raise ConfigError(f"node config '{REAL}' = {real!r} is not allowed: must be true or "
+        raise ConfigError(f"node config '{LINK_REAL}' = {real!r} is not allowed: must be true or "
                           "false (the link-* values describe the node's real link)")
     return Link(*values, real=real)

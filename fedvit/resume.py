@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from fedvit.config import AppConfig, raise_errors
+from fedvit.keys import CHECKPOINT_STATE, CHECKPOINT_TENSORS, CONFIG_FILE, CONFIG_HISTORY
 from fedvit.paths import resolve_path
 from fedvit.rules import show
 
-CHECKPOINT_STATE, CHECKPOINT_TENSORS = "checkpoint.json", "checkpoint.safetensors"
-CONFIG_HISTORY = "configs.json"  # every accepted config of a run folder, with its start round
 # Keys a resumed run may change: none of them changes what is exchanged, or how it is
 # trained or aggregated. Every other key must keep the checkpoint's value.
 RESUMABLE_KEYS = frozenset({
@@ -107,7 +106,7 @@ def run_config_of(folder: Path) -> dict[str, Any]:
     history = folder / CONFIG_HISTORY
     if history.is_file():
         return json.loads(history.read_text())[-1]["config"]
-    return json.loads((folder / "config.json").read_text())
+    return json.loads((folder / CONFIG_FILE).read_text())
 
 
 def validate_server(cfg: AppConfig) -> None:

@@ -17,7 +17,7 @@ import sys
 import torch
 from torch import nn
 
-HEAD = "head"  # timm's classifier: trained in full, never adapted, never in the backbone
+from fedvit.keys import HEAD
 
 
 def is_lora(model: nn.Module) -> bool:

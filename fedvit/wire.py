@@ -17,13 +17,6 @@ import copy
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from fedvit.stamps import MOD_STAMPS
-
-METRICS = "metrics"  # the one MetricRecord of every reply
-BYTES_KEYS = ("bytes-down-tensor", "bytes-down-msg", "bytes-up-tensor", "bytes-up-msg")
-# Every key the client mod adds after it measured the reply: the report's own bytes.
-REPORT_KEYS = (*BYTES_KEYS, *MOD_STAMPS)
-
 
 def tensor_bytes(content: RecordDict) -> int:
     """The raw tensor payload of a message's content.

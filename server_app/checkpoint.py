@@ -16,8 +16,8 @@ from flwr.app import ArrayRecord
 from safetensors.torch import load_file, save_file
 
 from fedvit.files import atomic_path, write_json
-from fedvit.resume import CHECKPOINT_STATE as STATE
-from fedvit.resume import CHECKPOINT_TENSORS as TENSORS
+from fedvit.keys import CHECKPOINT_STATE as STATE
+from fedvit.keys import CHECKPOINT_TENSORS as TENSORS
 from strategies import BookRow
 
 
@@ -39,7 +39,7 @@ def save(run_dir: Path, ckpt: Checkpoint) -> None:
     with atomic_path(run_dir / TENSORS) as tmp:
         save_file({k: v.contiguous() for k, v in ckpt.arrays.to_torch_state_dict().items()},
                   str(tmp))
-    state = {"round": ckpt.round, "books": [r.__dict__ for r in ckpt.books],
+    state = {"round": ckpt.round, "books": [r.as_row() for r in ckpt.books],
              "rounds": ckpt.rounds, "phases": ckpt.phases, "rejections": ckpt.rejections,
              "nodes": ckpt.nodes}
     write_json(run_dir / STATE, state, indent=None)
@@ -52,7 +52,7 @@ def load(run_dir: Path) -> Checkpoint:
     return Checkpoint(
         round=state["round"],
         arrays=ArrayRecord(tensors),
-        books=[BookRow(**r) for r in state["books"]],
+        books=[BookRow.from_row(r) for r in state["books"]],
         rounds=state["rounds"],
         phases=state["phases"],
         rejections=state["rejections"],

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 from fedvit.codecs import CodecSpec, encode, encoded_bytes
 from fedvit.config import AppConfig
+from fedvit.schema import dataclass_row
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,8 @@ class Estimate:
     up: int
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The estimate as ``summary.json`` holds it (kebab-case keys, bytes)."""
+        return dataclass_row(self)
 
 
 def sampled(num_nodes: int, fraction: float, min_nodes: int) -> int:

@@ -14,6 +14,7 @@ from flwr.supercore.exit import add_exit_handler
 
 from fedvit.config import AppConfig, raise_errors
 from fedvit.data import central_test_data, make_loader
+from fedvit.keys import BACKBONE
 from fedvit.model import (
     backbone_fingerprint,
     build_model,
@@ -98,7 +99,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
         recorder.estimate = _log_start(cfg, model, initial, timed_grid, run_dir, done)
         if cfg.num_server_rounds > done:
             # FedLoRA's clients must adapt the very backbone the server evaluates with.
-            shared = ({"backbone": backbone_fingerprint(model)} if cfg.strategy == "fedlora"
+            shared = ({BACKBONE: backbone_fingerprint(model)} if cfg.strategy == "fedlora"
                       else {})
             result = strategy.start(
                 grid=timed_grid,

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from fedvit.keys import CONFIG, SERVER_ROUND
+
 POLL_S = 0.05
 
 
@@ -74,7 +76,7 @@ class TimedGrid:
         messages = list(messages)
         if not messages:
             return []
-        r = int(messages[0].content["config"]["server-round"])  # FedAvg injects it
+        r = int(messages[0].content[CONFIG][SERVER_ROUND])  # FedAvg injects it
         t0 = time.time()
         ids = list(self._grid.push_messages(messages))
         t1 = time.time()

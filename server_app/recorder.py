@@ -13,8 +13,10 @@ from pathlib import Path
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 
+from fedvit import keys
 from fedvit.config import AppConfig
-from fedvit.resume import CONFIG_HISTORY, run_config_of
+from fedvit.keys import CONFIG_HISTORY
+from fedvit.resume import run_config_of
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import save as save_checkpoint
 from server_app.estimate import Estimate
@@ -25,8 +27,8 @@ from server_app.timeline import FixedCosts, NodeTimes, RoundTimes, round_times
 from server_app.wire_truth import WireCounters
 
 # Aggregated train metrics copied into rounds.csv (None where a run has none).
-ROUND_TRAIN_METRICS = ("train-loss", "val-accuracy", "lora-agg-error-mean",
-                       "lora-agg-error-max")
+ROUND_TRAIN_METRICS = (keys.TRAIN_LOSS, f"{keys.VAL}-accuracy", keys.LORA_AGG_ERROR_MEAN,
+                       keys.LORA_AGG_ERROR_MAX)
 
 
 class RunRecorder:
@@ -105,7 +107,7 @@ class RunRecorder:
         row = round_row(server_round, central, s.books, times, log_.train_metrics)
         rec.rounds.append(row)
         self.writer.write_table("rounds", rec.rounds)
-        self.writer.write_table("books", s.books.as_dicts())
+        self.writer.write_table("books", s.books.as_rows())
         self.writer.write_table("phases", [p.as_row() for p in rec.phases])
         self.writer.write_table("nodes", [n.as_row() for n in rec.nodes])
         save_checkpoint(self.run_dir, Checkpoint(

@@ -1,9 +1,6 @@
 """The results writer: a run's folder, rewritten after every round so nothing is lost.
 
-Files (format documented in README.md):
-``config.json`` the validated run config; ``rounds.csv``/``rounds.json`` one row per round;
-``books.csv``/``books.json`` one row per round x phase x node x direction;
-``summary.json`` totals, final accuracy, the bandwidth estimate against the measurement.
+The files and their columns are ``fedvit.schema``'s (README "Output files").
 """
 
 from __future__ import annotations
@@ -13,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedvit import schema
 from fedvit.config import AppConfig
 from fedvit.files import atomic_path, write_json
 from fedvit.paths import resolve_path
@@ -39,10 +37,24 @@ class ResultsWriter:
         self.run_dir = run_dir
 
     def write_json(self, name: str, data: Any) -> None:
+        """Rewrite ``<run_dir>/<name>`` with ``data`` as JSON (atomically)."""
         write_json(self.run_dir / name, data)
 
     def write_table(self, stem: str, rows: list[dict]) -> None:
-        """``<stem>.csv`` and ``<stem>.json`` with the same rows."""
+        """Rewrite ``<stem>.csv`` and ``<stem>.json`` with the same rows.
+
+        Args:
+            stem: a table of ``fedvit.schema.TABLES``.
+            rows: its rows, each with exactly the schema's columns, in its order.
+
+        Raises:
+            ValueError: a row's columns are not the schema's (nothing is written).
+        """
+        expected = schema.columns(stem)
+        for row in rows:
+            if list(row) != expected:
+                raise ValueError(f"{stem} row {row!r} does not have the columns of "
+                                 f"fedvit.schema ({expected})")
         self.write_json(f"{stem}.json", rows)
         if not rows:
             return

@@ -48,24 +48,20 @@ moves d between ``pickup`` and ``return`` (and, beyond the round's edges, into
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from fedvit import stamps as st
+from fedvit import keys
+from fedvit.keys import COMPUTE_ROWS, KINDS, SERVER_ROWS, TABLE_ROWS
 from fedvit.links import Link
+from fedvit.schema import dataclass_row, field_values
 from server_app.grid import GridTimes
 from strategies import Books, RoundLog
 from strategies.timing import ClientReport
 
-COMPUTE_ROWS = (*st.COMPUTE_PHASES, "client-other")
-SERVER_ROWS = ("configure", "send", "aggregation", "central-eval")
-TABLE_ROWS = ("configure", "send", "pickup", "start-up", "task-build", "deserialise",
-              *COMPUTE_ROWS, "serialise", "books", "transfer", "return", "aggregation",
-              "central-eval", "unexplained")
 # A moment covered by several intervals counts for the first of these ("compute" and "mod"
 # are split into their rows afterwards).
 PRIORITY = ("configure", "send", "aggregation", "central-eval", "compute", "deserialise",
             "serialise", "mod", "task-build", "start-up", "transfer", "return", "pickup")
-KINDS = ("measured", "projected", "deployment")
 PHASES = ("train", "evaluate")  # in a round's order
 
 
@@ -107,39 +103,39 @@ class NodeTimes:
                     books: Books) -> NodeTimes:
         """Join a reply's metrics with the grid's push/pull times and the books' bytes."""
         m = report.metrics
-        span = m[st.COMPUTE_END] - m[st.COMPUTE_START]
-        compute = {p: m.get(f"time-{p}", 0.0) for p in st.COMPUTE_PHASES}
+        span = m[keys.COMPUTE_END] - m[keys.COMPUTE_START]
+        compute = {p: m.get(keys.time_key(p), 0.0) for p in keys.COMPUTE_PHASES}
         compute["client-other"] = max(0.0, span - sum(compute.values()))
         size = {r.direction: (r.message_bytes, r.objects) for r in books.rows
                 if r.round == server_round and r.phase == report.phase
                 and r.node_id == report.node_id}
         down, up = size.get("down", (0, 0)), size.get("up", (0, 0))
-        return cls(server_round, report.phase, report.node_id, int(m.get("partition-id", -1)),
-                   bool(m.get(st.FRESH, 0)),
-                   grid.pushed.get(report.reply_to, m[st.MOD_IN]),
-                   grid.pulled.get(report.reply_to, m[st.MOD_OUT]),
-                   {k: m[k] for k in st.STAMPS}, compute, m.get(st.BOOKS_S, 0.0),
-                   m.get(st.TRANSFER_S, 0.0), down[0], up[0], down[1], up[1],
+        return cls(server_round, report.phase, report.node_id, int(m.get(keys.PARTITION_ID, -1)),
+                   bool(m.get(keys.FRESH, 0)),
+                   grid.pushed.get(report.reply_to, m[keys.MOD_IN]),
+                   grid.pulled.get(report.reply_to, m[keys.MOD_OUT]),
+                   {k: m[k] for k in keys.STAMPS}, compute, m.get(keys.BOOKS_S, 0.0),
+                   m.get(keys.TRANSFER_S, 0.0), down[0], up[0], down[1], up[1],
                    Link.from_metrics(m))
 
     @property
     def _pickup_end(self) -> float:
         """The process's start if it was started for this message, else the mod's entry."""
         s = self.stamps
-        return max(s[st.PROCESS_START], self.pushed) if self.fresh else s[st.MOD_IN]
+        return max(s[keys.PROCESS_START], self.pushed) if self.fresh else s[keys.MOD_IN]
 
     def intervals(self) -> list[tuple[str, float, float]]:
         """(row, start, end) of each step, in order; ``compute`` and ``mod`` to be split."""
         s = self.stamps
         return [("pickup", self.pushed, self._pickup_end),
-                ("start-up", self._pickup_end, s[st.MOD_IN]),
-                ("mod", s[st.MOD_IN], s[st.HANDLER_IN]),
-                ("task-build", s[st.HANDLER_IN], s[st.TASK_BUILT]),
-                ("deserialise", s[st.TASK_BUILT], s[st.COMPUTE_START]),
-                ("compute", s[st.COMPUTE_START], s[st.COMPUTE_END]),
-                ("serialise", s[st.COMPUTE_END], s[st.HANDLER_OUT]),
-                ("mod", s[st.HANDLER_OUT], s[st.MOD_OUT]),
-                ("return", s[st.MOD_OUT], self.pulled)]
+                ("start-up", self._pickup_end, s[keys.MOD_IN]),
+                ("mod", s[keys.MOD_IN], s[keys.HANDLER_IN]),
+                ("task-build", s[keys.HANDLER_IN], s[keys.TASK_BUILT]),
+                ("deserialise", s[keys.TASK_BUILT], s[keys.COMPUTE_START]),
+                ("compute", s[keys.COMPUTE_START], s[keys.COMPUTE_END]),
+                ("serialise", s[keys.COMPUTE_END], s[keys.HANDLER_OUT]),
+                ("mod", s[keys.HANDLER_OUT], s[keys.MOD_OUT]),
+                ("return", s[keys.MOD_OUT], self.pulled)]
 
     def seconds(self) -> dict[str, float]:
         """Each step's seconds (``books`` and ``transfer`` as the mod reported them)."""
@@ -186,21 +182,22 @@ class NodeTimes:
         return out
 
     def as_row(self) -> dict:
-        """A flat row for ``nodes.csv/json`` (inverse: ``from_row``)."""
-        row = {k: v for k, v in asdict(self).items() if k not in ("stamps", "compute", "link")}
+        """A flat row for ``nodes.csv/json`` (columns: ``fedvit.schema.NODES``; inverse:
+        ``from_row``)."""
+        row = dataclass_row(self, leave_out=("stamps", "compute", "link"))
         row.update(self.stamps)
-        row.update({f"time-{k}": v for k, v in self.compute.items()})
+        row.update({keys.time_key(k): v for k, v in self.compute.items()})
         row.update(self.link.as_metrics())
         return row
 
     @classmethod
     def from_row(cls, row: dict) -> NodeTimes:
-        plain = {k: row[k] for k in ("round", "phase", "node_id", "partition_id", "fresh",
-                                     "pushed", "pulled", "books_s", "transfer_s",
-                                     "down_bytes", "up_bytes", "down_objects",
-                                     "up_objects")}
-        return cls(**plain, stamps={k: row[k] for k in st.STAMPS},
-                   compute={k: row[f"time-{k}"] for k in COMPUTE_ROWS},
+        """Inverse of ``as_row`` (a checkpoint's or a run folder's rows, older ones too)."""
+        plain = field_values(row, ("round", "phase", "node_id", "partition_id", "fresh",
+                                   "pushed", "pulled", "books_s", "transfer_s", "down_bytes",
+                                   "up_bytes", "down_objects", "up_objects"))
+        return cls(**plain, stamps={k: row[k] for k in keys.STAMPS},
+                   compute={k: row[keys.time_key(k)] for k in COMPUTE_ROWS},
                    link=Link.from_metrics(row))
 
 
@@ -227,13 +224,14 @@ class RoundTimes:
     @classmethod
     def from_row(cls, row: dict) -> RoundTimes:
         """Inverse of ``as_row`` (for a resumed run's earlier rounds)."""
-        plain = {k: row[k] for k in ("round", "wall_s", "critical_compute_s", "slowest_node",
-                                     "projected_s", "deployment_s")}
+        plain = field_values(row, ("round", "wall_s", "critical_compute_s", "slowest_node",
+                                   "projected_s", "deployment_s"))
         tables = {kind: {r: row[f"{kind}-{r}"] for r in TABLE_ROWS} for kind in KINDS}
         return cls(**plain, **tables)
 
     def as_row(self) -> dict:
-        row = {k: v for k, v in asdict(self).items() if k not in KINDS}
+        """A flat row for ``phases.csv/json`` (columns: ``fedvit.schema.PHASES``)."""
+        row = dataclass_row(self, leave_out=KINDS)
         for kind in KINDS:
             row.update({f"{kind}-{r}": v for r, v in getattr(self, kind).items()})
         return row

@@ -17,14 +17,15 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedvit.wire import (
+from fedvit.keys import (
+    BYTES_DOWN_MSG,
+    BYTES_DOWN_TENSOR,
+    BYTES_UP_MSG,
+    BYTES_UP_TENSOR,
     METRICS,
     REPORT_KEYS,
-    message_bytes,
-    message_size,
-    tensor_bytes,
-    without_keys,
 )
+from fedvit.wire import message_bytes, message_size, tensor_bytes, without_keys
 from strategies.books import BookRow, Books
 from strategies.wrapper import StrategyWrapper
 
@@ -129,10 +130,10 @@ class BandwidthTracking(StrategyWrapper):
     def _cross_check(self, up: BookRow, bare_msg: int, report: MetricRecord) -> None:
         down = self._sent.get((up.round, up.phase, up.node_id))
         server_view = {
-            "bytes-down-tensor": down.tensor_bytes if down else None,
-            "bytes-down-msg": down.message_bytes if down else None,
-            "bytes-up-tensor": up.tensor_bytes,
-            "bytes-up-msg": bare_msg,
+            BYTES_DOWN_TENSOR: down.tensor_bytes if down else None,
+            BYTES_DOWN_MSG: down.message_bytes if down else None,
+            BYTES_UP_TENSOR: up.tensor_bytes,
+            BYTES_UP_MSG: bare_msg,
         }
         for key, ours in server_view.items():
             theirs = int(report[key]) if key in report else None

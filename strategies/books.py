@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from fedvit.schema import dataclass_row, field_values
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,15 @@ class BookRow:
     status: str = "ok"  # ok | error (the node replied with an error or not at all)
     detail: str = ""  # for an error: the reason the node gave, or "no reply"
     objects: int = 0  # objects of the message's tree (Flower moves one per HTTP call)
+
+    def as_row(self) -> dict[str, Any]:
+        """The row of ``books.csv/json`` (columns: ``fedvit.schema.BOOKS``)."""
+        return dataclass_row(self)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> BookRow:
+        """Inverse of ``as_row`` (a checkpoint's rows; older snake_case rows too)."""
+        return cls(**field_values(row, [f.name for f in dataclasses.fields(cls)]))
 
 
 @dataclass
@@ -48,6 +61,7 @@ class Books:
         out["report"] = sum(r.report_bytes for r in rows)
         return out
 
-    def as_dicts(self) -> list[dict]:
-        """The rows as plain dicts (one per row, ``BookRow``'s field names as keys)."""
-        return [dataclasses.asdict(r) for r in self.rows]
+    def as_rows(self) -> list[dict[str, Any]]:
+        """Every row of ``books.csv/json``, in the order measured."""
+        return [r.as_row() for r in self.rows]
+

@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedvit.codecs import CodecSpec, encode_record, is_encoded, record_arrays
-from fedvit.wire import METRICS
+from fedvit.keys import METRICS, PARTITION_ID
 from strategies.wrapper import StrategyWrapper
 
 
@@ -34,7 +34,7 @@ class ExchangeCodecs(StrategyWrapper):
     strategy the accepted train replies in a fixed order (by partition, errors last), so the
     aggregate is the same whichever order the replies arrived in.
 
-    ``self.rejections`` lists every rejected reply as ``{"round", "node_id", "reason"}``.
+    ``self.rejections`` lists every rejected reply as ``{"round", "node-id", "reason"}``.
 
     Args:
         strategy: the inner strategy (it aggregates decoded, global-shaped tensors).
@@ -75,7 +75,7 @@ class ExchangeCodecs(StrategyWrapper):
                 kept.append(self._accept(msg))
             except (RejectedReply, ValueError) as err:
                 node = msg.metadata.src_node_id
-                self.rejections.append({"round": server_round, "node_id": node,
+                self.rejections.append({"round": server_round, "node-id": node,
                                         "reason": str(err)})
                 log(WARNING, "round %d: REJECTED reply of node %d, not aggregated: %s",
                     server_round, node, err)
@@ -135,4 +135,4 @@ def _partition(msg: Message) -> float:
     """The partition a reply reports (errors last): FedAvg sums in this order."""
     if msg.has_error():
         return float("inf")
-    return float(msg.content.metric_records.get(METRICS, {}).get("partition-id", 0))
+    return float(msg.content.metric_records.get(METRICS, {}).get(PARTITION_ID, 0))

@@ -61,7 +61,7 @@ class FedVitStrategy(StrategyWrapper):
 
     @property
     def rejections(self) -> list[dict]:
-        """Every rejected train reply: ``{"round", "node_id", "reason"}``."""
+        """Every rejected train reply: ``{"round", "node-id", "reason"}``."""
         return self._codecs.rejections
 
     def resume(self, after_round: int, books: list[BookRow], rejections: list[dict]) -> None:

@@ -9,7 +9,7 @@ import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
-A_KEY, B_KEY = ".lora_A.", ".lora_B."
+from fedvit.keys import LORA_A, LORA_AGG_ERROR_MAX, LORA_AGG_ERROR_MEAN, LORA_B, METRICS
 
 
 class FedLoRA(FedAvg):
@@ -33,14 +33,14 @@ class FedLoRA(FedAvg):
         replies = list(replies)
         arrays, metrics = super().aggregate_train(server_round, replies)
         ok = [m for m in replies if not m.has_error()]
-        if metrics is not None and ok and any(A_KEY in k for k in self.exchanged_keys):
+        if metrics is not None and ok and any(LORA_A in k for k in self.exchanged_keys):
             errors = naive_aggregation_errors(
                 [{k: v.numpy() for k, v in m.content[self.arrayrecord_key].items()}
                  for m in ok],
-                [float(m.content["metrics"][self.weighted_by_key]) for m in ok],
+                [float(m.content[METRICS][self.weighted_by_key]) for m in ok],
             )
-            metrics["lora-agg-error-mean"] = float(np.mean(errors))
-            metrics["lora-agg-error-max"] = float(np.max(errors))
+            metrics[LORA_AGG_ERROR_MEAN] = float(np.mean(errors))
+            metrics[LORA_AGG_ERROR_MAX] = float(np.max(errors))
         return arrays, metrics
 
 
@@ -57,8 +57,8 @@ def naive_aggregation_errors(clients: list[dict[str, np.ndarray]],
     w = torch.tensor(weights, dtype=torch.float64)
     w = w / w.sum()
     errors = []
-    for a_key in sorted(k for k in clients[0] if A_KEY in k):
-        b_key = a_key.replace(A_KEY, B_KEY)
+    for a_key in sorted(k for k in clients[0] if LORA_A in k):
+        b_key = a_key.replace(LORA_A, LORA_B)
         a = torch.stack([torch.tensor(c[a_key], dtype=torch.float64) for c in clients])
         b = torch.stack([torch.tensor(c[b_key], dtype=torch.float64) for c in clients])
         mean_ba = torch.einsum("n,nor,nri->oi", w, b, a)

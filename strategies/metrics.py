@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from fedvit.wire import BYTES_KEYS, METRICS
+from fedvit.keys import BYTES_KEYS, METRICS
 
 
 def averaged(key: str) -> bool:

@@ -21,7 +21,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedvit.wire import METRICS
+from fedvit.keys import CONFIG, METRICS, PARTITION_ID, SERVER_ROUND
 from strategies.wrapper import StrategyWrapper
 
 QUERY_PHASE = MessageType.QUERY
@@ -144,7 +144,7 @@ class SeededSampling(StrategyWrapper):
         unknown = [n for n in ids if n not in self.partitions]
         if not unknown:
             return
-        record = RecordDict({"config": ConfigRecord({"server-round": server_round})})
+        record = RecordDict({CONFIG: ConfigRecord({SERVER_ROUND: server_round})})
         messages = [Message(content=record, message_type=QUERY_PHASE, dst_node_id=node)
                     for node in unknown]
         replies = list(grid.send_and_receive(messages, timeout=self.query_timeout_s))
@@ -155,4 +155,4 @@ class SeededSampling(StrategyWrapper):
                 log(WARNING, "fedvit: node %s did not tell its partition: %s", node,
                     reply.error.reason if reply.has_error() else "no metrics")
                 continue
-            self.partitions[node] = int(reply.content[METRICS]["partition-id"])
+            self.partitions[node] = int(reply.content[METRICS][PARTITION_ID])

@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedvit.wire import METRICS
+from fedvit.keys import METRICS
 from strategies.wrapper import StrategyWrapper
 
 T = TypeVar("T")

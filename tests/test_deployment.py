@@ -238,13 +238,13 @@ def test_two_rounds_per_strategy(deployment, strategy):
     assert summary["rounds"] == 2
     assert summary["books-mismatches"] == []
     assert summary["estimate-matches-tensor-bytes"] is True
-    assert summary["estimate"]["num_nodes"] == 2  # the refused SuperNodes never counted
+    assert summary["estimate"]["num-nodes"] == 2  # the refused SuperNodes never counted
     for rnd in (1, 2):
         rows = [r for r in books if r["round"] == rnd and r["phase"] == "train"]
         per_direction = Counter(r["direction"] for r in rows)
         assert per_direction == {"down": 2, "up": 2}, rows
         assert all(r["status"] == "ok" for r in rows), rows
-        assert {r["node_id"] for r in rows} == nodes  # the two authenticated SuperNodes
+        assert {r["node-id"] for r in rows} == nodes  # the two authenticated SuperNodes
     assert not [r for r in books if r["phase"] != "train"]  # fraction-evaluate = 0
 
     run = deployment.flwr_json("list", "--run-id", str(run_id))["runs"]

@@ -76,7 +76,7 @@ def test_ffa_with_codecs_exchanges_only_b_and_the_books_stay_exact(tmp_path):
     assert sum(".lora_B." in k for k in keys) == 6
     totals, est = outcome.books.totals(), outcome.summary["estimate"]
     assert (totals["down-tensor"], totals["up-tensor"]) == (est["down"], est["up"])
-    assert est["up_bytes_per_message"] < 0.3 * 4 * sum(
+    assert est["up-bytes-per-message"] < 0.3 * 4 * sum(
         int(np.prod(a.shape)) for a in outcome.initial_arrays.values())
     assert outcome.books.mismatches == [] and outcome.summary["rejected-replies"] == []
     assert all(r["lora-agg-error-mean"] is None for r in outcome.rounds)  # exact: no error
@@ -124,7 +124,7 @@ def test_bad_replies_are_rejected_and_the_rounds_go_on(tmp_path, codec_up, how):
                        client=client_app(overrides, [_corrupt_partition_zero(how)]))
     rejected = outcome.summary["rejected-replies"]
     assert [r["round"] for r in rejected] == [1, 2, 3]
-    assert len({r["node_id"] for r in rejected}) == 1
+    assert len({r["node-id"] for r in rejected}) == 1
     assert len(outcome.rounds) == 3  # the rounds went on with the two good replies
     assert all(np.isfinite(a.numpy()).all() for a in outcome.result.arrays.values())
     reasons = " | ".join(r["reason"] for r in rejected)
@@ -133,6 +133,6 @@ def test_bad_replies_are_rejected_and_the_rounds_go_on(tmp_path, codec_up, how):
     for word in how.values():
         assert expected[word] in reasons
     # Each rejected reply still crossed the wire: the books keep its row.
-    node = rejected[0]["node_id"]
+    node = rejected[0]["node-id"]
     assert all(any(r.node_id == node and r.round == rnd and r.direction == "up"
                    for r in outcome.books.rows) for rnd in (1, 2, 3))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedvit import stamps as st
+from fedvit import keys
 from simulate import FAST, simulate
 
 FEDAVG_ELEMENTS = 255_434  # test_vit, 10 classes: every parameter
@@ -105,7 +105,7 @@ def test_sampled_out_nodes_have_no_rows(tmp_path):
     # Seeded sampling asks every node its partition once, before round 1's sample.
     query = _rows(outcome, phase="query")
     assert len(query) == 8 and {r.round for r in query} == {1}
-    assert outcome.summary["estimate"]["train_clients"] == 2
+    assert outcome.summary["estimate"]["train-clients"] == 2
     assert outcome.summary["estimate-matches-tensor-bytes"]
 
 
@@ -117,8 +117,8 @@ def test_client_phase_times_fit_in_the_local_wall_time(fedlora):
         phases = [m[f"time-{p}"] for p in ("data", "forward", "backward", "optimizer", "eval")]
         assert all(t >= 0 for t in phases)
         assert sum(phases) <= m["time-train"] + m["time-eval"]
-        assert m["time-train"] + m["time-eval"] <= m[st.COMPUTE_END] - m[st.COMPUTE_START]
-        steps = [m[k] for k in st.STAMPS[1:]]  # mod in ... mod out
+        assert m["time-train"] + m["time-eval"] <= m[keys.COMPUTE_END] - m[keys.COMPUTE_START]
+        steps = [m[k] for k in keys.STAMPS[1:]]  # mod in ... mod out
         assert steps == sorted(steps)
 
 
@@ -132,7 +132,7 @@ def test_round_times_are_consistent(fedlora):
         assert times.deployment_s > times.projected_s
     steady = fedlora.phases[1:]
     assert all(t.measured["start-up"] == 0 for t in steady)  # no process started for them
-    assert all(n.pushed <= n.stamps[st.MOD_IN] and n.stamps[st.MOD_OUT] <= n.pulled
+    assert all(n.pushed <= n.stamps[keys.MOD_IN] and n.stamps[keys.MOD_OUT] <= n.pulled
                for n in fedlora.nodes)
 
 

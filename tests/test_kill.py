@@ -82,10 +82,10 @@ def test_killed_supernode_run_finishes_with_the_others(tmp_path):
     assert summary["status"] == "complete" and summary["rounds"] == 2
     failed = [r for r in books if r["status"] == "error"]
     assert failed, "the killed node's failure is not in the books"
-    assert {r["round"] for r in failed} == {1} and len({r["node_id"] for r in failed}) == 1
-    dead = failed[0]["node_id"]
-    assert any(r["node_id"] == dead and r["direction"] == "down" and r["status"] == "ok"
+    assert {r["round"] for r in failed} == {1} and len({r["node-id"] for r in failed}) == 1
+    dead = failed[0]["node-id"]
+    assert any(r["node-id"] == dead and r["direction"] == "down" and r["status"] == "ok"
                for r in books if r["round"] == 1)  # it was sent its round-1 work
     later = [r for r in books if r["round"] == 2 and r["phase"] == "train"]
-    assert all(r["node_id"] != dead for r in later)  # not sampled again
+    assert all(r["node-id"] != dead for r in later)  # not sampled again
     assert Counter(r["direction"] for r in later) == {"down": 2, "up": 2}

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from fedvit import stamps as st
+from fedvit import keys
 from fedvit.links import Link
 from server_app.timeline import NodeTimes, RoundTimes
 from tools.deploy.linklab import LinkLab
@@ -55,8 +55,8 @@ def test_the_slow_nodes_transfer_matches_its_projection(lab_run):
     # The download happens between the push and the handler, the upload after it.
     (slow,) = [n for n in lab_run["nodes"] if n.partition_id == 1 and n.round == 2]
     link = Link(SLOW_MBPS, SLOW_MBPS, 0.0)
-    windows = {"down": (slow.pushed, slow.stamps[st.MOD_IN]),
-               "up": (slow.stamps[st.MOD_OUT], slow.pulled)}
+    windows = {"down": (slow.pushed, slow.stamps[keys.MOD_IN]),
+               "up": (slow.stamps[keys.MOD_OUT], slow.pulled)}
     for direction, projected in (("down", slow.down_s(link)), ("up", slow.up_s(link))):
         measured = lab_run["sampler"].busy_span(lab_run["slow_if"], direction,
                                                 *windows[direction])
@@ -83,7 +83,7 @@ def test_the_kernel_counted_at_least_the_books(lab_run):
 def test_every_reply_came_from_a_fresh_process_and_the_round_is_attributed(lab_run):
     assert all(n.fresh for n in lab_run["nodes"])  # Flower 1.41: one process per message
     for n in lab_run["nodes"]:
-        assert n.pushed <= n.stamps[st.PROCESS_START] <= n.stamps[st.MOD_IN]
+        assert n.pushed <= n.stamps[keys.PROCESS_START] <= n.stamps[keys.MOD_IN]
     for times in lab_run["phases"]:
         assert times.measured["start-up"] > 0 and times.measured["pickup"] > 0
         assert sum(times.measured.values()) == pytest.approx(times.wall_s)

@@ -46,7 +46,7 @@ def test_flwr_run_local_simulation_end_to_end(tmp_path):
     assert len(runs) == 1
     summary = json.loads((runs[0] / "summary.json").read_text())
     assert summary["rounds"] == 2
-    assert summary["estimate"]["num_nodes"] == 4  # the connection's num-supernodes
+    assert summary["estimate"]["num-nodes"] == 4  # the connection's num-supernodes
     assert summary["final-central-accuracy"] >= 0.85
     assert "fedvit: round 2/2 | central acc" in log
     assert _git_status() == before  # no tracked file rewritten

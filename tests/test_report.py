@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from fedvit import stamps as st
+from fedvit import keys
+from fedvit.keys import COMPUTE_ROWS, TABLE_ROWS
 from fedvit.links import FRAME_FACTOR as F
 from fedvit.links import Link
-from server_app.timeline import COMPUTE_ROWS, TABLE_ROWS, FixedCosts, NodeTimes, format_table
+from server_app.timeline import FixedCosts, NodeTimes, format_table
 from tools.report.cli import main, make_report
 from tools.report.linkmodel import LinkModel, SteadyRound, link_model
 from tools.report.load import load_runs
@@ -57,11 +58,11 @@ def _books(spec: dict) -> list[dict]:
                 less = 100 if i == 0 else 0
                 for direction, nbytes in (("down", down - less), ("up", up - less)):
                     carries = direction == "down" or phase == "train"
-                    rows.append({"round": r, "phase": phase, "node_id": node,
+                    rows.append({"round": r, "phase": phase, "node-id": node,
                                  "direction": direction,
-                                 "tensor_bytes": nbytes - 1000 if carries else 0,
-                                 "message_bytes": nbytes,
-                                 "report_bytes": 98 if direction == "up" else 0,
+                                 "tensor-bytes": nbytes - 1000 if carries else 0,
+                                 "message-bytes": nbytes,
+                                 "report-bytes": 98 if direction == "up" else 0,
                                  "status": "ok"})
     return rows
 
@@ -71,9 +72,9 @@ def _totals(books: list[dict], upto: int | None = None, only: int | None = None)
             and (only is None or b["round"] == only)]
     out = {}
     for d in ("down", "up"):
-        out[f"{d}-tensor"] = sum(b["tensor_bytes"] for b in rows if b["direction"] == d)
-        out[f"{d}-msg"] = sum(b["message_bytes"] for b in rows if b["direction"] == d)
-    out["report"] = sum(b["report_bytes"] for b in rows)
+        out[f"{d}-tensor"] = sum(b["tensor-bytes"] for b in rows if b["direction"] == d)
+        out[f"{d}-msg"] = sum(b["message-bytes"] for b in rows if b["direction"] == d)
+    out["report"] = sum(b["report-bytes"] for b in rows)
     return out
 
 
@@ -83,7 +84,7 @@ def _critical_comm_s(books: list[dict], r: int) -> float:
     total = 0.0
     for phase in ("train", "evaluate"):
         for d in ("down", "up"):
-            nbytes = max(b["message_bytes"] for b in books
+            nbytes = max(b["message-bytes"] for b in books
                          if b["round"] == r and b["phase"] == phase and b["direction"] == d)
             total += LATENCY_MS / 1e3 + F * nbytes * 8 / (LINK_MBPS * 1e6)
     return total
@@ -112,10 +113,10 @@ def _nodes(books: list[dict], r: int, proj: dict) -> list[dict]:
         work = {k: (proj[k] if (k == "eval") == (phase == "evaluate") else 0.0)
                 for k in COMPUTE_ROWS}
         for i, node in enumerate(NODES):
-            size = {b["direction"]: b["message_bytes"] for b in books
-                    if (b["round"], b["phase"], b["node_id"]) == (r, phase, node)}
+            size = {b["direction"]: b["message-bytes"] for b in books
+                    if (b["round"], b["phase"], b["node-id"]) == (r, phase, node)}
             rows.append(NodeTimes(
-                r, phase, node, i, False, 0.0, 0.0, dict.fromkeys(st.STAMPS, 0.0), work, 0.0,
+                r, phase, node, i, False, 0.0, 0.0, dict.fromkeys(keys.STAMPS, 0.0), work, 0.0,
                 0.0, size["down"], size["up"], 0, 0, Link(LINK_MBPS, LINK_MBPS, LATENCY_MS)
             ).as_row())
     return rows
@@ -143,9 +144,9 @@ def write_run(root: Path, spec: dict, name: str | None = None, **config) -> Path
             "round-s": wall, "projected-round-s": sum(proj.values()),
             "deployment-round-s": sum(depl.values()),
         })
-        row = {"round": r, "wall_s": wall, "critical_compute_s": 1.0,
-               "slowest_node": NODES[1], "projected_s": sum(proj.values()),
-               "deployment_s": sum(depl.values())}
+        row = {"round": r, "wall-s": wall, "critical-compute-s": 1.0,
+               "slowest-node": NODES[1], "projected-s": sum(proj.values()),
+               "deployment-s": sum(depl.values())}
         for kind, table in (("measured", measured), ("projected", proj), ("deployment", depl)):
             row.update({f"{kind}-{k}": v for k, v in table.items()})
         phases.append(row)
@@ -160,16 +161,16 @@ def write_run(root: Path, spec: dict, name: str | None = None, **config) -> Path
         "trainable-parameters": 12938, "rounds": ROUNDS,
         "final-central-accuracy": spec["acc"][-1], "final-central-loss": 2.0 / ROUNDS,
         "wall-s": 40.0, "bytes": t,
-        "estimate": {"tensor_bytes_per_message": 0, "num_nodes": 2, "train_clients": 2,
-                     "evaluate_clients": 2, "rounds": ROUNDS, "down": t["down-tensor"],
+        "estimate": {"tensor_bytes_per_message": 0, "num-nodes": 2, "train-clients": 2,
+                     "evaluate-clients": 2, "rounds": ROUNDS, "down": t["down-tensor"],
                      "up": t["up-tensor"]},
         "estimate-matches-tensor-bytes": True,
         "framing-overhead-percent": 100 * (msg - tensor) / tensor,
         "report-bytes": t["report"], "books-mismatches": [],
-        "first-round-wall-s": phases[0]["wall_s"],
-        "steady-round-wall-s": sum(p["wall_s"] for p in steady) / len(steady),
+        "first-round-wall-s": phases[0]["wall-s"],
+        "steady-round-wall-s": sum(p["wall-s"] for p in steady) / len(steady),
         "steady-critical-compute-s": 1.0,
-        "projected-round-s": sum(p["projected_s"] for p in steady) / len(steady),
+        "projected-round-s": sum(p["projected-s"] for p in steady) / len(steady),
         "links": {"down-mbps": LINK_MBPS, "up-mbps": LINK_MBPS, "latency-ms": LATENCY_MS,
                   "profile": "uniform"},
         "phase-table": table,
@@ -361,7 +362,7 @@ def test_runs_with_links_from_node_config_show_each_nodes_link(tmp_path):
 
 def _reply(node: int, forward_s: float, down: int, up: int) -> NodeTimes:
     work = {k: (forward_s if k == "forward" else 0.0) for k in COMPUTE_ROWS}
-    return NodeTimes(2, "train", node, node, False, 0.0, 0.0, dict.fromkeys(st.STAMPS, 0.0),
+    return NodeTimes(2, "train", node, node, False, 0.0, 0.0, dict.fromkeys(keys.STAMPS, 0.0),
                      work, 0.0, 0.0, down, up, 0, 0, Link(LINK_MBPS, LINK_MBPS, LATENCY_MS))
 
 

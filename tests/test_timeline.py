@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedvit import stamps as st
+from fedvit import keys
 from fedvit.config import AppConfig, ConfigError
 from fedvit.links import (
     FRAME_FACTOR,
@@ -44,10 +44,10 @@ def _client(node: int, t0: float, compute: tuple[float, float], link: Link, *,
     """A reply whose message was pushed at ``t0``: the mod gets it at compute start - 0.03,
     task build 0.01, deserialise 0.02, compute as given, serialise 0.01, mod 0.01."""
     a, b = compute
-    metrics = {st.PROCESS_START: process_start, st.MOD_IN: a - 0.03,
-               st.HANDLER_IN: a - 0.03, st.TASK_BUILT: a - 0.02, st.COMPUTE_START: a,
-               st.COMPUTE_END: b, st.HANDLER_OUT: b + 0.01, st.MOD_OUT: b + 0.02,
-               st.FRESH: int(fresh), st.BOOKS_S: 0.01, st.TRANSFER_S: 0.0,
+    metrics = {keys.PROCESS_START: process_start, keys.MOD_IN: a - 0.03,
+               keys.HANDLER_IN: a - 0.03, keys.TASK_BUILT: a - 0.02, keys.COMPUTE_START: a,
+               keys.COMPUTE_END: b, keys.HANDLER_OUT: b + 0.01, keys.MOD_OUT: b + 0.02,
+               keys.FRESH: int(fresh), keys.BOOKS_S: 0.01, keys.TRANSFER_S: 0.0,
                "partition-id": node - 1, **link.as_metrics()}
     metrics.update({f"time-{k}": v for k, v in phases.items()})
     return ClientReport(node, "train", metrics, msg or f"m{node}")
@@ -103,7 +103,7 @@ def test_every_second_of_a_deployment_round_is_attributed():
     # the mod gets the message at 13.0; task built 13.0 -> 13.5; compute 13.6 -> 14.6.
     link = Link(10.0, 10.0, 0.0)
     c = _client(1, 10.0, (14.0, 15.0), link, fresh=True, process_start=11.0)
-    c.metrics.update({st.MOD_IN: 13.0, st.HANDLER_IN: 13.0, st.TASK_BUILT: 13.5})
+    c.metrics.update({keys.MOD_IN: 13.0, keys.HANDLER_IN: 13.0, keys.TASK_BUILT: 13.5})
     log = RoundLog(start=9.9, configure_s=0.09, server=[("configure", 9.9, 9.99)])
     log.clients = [c]
     times, (node,) = round_times(1, log, _books({1: (0, 0)}), _grid(10.0, {"m1": 15.5}),
@@ -126,7 +126,7 @@ def test_every_second_of_a_deployment_round_is_attributed():
 def test_a_real_links_transfer_is_not_counted_twice():
     real = Link(8.0, 8.0, 0.0, real=True)
     c = _client(1, 10.0, (14.0, 15.0), real, fresh=True, process_start=12.0)
-    c.metrics.update({st.MOD_IN: 13.0, st.HANDLER_IN: 13.0, st.TASK_BUILT: 13.5})
+    c.metrics.update({keys.MOD_IN: 13.0, keys.HANDLER_IN: 13.0, keys.TASK_BUILT: 13.5})
     log = RoundLog(start=10.0)
     log.clients = [c]
     books = _books({1: (1_000_000, 1_000_000)})  # 1 s (plus framing) each way at 8 Mbit/s

@@ -20,7 +20,7 @@ from flwr.app import (
 
 from client_app.mods import bandwidth_mod
 from fedvit.codecs import record_arrays
-from fedvit.wire import METRICS
+from fedvit.keys import METRICS
 
 # A node's answer to one message: the reply's content, an Error, or None (no reply).
 Handler = Callable[[Message, int], RecordDict | Error | None]

@@ -11,7 +11,7 @@ from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from strategy_fakes import FakeGrid, arrays_of, default_handler, round_trip
 
-from fedvit.wire import METRICS
+from fedvit.keys import METRICS
 from strategies.bandwidth import BandwidthTracking, BookingGrid
 from strategies.metrics import aggregate_reply_metrics
 from strategies.wrapper import StrategyWrapper

@@ -10,7 +10,7 @@ from flwr.serverapp.strategy import FedAvg
 from strategy_fakes import FakeGrid, arrays_of, default_handler, numpy_of, round_trip, shifted
 
 from fedvit.codecs import CodecSpec, encode_record, is_encoded
-from fedvit.wire import METRICS
+from fedvit.keys import METRICS
 from strategies.exchange import ExchangeCodecs
 from strategies.wrapper import StrategyWrapper
 
@@ -49,7 +49,7 @@ def test_a_rejected_reply_leaves_the_aggregate_as_without_it():
     codecs = _codecs(_fedavg(3))
     grid = FakeGrid({30: 0, 31: 1, 32: 2}, handler)
     _, _, (arrays, metrics) = round_trip(codecs, grid, 5, W)
-    assert codecs.rejections == [{"round": 5, "node_id": 32,
+    assert codecs.rejections == [{"round": 5, "node-id": 32,
                                   "reason": "tensor 'w' holds NaN or Inf"}]
     _, _, (without, _) = round_trip(_codecs(_fedavg(2)), FakeGrid({30: 0, 31: 1}), 5, W)
     assert np.array_equal(arrays["w"].numpy(), without["w"].numpy())
@@ -71,7 +71,7 @@ def test_replies_of_the_wrong_form_are_rejected_with_the_reason(wrong, reason):
 
     codecs = _codecs(_fedavg(2))
     _, _, (arrays, _) = round_trip(codecs, FakeGrid({1: 0, 2: 1}, handler), 1, W)
-    assert [r["node_id"] for r in codecs.rejections] == [2]
+    assert [r["node-id"] for r in codecs.rejections] == [2]
     assert reason in codecs.rejections[0]["reason"]
     assert np.array_equal(arrays["w"].numpy(), shifted(0)(W["w"]))  # node 1's alone
 

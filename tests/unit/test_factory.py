@@ -78,7 +78,7 @@ def test_a_run_through_start_books_queries_times_rounds_and_aggregates():
 def test_resume_sets_the_rounds_books_and_rejections_of_the_checkpoint():
     strategy = build_strategy(_cfg(), W.keys())
     old = [BookRow(2, "train", 20, "down", 24, 900)]
-    rejected = [{"round": 1, "node_id": 30, "reason": "x"}]
+    rejected = [{"round": 1, "node-id": 30, "reason": "x"}]
     strategy.resume(2, old, rejected)
     grid = FakeGrid({20: 0, 30: 1})
     messages = list(strategy.configure_train(1, arrays_of(W), ConfigRecord(), grid))

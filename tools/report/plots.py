@@ -10,7 +10,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from server_app.timeline import KINDS, TABLE_ROWS
+from fedvit.keys import KINDS, TABLE_ROWS
 from tools.report.linkmodel import SWEEP_MBPS, LinkModel, fmt_rate, sweep_mbps
 from tools.report.load import Run
 

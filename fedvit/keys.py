@@ -1,0 +1,113 @@
+"""Every key that crosses the wire or lands in an output file, named once.
+
+Keys are kebab-case, as Flower's run config and metric names are. Output files and their
+columns are described in ``fedvit.schema``.
+
+**A reply's timestamps.** Every ok reply carries, in its ``metrics`` record, the wall-clock
+times (``time.time()``, seconds since the epoch, on the node's own clock) at which its
+message passed each step on the node, in this order:
+
+=================== ==========================================================================
+key                  the moment
+=================== ==========================================================================
+``t-process-start``  the OS created the process serving the message (``fedvit.startup``)
+``t-mod-in``         the client mod received the message (Flower's runtime is done with it)
+``t-handler-in``     the handler started (after the mod's byte count / emulated download)
+``t-task-built``     the model and data loaders exist (cached after a process's first message)
+``t-compute-start``  the received tensors are decoded and loaded into the model
+``t-compute-end``    local training (and evaluation) finished
+``t-handler-out``    the reply's tensors are encoded (the handler returns)
+``t-mod-out``        the mod hands the reply back to Flower (after its byte count / emulated
+                     upload)
+=================== ==========================================================================
+
+plus ``fresh-process`` (1 when this message is the first the process served, so its
+start-up was paid for this message; 0 otherwise) and the seconds the mod spent on its own
+byte counting (``time-books``) and sleeping an emulated link (``time-transfer``).
+``server_app.timeline`` turns these, with the server's push and pull times, into a round's
+phase table.
+"""
+
+from __future__ import annotations
+
+# --------------------------------------------------------------- a message's records
+METRICS = "metrics"  # the one MetricRecord of every reply
+CONFIG = "config"  # the ConfigRecord of every instruction (FedAvg's)
+ARRAYS = "arrays"  # the ArrayRecord of the exchanged tensors (FedAvg's ``arrayrecord_key``)
+
+# ------------------------------------------------------- what an instruction's config holds
+SERVER_ROUND = "server-round"  # set by FedAvg
+BACKBONE = "backbone"  # FedLoRA: the frozen backbone's fingerprint the server evaluates with
+
+# ----------------------------------------------------------------- what a reply reports
+NUM_EXAMPLES = "num-examples"  # FedAvg's ``weighted_by_key``
+# The node's partition: Flower's node config keys, and the reply metrics that repeat them.
+PARTITION_ID, NUM_PARTITIONS = "partition-id", "num-partitions"
+TRAIN_LOSS = "train-loss"
+EXAMPLES_PER_S = "examples-per-s"
+VAL, EVAL = "val", "eval"  # prefixes of ``<prefix>-loss``/``-accuracy``/``-examples``
+LORA_AGG_ERROR_MEAN, LORA_AGG_ERROR_MAX = "lora-agg-error-mean", "lora-agg-error-max"
+# The client mod's byte report: what it measured of the message in and the reply out.
+BYTES_DOWN_TENSOR, BYTES_DOWN_MSG = "bytes-down-tensor", "bytes-down-msg"
+BYTES_UP_TENSOR, BYTES_UP_MSG = "bytes-up-tensor", "bytes-up-msg"
+BYTES_KEYS = (BYTES_DOWN_TENSOR, BYTES_DOWN_MSG, BYTES_UP_TENSOR, BYTES_UP_MSG)
+# The node's link (node config keys, copied into every reply).
+LINK_DOWN_MBPS, LINK_UP_MBPS = "link-down-mbps", "link-up-mbps"
+LINK_LATENCY_MS, LINK_REAL = "link-latency-ms", "link-real"
+LINK_KEYS = (LINK_DOWN_MBPS, LINK_UP_MBPS, LINK_LATENCY_MS)
+NUM_THREADS = "num-threads"  # node config: a deployment's torch threads per SuperNode
+
+# Timestamps (see the table above).
+PROCESS_START = "t-process-start"
+MOD_IN = "t-mod-in"
+HANDLER_IN = "t-handler-in"
+TASK_BUILT = "t-task-built"
+COMPUTE_START = "t-compute-start"
+COMPUTE_END = "t-compute-end"
+HANDLER_OUT = "t-handler-out"
+MOD_OUT = "t-mod-out"
+STAMPS = (PROCESS_START, MOD_IN, HANDLER_IN, TASK_BUILT, COMPUTE_START, COMPUTE_END,
+          HANDLER_OUT, MOD_OUT)
+FRESH = "fresh-process"
+BOOKS_S = "time-books"  # the mod's byte counting, both directions
+TRANSFER_S = "time-transfer"  # the mod's emulated link sleeps, both directions
+# What the client mod adds to a reply after it measured the reply's bytes.
+MOD_STAMPS = (PROCESS_START, FRESH, BOOKS_S, TRANSFER_S, MOD_IN, MOD_OUT)
+# Every key the client mod adds after it measured the reply: the report's own bytes.
+REPORT_KEYS = (*BYTES_KEYS, *MOD_STAMPS)
+# Per-phase seconds of local compute reported by the handler (``time-<phase>``).
+COMPUTE_PHASES = ("data", "forward", "backward", "optimizer", "eval")
+TIME_TRAIN = "time-train"  # the whole of local training
+
+
+def time_key(phase: str) -> str:
+    """The reply metric (and ``nodes`` column) of a compute phase's seconds: ``time-<phase>``.
+
+    Args:
+        phase: one of ``COMPUTE_PHASES`` or ``client-other``.
+
+    Returns:
+        ``"time-" + phase``.
+    """
+    return f"time-{phase}"
+
+
+# ----------------------------------------------------- the rows of a round's phase table
+COMPUTE_ROWS = (*COMPUTE_PHASES, "client-other")
+SERVER_ROWS = ("configure", "send", "aggregation", "central-eval")
+TABLE_ROWS = ("configure", "send", "pickup", "start-up", "task-build", "deserialise",
+              *COMPUTE_ROWS, "serialise", "books", "transfer", "return", "aggregation",
+              "central-eval", "unexplained")
+KINDS = ("measured", "projected", "deployment")  # the phase table's three views
+
+# --------------------------------------------------------------------- a run's folder
+CONFIG_FILE = "config.json"
+CONFIG_HISTORY = "configs.json"  # every accepted config of a run folder, with its start round
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_STATE, CHECKPOINT_TENSORS = "checkpoint.json", "checkpoint.safetensors"
+ROUNDS, BOOKS, PHASES, NODES = "rounds", "books", "phases", "nodes"  # <stem>.csv and .json
+TABLES = (ROUNDS, BOOKS, PHASES, NODES)
+
+# ------------------------------------------------------------- parameter name parts
+HEAD = "head"  # timm's classifier head (trained and exchanged in full)
+LORA_A, LORA_B = ".lora_A.", ".lora_B."  # peft's adapter matrices in parameter names

@@ -1,0 +1,192 @@
+"""The output schema: every file a run writes, and every column or key it holds.
+
+One naming style: kebab-case, as the run config. The tables (``<stem>.csv`` and
+``<stem>.json``, the same rows) are checked against ``TABLES`` when they are written
+(``server_app.results.ResultsWriter``), and README "Output files" is generated from this
+module (``markdown()``; a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from fedvit import keys as k
+
+Column = tuple[str, str]  # (name, meaning, with its unit)
+
+ROUNDS: tuple[Column, ...] = (
+    ("round", "the round (counting on across a resume)"),
+    ("central-accuracy", "the global model's accuracy on the server's test split (0..1)"),
+    ("central-loss", "its mean cross-entropy (nats)"),
+    ("down-mb", "whole messages server → clients this round (MB = 10⁶ bytes)"),
+    ("up-mb", "whole messages clients → server this round (MB)"),
+    ("cumulative-mb", "both directions, every round so far (MB)"),
+    ("down-tensor-bytes", "tensor bytes server → clients this round"),
+    ("up-tensor-bytes", "tensor bytes clients → server this round"),
+    ("down-msg-bytes", "message bytes server → clients this round"),
+    ("up-msg-bytes", "message bytes clients → server this round"),
+    (k.TRAIN_LOSS, "the clients' mean training loss, weighted by examples (nats)"),
+    (f"{k.VAL}-accuracy", "their mean validation accuracy (`evaluate-in-train`; else empty)"),
+    (k.LORA_AGG_ERROR_MEAN, "`fedlora` with `naive` aggregation: mean over adapted layers "
+     "of ‖mean(B)·mean(A) − mean(B·A)‖ / ‖mean(B·A)‖ (else empty)"),
+    (k.LORA_AGG_ERROR_MAX, "the same, the largest layer's"),
+    ("round-s", "the round's wall time, first configure to end of central evaluation (s)"),
+    ("unexplained-s", "of it, what no measured interval covers (s)"),
+    ("projected-round-s", "the round projected on the links, as a simulation (s)"),
+    ("deployment-round-s", "the same plus a deployment's fixed costs per message (s)"),
+)
+
+BOOKS: tuple[Column, ...] = (
+    ("round", "the round"),
+    ("phase", "`train`, `evaluate` or `query` (seeded sampling asking a node its partition)"),
+    ("node-id", "Flower's node id"),
+    ("direction", "`down` (server → client) or `up` (client → server)"),
+    ("tensor-bytes", "Σ itemsize × elements of the message's arrays"),
+    ("message-bytes", "the whole message as Flower ships it (every object of its tree, "
+     "deflated, with its header), the client's byte report included"),
+    ("report-bytes", "of `message-bytes`: the client's own byte report"),
+    ("status", "`ok`, or `error` for a failed or missing reply"),
+    ("detail", "for an error: the reason the node gave, or `no reply`"),
+    ("objects", "objects of the message's tree (Flower 1.41 moves one per HTTP call)"),
+)
+
+_ROW = "<row>"  # a column per row of ``keys.TABLE_ROWS``
+
+PHASES: tuple[Column, ...] = (
+    ("round", "the round"),
+    ("wall-s", "its wall time (s)"),
+    ("critical-compute-s", "seconds of it in which some node computed"),
+    ("slowest-node", "the node on the train phase's projected critical path (-1: none)"),
+    ("projected-s", "the round projected on the links, as a simulation (s)"),
+    ("deployment-s", "the same plus a deployment's fixed costs per message (s)"),
+    *((f"{kind}-{_ROW}", f"seconds of row `{_ROW}`, {what}") for kind, what in zip(
+        k.KINDS, ("measured (they add up to `wall-s`)", "projected (add up to `projected-s`)",
+                  "as a deployment (add up to `deployment-s`)"), strict=True)),
+)
+
+NODES: tuple[Column, ...] = (
+    ("round", "the round"),
+    ("phase", "`train` or `evaluate`"),
+    ("node-id", "Flower's node id"),
+    ("partition-id", "the partition the node holds"),
+    ("fresh", "whether the message was the first its process served (start-up paid)"),
+    ("pushed", "when the server pushed the message (server clock, s since the epoch)"),
+    ("pulled", "when the server pulled the reply (server clock, s)"),
+    ("books-s", "the client mod's byte counting (s)"),
+    ("transfer-s", "the client mod's emulated link sleeps (s)"),
+    ("down-bytes", "the message's bytes (as in the books)"),
+    ("up-bytes", "the reply's bytes"),
+    ("down-objects", "the message's objects"),
+    ("up-objects", "the reply's objects"),
+    *((stamp, "the node's timestamp (node clock, s; see `fedvit.keys`)") for stamp in k.STAMPS),
+    *((k.time_key(row), f"seconds of local `{row}`") for row in k.COMPUTE_ROWS),
+    (k.LINK_DOWN_MBPS, "the node's downlink (Mbit/s)"),
+    (k.LINK_UP_MBPS, "its uplink (Mbit/s)"),
+    (k.LINK_LATENCY_MS, "its one-way latency (ms)"),
+    (k.LINK_REAL, "1 if the node really sits behind that link (node config), else 0"),
+)
+
+TABLES: dict[str, tuple[Column, ...]] = {k.ROUNDS: ROUNDS, k.BOOKS: BOOKS, k.PHASES: PHASES,
+                                         k.NODES: NODES}
+
+SUMMARY: tuple[Column, ...] = (
+    ("strategy", "`fedavg` or `fedlora`"),
+    ("model-name", "the timm model"),
+    ("parameters", "all parameters of the model"),
+    ("trainable-parameters", "the trainable ones"),
+    ("rounds", "rounds completed"),
+    ("final-central-accuracy", "the last round's central accuracy (0..1)"),
+    ("final-central-loss", "its loss (nats)"),
+    ("wall-s", "the run's wall time (s)"),
+    ("bytes", "totals: `down-tensor`, `down-msg`, `up-tensor`, `up-msg`, `report` (bytes)"),
+    ("estimate", "the lesson's estimate: `down-bytes-per-message`, `up-bytes-per-message`, "
+     "`num-nodes`, `train-clients`, `evaluate-clients`, `rounds`, `down`, `up` (bytes)"),
+    ("estimate-matches-tensor-bytes", "whether it equals the measured tensor bytes"),
+    ("framing-overhead-percent", "message bytes over tensor bytes (%)"),
+    ("report-bytes", "the clients' byte reports, in all"),
+    ("books-mismatches", "every figure where server and client disagreed"),
+    ("codecs", "`down`, `up`: the codecs"),
+    ("lora-aggregation", "`naive` or `ffa`"),
+    ("rejected-replies", "replies not aggregated: `round`, `node-id`, `reason`"),
+    ("first-round-wall-s", "the first round's wall time (s)"),
+    ("steady-round-wall-s", "the mean of the others (s)"),
+    ("steady-critical-compute-s", "their mean `critical-compute-s`"),
+    ("steady-unexplained-max-percent", "the largest unexplained share of a steady round (%)"),
+    ("projected-round-s", "the mean steady round projected on the links (s)"),
+    ("deployment-round-s", "the same as a deployment (s)"),
+    ("deploy-fixed-costs", "`pickup-s`, `startup-s`, `return-s`: the run config's"),
+    ("links", "`down-mbps`, `up-mbps`, `latency-ms`, `profile` (`node-config` where nodes "
+     "brought their own) and each partition's link under `nodes`"),
+    ("phase-table", "the steady rounds' mean phase table: {kind: {row: s}}"),
+    ("status", "`complete`, `too-few-nodes`, `interrupted` or `failed`"),
+    ("stop-reason", "why the run stopped ('' when complete)"),
+    ("completed-rounds", "the rounds completed"),
+    ("wire", "link lab only: per partition, the kernel's bytes against the books"),
+)
+OPTIONAL_SUMMARY = frozenset({"wire"})
+
+
+def column(field_name: str) -> str:
+    """The output column of a dataclass field: ``node_id`` -> ``node-id``."""
+    return field_name.replace("_", "-")
+
+
+def dataclass_row(obj: Any, leave_out: Iterable[str] = ()) -> dict[str, Any]:
+    """A dataclass instance as an output row: its fields under their column names, in
+    order, except those named in ``leave_out`` (field names).
+
+    Raises:
+        TypeError: ``obj`` is not a dataclass instance.
+    """
+    skip = set(leave_out)
+    return {column(f.name): getattr(obj, f.name) for f in dataclasses.fields(obj)
+            if f.name not in skip}
+
+
+def field_values(row: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """The inverse of ``dataclass_row`` for ``names`` (field names): each field's value from
+    its column, for the fields ``row`` holds. A row written before the schema was kebab-case
+    (an older run folder or checkpoint) holds the field name itself, which is read too.
+
+    Returns:
+        {field name: value} for every name found in either spelling (a missing one is left
+        to the dataclass: its default, or its ``TypeError``).
+    """
+    out = {}
+    for name in names:
+        for key in (column(name), name):
+            if key in row:
+                out[name] = row[key]
+                break
+    return out
+
+
+def columns(stem: str) -> list[str]:
+    """A table's columns in order, ``<row>`` expanded over ``keys.TABLE_ROWS``.
+
+    Args:
+        stem: one of ``keys.TABLES``.
+
+    Returns:
+        The column names.
+
+    Raises:
+        KeyError: ``stem`` is not a table of the schema.
+    """
+    out: list[str] = []
+    for name, _ in TABLES[stem]:
+        out += [name.replace(_ROW, row) for row in k.TABLE_ROWS] if _ROW in name else [name]
+    return out
+
+
+def markdown() -> str:
+    """README's "Output files" tables: one per table and one for ``summary.json``, in the
+    schema's order (``<row>`` stands for each of ``keys.TABLE_ROWS``)."""
+    parts = []
+    for title, cols in [*((f"{stem}.csv, {stem}.json", c) for stem, c in TABLES.items()),
+                        (k.SUMMARY_FILE, SUMMARY)]:
+        rows = "\n".join(f"| `{name}` | {meaning} |" for name, meaning in cols)
+        parts.append(f"#### {title}\n\n| column | meaning |\n|---|---|\n{rows}\n")
+    return "\n".join(parts)
