@@ -1,7 +1,7 @@
 """Where a deployment's round goes, against the same run in simulation.
 
 Runs one config twice with 2 nodes: in simulation (``run_simulation``, one CPU per client)
-and as a real deployment on this host (``scripts/deploy.sh``: a SuperLink and 2 SuperNodes,
+and as a real deployment on this host (``tools/deploy/deploy.sh``: a SuperLink and 2 SuperNodes,
 each ClientApp on ``num-threads`` = cores ÷ 2). Prints the steady rounds' phase tables side
 by side, then:
 
@@ -50,7 +50,7 @@ def deployed(overrides: dict, out: Path) -> tuple[list[RoundTimes], list[NodeTim
     """Run ``overrides`` on a 2-node deployment of this host; its rounds and replies."""
     lab = out / "deployment"
     env = {**os.environ, "LINKS": "10000:10000:0"}  # as FAST_LINKS
-    deploy = [str(ROOT / "scripts" / "deploy.sh")]
+    deploy = [str(ROOT / "tools" / "deploy" / "deploy.sh")]
     subprocess.run([*deploy, "start", "--nodes", "2", "--dir", str(lab)], env=env,
                    check=True, stdout=subprocess.DEVNULL)
     try:

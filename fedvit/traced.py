@@ -42,7 +42,7 @@ from fedvit.tracing import MODES, TracedModel, safe_globals, trace
 from fedvit.train import PhaseClock, make_optimizer, train_step
 
 TRACED_FORMAT = 2  # bump when what an artefact holds or how it is traced changes
-# Run-config keys the built model depends on (tests/test_coldstart.py classifies the rest).
+# Run-config keys the built model depends on (tests/e2e/test_coldstart.py classifies the rest).
 MODEL_KEYS = ("strategy", "model-name", "img-size", "patch-size", "pretrained", "seed",
               "weights-path", "lora-r", "lora-alpha", "lora-dropout", "lora-target-modules",
               "lora-aggregation")

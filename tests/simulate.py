@@ -16,4 +16,12 @@ FAST = {
     "fraction-evaluate": 0.0,
 }
 
-__all__ = ["FAST", "client_app", "simulate", "stopped"]
+# One relative value per path-valued key: refused in-process and under `flwr run` alike.
+RELATIVE = {
+    "weights-path": "../weights.safetensors",
+    "dataset": "./my-data",
+    "outputs-dir": "rel-out",
+    "resume-from": "runs/20261129-fedlora",
+}
+
+__all__ = ["FAST", "RELATIVE", "client_app", "simulate", "stopped"]

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from strategy_fakes import FakeGrid, arrays_of, default_handler, round_trip
 
 from fedvit.keys import METRICS
 from strategies.bandwidth import BandwidthTracking, BookingGrid
 from strategies.metrics import aggregate_reply_metrics
 from strategies.wrapper import StrategyWrapper
+from strategy_fakes import FakeGrid, arrays_of, default_handler, round_trip
 
 W = {"w": np.zeros((3, 4), np.float32)}  # 48 tensor bytes
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from strategy_fakes import FakeGrid, arrays_of, default_handler, numpy_of, round_trip, shifted
 
 from fedvit.codecs import CodecSpec, encode_record, is_encoded
 from fedvit.keys import METRICS
 from strategies.exchange import ExchangeCodecs
 from strategies.wrapper import StrategyWrapper
+from strategy_fakes import FakeGrid, arrays_of, default_handler, numpy_of, round_trip, shifted
 
 W = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)}
 

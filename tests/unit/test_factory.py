@@ -8,7 +8,6 @@ import time
 import numpy as np
 from flwr.app import ConfigRecord, MetricRecord
 from flwr.serverapp.strategy import FedAvg
-from strategy_fakes import FakeGrid, arrays_of, examples, shifted
 
 import strategies.bandwidth
 from fedvit.config import AppConfig
@@ -18,6 +17,7 @@ from strategies.exchange import ExchangeCodecs
 from strategies.offset import RoundOffset
 from strategies.sampling import SeededSampling
 from strategies.timing import RoundTiming
+from strategy_fakes import FakeGrid, arrays_of, examples, shifted
 
 W = {"w": np.zeros((2, 3), np.float32)}
 

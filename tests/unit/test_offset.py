@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
-from strategy_fakes import FakeGrid, arrays_of
 
 from strategies.offset import RoundOffset
 from strategies.wrapper import StrategyWrapper
+from strategy_fakes import FakeGrid, arrays_of
 
 W = {"w": np.zeros(2, np.float32)}
 

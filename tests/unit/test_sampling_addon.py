@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, MessageType
 from flwr.serverapp.strategy import FedAvg
-from strategy_fakes import FakeGrid, arrays_of, default_handler
 
 from strategies.sampling import SeededSampling, TooFewPartitions
+from strategy_fakes import FakeGrid, arrays_of, default_handler
 
 W = {"w": np.zeros(2, np.float32)}
 PARTITIONS = [0, 1, 2, 3, 4, 5]

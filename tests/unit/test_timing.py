@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error
 from flwr.serverapp.strategy import FedAvg
-from strategy_fakes import FakeGrid, arrays_of, default_handler, examples, round_trip
 
 from strategies.timing import RoundTiming
 from strategies.wrapper import StrategyWrapper
+from strategy_fakes import FakeGrid, arrays_of, default_handler, examples, round_trip
 
 W = {"w": np.zeros((2, 2), np.float32)}
 

@@ -1,4 +1,4 @@
-"""A real deployment: scripts/deploy.sh starts a SuperLink and 2 SuperNodes as processes on
+"""A real deployment: tools/deploy/deploy.sh starts a SuperLink and 2 SuperNodes as processes on
 127.0.0.1 with TLS and SuperNode authentication; `flwr run` runs 2 rounds of each strategy
 against it; the books are checked, and compared with the SuperLink's own traffic count.
 
@@ -29,7 +29,7 @@ VENV_BIN = Path(sys.executable).parent
 FLWR = VENV_BIN / "flwr"
 SUPERLINK = VENV_BIN / "flower-superlink"
 SUPERNODE = VENV_BIN / "flower-supernode"
-DEPLOY = APP_ROOT / "scripts" / "deploy.sh"
+DEPLOY = APP_ROOT / "tools" / "deploy" / "deploy.sh"
 CONNECTION = "local-deployment"
 RUN_CONFIG = "num-server-rounds=2 weights-path='' local-epochs=1"
 STRATEGIES = ("fedavg", "fedlora")

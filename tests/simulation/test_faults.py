@@ -16,7 +16,7 @@ from fedvit.resume import validate_server
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import save as save_checkpoint
 from server_app.federation import run_federation
-from simulate import simulate
+from simulate import RELATIVE, simulate
 
 FAST = {"model-name": "test_vit", "img-size": 16, "patch-size": 4, "weights-path": ""}
 
@@ -109,12 +109,6 @@ def test_resume_from_a_folder_without_checkpoint(tmp_path):
 
 # ----------------------------------------- item 2: one meaning for every relative path
 
-RELATIVE = {
-    "weights-path": "../weights.safetensors",
-    "dataset": "./my-data",
-    "outputs-dir": "rel-out",
-    "resume-from": "runs/20261129-fedlora",
-}
 
 
 def _path_errors(overrides: dict) -> list[str]:

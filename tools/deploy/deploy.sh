@@ -2,11 +2,11 @@
 # A real Flower 1.41 deployment on this machine: one SuperLink and N SuperNodes as separate
 # processes on 127.0.0.1, optionally with TLS and SuperNode authentication.
 #
-#   scripts/deploy.sh start  [--nodes N] [--tls] [--auth] [--dir DIR] [--port PORT]
-#   scripts/deploy.sh stop   [--dir DIR]
-#   scripts/deploy.sh status [--dir DIR]
-#   scripts/deploy.sh certs  [--dir DIR] [--san "IP:10.0.0.5,DNS:host-a"]   (TLS files only)
-#   scripts/deploy.sh keys   [--dir DIR] [--nodes N]                         (auth keys only)
+#   tools/deploy/deploy.sh start  [--nodes N] [--tls] [--auth] [--dir DIR] [--port PORT]
+#   tools/deploy/deploy.sh stop   [--dir DIR]
+#   tools/deploy/deploy.sh status [--dir DIR]
+#   tools/deploy/deploy.sh certs  [--dir DIR] [--san "IP:10.0.0.5,DNS:host-a"]   (TLS files only)
+#   tools/deploy/deploy.sh keys   [--dir DIR] [--nodes N]                         (auth keys only)
 #
 # start   launches `flower-superlink` (working directory DIR, state in memory as is
 #         Flower's default, no per-run `uv sync`) on 127.0.0.1:PORT (default 8000), waits
@@ -26,7 +26,7 @@
 #           SuperNode whose key is not registered is refused.
 #   LINKS   per-node link profiles "down-Mbit/s:up-Mbit/s:latency-ms", node i takes entry
 #           i mod count. Default: "100:20:20 20:5:50 10:2:100 4:1:200" (fibre, cable, DSL,
-#           mobile); e.g. LINKS="10:10:50 1:0.5:200" scripts/deploy.sh start.
+#           mobile); e.g. LINKS="10:10:50 1:0.5:200" tools/deploy/deploy.sh start.
 #
 # It writes DIR/flwr-home/config.toml with a connection `[superlink.local-deployment]` and
 # prints the `flwr run` command to use. Every PID it starts (and the children those have
@@ -38,7 +38,7 @@
 # FEDVIT_CACHE, OMP_NUM_THREADS). Timeouts: START_TIMEOUT (s, default 90), STOP_TIMEOUT (15).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CONNECTION=local-deployment
 NODE_PORT_BASE=${SUPERNODE_PORT_BASE:-9100}
 DEFAULT_LINKS="100:20:20 20:5:50 10:2:100 4:1:200"
@@ -291,7 +291,7 @@ link_of() {  # link_of I -> "down up latency" from LINKS
 write_connection() {
   mkdir -p "$CLI_HOME"
   {
-    echo "# Written by scripts/deploy.sh: the SuperLink it started in $DIR."
+    echo "# Written by tools/deploy/deploy.sh: the SuperLink it started in $DIR."
     echo "[superlink]"
     echo "default = \"$CONNECTION\""
     echo
@@ -318,7 +318,7 @@ do_start() {
     while read -r pid st name; do
       alive "$pid" && [[ "$(start_time_of "$pid")" == "$st" ]] && running=1
     done <"$PIDS"
-    ((running)) && die "a deployment is already running from $DIR: scripts/deploy.sh stop --dir $DIR"
+    ((running)) && die "a deployment is already running from $DIR: tools/deploy/deploy.sh stop --dir $DIR"
     rm -f "$PIDS"
   fi
   if ((AUTH && !TLS)); then
@@ -432,7 +432,7 @@ Run the app against it (from $ROOT):
 Results go to the run config's outputs-dir (default ~/fedvit-outputs; give an absolute or
 ~/... path: relative paths are refused). Stop everything with:
 
-  scripts/deploy.sh stop --dir $DIR
+  tools/deploy/deploy.sh stop --dir $DIR
 EOF
 }
 

@@ -8,10 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_faults import RELATIVE
-
 from fedvit.config import APP_ROOT
 from managed import flwr_env, stop_superlink
+from simulate import RELATIVE
 
 
 def test_relative_paths_refused_under_flwr_run(tmp_path):

@@ -29,7 +29,7 @@ except LinkLabError as err:
     SKIP = str(err)
 
 needs_root = pytest.mark.skipif(bool(SKIP), reason=f"link lab unavailable: {SKIP}")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # A bulk TCP transfer: `listen|connect ADDR PORT send|recv NBYTES`. The receiver prints the
 # bytes and seconds after the first WARM bytes (slow start and the htb burst left out).

@@ -1,6 +1,6 @@
 """A SuperNode killed mid-run, while its ClientApp works on round 1: the run finishes with
 the remaining nodes, and the books count the failure in its round. Real processes
-(scripts/deploy.sh), insecure loopback."""
+(tools/deploy/deploy.sh), insecure loopback."""
 
 from __future__ import annotations
 
