@@ -76,7 +76,8 @@ class SeededSampling(StrategyWrapper):
     def summary(self) -> None:
         """Log the sampling settings, then the inner strategy's summary."""
         log(INFO, "\t├──> Seeded sampling (seed %d): fraction train %.2f | evaluate %.2f, "
-            "at least %d nodes", self.seed, self.fractions[MessageType.TRAIN],
+            "at least %d nodes; the strategy below is offered only the sampled nodes, so "
+            "its own fractions read 1.00", self.seed, self.fractions[MessageType.TRAIN],
             self.fractions[MessageType.EVALUATE], self.min_nodes)
         self.strategy.summary()
 

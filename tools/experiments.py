@@ -80,9 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     """
     parser = argparse.ArgumentParser(prog="fedvit-experiments",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="~/fedvit-outputs/experiments")
+    parser.add_argument("--out", default="~/fedvit-outputs/experiments",
+                        help="folder of the runs and the report (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a small grid, 2 rounds")
-    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--nodes", type=int, default=2,
+                        help="simulated SuperNodes per run (default: %(default)s)")
     parser.add_argument("--run-config", default="", help="base overrides 'key=value ...'")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -98,9 +98,11 @@ def main(argv: list[str] | None = None) -> None:
             model flags of ``FLAGS`` (run-config keys).
     """
     parser = argparse.ArgumentParser(prog="fedvit-sizes", description=__doc__.splitlines()[0])
-    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--num-classes", type=int, default=10,
+                        help="classes of the classifier head (default: 10, digits)")
     for flag in FLAGS:
-        parser.add_argument(f"--{flag}", default=None)
+        parser.add_argument(f"--{flag}", default=None,
+                            help=f"the run-config key '{flag}' (default: pyproject.toml's)")
     args = parser.parse_args(argv)
     overrides = {"weights-path": "", "pretrained": False}
     for flag in FLAGS:
