@@ -61,5 +61,6 @@ def load(run_dir: Path) -> Checkpoint:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds both checkpoint files (a run to resume from)."""
     return (run_dir / STATE).is_file() and (run_dir / TENSORS).is_file()
 

@@ -73,6 +73,13 @@ class TimedGrid:
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> list[Message]:
+        """Push ``messages``, then pull their replies every ``poll_s`` until all are in,
+        ``timeout`` seconds (None: no limit) have passed, or the nodes still owing one
+        have left; records the push interval and each reply's pull time.
+
+        Returns:
+            The replies pulled, in the order they came.
+        """
         messages = list(messages)
         if not messages:
             return []
