@@ -46,7 +46,8 @@ from flwr.common.config import parse_config_args
 
 from fedvit import keys
 from fedvit.links import FRAME_FACTOR, OBJECT_CALL_S, PULL_OBJECT_BYTES, PUSH_OBJECT_BYTES, Link
-from server_app.timeline import FixedCosts, NodeTimes, RoundTimes, project
+from server_app.phase_table import RoundTimes
+from server_app.timeline import FixedCosts, NodeTimes, project
 from tools.deploy.linklab import UNSHAPED_MBPS, LinkLab
 from tools.deploy.wiretime import CounterSampler
 

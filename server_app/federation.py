@@ -30,10 +30,11 @@ from server_app.checkpoint import load as load_checkpoint
 from server_app.estimate import estimate
 from server_app.evaluation import central_evaluation
 from server_app.grid import TimedGrid
+from server_app.phase_table import RoundTimes
 from server_app.recorder import RunRecorder, resumed_record
 from server_app.results import new_run_dir
 from server_app.summary import MB, FlowerExit, RunStopped, stop_line
-from server_app.timeline import NodeTimes, RoundTimes
+from server_app.timeline import NodeTimes
 from strategies import Books, RoundLog, build_strategy
 
 

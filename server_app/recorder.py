@@ -21,9 +21,10 @@ from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import save as save_checkpoint
 from server_app.estimate import Estimate
 from server_app.grid import GridTimes
+from server_app.phase_table import RoundTimes
 from server_app.results import ResultsWriter
 from server_app.summary import MB, RunRecord, build_summary, log_summary, stop_line
-from server_app.timeline import FixedCosts, NodeTimes, RoundTimes, round_times
+from server_app.timeline import FixedCosts, NodeTimes, round_times
 from server_app.wire_truth import WireCounters
 
 # Aggregated train metrics copied into rounds.csv (None where a run has none).

@@ -12,7 +12,8 @@ from flwr.common.logger import log
 from fedvit.config import AppConfig
 from server_app.estimate import Estimate
 from server_app.grid import TooFewNodes
-from server_app.timeline import NodeTimes, RoundTimes, format_table, mean_table
+from server_app.phase_table import RoundTimes, format_table, mean_table
+from server_app.timeline import NodeTimes
 from strategies import Books
 
 MB = 1e6

@@ -51,10 +51,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from fedvit import keys
-from fedvit.keys import COMPUTE_ROWS, KINDS, SERVER_ROWS, TABLE_ROWS
+from fedvit.keys import COMPUTE_ROWS, SERVER_ROWS, TABLE_ROWS
 from fedvit.links import Link
 from fedvit.schema import dataclass_row, field_values
 from server_app.grid import GridTimes
+from server_app.phase_table import RoundTimes
 from strategies import Books, RoundLog
 from strategies.timing import ClientReport
 
@@ -201,42 +202,6 @@ class NodeTimes:
                    link=Link.from_metrics(row))
 
 
-@dataclass(frozen=True)
-class RoundTimes:
-    """One round's time in seconds: ``measured`` (rows add up to ``wall_s``), and
-    ``projected`` / ``deployment`` on the nodes' links (rows add up to ``*_s``)."""
-
-    round: int
-    wall_s: float
-    critical_compute_s: float
-    slowest_node: int
-    projected_s: float
-    deployment_s: float
-    measured: dict[str, float]
-    projected: dict[str, float]
-    deployment: dict[str, float]
-
-    @property
-    def unexplained_share(self) -> float:
-        """Share of the round's wall time that no interval explains (0..1)."""
-        return self.measured["unexplained"] / self.wall_s if self.wall_s > 0 else 0.0
-
-    @classmethod
-    def from_row(cls, row: dict) -> RoundTimes:
-        """Inverse of ``as_row`` (for a resumed run's earlier rounds)."""
-        plain = field_values(row, ("round", "wall_s", "critical_compute_s", "slowest_node",
-                                   "projected_s", "deployment_s"))
-        tables = {kind: {r: row[f"{kind}-{r}"] for r in TABLE_ROWS} for kind in KINDS}
-        return cls(**plain, **tables)
-
-    def as_row(self) -> dict:
-        """A flat row for ``phases.csv/json`` (columns: ``fedvit.schema.PHASES``)."""
-        row = dataclass_row(self, leave_out=KINDS)
-        for kind in KINDS:
-            row.update({f"{kind}-{r}": v for r, v in getattr(self, kind).items()})
-        return row
-
-
 def sweep(intervals: Iterable[tuple[str, float, float]], start: float, end: float
           ) -> dict[str, float]:
     """Seconds of [start, end) per row, each moment given to the first row of ``PRIORITY``
@@ -366,32 +331,3 @@ def round_times(server_round: int, log: RoundLog, books: Books, grid: GridTimes,
                        sum(projected.values()), sum(deployment.values()),
                        measured, projected, deployment)
     return times, nodes
-
-
-def mean_table(rounds: list[RoundTimes]) -> dict[str, dict[str, float]]:
-    """Mean seconds per row over ``rounds``: {kind: {row: s}} for each of ``KINDS``."""
-    n = max(len(rounds), 1)
-    return {kind: {row: sum(getattr(r, kind)[row] for r in rounds) / n for row in TABLE_ROWS}
-            for kind in KINDS}
-
-
-def format_table(tables: dict[str, dict[str, dict[str, float]]],
-                 kinds: tuple[str, ...] = KINDS) -> str:
-    """The phase table, seconds and share per row, for one or more runs side by side.
-
-    ``tables`` maps a run label to ``mean_table(...)``; ``kinds`` picks its columns.
-    """
-    head = f"{'phase':<14}" + "".join(
-        f"{label + ' ' + kind[:4]:>24}" for label in tables for kind in kinds)
-    lines = [head]
-    totals = {(lb, k): sum(t[k].values()) for lb, t in tables.items() for k in kinds}
-    for row in (*TABLE_ROWS, "total"):
-        cells = []
-        for label, t in tables.items():
-            for kind in kinds:
-                total = totals[(label, kind)]
-                s = total if row == "total" else t[kind][row]
-                share = 100 * s / total if total else 0.0
-                cells.append(f"{s:>14.3f} s {share:>5.1f} %")
-        lines.append(f"{row:<14}" + "".join(cells))
-    return "\n".join(lines)

@@ -15,7 +15,8 @@ import pytest
 
 from fedvit import keys
 from fedvit.links import Link
-from server_app.timeline import NodeTimes, RoundTimes
+from server_app.phase_table import RoundTimes
+from server_app.timeline import NodeTimes
 from tools.deploy.linklab import LinkLab
 from tools.deploy.linklab.netns import LinkLabError, check_privileges, netns_list
 from tools.deploy.wiretime import CounterSampler

@@ -11,7 +11,8 @@ from fedvit import keys
 from fedvit.keys import COMPUTE_ROWS, TABLE_ROWS
 from fedvit.links import FRAME_FACTOR as F
 from fedvit.links import Link
-from server_app.timeline import FixedCosts, NodeTimes, format_table
+from server_app.phase_table import format_table
+from server_app.timeline import FixedCosts, NodeTimes
 from tools.report.cli import main, make_report
 from tools.report.linkmodel import LinkModel, SteadyRound, link_model
 from tools.report.load import load_runs

@@ -14,10 +14,11 @@ from fedvit import keys, schema
 from fedvit.config import AppConfig
 from fedvit.links import Link
 from server_app.estimate import Estimate
+from server_app.phase_table import RoundTimes
 from server_app.recorder import round_row
 from server_app.results import ResultsWriter
 from server_app.summary import RunRecord, build_summary
-from server_app.timeline import NodeTimes, RoundTimes
+from server_app.timeline import NodeTimes
 from strategies import BookRow, Books
 
 README = Path(__file__).resolve().parents[2] / "README.md"

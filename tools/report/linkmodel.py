@@ -24,15 +24,10 @@ from itertools import pairwise
 
 import numpy as np
 
+from fedvit.keys import SERVER_ROWS, TABLE_ROWS
 from fedvit.links import PULL_OBJECT_BYTES, PUSH_OBJECT_BYTES, Link, wire_bytes
-from server_app.timeline import (
-    SERVER_ROWS,
-    TABLE_ROWS,
-    FixedCosts,
-    NodeTimes,
-    RoundTimes,
-    project,
-)
+from server_app.phase_table import RoundTimes
+from server_app.timeline import FixedCosts, NodeTimes, project
 from tools.report.load import Run, steady_rounds
 
 MB = 1e6

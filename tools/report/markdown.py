@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from server_app.timeline import format_table
+from server_app.phase_table import format_table
 from tools.report.linkmodel import (
     MB,
     SWEEP_MBPS,
