@@ -64,7 +64,7 @@ class RunRecorder:
         resume never rewrites an earlier config."""
         history_path = self.run_dir / CONFIG_HISTORY
         if self.done == 0 and not history_path.exists():
-            self.writer.write_json("config.json", self.cfg.to_dict())
+            self.writer.write_json(keys.CONFIG_FILE, self.cfg.to_dict())
             history = []
         elif history_path.exists():
             history = json.loads(history_path.read_text())
@@ -107,10 +107,10 @@ class RunRecorder:
         rec.nodes.extend(nodes)
         row = round_row(server_round, central, s.books, times, log_.train_metrics)
         rec.rounds.append(row)
-        self.writer.write_table("rounds", rec.rounds)
-        self.writer.write_table("books", s.books.as_rows())
-        self.writer.write_table("phases", [p.as_row() for p in rec.phases])
-        self.writer.write_table("nodes", [n.as_row() for n in rec.nodes])
+        self.writer.write_table(keys.ROUNDS, rec.rounds)
+        self.writer.write_table(keys.BOOKS, s.books.as_rows())
+        self.writer.write_table(keys.PHASES, [p.as_row() for p in rec.phases])
+        self.writer.write_table(keys.NODES, [n.as_row() for n in rec.nodes])
         save_checkpoint(self.run_dir, Checkpoint(
             server_round, arrays, s.books.rows, rec.rounds, [p.as_row() for p in rec.phases],
             s.rejections, [n.as_row() for n in rec.nodes]))
@@ -136,7 +136,7 @@ class RunRecorder:
                 summary = build_summary(self.cfg, self.record, s.books, s.rejections,
                                         self.estimate, time.perf_counter() - self._t_start,
                                         stop, wire)
-                self.writer.write_json("summary.json", summary)
+                self.writer.write_json(keys.SUMMARY_FILE, summary)
                 log_summary(summary, self.run_dir)
                 if stop is not None:
                     log(ERROR, "%s", stop_line(summary, self.run_dir))

@@ -10,6 +10,7 @@ from pathlib import Path
 from flwr.common.logger import log
 
 from fedvit.config import AppConfig
+from fedvit.keys import SUMMARY_FILE
 from server_app.estimate import Estimate
 from server_app.grid import TooFewNodes
 from server_app.phase_table import RoundTimes, format_table, mean_table
@@ -35,7 +36,7 @@ def stop_line(summary: dict, run_dir: Path) -> str:
     """The one line a stopped run logs (and raises as ``RunStopped``)."""
     return (f"fedvit: run stopped ({summary['status']}) after rounds "
             f"{summary['completed-rounds']}: {summary['stop-reason']}; summary in "
-            f"{run_dir / 'summary.json'}")
+            f"{run_dir / SUMMARY_FILE}")
 
 
 class FlowerExit(BaseException):

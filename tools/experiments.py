@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from fedvit.config import AppConfig
+from fedvit.keys import SUMMARY_FILE
 from fedvit.rules import STRATEGIES
 
 ROUND_LINE = re.compile(r"fedvit: round (\d+)/(\d+) \| central acc ([\d.]+)")
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = grid(base, args.quick)
     t0 = time.perf_counter()
     for i, (name, overrides) in enumerate(runs, 1):
-        done = out / "runs" / name / "summary.json"
+        done = out / "runs" / name / SUMMARY_FILE
         if done.is_file():
             print(f"[{i}/{len(runs)}] {name}: complete, skipped", flush=True)
             continue

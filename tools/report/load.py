@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from fedvit.keys import BOOKS, CONFIG_FILE, NODES, PHASES, ROUNDS, SUMMARY_FILE
+
 LABEL_IGNORED_KEYS = ("outputs-dir", "run-name", "resume-from")  # bookkeeping, not factors
 LABEL_MAX_KEYS = 3
 
@@ -56,7 +58,7 @@ def _read_json(path: Path, required: bool = True) -> Any:
         if required:
             raise ReportError(f"{path} is missing" + (
                 " (summary.json is written when a run finishes)"
-                if path.name == "summary.json" else ""))
+                if path.name == SUMMARY_FILE else ""))
         return None
     try:
         return json.loads(path.read_text())
@@ -80,10 +82,10 @@ def load_run(path: Path) -> Run:
     path = Path(path).expanduser().resolve()
     if not path.is_dir():
         raise ReportError(f"{path} is not a run folder")
-    return Run(path, _read_json(path / "config.json"), _read_json(path / "summary.json"),
-               _read_json(path / "rounds.json"), _read_json(path / "books.json"),
-               _read_json(path / "phases.json", required=False) or [],
-               _read_json(path / "nodes.json", required=False) or [])
+    return Run(path, _read_json(path / CONFIG_FILE), _read_json(path / SUMMARY_FILE),
+               _read_json(path / f"{ROUNDS}.json"), _read_json(path / f"{BOOKS}.json"),
+               _read_json(path / f"{PHASES}.json", required=False) or [],
+               _read_json(path / f"{NODES}.json", required=False) or [])
 
 
 def value_text(v: object) -> str:
