@@ -242,7 +242,8 @@ def wire_section(runs: Sequence[Run]) -> str:
 
 
 def write_markdown(runs: Sequence[Run], models: Sequence[LinkModel | None], out: Path,
-                   cross: Sequence[Crossing] | None = None) -> Path:
+                   cross: Sequence[Crossing] | None = None, time_to_accuracy: str = ""
+                   ) -> Path:
     """Write ``report.md`` in ``out``.
 
     Args:
@@ -250,6 +251,8 @@ def write_markdown(runs: Sequence[Run], models: Sequence[LinkModel | None], out:
         models: each run's ``link_model``.
         out: an existing folder.
         cross: ``crossings(runs, models)`` if computed already.
+        time_to_accuracy: the section ranking the runs by time to accuracy on their own
+            links (``tools.replay.outputs.section``), or "".
 
     Returns:
         The path of ``report.md``.
@@ -259,7 +262,8 @@ def write_markdown(runs: Sequence[Run], models: Sequence[LinkModel | None], out:
              + ". Every number comes from those folders' output files.")
     text = "\n\n".join([title, intro, runs_section(runs), accuracy_section(runs),
                         bytes_section(runs), phases_section(runs),
-                        links_section(runs, models, cross), wire_section(runs)]).rstrip()
+                        links_section(runs, models, cross), time_to_accuracy,
+                        wire_section(runs)]).rstrip()
     path = out / "report.md"
     path.write_text(text + "\n")
     return path

@@ -19,6 +19,7 @@ PLOTS = {
     "accuracy-mb": "accuracy_vs_mb.png",
     "phases": "phases.png",
     "bandwidth": "bandwidth.png",
+    "time-to-accuracy": "accuracy_vs_time.png",
 }
 
 
