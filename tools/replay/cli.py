@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,5 +82,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     if comp.swap is not None:
         print(comp.swap.text().replace("**", ""))
     print(path)
-    sys.stdout.flush()
     return 0
