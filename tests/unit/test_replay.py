@@ -204,7 +204,10 @@ def test_the_command_ranks_by_time_to_target_and_writes_its_files(tmp_path, caps
 
 def test_a_bad_spec_exits_2_before_anything_is_written(tmp_path, capsys):
     run = write_run(tmp_path, FEDAVG)
+    partial = tmp_path / "partial.csv"  # the run's nodes hold partitions 0 and 1
+    partial.write_text(TRACE_HEAD + "0,0,8,8,5\n")
     for args, message in ((["--links", "10/10"], "--links '10/10' is not allowed"),
+                          (["--links", str(partial)], "no rows for partition 1"),
                           (["--devices", "0=-1"], "--devices '0=-1'"),
                           (["--target", "80"], "--target '80' is not allowed")):
         with pytest.raises(SystemExit) as info:
