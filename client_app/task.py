@@ -66,8 +66,14 @@ def node_threads(node_config: dict) -> int | None:
 @lru_cache(maxsize=2)
 def _model(cfg: AppConfig, num_classes: int) -> nn.Module:
     """``fedvit.model.build_model``'s model; from the traced-model cache when it is there,
-    so a fresh process needs neither timm nor peft (see ``fedvit.traced``)."""
-    return cached_model(cfg, num_classes)
+    so a fresh process needs neither timm nor peft (see ``fedvit.traced``). With
+    ``compile``, compiled in place (``nn.Module.compile``: calls run through
+    ``torch.compile``, compiled at the first call of each input shape and mode; the
+    module, its parameters and their names stay as they are, so what is exchanged does)."""
+    model = cached_model(cfg, num_classes)
+    if cfg.compile:
+        model.compile()
+    return model
 
 
 @lru_cache(maxsize=16)

@@ -205,6 +205,7 @@ def train_epochs(
     one_cycle: bool = False,
     on_epoch: Callable[[int, float], None] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    clock: PhaseClock | None = None,
 ) -> TrainStats:
     """Train the parameters that require grad with AdamW; time every phase.
 
@@ -221,6 +222,8 @@ def train_epochs(
         on_epoch: called as ``on_epoch(epoch, loss)`` after each epoch (1-based) with its
             mean loss.
         optimizer: one made by ``make_optimizer`` for this model already (else one is made).
+        clock: the phase clock (default: ``PhaseClock`` of ``device``: CUDA events on a
+            GPU); settled once per epoch.
 
     Returns:
         Examples seen, mean loss, seconds and seconds per phase.
@@ -234,7 +237,7 @@ def train_epochs(
         if one_cycle
         else None
     )
-    clock = PhaseClock(cuda=device == "cuda")
+    clock = clock or PhaseClock(cuda=device == "cuda")
     # Losses stay on the device (float64, summed as Python floats were): reading one per
     # step would wait for the GPU every step. Read once per epoch, after the clock settled.
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -260,8 +263,8 @@ def train_epochs(
         clock.settle()  # the epoch's one synchronisation on CUDA
         if on_epoch is not None:
             on_epoch(epoch, epoch_loss.item() / max(epoch_seen, 1))
-    wall = time.perf_counter() - t0
-    return TrainStats(seen, total_loss.item() / max(seen, 1), wall, clock.seconds)
+    mean_loss = total_loss.item() / max(seen, 1)  # the device is done with the run now
+    return TrainStats(seen, mean_loss, time.perf_counter() - t0, clock.seconds)
 
 
 @torch.no_grad()
