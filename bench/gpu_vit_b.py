@@ -7,7 +7,8 @@
    - ``app``: as a client trains, ``train_step`` timed by its ``PhaseClock``;
    - ``bare``: the same loop with a clock that records nothing (what the timing costs);
    - ``compiled``: ``app`` on the model compiled as ``compile`` = true compiles it
-     (``nn.Module.compile``, one model per strategy, batches in increasing order).
+     (``fedvit.train.compile_model``: one dynamic-batch graph per strategy; the first
+     batch's warm-up steps include compiling it).
    ``app`` and ``bare`` alternate, ``--repeats`` times each; the median run counts.
 FLOPs of a step are counted, not estimated: ``torch.utils.flop_counter.FlopCounterMode`` over
 one ``train_step`` (forward and backward) of the eager model at that batch.
@@ -37,7 +38,14 @@ import torch
 
 from fedvit.config import AppConfig
 from fedvit.traced import cached_model
-from fedvit.train import PhaseClock, TrainStats, make_optimizer, train_epochs, train_step
+from fedvit.train import (
+    PhaseClock,
+    TrainStats,
+    compile_model,
+    make_optimizer,
+    train_epochs,
+    train_step,
+)
 
 STRATEGIES = {"lora": "fedlora", "full": "fedavg"}
 TARGET_BATCH = 128
@@ -130,7 +138,7 @@ def measure(cfg: AppConfig, batches: list[int], args: argparse.Namespace) -> lis
     if args.no_compile:
         return rows
     try:
-        model.compile()
+        compile_model(model)
         for batch in batches:
             x, y, flops = data[batch]
             t0 = time.perf_counter()

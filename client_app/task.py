@@ -17,6 +17,7 @@ from fedvit.data import client_data, make_loader
 from fedvit.keys import BACKBONE, NUM_PARTITIONS, NUM_THREADS, PARTITION_ID
 from fedvit.tensors import backbone_fingerprint, input_stats
 from fedvit.traced import cached_model
+from fedvit.train import compile_model
 
 EF_STATE = "error-feedback"  # context.state key of the top-k residual
 
@@ -66,14 +67,10 @@ def node_threads(node_config: dict) -> int | None:
 @lru_cache(maxsize=2)
 def _model(cfg: AppConfig, num_classes: int) -> nn.Module:
     """``fedvit.model.build_model``'s model; from the traced-model cache when it is there,
-    so a fresh process needs neither timm nor peft (see ``fedvit.traced``). With
-    ``compile``, compiled in place (``nn.Module.compile``: calls run through
-    ``torch.compile``, compiled at the first call of each input shape and mode; the
-    module, its parameters and their names stay as they are, so what is exchanged does)."""
+    so a fresh process needs neither timm nor peft (see ``fedvit.traced``); with
+    ``compile``, compiled in place (``fedvit.train.compile_model``)."""
     model = cached_model(cfg, num_classes)
-    if cfg.compile:
-        model.compile()
-    return model
+    return compile_model(model) if cfg.compile else model
 
 
 @lru_cache(maxsize=16)

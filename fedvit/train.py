@@ -162,6 +162,23 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0) -> to
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
+def compile_model(model: nn.Module) -> nn.Module:
+    """Compile a model in place for ``compile`` = true: ``nn.Module.compile``, so calls run
+    through ``torch.compile`` while the module, its parameters and their names stay as
+    they are (what is exchanged does not change). ``dynamic=True``: one graph per mode
+    (training, evaluation) for every batch size, so an epoch's last, smaller batch does not
+    compile a second one. Compiling happens at the first call in each mode.
+
+    Args:
+        model: the model.
+
+    Returns:
+        The same model.
+    """
+    model.compile(dynamic=True)
+    return model
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
