@@ -61,7 +61,7 @@ cat "$out/env.txt"
 if [[ " $PARTS " == *" bench "* ]]; then
   say "bench: $MODEL $IMG px, batches $BATCHES ($(elapsed))"
   # --num-classes 10: the digits' classes, so the deployment finds the traced model built
-  timeout "$BENCH_TIMEOUT" "$PY" bench/gpu_vit_b.py --device "$DEVICE" --model "$MODEL" \
+  timeout "$BENCH_TIMEOUT" "$PY" -u bench/gpu_vit_b.py --device "$DEVICE" --model "$MODEL" \
     --img-size "$IMG" --patch-size "$PATCH" --num-classes 10 --batches "$BATCHES" \
     --steps "$STEPS" --repeats "$REPEATS" --matmul "$MATMUL" --json "$out/bench.json" \
     > "$out/bench.txt" 2>&1

@@ -116,8 +116,10 @@ def run_loop(model, optimizer, x, y, steps: int, cfg: AppConfig,
     return stats, peak
 
 
-def measure(cfg: AppConfig, batches: list[int], args: argparse.Namespace) -> list[dict]:
-    """Rows of one strategy: for each batch, app and bare; then compiled for each batch."""
+def measure(mode: str, cfg: AppConfig, batches: list[int], ceiling: float,
+            args: argparse.Namespace) -> list[dict]:
+    """Rows of one strategy (printed as measured): for each batch, app and bare; then
+    compiled for each batch."""
     device = cfg.torch_device
     model = cached_model(cfg, args.num_classes).to(device).train()
     optimizer = make_optimizer(model, cfg.learning_rate)
@@ -134,7 +136,7 @@ def measure(cfg: AppConfig, batches: list[int], args: argparse.Namespace) -> lis
             runs["bare"].append(run_loop(model, optimizer, x, y, args.steps, cfg, NoClock()))
         for way, results in runs.items():
             stats, peak = sorted(results, key=lambda r: r[0].wall_s)[len(results) // 2]
-            rows.append(row(way, batch, stats, peak, data[batch][2]))
+            rows.append(show(ceiling, row(mode, way, batch, stats, peak, data[batch][2])))
     if args.no_compile:
         return rows
     try:
@@ -145,32 +147,39 @@ def measure(cfg: AppConfig, batches: list[int], args: argparse.Namespace) -> lis
             run_loop(model, optimizer, x, y, args.warmup, cfg, None)  # compiles
             compile_s = time.perf_counter() - t0
             stats, peak = run_loop(model, optimizer, x, y, args.steps, cfg, None)
-            rows.append({**row("compiled", batch, stats, peak, flops), "warmup-s": compile_s})
+            rows.append(show(ceiling, {**row(mode, "compiled", batch, stats, peak, flops),
+                                       "warmup-s": compile_s}))
     except Exception as err:  # e.g. no compiler or triton on this machine: say so, go on
         print(f"{cfg.strategy}: torch.compile failed: {type(err).__name__}: "
               f"{str(err).splitlines()[0] if str(err) else ''}")
     return rows
 
 
-def row(way: str, batch: int, stats: TrainStats, peak: int, flops: float) -> dict:
+def row(mode: str, way: str, batch: int, stats: TrainStats, peak: int, flops: float) -> dict:
     """One measured row: throughput, TFLOP/s, memory, and the phases' share of the wall."""
     steps_per_s = stats.examples_per_s / batch
-    return {"way": way, "batch": batch, "images-per-s": stats.examples_per_s,
+    return {"mode": mode, "way": way, "batch": batch, "images-per-s": stats.examples_per_s,
             "ms-per-step": 1e3 / steps_per_s, "tflops": flops * steps_per_s / 1e12,
             "step-tflop": flops / 1e12, "peak-gib": peak / 2**30,
             "phases-over-wall": sum(stats.phases.values()) / stats.wall_s}
 
 
-def report(rows: list[dict], ceiling: float, device: str, target: int) -> str:
-    """Print the table and the summary lines; return the last line."""
-    print(f"{'':5} {'way':9} {'batch':>5} {'images/s':>9} {'ms/step':>8} {'TFLOP/s':>8} "
+HEADER = (f"{'':5} {'way':9} {'batch':>5} {'images/s':>9} {'ms/step':>8} {'TFLOP/s':>8} "
           f"{'of ceiling':>10} {'peak GiB':>8} {'phases/wall':>11}")
-    for r in rows:
-        phases = f"{r['phases-over-wall']:.3f}" if r["way"] == "app" else ""
-        memory = f"{r['peak-gib']:.2f}" if device == "cuda" else "n/a"
-        print(f"{r['mode']:5} {r['way']:9} {r['batch']:>5} {r['images-per-s']:>9.0f} "
-              f"{r['ms-per-step']:>8.2f} {r['tflops']:>8.2f} "
-              f"{100 * r['tflops'] / ceiling:>9.1f}% {memory:>8} {phases:>11}")
+
+
+def show(ceiling: float, r: dict) -> dict:
+    """Print one row of the table (``HEADER``); return it."""
+    phases = f"{r['phases-over-wall']:.3f}" if r["way"] == "app" else ""
+    memory = f"{r['peak-gib']:.2f}" if r["peak-gib"] else "n/a"
+    print(f"{r['mode']:5} {r['way']:9} {r['batch']:>5} {r['images-per-s']:>9.0f} "
+          f"{r['ms-per-step']:>8.2f} {r['tflops']:>8.2f} "
+          f"{100 * r['tflops'] / ceiling:>9.1f}% {memory:>8} {phases:>11}", flush=True)
+    return r
+
+
+def report(rows: list[dict], ceiling: float, device: str, target: int) -> str:
+    """Print the summary lines below the table; return the last line."""
     if device != "cuda":
         print(f"process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f}"
               " GiB (no device memory on the CPU)")
@@ -183,7 +192,8 @@ def report(rows: list[dict], ceiling: float, device: str, target: int) -> str:
             ratio = compiled["images-per-s"] / eager["images-per-s"]
             print(f"{mode} batch {target}: compiled / eager images/s {ratio:.2f}"
                   + (" (compile is slower here)" if ratio < 1 else "")
-                  + f"; first compiled steps took {compiled['warmup-s']:.1f} s")
+                  + f"; its first run of warm-up steps, compiling included, took "
+                  f"{compiled['warmup-s']:.1f} s")
     share_row = lora_compiled or lora_app
     if lora_compiled is None:
         print("lora share-of-ceiling below is the eager app step's: no compiled row")
@@ -226,11 +236,12 @@ def main() -> None:
     ceiling = matmul_ceiling(args.device, args.matmul)
     print(f"{name}, torch {torch.__version__}: bf16 {args.matmul}^3 matmul {ceiling:.1f} "
           f"TFLOP/s (the ceiling below); {args.model} at {args.img_size} px, "
-          f"{args.precision}, {args.steps} steps a run")
+          f"{args.precision}, {args.steps} steps a run", flush=True)
+    print(HEADER, flush=True)
     rows = []
     for mode, strategy in STRATEGIES.items():
-        cfg = dataclasses.replace(base, strategy=strategy)
-        rows += [{"mode": mode, **r} for r in measure(cfg, batches, args)]
+        rows += measure(mode, dataclasses.replace(base, strategy=strategy), batches, ceiling,
+                        args)
         if args.device == "cuda":
             torch.cuda.empty_cache()
     last = report(rows, ceiling, args.device, target)
