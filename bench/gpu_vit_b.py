@@ -173,7 +173,7 @@ def show(ceiling: float, r: dict) -> dict:
     phases = f"{r['phases-over-wall']:.3f}" if r["way"] == "app" else ""
     memory = f"{r['peak-gib']:.2f}" if r["peak-gib"] else "n/a"
     print(f"{r['mode']:5} {r['way']:9} {r['batch']:>5} {r['images-per-s']:>9.0f} "
-          f"{r['ms-per-step']:>8.2f} {r['tflops']:>8.2f} "
+          f"{r['ms-per-step']:>8.2f} {r['tflops']:>8.3g} "
           f"{100 * r['tflops'] / ceiling:>9.1f}% {memory:>8} {phases:>11}", flush=True)
     return r
 
@@ -190,10 +190,12 @@ def report(rows: list[dict], ceiling: float, device: str, target: int) -> str:
         eager, compiled = at[(mode, "app", target)], at.get((mode, "compiled", target))
         if compiled:
             ratio = compiled["images-per-s"] / eager["images-per-s"]
+            first = min((r for r in rows if r["mode"] == mode and r["way"] == "compiled"),
+                        key=lambda r: r["batch"])
             print(f"{mode} batch {target}: compiled / eager images/s {ratio:.2f}"
                   + (" (compile is slower here)" if ratio < 1 else "")
-                  + f"; its first run of warm-up steps, compiling included, took "
-                  f"{compiled['warmup-s']:.1f} s")
+                  + f"; compiling (in batch {first['batch']}'s warm-up) took "
+                  f"{first['warmup-s']:.1f} s")
     share_row = lora_compiled or lora_app
     if lora_compiled is None:
         print("lora share-of-ceiling below is the eager app step's: no compiled row")

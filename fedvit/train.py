@@ -60,7 +60,7 @@ class PhaseClock:
 
     @property
     def seconds(self) -> dict[str, float]:
-        """Seconds so far per phase (``PHASES``); with markers, ``settle``\\ s first."""
+        """Seconds so far per phase (``PHASES``); with markers, settled first."""
         self.settle()
         return self._seconds
 
