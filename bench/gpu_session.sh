@@ -20,7 +20,7 @@
 # Settings (environment; the defaults are the GPU session's):
 #   PARTS="bench deploy"   the parts to run (e.g. PARTS=deploy to rerun only that one)
 #   DEVICE=cuda MODEL=vit_base_patch16_224 IMG=224 PATCH=0 ROUNDS=3
-#   BATCHES=64,128,256 STEPS=15 REPEATS=3 MATMUL=8192   (bench)
+#   BATCHES=64,128,256 STEPS=10 REPEATS=2 MATMUL=8192   (bench)
 #   BENCH_TIMEOUT=300 RUN_TIMEOUT=300   (seconds: the bench; each `flwr run`)
 #   PYTHON=python3 (the interpreter; here .venv/bin/python)  FEDVIT_CACHE=/tmp/fedvit-cache
 # On a CPU, as tested there (a small model, the same steps):
@@ -32,7 +32,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 PARTS=${PARTS:-bench deploy}
 DEVICE=${DEVICE:-cuda} MODEL=${MODEL:-vit_base_patch16_224} IMG=${IMG:-224} PATCH=${PATCH:-0}
-ROUNDS=${ROUNDS:-3} BATCHES=${BATCHES:-64,128,256} STEPS=${STEPS:-15} REPEATS=${REPEATS:-3}
+ROUNDS=${ROUNDS:-3} BATCHES=${BATCHES:-64,128,256} STEPS=${STEPS:-10} REPEATS=${REPEATS:-2}
 MATMUL=${MATMUL:-8192} BENCH_TIMEOUT=${BENCH_TIMEOUT:-300} RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 PY=${PYTHON:-python3}
 export FEDVIT_CACHE=${FEDVIT_CACHE:-/tmp/fedvit-cache} FLWR_TELEMETRY_ENABLED=0 \
@@ -43,11 +43,13 @@ t0=$(date +%s)
 
 # 1. environment
 if ! "$PY" -c "import flwr" 2>/dev/null; then
-  ls .gpu/whl/*.whl >/dev/null 2>&1 || { say "no flwr and no staged wheels in .gpu/whl"; exit 2; }
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl \
-    > "$out/pip.log" 2>&1 || { say "installing .gpu/whl failed (pip.log)"; exit 2; }
+  if [[ ! -d /tmp/site/flwr ]]; then  # a rerun on the same machine installed them already
+    ls .gpu/whl/*.whl >/dev/null 2>&1 || { say "no flwr and no staged wheels in .gpu/whl"; exit 2; }
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl \
+      > "$out/pip.log" 2>&1 || { say "installing .gpu/whl failed (pip.log)"; exit 2; }
+    say "installed $(ls .gpu/whl | wc -l) staged wheels into /tmp/site ($(elapsed))"
+  fi
   export PYTHONPATH=$PYTHONPATH:/tmp/site PATH=/tmp/site/bin:$PATH FLWR_BIN=/tmp/site/bin
-  say "installed $(ls .gpu/whl | wc -l) staged wheels into /tmp/site ($(elapsed))"
 fi
 flwr_cli=${FLWR_BIN:+$FLWR_BIN/}flwr
 [[ -z "${FLWR_BIN:-}" && -x .venv/bin/flwr ]] && flwr_cli=.venv/bin/flwr
