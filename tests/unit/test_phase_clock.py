@@ -133,3 +133,19 @@ def test_train_epochs_on_the_cpu_reports_the_loss_it_always_did():
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters(),
                                                  strict=True))
     assert set(stats.phases) == set(PHASES) and stats.wall_s > 0
+
+
+def test_compile_model_keeps_the_module_and_the_names_it_exchanges():
+    """``compile`` = true must not rename what travels (``torch.compile(model)`` would wrap
+    it and prefix every name with ``_orig_mod.``); nothing compiles until it is called."""
+    from fedvit.config import AppConfig
+    from fedvit.tensors import exchanged_state
+    from fedvit.traced import cached_model
+    from fedvit.train import compile_model
+
+    model = cached_model(AppConfig.from_run_config({"weights-path": ""}), 10)
+    before = {k: (v.shape, v.dtype) for k, v in exchanged_state(model).items()}
+    names = list(model.state_dict())
+    assert compile_model(model) is model
+    assert {k: (v.shape, v.dtype) for k, v in exchanged_state(model).items()} == before
+    assert list(model.state_dict()) == names and before
