@@ -4,8 +4,10 @@
 #   bash bench/gpu_session.sh [OUTDIR]          # OUTDIR defaults to $OUT (the device tool's)
 #
 # 1. environment: where `import flwr` fails and .gpu/whl holds the staged wheels
-#    (bash ../shared/gpu/stage.sh, here), installs them into /tmp/site as that script's
-#    header says; writes OUTDIR/env.txt (GPU, Python, torch, flwr).
+#    (bash ../shared/gpu/stage.sh, here; in a git worktree, where .git is a file, that
+#    script stops at its .git/info/exclude line: /.gpu/ is in .gitignore, so run it without
+#    that line), installs them into /tmp/site as that script's header says; writes
+#    OUTDIR/env.txt (GPU, Python, torch, flwr).
 # 2. bench: bench/gpu_vit_b.py (the device's matmul ceiling, then LoRA and full fine-tuning
 #    at each batch: the app's timed loop, the bare loop, compiled) -> bench.txt, bench.json.
 # 3. deploy: a real deployment (tools/deploy/deploy.sh: a SuperLink and 2 SuperNodes on this
