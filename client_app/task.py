@@ -17,6 +17,7 @@ from fedvit.data import client_data, make_loader
 from fedvit.keys import BACKBONE, NUM_PARTITIONS, NUM_THREADS, PARTITION_ID
 from fedvit.tensors import backbone_fingerprint, input_stats
 from fedvit.traced import cached_model
+from fedvit.train import compile_model
 
 EF_STATE = "error-feedback"  # context.state key of the top-k residual
 
@@ -66,8 +67,10 @@ def node_threads(node_config: dict) -> int | None:
 @lru_cache(maxsize=2)
 def _model(cfg: AppConfig, num_classes: int) -> nn.Module:
     """``fedvit.model.build_model``'s model; from the traced-model cache when it is there,
-    so a fresh process needs neither timm nor peft (see ``fedvit.traced``)."""
-    return cached_model(cfg, num_classes)
+    so a fresh process needs neither timm nor peft (see ``fedvit.traced``); with
+    ``compile``, compiled in place (``fedvit.train.compile_model``)."""
+    model = cached_model(cfg, num_classes)
+    return compile_model(model) if cfg.compile else model
 
 
 @lru_cache(maxsize=16)

@@ -88,6 +88,7 @@ class AppConfig:
     seed: int
     precision: str
     device: str
+    compile: bool
     link_down_mbps: float
     link_up_mbps: float
     link_latency_ms: float

@@ -21,7 +21,8 @@ from fedvit.rules import show
 # trained or aggregated. Every other key must keep the checkpoint's value.
 RESUMABLE_KEYS = frozenset({
     "num-server-rounds", "outputs-dir", "run-name", "resume-from", "node-wait-s",
-    "round-timeout-s", "device", "eval-batch-size", "fraction-evaluate", "evaluate-in-train",
+    "round-timeout-s", "device", "compile", "eval-batch-size", "fraction-evaluate",
+    "evaluate-in-train",
     "link-down-mbps", "link-up-mbps", "link-latency-ms", "link-profile", "link-emulate",
     "deploy-pickup-s", "deploy-startup-s", "deploy-return-s",
 })

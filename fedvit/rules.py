@@ -152,7 +152,42 @@ def _cross_key_errors(v: dict[str, Any], weights_relative: bool) -> list[str]:
         )
     if v.get("device") == "cuda" and not cuda_available():
         errors.append("'device' = 'cuda' is not allowed: no CUDA device is available")
+    if v.get("compile") and "device" in v:
+        cuda = v["device"] == "cuda" or (v["device"] == "auto" and cuda_available())
+        missing = compile_missing(cuda)
+        if missing:
+            errors.append(f"'compile' = true is not allowed on this machine: {missing}; "
+                          "must be false here")
     return errors
+
+
+def compile_missing(cuda: bool) -> str:
+    """What ``torch.compile`` lacks here to train a model, or ``''``. Checked only when
+    asked for (imports ``torch._dynamo``, about 1 s).
+
+    Args:
+        cuda: the model trains on a GPU (inductor generates triton kernels, which triton
+            builds a launcher for with a C compiler) rather than the CPU (C++ kernels).
+
+    Returns:
+        A reason naming what is missing: dynamo's support for this Python, triton, or the
+        compiler (``CXX``/``CC`` or one on ``PATH``); ``''`` when nothing is.
+    """
+    import importlib.util
+    import os
+    import shutil
+
+    from torch._dynamo import is_dynamo_supported
+
+    if not is_dynamo_supported():
+        return "this Python/platform is not supported by torch.compile"
+    if cuda and importlib.util.find_spec("triton") is None:
+        return "torch.compile on CUDA needs triton, which is not installed"
+    var, names = ("CC", ("cc", "gcc", "clang")) if cuda else ("CXX", ("c++", "g++", "clang++"))
+    if not any(shutil.which(n) for n in (os.environ.get(var, ""), *names) if n):
+        return f"torch.compile needs a {'C' if cuda else 'C++'} compiler ({var} or one of " \
+               f"{', '.join(names)} on PATH)"
+    return ""
 
 
 def show(value: Any) -> str:

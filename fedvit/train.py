@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -14,41 +16,94 @@ from torch.utils.data import DataLoader
 PHASES = ("data", "forward", "backward", "optimizer")
 
 
-@dataclass
+class Marker(Protocol):
+    """A point on a device's timeline, as ``torch.cuda.Event(enable_timing=True)`` is."""
+
+    def record(self) -> None:
+        """Mark the point the stream has been queued up to now."""
+
+    def synchronize(self) -> None:
+        """Wait until the stream has reached this point."""
+
+    def elapsed_time(self, end: Marker) -> float:
+        """Milliseconds from this point to ``end`` (both recorded and reached)."""
+
+
+def cuda_marker() -> Marker:
+    """A timing CUDA event: the default marker of a ``PhaseClock`` on CUDA."""
+    return torch.cuda.Event(enable_timing=True)
+
+
 class PhaseClock:
-    """Accumulates seconds per phase; on CUDA it synchronises so times are real.
+    """Accumulates seconds per phase of local training.
+
+    On the CPU every boundary reads ``time.perf_counter`` (the work is done when the call
+    returns). On CUDA the work is queued, so a boundary records a marker (a timing CUDA
+    event) on the stream instead of waiting for the GPU, and ``settle`` waits once for the
+    last one and adds the intervals between them: the phases are the GPU timeline's, and
+    the CPU keeps queueing kernels while the GPU works. A phase the CPU holds up (e.g.
+    loading a batch while the GPU idles) shows as the GPU's idle time in that phase.
 
     Args:
-        cuda: synchronise the GPU before every reading.
-        seconds: seconds so far per phase (``PHASES``; zeros by default).
+        cuda: time the GPU's timeline with markers (else the CPU's clock).
+        marker: makes one unrecorded marker (default ``cuda_marker``); anything with
+            ``record``, ``synchronize`` and ``elapsed_time`` (milliseconds) will do, e.g.
+            to test the bookkeeping without a GPU. Giving one implies marker timing.
     """
 
-    cuda: bool
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
-    _last: float = 0.0
+    def __init__(self, cuda: bool, marker: Callable[[], Marker] | None = None) -> None:
+        self.cuda = cuda
+        self._marker = marker or (cuda_marker if cuda else None)
+        self._seconds = dict.fromkeys(PHASES, 0.0)
+        self._last = 0.0
+        self._marks: list[tuple[str | None, Marker]] = []  # (phase it ends or None, marker)
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Seconds so far per phase (``PHASES``); with markers, settled first."""
+        self.settle()
+        return self._seconds
 
     def start(self) -> None:
-        """Start timing the next phase now."""
-        self._sync()
-        self._last = time.perf_counter()
+        """Start timing the next phase now (the time since the last boundary is no phase's)."""
+        if self._marker is None:
+            self._last = time.perf_counter()
+        else:
+            self._mark(None)
 
     def lap(self, phase: str) -> None:
         """Add the seconds since the last ``start``/``lap`` to a phase; start the next.
 
         Args:
-            phase: one of ``seconds``' phases.
+            phase: one of ``PHASES``.
 
         Raises:
-            KeyError: ``phase`` is not one of ``seconds``' phases.
+            KeyError: ``phase`` is not one of ``PHASES``.
         """
-        self._sync()
-        now = time.perf_counter()
-        self.seconds[phase] += now - self._last
-        self._last = now
+        if phase not in self._seconds:
+            raise KeyError(phase)
+        if self._marker is None:
+            now = time.perf_counter()
+            self._seconds[phase] += now - self._last
+            self._last = now
+        else:
+            self._mark(phase)
 
-    def _sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
+    def settle(self) -> None:
+        """Wait for the last marker (one synchronisation) and add every interval recorded
+        since the last ``settle`` to its phase. Nothing to do on the CPU's clock."""
+        if len(self._marks) < 2:
+            return
+        self._marks[-1][1].synchronize()
+        for (_, begin), (phase, end) in itertools.pairwise(self._marks):
+            if phase is not None:
+                self._seconds[phase] += begin.elapsed_time(end) / 1e3
+        self._marks = self._marks[-1:]  # the next interval begins at the last boundary
+
+    def _mark(self, phase: str | None) -> None:
+        marker = self._marker()
+        marker.record()
+        self._marks.append((phase, marker))
 
 
 @dataclass
@@ -107,6 +162,23 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0) -> to
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
+def compile_model(model: nn.Module) -> nn.Module:
+    """Compile a model in place for ``compile`` = true: ``nn.Module.compile``, so calls run
+    through ``torch.compile`` while the module, its parameters and their names stay as
+    they are (what is exchanged does not change). ``dynamic=True``: one graph per mode
+    (training, evaluation) for every batch size, so an epoch's last, smaller batch does not
+    compile a second one. Compiling happens at the first call in each mode.
+
+    Args:
+        model: the model.
+
+    Returns:
+        The same model.
+    """
+    model.compile(dynamic=True)
+    return model
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -150,6 +222,7 @@ def train_epochs(
     one_cycle: bool = False,
     on_epoch: Callable[[int, float], None] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    clock: PhaseClock | None = None,
 ) -> TrainStats:
     """Train the parameters that require grad with AdamW; time every phase.
 
@@ -166,6 +239,8 @@ def train_epochs(
         on_epoch: called as ``on_epoch(epoch, loss)`` after each epoch (1-based) with its
             mean loss.
         optimizer: one made by ``make_optimizer`` for this model already (else one is made).
+        clock: the phase clock (default: ``PhaseClock`` of ``device``: CUDA events on a
+            GPU); settled once per epoch.
 
     Returns:
         Examples seen, mean loss, seconds and seconds per phase.
@@ -179,26 +254,34 @@ def train_epochs(
         if one_cycle
         else None
     )
-    clock = PhaseClock(cuda=device == "cuda")
-    total_loss, seen = 0.0, 0
+    clock = clock or PhaseClock(cuda=device == "cuda")
+    # Losses stay on the device (float64, summed as Python floats were): reading one per
+    # step would wait for the GPU every step. Read once per epoch, after the clock settled.
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    seen = 0
+    if device == "cuda":
+        torch.cuda.synchronize()  # what was queued before (the model's copy) is not training
     t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):
         clock.start()
-        epoch_loss, epoch_seen = 0.0, 0
+        epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
+        epoch_seen = 0
         for images, labels in _batches(loader, device):
             clock.lap("data")
             loss = train_step(model, optimizer, images, labels, clock, bf16)
             if schedule is not None:
                 schedule.step()
                 clock.lap("optimizer")
-            item = loss.item() * len(labels)
-            total_loss, epoch_loss = total_loss + item, epoch_loss + item
+            item = loss.double() * len(labels)
+            total_loss += item
+            epoch_loss += item
             seen, epoch_seen = seen + len(labels), epoch_seen + len(labels)
             clock.start()
+        clock.settle()  # the epoch's one synchronisation on CUDA
         if on_epoch is not None:
-            on_epoch(epoch, epoch_loss / max(epoch_seen, 1))
-    wall = time.perf_counter() - t0
-    return TrainStats(seen, total_loss / max(seen, 1), wall, clock.seconds)
+            on_epoch(epoch, epoch_loss.item() / max(epoch_seen, 1))
+    mean_loss = total_loss.item() / max(seen, 1)  # the device is done with the run now
+    return TrainStats(seen, mean_loss, time.perf_counter() - t0, clock.seconds)
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ NUM_CLASSES = 10
 NOT_MODEL_KEYS = {
     "num-server-rounds", "fraction-train", "fraction-evaluate", "evaluate-in-train",
     "min-nodes", "local-epochs", "batch-size", "eval-batch-size", "learning-rate",
-    "precision", "device", "codec-down", "codec-up", "dataset", "partitioner",
+    "precision", "device", "compile", "codec-down", "codec-up", "dataset", "partitioner",
     "dirichlet-alpha", "val-fraction", "link-down-mbps", "link-up-mbps", "link-latency-ms",
     "link-profile", "link-emulate", "outputs-dir", "run-name", "resume-from", "node-wait-s",
     "round-timeout-s", "deploy-pickup-s", "deploy-startup-s", "deploy-return-s",

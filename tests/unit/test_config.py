@@ -249,3 +249,23 @@ def test_resolve_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     assert resolve_path("~/fedvit-outputs") == tmp_path / "fedvit-outputs"
     assert resolve_path("~") == tmp_path
+
+
+def test_compile_is_a_bool_and_off_by_default() -> None:
+    assert AppConfig.from_run_config(FAST).compile is False
+    assert _errors({**FAST, "compile": "yes"}) == [
+        "'compile' = 'yes' is not allowed: must be of type bool"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_compile_without_a_compiler_is_refused(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no c++, g++, clang++
+    monkeypatch.delenv("CXX", raising=False)
+    assert _errors({**FAST, "compile": True, "device": "cpu"}) == [
+        "'compile' = true is not allowed on this machine: torch.compile needs a C++ compiler "
+        "(CXX or one of c++, g++, clang++ on PATH); must be false here"]
+    compiler = tmp_path / "g++"  # any executable of that name satisfies the check
+    compiler.write_text("#!/bin/sh\n")
+    compiler.chmod(0o755)
+    assert AppConfig.from_run_config({**FAST, "compile": True, "device": "cpu"}).compile
