@@ -120,8 +120,11 @@ SUMMARY: tuple[Column, ...] = (
     ("links", "`down-mbps`, `up-mbps`, `latency-ms`, `profile` (`node-config` where nodes "
      "brought their own) and each partition's link under `nodes`"),
     ("phase-table", "the steady rounds' mean phase table: {kind: {row: s}}"),
-    ("status", "`complete`, `too-few-nodes`, `interrupted` or `failed`"),
-    ("stop-reason", "why the run stopped ('' when complete)"),
+    ("status", "`complete`, `nothing-aggregated` (no round aggregated an update), "
+     "`rounds-not-aggregated` (some did not), `nodes-failed` (every node failed a round the "
+     "same way), `too-few-nodes`, `interrupted` or `failed`"),
+    ("stop-reason", "why the run stopped or is not complete ('' when complete)"),
+    ("unaggregated-rounds", "the train rounds that aggregated no update"),
     ("completed-rounds", "the rounds completed"),
     ("wire", "link lab only: per partition, the kernel's bytes against the books"),
 )

@@ -120,7 +120,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     summary = recorder.close(stop)
     if summary["status"] != "complete":
         line = stop_line(summary, run_dir)
-        if isinstance(stop, Exception):
+        if stop is None or isinstance(stop, Exception):
             raise RunStopped(line) from None
         raise stop or FlowerExit(line)  # KeyboardInterrupt, SystemExit: Flower's exit path
     rec = recorder.record

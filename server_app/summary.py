@@ -16,6 +16,7 @@ from server_app.grid import TooFewNodes
 from server_app.phase_table import RoundTimes, format_table, mean_table
 from server_app.timeline import NodeTimes
 from strategies import Books
+from strategies.failures import NodesFailed, unaggregated_rounds
 
 MB = 1e6
 
@@ -53,17 +54,42 @@ class RunStopped(RuntimeError):
 def stop_status(stop: BaseException | None) -> dict[str, str]:
     """``status`` and ``stop-reason`` of a run that ended with ``stop`` (None: finished).
 
-    ``status`` is ``complete``, ``too-few-nodes``, ``interrupted`` (Ctrl-C, SIGTERM,
-    ``flwr stop``) or ``failed`` (any other error, e.g. inside an evaluation).
+    ``status`` is ``complete``, ``too-few-nodes``, ``nodes-failed`` (every node failed a
+    round the same way), ``interrupted`` (Ctrl-C, SIGTERM, ``flwr stop``) or ``failed``
+    (any other error, e.g. inside an evaluation).
     """
     if stop is None:
         return {"status": "complete", "stop-reason": ""}
     reason = f"{type(stop).__name__}: {stop}" if str(stop) else type(stop).__name__
     if isinstance(stop, TooFewNodes):
         return {"status": "too-few-nodes", "stop-reason": str(stop)}
+    if isinstance(stop, NodesFailed):
+        return {"status": "nodes-failed", "stop-reason": str(stop)}
     if isinstance(stop, (KeyboardInterrupt, SystemExit)) or not isinstance(stop, Exception):
         return {"status": "interrupted", "stop-reason": reason}
     return {"status": "failed", "stop-reason": reason}
+
+
+def run_status(stop: BaseException | None, books: Books, rejections: list[dict]) -> dict:
+    """``stop_status``, where rounds aggregated nothing told as such, and those rounds.
+
+    A run whose train rounds all aggregated nothing (it finished, or every node failed the
+    same way) is ``nothing-aggregated``; one that finished with some such rounds is
+    ``rounds-not-aggregated``. Other stops keep their status.
+
+    Returns:
+        ``{"status", "stop-reason", "unaggregated-rounds"}``.
+    """
+    out = stop_status(stop)
+    empty = unaggregated_rounds(books.rows, rejections)
+    trained = {r.round for r in books.rows if r.phase == "train"}
+    why = (f"rounds {empty} aggregated no update: every train reply failed, never came or "
+           f"was rejected (books.csv, rejected-replies)")
+    if empty and out["status"] in ("complete", "nodes-failed"):
+        status = "nothing-aggregated" if set(empty) == trained else (
+            "rounds-not-aggregated" if stop is None else out["status"])
+        out = {"status": status, "stop-reason": out["stop-reason"] or why}
+    return {**out, "unaggregated-rounds": empty}
 
 
 def links(cfg: AppConfig, nodes: list[NodeTimes]) -> dict:
@@ -136,7 +162,7 @@ def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list
                                "return-s": cfg.deploy_return_s},
         "links": links(cfg, run.nodes),
         "phase-table": mean_table(steady),
-        **stop_status(stop),
+        **run_status(stop, books, rejections),
         "completed-rounds": [r["round"] for r in rounds],
         **({"wire": wire} if wire else {}),
     }
