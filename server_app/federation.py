@@ -92,7 +92,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     recorder = RunRecorder(cfg, run_dir, strategy, timed_grid.times,
                            resumed_record(count_parameters(model), ckpt), done)
     recorder.write_config()
-    _close_on_flower_exit(recorder)
+    _close_on_flower_exit(recorder, timed_grid)
 
     # Start: whatever stops the run from here on leaves summary.json.
     result, stop = Result(arrays=initial), None
@@ -140,13 +140,16 @@ def _checkpoint(cfg: AppConfig, model) -> Checkpoint | None:
     return ckpt
 
 
-def _close_on_flower_exit(recorder: RunRecorder) -> None:
+def _close_on_flower_exit(recorder: RunRecorder, grid: TimedGrid) -> None:
     """`flwr stop`, Ctrl-C, SIGTERM: Flower's exit runs its handlers in the main thread,
-    also where the ServerApp runs in another (simulation); the summary is written there.
-    Handlers are never removed, so this one does nothing once the summary exists."""
+    also where the ServerApp runs in another (simulation); the summary is written there,
+    and the ServerApp's thread then stops at its next grid call or record (``RunEnding``),
+    so nothing is written after the summary. Handlers are never removed, so this one does
+    nothing once the summary exists."""
 
     def on_flower_exit() -> None:
         recorder.close(FlowerExit())
+        grid.ending.set()
 
     add_exit_handler(on_flower_exit, run_before_force_exit=True)
 

@@ -4,12 +4,13 @@ completed rounds, and the ServerApp then ends with one clear error (issue 13, it
 from __future__ import annotations
 
 import json
+import threading
 
 from flwr.supercore.exit import exit_handler
 
 from server_app.grid import TooFewNodes
 from server_app.summary import RunStopped, stop_status
-from simulate import FAST, stopped
+from simulate import FAST, simulate, stopped
 
 
 def _summary(out, name):
@@ -69,3 +70,53 @@ def test_stop_status_names_the_reason():
                                                 "stop-reason": "KeyboardInterrupt"}
     failed = stop_status(RuntimeError("evaluation broke"))
     assert failed == {"status": "failed", "stop-reason": "RuntimeError: evaluation broke"}
+
+
+class _StopFromMainThread:
+    """The simulation's Grid, where `flwr stop` (or Ctrl-C, SIGTERM) arrives while round
+    ``at`` is sent, as under `flwr run`: Flower's exit handlers run in the process's main
+    thread, and nothing interrupts the ServerApp's own thread (issue 19, item 2)."""
+
+    def __init__(self, grid, at: int) -> None:
+        self._grid, self._at = grid, at
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        if messages and int(messages[0].content["config"]["server-round"]) == self._at:
+            ours = [h.exit_handler for h in exit_handler.registered_exit_handlers
+                    if h.exit_handler.__name__ == "on_flower_exit"]
+            main = threading.Thread(target=ours[-1])
+            main.start()
+            main.join()
+        return self._grid.push_messages(messages)
+
+
+def _folder(run_dir) -> dict:
+    """What a run folder says about its rounds: summary, tables and checkpoint."""
+    read = lambda name: json.loads((run_dir / name).read_text())  # noqa: E731
+    summary = read("summary.json")
+    return {"summary": summary["completed-rounds"],
+            "rounds": [r["round"] for r in read("rounds.json")],
+            "books": sorted({r["round"] for r in read("books.json")}),
+            "phases": [r["round"] for r in read("phases.json")],
+            "checkpoint": read("checkpoint.json")["round"],
+            "summary-bytes": summary["bytes"]["down-msg"] + summary["bytes"]["up-msg"],
+            "books-bytes": sum(r["message-bytes"] for r in read("books.json"))}
+
+
+def test_a_stop_from_flowers_main_thread_stops_the_run_and_it_resumes(tmp_path):
+    cfg = {**FAST, "num-server-rounds": 3, "outputs-dir": str(tmp_path), "run-name": "b"}
+    err = stopped(cfg, grid_wrapper=lambda grid: _StopFromMainThread(grid, 2))
+    assert not isinstance(err, Exception)  # Flower's exit path (not an app error)
+    run = tmp_path / "b"
+    state = _folder(run)
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    assert state == {"summary": [1], "rounds": [1], "books": [1], "phases": [1],
+                     "checkpoint": 1, "summary-bytes": state["books-bytes"],
+                     "books-bytes": state["books-bytes"]}
+    resumed = simulate({**cfg, "resume-from": str(run)})
+    assert [r["round"] for r in resumed.rounds] == [1, 2, 3]
+    assert resumed.summary["status"] == "complete"
