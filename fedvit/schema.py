@@ -102,8 +102,12 @@ SUMMARY: tuple[Column, ...] = (
     ("wall-s", "the run's wall time (s)"),
     ("bytes", "totals: `down-tensor`, `down-msg`, `up-tensor`, `up-msg`, `report` (bytes)"),
     ("estimate", "the lesson's estimate: `down-bytes-per-message`, `up-bytes-per-message`, "
-     "`num-nodes`, `train-clients`, `evaluate-clients`, `rounds`, `down`, `up` (bytes)"),
-    ("estimate-matches-tensor-bytes", "whether it equals the measured tensor bytes"),
+     "`num-nodes`, `train-clients`, `evaluate-clients`, `rounds`, `down`, `up` (bytes); for "
+     "top-k uploads `up-bytes-per-message-min` and `up-min` (else equal); a resume's "
+     "`earlier-rounds`, `earlier-down`, `earlier-up`, `earlier-up-min`: what was estimated "
+     "for the rounds before it, under their configs"),
+    ("estimate-matches-tensor-bytes", "whether it equals the measured tensor bytes (top-k "
+     "uploads: within `up-min`..`up`)"),
     ("framing-overhead-percent", "message bytes over tensor bytes (%)"),
     ("report-bytes", "the clients' byte reports, in all"),
     ("books-mismatches", "every figure where server and client disagreed"),

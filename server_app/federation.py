@@ -27,7 +27,7 @@ from fedvit.resume import resume_tensor_errors
 from fedvit.resume import validate_server as validate_resume
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import load as load_checkpoint
-from server_app.estimate import estimate
+from server_app.estimate import Estimated, estimate
 from server_app.evaluation import central_evaluation
 from server_app.grid import TimedGrid
 from server_app.phase_table import RoundTimes
@@ -97,7 +97,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     # Start: whatever stops the run from here on leaves summary.json.
     result, stop = Result(arrays=initial), None
     try:
-        recorder.estimate = _log_start(cfg, model, initial, timed_grid, run_dir, done)
+        recorder.estimate = _log_start(cfg, model, initial, timed_grid, run_dir, ckpt)
         if cfg.num_server_rounds > done:
             # FedLoRA's clients must adapt the very backbone the server evaluates with.
             shared = ({BACKBONE: backbone_fingerprint(model)} if cfg.strategy == "fedlora"
@@ -155,12 +155,15 @@ def _close_on_flower_exit(recorder: RunRecorder, grid: TimedGrid) -> None:
 
 
 def _log_start(cfg: AppConfig, model, initial: ArrayRecord, grid: TimedGrid, run_dir: Path,
-               done: int):
+               ckpt: Checkpoint | None):
     """Log what runs and the bandwidth estimate; return the estimate (it waits for
-    ``min-nodes`` nodes: ``TooFewNodes``)."""
+    ``min-nodes`` nodes: ``TooFewNodes``). A resumed run's earlier rounds keep what was
+    estimated when they ran (the checkpoint's; older checkpoints: this config's)."""
     num_nodes = len(grid.get_node_ids())
+    earlier = Estimated.from_row(ckpt.estimated) if ckpt and ckpt.estimated else None
     est = estimate({k: v.cpu().numpy() for k, v in exchanged_state(model).items()},
-                   num_nodes, cfg)
+                   num_nodes, cfg, earlier)
+    done = ckpt.round if ckpt else 0
     total, trainable = count_parameters(model)
     log(INFO, "fedvit: %s on %s (%s parameters, %s trainable, %d tensors exchanged, "
         "backbone %s); results in %s", cfg.strategy, cfg.model_name, f"{total:,}",

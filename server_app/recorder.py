@@ -131,7 +131,8 @@ class RunRecorder:
         self.writer.write_table(keys.NODES, [n.as_row() for n in rec.nodes])
         save_checkpoint(self.run_dir, Checkpoint(
             server_round, arrays, s.books.rows, rec.rounds, [p.as_row() for p in rec.phases],
-            s.rejections, [n.as_row() for n in rec.nodes]))
+            s.rejections, [n.as_row() for n in rec.nodes],
+            self.estimate.through(server_round).as_row() if self.estimate else None))
         log(INFO, "fedvit: round %d/%d | central acc %.4f loss %.4f | down %.3f MB "
             "up %.3f MB | cumulative %.3f MB | %.1f s (%.0f %% unexplained), projected "
             "%.1f s on the links, %.1f s as a deployment",

@@ -142,8 +142,8 @@ def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list
         "wall-s": wall_s,
         "bytes": t,
         "estimate": est.as_dict() if est else None,
-        "estimate-matches-tensor-bytes": (est.down, est.up) == (t["down-tensor"],
-                                                               t["up-tensor"]) if est else None,
+        "estimate-matches-tensor-bytes": (est.matches(t["down-tensor"], t["up-tensor"])
+                                          if est else None),
         "framing-overhead-percent": 100 * (msg - tensor) / tensor if tensor else None,
         "report-bytes": t["report"],
         "books-mismatches": books.mismatches,
@@ -172,15 +172,30 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def estimate_words(e: dict, matches: bool) -> str:
+    """The estimate as the end-of-run line states it, and how the measurement compares:
+    ``exact match``/``DIFFERENT``, or for top-k uploads (a range of bytes) ``within the
+    range``/``OUTSIDE the range``. Bytes are printed in MB to 3 decimals, so a difference
+    below 500 bytes also prints the byte counts."""
+    if e["up-min"] == e["up"]:
+        words = f"{e['down'] / MB:.3f} / {e['up'] / MB:.3f}: " + (
+            "exact match" if matches else "DIFFERENT")
+    else:
+        words = (f"{e['down'] / MB:.3f} / {e['up-min'] / MB:.3f} to {e['up'] / MB:.3f} "
+                 "(top-k's index encoding depends on the values): " + (
+                     "down exact, up within the range" if matches else "OUTSIDE the range"))
+    return words if matches else f"{words} (estimated bytes {e['down']:,} / {e['up']:,})"
+
+
 def log_summary(s: dict, run_dir: Path) -> None:
     """Log a summary's figures: totals, estimate, framing, wire truth, the phase table."""
     b, e = s["bytes"], s["estimate"]
     log(INFO, "fedvit: finished %d rounds in %.1f s, final central accuracy %s", s["rounds"],
         s["wall-s"], f"{s['final-central-accuracy']:.4f}" if s["rounds"] else "n/a")
     if e:
-        log(INFO, "fedvit: tensors measured %.3f MB down / %.3f MB up, estimated %.3f / "
-            "%.3f: %s", b["down-tensor"] / MB, b["up-tensor"] / MB, e["down"] / MB,
-            e["up"] / MB, "exact match" if s["estimate-matches-tensor-bytes"] else "DIFFERENT")
+        log(INFO, "fedvit: tensors measured %.3f MB down / %.3f MB up, estimated %s",
+            b["down-tensor"] / MB, b["up-tensor"] / MB,
+            estimate_words(e, s["estimate-matches-tensor-bytes"]))
     log(INFO, "fedvit: whole messages %.3f MB down / %.3f MB up; framing overhead %.3f %%",
         b["down-msg"] / MB, b["up-msg"] / MB, s["framing-overhead-percent"] or 0.0)
     for pid, w in (s.get("wire") or {}).items():
