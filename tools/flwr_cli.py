@@ -165,11 +165,13 @@ def run_streamed(flwr: str, args: list[str]) -> int:
     except KeyboardInterrupt:
         stopped = True
         run_id, folder = outcome(lines)
-        conn = positionals(args)[1:2]
+        conn = positionals(args[1:])[1:2]  # args[0] is 'run'
         print(f"\nscripts/flwr: Ctrl-C: stopping run {run_id} (flwr stop {run_id}); its "
               "folder keeps the rounds it completed", file=sys.stderr)
         if run_id:
-            subprocess.run([flwr, "stop", run_id, *conn], check=False)
+            stop = subprocess.run([flwr, "stop", run_id, *conn], check=False, text=True,
+                                  capture_output=True)
+            sys.stderr.write(stop.stdout + stop.stderr)
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait()
         summary = folder / SUMMARY_FILE if folder else None
