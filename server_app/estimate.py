@@ -82,10 +82,16 @@ class Estimate:
                          self.earlier_up + self.up_bytes_per_message * train * n,
                          self.earlier_up_min + up_min * train * n)
 
-    def matches(self, down: int, up: int) -> bool:
-        """Whether measured tensor bytes agree: ``down`` exactly, ``up`` exactly or, for
-        top-k, within [``up_min``, ``up``]."""
-        return down == self.down and self.up_min <= up <= self.up
+    @classmethod
+    def from_dict(cls, row: dict) -> Estimate:
+        """Inverse of ``as_dict`` (a summary's ``estimate``)."""
+        return cls(**field_values(row, [f.name for f in dataclasses.fields(cls)]))
+
+    def matches(self, down: int, up: int, rounds: int | None = None) -> bool:
+        """Whether measured tensor bytes agree with the estimate of rounds 1 .. ``rounds``
+        (None: all): ``down`` exactly, ``up`` exactly or, for top-k, within its range."""
+        e = self.through(self.rounds if rounds is None else rounds)
+        return down == e.down and e.up_min <= up <= e.up
 
 
 def sampled(num_nodes: int, fraction: float, min_nodes: int) -> int:

@@ -129,6 +129,7 @@ def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list
     """
     rounds, phases, total, trainable = run.rounds, run.phases, *run.parameters
     t = books.totals()
+    status = run_status(stop, books, rejections)
     steady = phases[1:] or phases
     tensor, msg = t["down-tensor"] + t["up-tensor"], t["down-msg"] + t["up-msg"]
     return {
@@ -142,7 +143,10 @@ def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list
         "wall-s": wall_s,
         "bytes": t,
         "estimate": est.as_dict() if est else None,
-        "estimate-matches-tensor-bytes": (est.matches(t["down-tensor"], t["up-tensor"])
+        "estimate-matches-tensor-bytes": (est.matches(t["down-tensor"], t["up-tensor"],
+                                                      compared_rounds(
+                                                          [r["round"] for r in rounds],
+                                                          status["unaggregated-rounds"]))
                                           if est else None),
         "framing-overhead-percent": 100 * (msg - tensor) / tensor if tensor else None,
         "report-bytes": t["report"],
@@ -162,7 +166,7 @@ def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list
                                "return-s": cfg.deploy_return_s},
         "links": links(cfg, run.nodes),
         "phase-table": mean_table(steady),
-        **run_status(stop, books, rejections),
+        **status,
         "completed-rounds": [r["round"] for r in rounds],
         **({"wire": wire} if wire else {}),
     }
@@ -172,19 +176,27 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def estimate_words(e: dict, matches: bool) -> str:
-    """The estimate as the end-of-run line states it, and how the measurement compares:
-    ``exact match``/``DIFFERENT``, or for top-k uploads (a range of bytes) ``within the
-    range``/``OUTSIDE the range``. Bytes are printed in MB to 3 decimals, so a difference
-    below 500 bytes also prints the byte counts."""
-    if e["up-min"] == e["up"]:
-        words = f"{e['down'] / MB:.3f} / {e['up'] / MB:.3f}: " + (
+def compared_rounds(completed: list[int], unaggregated: list[int]) -> int:
+    """The last round whose bytes the books hold and the estimate is compared with: the
+    last recorded round, or one that aggregated nothing after it (a run stopped there)."""
+    return max(completed + unaggregated, default=0)
+
+
+def estimate_words(e: dict, matches: bool, rounds: int) -> str:
+    """The estimate of rounds 1 .. ``rounds`` as the end-of-run line states it, and how the
+    measurement compares: ``exact match``/``DIFFERENT``, or for top-k uploads (a range of
+    bytes) ``within the range``/``OUTSIDE the range``. Where the numbers printed to 3
+    decimals of a MB could hide a difference, the bytes are printed too."""
+    est = Estimate.from_dict(e).through(rounds)
+    words = "" if rounds == e["rounds"] else f"for rounds 1-{rounds} of {e['rounds']} "
+    if est.up_min == est.up:
+        words += f"{est.down / MB:.3f} / {est.up / MB:.3f}: " + (
             "exact match" if matches else "DIFFERENT")
     else:
-        words = (f"{e['down'] / MB:.3f} / {e['up-min'] / MB:.3f} to {e['up'] / MB:.3f} "
-                 "(top-k's index encoding depends on the values): " + (
-                     "down exact, up within the range" if matches else "OUTSIDE the range"))
-    return words if matches else f"{words} (estimated bytes {e['down']:,} / {e['up']:,})"
+        words += (f"{est.down / MB:.3f} / {est.up_min / MB:.3f} to {est.up / MB:.3f} "
+                  "(top-k's index encoding depends on the values): " + (
+                      "down exact, up within the range" if matches else "OUTSIDE the range"))
+    return words if matches else f"{words} (estimated bytes {est.down:,} / {est.up:,})"
 
 
 def log_summary(s: dict, run_dir: Path) -> None:
@@ -195,7 +207,8 @@ def log_summary(s: dict, run_dir: Path) -> None:
     if e:
         log(INFO, "fedvit: tensors measured %.3f MB down / %.3f MB up, estimated %s",
             b["down-tensor"] / MB, b["up-tensor"] / MB,
-            estimate_words(e, s["estimate-matches-tensor-bytes"]))
+            estimate_words(e, s["estimate-matches-tensor-bytes"],
+                           compared_rounds(s["completed-rounds"], s["unaggregated-rounds"])))
     log(INFO, "fedvit: whole messages %.3f MB down / %.3f MB up; framing overhead %.3f %%",
         b["down-msg"] / MB, b["up-msg"] / MB, s["framing-overhead-percent"] or 0.0)
     for pid, w in (s.get("wire") or {}).items():
