@@ -32,10 +32,12 @@ def test_too_few_nodes_before_round_one_leaves_a_summary(tmp_path):
 
 class _StopAtRound:
     """The simulation's Grid, stopped as `flwr stop` stops a ServerApp when round ``at`` is
-    sent: Flower's exit runs the registered exit handlers, then raises SystemExit."""
+    sent: Flower's exit runs the registered exit handlers, then raises SystemExit. With
+    ``main_thread``, as under `flwr run` (issue 19, item 2): the handlers run in the
+    process's main thread, and nothing interrupts the ServerApp's own thread."""
 
-    def __init__(self, grid, at: int) -> None:
-        self._grid, self._at = grid, at
+    def __init__(self, grid, at: int, main_thread: bool = False) -> None:
+        self._grid, self._at, self._main_thread = grid, at, main_thread
 
     def __getattr__(self, name):
         return getattr(self._grid, name)
@@ -45,8 +47,12 @@ class _StopAtRound:
         if messages and int(messages[0].content["config"]["server-round"]) == self._at:
             ours = [h.exit_handler for h in exit_handler.registered_exit_handlers
                     if h.exit_handler.__name__ == "on_flower_exit"]
-            ours[-1]()  # this run's handler (the last one registered)
-            raise SystemExit(0)
+            if not self._main_thread:
+                ours[-1]()  # this run's handler (the last one registered)
+                raise SystemExit(0)
+            main = threading.Thread(target=ours[-1])
+            main.start()
+            main.join()
         return self._grid.push_messages(messages)
 
 
@@ -72,28 +78,6 @@ def test_stop_status_names_the_reason():
     assert failed == {"status": "failed", "stop-reason": "RuntimeError: evaluation broke"}
 
 
-class _StopFromMainThread:
-    """The simulation's Grid, where `flwr stop` (or Ctrl-C, SIGTERM) arrives while round
-    ``at`` is sent, as under `flwr run`: Flower's exit handlers run in the process's main
-    thread, and nothing interrupts the ServerApp's own thread (issue 19, item 2)."""
-
-    def __init__(self, grid, at: int) -> None:
-        self._grid, self._at = grid, at
-
-    def __getattr__(self, name):
-        return getattr(self._grid, name)
-
-    def push_messages(self, messages):
-        messages = list(messages)
-        if messages and int(messages[0].content["config"]["server-round"]) == self._at:
-            ours = [h.exit_handler for h in exit_handler.registered_exit_handlers
-                    if h.exit_handler.__name__ == "on_flower_exit"]
-            main = threading.Thread(target=ours[-1])
-            main.start()
-            main.join()
-        return self._grid.push_messages(messages)
-
-
 def _folder(run_dir) -> dict:
     """What a run folder says about its rounds: summary, tables and checkpoint."""
     read = lambda name: json.loads((run_dir / name).read_text())  # noqa: E731
@@ -109,7 +93,7 @@ def _folder(run_dir) -> dict:
 
 def test_a_stop_from_flowers_main_thread_stops_the_run_and_it_resumes(tmp_path):
     cfg = {**FAST, "num-server-rounds": 3, "outputs-dir": str(tmp_path), "run-name": "b"}
-    err = stopped(cfg, grid_wrapper=lambda grid: _StopFromMainThread(grid, 2))
+    err = stopped(cfg, grid_wrapper=lambda grid: _StopAtRound(grid, 2, main_thread=True))
     assert not isinstance(err, Exception)  # Flower's exit path (not an app error)
     run = tmp_path / "b"
     state = _folder(run)
