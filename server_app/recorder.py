@@ -152,7 +152,10 @@ class RunRecorder:
             if self._summary is None:
                 s = self.strategy
                 wire = self.wire.versus_books(s.books, self.record.nodes) if self.wire else None
-                summary = build_summary(self.cfg, self.record, self._books_of(stop),
+                books = self._books_of(stop)
+                if books is s.books and s.books.rows:  # a failed round's rows are shown too
+                    self.writer.write_table(keys.BOOKS, s.books.as_rows())
+                summary = build_summary(self.cfg, self.record, books,
                                         s.rejections,
                                         self.estimate, time.perf_counter() - self._t_start,
                                         stop, wire)
@@ -165,7 +168,9 @@ class RunRecorder:
 
     def _books_of(self, stop: BaseException | None) -> Books:
         """The books the summary totals: where Flower ended the run, those of the recorded
-        rounds (what ``books.csv`` and the checkpoint hold), not a round cut short."""
+        rounds (what ``books.csv`` and the checkpoint hold), not a round cut short; else
+        every row (``close`` then rewrites ``books.csv`` with them: a round that failed
+        shows its nodes' errors)."""
         books = self.strategy.books
         if stop_status(stop)["status"] != "interrupted":
             return books

@@ -22,6 +22,7 @@ def test_val_fraction_that_empties_the_train_split_stops_the_run_at_round_one(tm
     assert summary["completed-rounds"] == [] and summary["final-central-accuracy"] is None
     assert "'val-fraction' = 0.999 is not allowed" in summary["stop-reason"]
     assert "must be" in summary["stop-reason"]
-    books = json.loads((tmp_path / "a" / "books.json").read_text()) if (
-        tmp_path / "a" / "books.json").exists() else []
-    assert all(row["round"] == 1 for row in books)  # stopped instead of repeating round 2
+    books = json.loads((tmp_path / "a" / "books.json").read_text())
+    assert {row["round"] for row in books} == {1}  # stopped instead of repeating round 2
+    errors = [row["detail"] for row in books if row["direction"] == "up"]
+    assert len(errors) == 2 and all("'val-fraction' = 0.999" in e for e in errors)
