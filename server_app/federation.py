@@ -72,7 +72,8 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     Raises:
         ConfigError: a check of the config against the model or the checkpoint failed
             (nothing written).
-        RunStopped: the run stopped before its last round (``summary.json`` says why).
+        RunStopped: the run stopped before its last round, or rounds aggregated nothing
+            (``summary.json`` says why).
     """
     # Build: everything that can fail on the config fails here, before anything is written.
     validate_resume(cfg)
@@ -122,7 +123,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
         line = stop_line(summary, run_dir)
         if stop is None or isinstance(stop, Exception):
             raise RunStopped(line) from None
-        raise stop or FlowerExit(line)  # KeyboardInterrupt, SystemExit: Flower's exit path
+        raise stop  # KeyboardInterrupt, SystemExit, RunEnding: Flower's exit path
     rec = recorder.record
     return RunOutcome(run_dir, result, strategy.books, rec.rounds, summary, initial,
                       rec.phases, strategy.timeline, rec.nodes)
