@@ -20,7 +20,7 @@ from client_app.task import (
 )
 from fedvit import keys
 from fedvit.codecs import record_arrays
-from fedvit.config import AppConfig
+from fedvit.config import AppConfig, ConfigError
 from fedvit.keys import COMPUTE_END, COMPUTE_START, HANDLER_IN, HANDLER_OUT, METRICS, TASK_BUILT
 from fedvit.links import node_link
 from fedvit.tensors import exchanged_state, load_exchanged
@@ -75,13 +75,21 @@ def _prepare(
     (a deployment's thread budget per SuperNode); stamps the task built (model, loaders,
     optimizer: a process's first optimizer imports ``torch._dynamo``, about 1 s, which is
     start-up work, not compute) and the tensors loaded into ``stamps``.
+
+    Raises:
+        ConfigError: the run or node config is refused here (e.g. a ``val-fraction`` that
+            leaves this partition nothing to train on); the message starts with
+            ``fedvit.keys.CONFIG_REFUSED``.
     """
-    cfg = AppConfig.from_run_config(context.run_config)
-    pid, num = partition_of(context.node_config)
-    threads = node_threads(context.node_config)
+    try:
+        cfg = AppConfig.from_run_config(context.run_config)
+        pid, num = partition_of(context.node_config)
+        threads = node_threads(context.node_config)
+        task = local_task(cfg, pid, num)
+    except ConfigError as err:  # marked, so the server knows a config the nodes refuse
+        raise ConfigError(f"{keys.CONFIG_REFUSED} {err}") from err
     if threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    task = local_task(cfg, pid, num)
     optimizer = (make_optimizer(task.model.to(cfg.torch_device), cfg.learning_rate)
                  if train else None)
     stamps[TASK_BUILT] = time.time()

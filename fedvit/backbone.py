@@ -181,15 +181,21 @@ def lora_target_errors(cfg: AppConfig, linear_names: Iterable[str]) -> list[str]
         linear_names: the model's linear layers' short names (``adaptable_linears``).
 
     Returns:
-        One message naming the targets that are not among them (none: all are).
+        One message naming the targets that are not among them, the classifier head
+        told apart (it is linear, but trained whole); none when all are.
     """
     names = set(linear_names)
-    unknown = [t for t in target_modules(cfg.lora_target_modules) if t not in names]
-    if not unknown:
+    targets = target_modules(cfg.lora_target_modules)
+    head = [t for t in targets if t == HEAD or t.startswith(HEAD + ".")]
+    unknown = [t for t in targets if t not in names and t not in head]
+    if not unknown and not head:
         return []
+    why = ([f"{unknown} are not linear layers of {cfg.model_name!r}"] if unknown else []) + (
+        [f"{head} is the classifier head, which is trained whole and exchanged in full, "
+         "not adapted"] if head else [])
     return [f"'lora-target-modules' = {cfg.lora_target_modules!r} is not allowed: "
-            f"{unknown} are not linear layers of {cfg.model_name!r}; its linear layers "
-            f"are {sorted(names)}"]
+            f"{'; '.join(why)}; must name linear layers of the backbone, which are "
+            f"{sorted(names)}"]
 
 
 def adaptable_linears(model: nn.Module) -> list[str]:

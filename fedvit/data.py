@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedvit.config import AppConfig
+from fedvit.config import AppConfig, ConfigError
 from fedvit.files import atomic_path
 from fedvit.partitions import (
     DIGITS_PUBLIC_FRACTION,
@@ -36,10 +37,11 @@ from fedvit.paths import EMBEDDED_DATASET, cache_dir, resolve_path
 
 if TYPE_CHECKING:
     from datasets import Dataset
+    from PIL.Image import Image as PILImage
     from torchvision import transforms
 
 MATERIALIZE_BYTES = 256 * 2**20  # below this, a split is transformed once into tensors
-PARTITION_CACHE_VERSION = 1  # bump when what a cached partition holds changes
+PARTITION_CACHE_VERSION = 2  # bump when what a cached partition holds changes
 
 
 def fits_in_memory(num_examples: int, img_size: int) -> bool:
@@ -68,11 +70,48 @@ class Materialised:
     labels: torch.Tensor
 
 
-def pixels(img_size: int) -> transforms.Compose:
-    """The transform from a PIL image (any mode) to pixels.
+# PIL modes of 8 bits a channel, which ``convert("RGB")`` turns into RGB faithfully (alpha
+# dropped), and the 16-bit greyscale modes, scaled to 8 bits here (``convert`` would clip
+# every value above 255 to white). Others ("I", "F": 32-bit, range unknown) are refused.
+EIGHT_BIT_MODES = ("1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK",
+                   "YCbCr", "HSV")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(image: PILImage, column: str) -> PILImage:
+    """An image as 8-bit RGB, its values scaled faithfully.
+
+    Args:
+        image: a PIL image of a mode in ``EIGHT_BIT_MODES`` or ``SIXTEEN_BIT_MODES``.
+        column: the dataset's image column (for the message).
+
+    Returns:
+        An ``RGB`` image; a 16-bit value ``v`` becomes ``round(v * 255 / 65535)``.
+
+    Raises:
+        ConfigError: another mode, naming the column and the mode.
+    """
+    from PIL import Image
+
+    if image.mode in EIGHT_BIT_MODES:
+        return image.convert("RGB")
+    if image.mode in SIXTEEN_BIT_MODES:
+        wide = np.asarray(image).astype(np.uint32)
+        grey = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    raise ConfigError(
+        f"'dataset' column {column!r} holds an image of PIL mode {image.mode!r}, which "
+        "cannot be converted faithfully to the model's 8-bit RGB input (its value range is "
+        f"not known); must hold images of modes {', '.join(EIGHT_BIT_MODES)} (8 bits) or "
+        f"{', '.join(SIXTEEN_BIT_MODES)} (16-bit greyscale): convert the files to one")
+
+
+def pixels(img_size: int, column: str) -> transforms.Compose:
+    """The transform from a PIL image to pixels (``to_rgb``, then resized).
 
     Args:
         img_size: the output side, pixels.
+        column: the dataset's image column (for ``to_rgb``'s message).
 
     Returns:
         A torchvision transform giving ``(3, img_size, img_size)`` uint8 RGB tensors.
@@ -80,7 +119,7 @@ def pixels(img_size: int) -> transforms.Compose:
     from torchvision import transforms  # not imported by a process that finds its cache
 
     return transforms.Compose([
-        transforms.Lambda(lambda im: im.convert("RGB")),
+        transforms.Lambda(lambda im: to_rgb(im, column)),
         transforms.Resize((img_size, img_size)),
         transforms.PILToTensor(),
     ])
@@ -96,8 +135,11 @@ def materialise(ds: Dataset, cols: Columns, img_size: int) -> Materialised:
 
     Returns:
         Its images ``(N, 3, img_size, img_size)`` uint8 and labels ``(N,)`` int64.
+
+    Raises:
+        ConfigError: an image of a mode ``to_rgb`` refuses.
     """
-    to_pixels = pixels(img_size)
+    to_pixels = pixels(img_size, cols.image)
     images = [to_pixels(im) for im in ds[cols.image]]
     return Materialised(
         torch.stack(images) if images else torch.empty(0, 3, img_size, img_size,
@@ -155,7 +197,9 @@ def make_loader(
     if isinstance(data, Materialised):
         return DataLoader(TensorDataset(normalise(data.images, mean, std), data.labels),
                           batch_size=batch_size, shuffle=shuffle, generator=generator)
-    to_pixels = pixels(cfg.img_size)
+    to_pixels = pixels(cfg.img_size, cols.image)
+    if len(data):  # an unconvertible mode is refused before training, not in its first step
+        to_rgb(data[0][cols.image], cols.image)
 
     def apply(batch: dict) -> dict:
         return {"image": [normalise(to_pixels(im), mean, std) for im in batch[cols.image]],

@@ -96,6 +96,10 @@ def time_key(phase: str) -> str:
     return f"time-{phase}"
 
 
+# A ClientApp's error that a run-config value caused starts with this (the server stops a
+# run whose every node refuses its config, instead of repeating the round).
+CONFIG_REFUSED = "run config refused by the ClientApp:"
+
 # ----------------------------------------------------- the rows of a round's phase table
 COMPUTE_ROWS = (*COMPUTE_PHASES, "client-other")
 SERVER_ROWS = ("configure", "send", "aggregation", "central-eval")

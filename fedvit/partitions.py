@@ -10,6 +10,7 @@ imports them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -208,7 +209,8 @@ def client_splits(cfg: AppConfig, partition_id: int, num_partitions: int) -> Dat
 
     Raises:
         ConfigError: a partition id out of range, a partition of fewer than 2 examples,
-            or a dataset that cannot be loaded.
+            a ``val-fraction`` that leaves either side empty, or a dataset that cannot be
+            loaded.
     """
     if not 0 <= partition_id < num_partitions:
         raise ConfigError(
@@ -222,7 +224,34 @@ def client_splits(cfg: AppConfig, partition_id: int, num_partitions: int) -> Dat
             f"partition {partition_id} of {num_partitions} holds {len(part)} examples: "
             "too few to split; use fewer partitions or a larger 'dirichlet-alpha'"
         )
+    check_val_split(cfg.val_fraction, len(part), partition_id, num_partitions)
     from datasets import DatasetDict
 
     split = part.train_test_split(test_size=cfg.val_fraction, seed=cfg.seed)
     return DatasetDict(train=split["train"], val=split["test"])
+
+
+def check_val_split(val_fraction: float, size: int, partition_id: int,
+                    num_partitions: int) -> None:
+    """Refuse a ``val-fraction`` that leaves a partition nothing to train on.
+
+    The split is ``datasets.Dataset.train_test_split``'s: ``ceil(val_fraction * size)``
+    examples validate, the rest train (scikit-learn's rule).
+
+    Args:
+        val_fraction: the run config's ``val-fraction``, in (0, 1).
+        size: the partition's examples (>= 2).
+        partition_id: the partition, for the message.
+        num_partitions: how many partitions there are, for the message.
+
+    Raises:
+        ConfigError: naming the key, the value, the partition and the values that work.
+    """
+    if math.ceil(val_fraction * size) < size:  # at least 1 validates: val_fraction > 0
+        return
+    raise ConfigError(
+        f"'val-fraction' = {val_fraction} is not allowed: partition {partition_id} of "
+        f"{num_partitions} holds {size} examples, which leaves none to train on; must be "
+        f"a number in (0, 1) that leaves at least one example on each side, here at most "
+        f"{math.floor(1e4 * (size - 1) / size) / 1e4}"
+    )

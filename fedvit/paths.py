@@ -20,8 +20,9 @@ PATH_KEYS = {
     "weights-path": f"'', '{PUBLIC_PRETRAIN}' or an absolute path to a .safetensors/.pth file",
     "dataset": f"'{EMBEDDED_DATASET}', a hub id 'owner/name' or an absolute path to a "
                "local dataset folder",
-    "outputs-dir": "an absolute folder path",
-    "resume-from": "'' or the absolute path of an earlier run's folder",
+    "outputs-dir": "an absolute folder path the run can create or write into",
+    "resume-from": "'' or the absolute path of an earlier run's folder (the run writes "
+                   "into it)",
 }
 
 
@@ -80,10 +81,65 @@ def is_dataset(name: str) -> bool:
         name: the ``dataset`` value.
 
     Returns:
-        True for ``digits``, an existing absolute folder, or a hub id ``owner/name``.
+        True for ``digits``, an existing absolute folder this process can read, or a hub
+        id ``owner/name``.
     """
     if name == EMBEDDED_DATASET:
         return True
     if resolve_path(name).is_absolute():
-        return resolve_path(name).is_dir()
+        return resolve_path(name).is_dir() and os.access(resolve_path(name), os.R_OK | os.X_OK)
     return bool(HUB_ID.match(name)) and not name.startswith((".", "/", "~"))
+
+
+def folder_write_error(path: Path, create: bool) -> str | None:
+    """Why the run could not write into folder ``path`` (or create it, with ``create``).
+
+    Args:
+        path: an absolute folder path.
+        create: whether the run creates the folder (with its parents) when it is missing.
+
+    Returns:
+        The reason (``'<path> is a file, not a folder'``, ...), or None when it can.
+    """
+    if path.exists():
+        if not path.is_dir():
+            return f"{path} is a file, not a folder"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"{path} is a folder this process cannot write into"
+        return None
+    if not create:
+        return f"{path} does not exist"
+    parent = next(p for p in path.parents if p.exists())
+    if not parent.is_dir():
+        return f"{parent} is a file, so {path} cannot be created"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} cannot be written into, so {path} cannot be created"
+    return None
+
+
+def server_path_errors(outputs_dir: str, resume_from: str) -> list[str]:
+    """The server's path keys checked for what the run does with them: it creates
+    ``outputs-dir`` (and the run folder in it) or writes into ``resume-from``'s folder.
+
+    (``weights-path`` and ``dataset``, which every side reads, are checked with the other
+    rules; clients never touch these two, so they are not checked there.)
+
+    Args:
+        outputs_dir: the ``outputs-dir`` value (absolute; relative ones are refused).
+        resume_from: the ``resume-from`` value ('' for a new run).
+
+    Returns:
+        One message per key that cannot work, naming the key, the value and the rule.
+    """
+    checks = [("resume-from", resume_from, False)] if resume_from else [
+        ("outputs-dir", outputs_dir, True)]
+    errors = []
+    for key, value, create in checks:
+        path = resolve_path(value)
+        if not path.is_absolute() or not (create or path.exists()):
+            continue  # refused as a relative path, or as a folder without a checkpoint
+        why = folder_write_error(path, create)
+        if why:
+            errors.append(f"'{key}' = {value!r} is not allowed: {why}; must be "
+                          f"{PATH_KEYS[key]}")
+    return errors

@@ -14,7 +14,7 @@ from typing import Any
 
 from fedvit.config import AppConfig, raise_errors
 from fedvit.keys import CHECKPOINT_STATE, CHECKPOINT_TENSORS, CONFIG_FILE, CONFIG_HISTORY
-from fedvit.paths import resolve_path
+from fedvit.paths import resolve_path, server_path_errors
 from fedvit.rules import show
 
 # Keys a resumed run may change: none of them changes what is exchanged, or how it is
@@ -111,13 +111,15 @@ def run_config_of(folder: Path) -> dict[str, Any]:
 
 
 def validate_server(cfg: AppConfig) -> None:
-    """The server's checks beyond ``AppConfig.from_run_config``: it reads ``resume-from``'s
-    folder, which clients never see.
+    """The server's checks beyond ``AppConfig.from_run_config``: the folders it creates or
+    writes into (``outputs-dir``, ``resume-from``) and ``resume-from``'s run, which clients
+    never see.
 
     Args:
         cfg: the new run's config.
 
     Raises:
-        ConfigError: listing every ``resume_errors`` message.
+        ConfigError: listing every ``server_path_errors`` and ``resume_errors`` message.
     """
-    raise_errors(resume_errors(cfg))
+    paths = server_path_errors(cfg.outputs_dir, cfg.resume_from)
+    raise_errors(paths or resume_errors(cfg))

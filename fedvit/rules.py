@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -127,10 +128,10 @@ def _cross_key_errors(v: dict[str, Any], weights_relative: bool) -> list[str]:
         )
     wp = v.get("weights_path")
     if (wp and wp != PUBLIC_PRETRAIN and not weights_relative
-            and not resolve_path(wp).is_file()):
+            and not (resolve_path(wp).is_file() and os.access(resolve_path(wp), os.R_OK))):
         errors.append(
-            f"'weights-path' = {show(wp)} is not allowed: no such file "
-            f"({resolve_path(wp)}); must be '', '{PUBLIC_PRETRAIN}', or an existing "
+            f"'weights-path' = {show(wp)} is not allowed: no such file this process can "
+            f"read ({resolve_path(wp)}); must be '', '{PUBLIC_PRETRAIN}', or an existing "
             ".safetensors/.pth file"
         )
     if wp == PUBLIC_PRETRAIN and "dataset" in v and v["dataset"] != EMBEDDED_DATASET:

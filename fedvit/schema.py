@@ -106,8 +106,12 @@ SUMMARY: tuple[Column, ...] = (
     ("wall-s", "the run's wall time (s)"),
     ("bytes", "totals: `down-tensor`, `down-msg`, `up-tensor`, `up-msg`, `report` (bytes)"),
     ("estimate", "the lesson's estimate: `down-bytes-per-message`, `up-bytes-per-message`, "
-     "`num-nodes`, `train-clients`, `evaluate-clients`, `rounds`, `down`, `up` (bytes)"),
-    ("estimate-matches-tensor-bytes", "whether it equals the measured tensor bytes"),
+     "`num-nodes`, `train-clients`, `evaluate-clients`, `rounds`, `down`, `up` (bytes); for "
+     "top-k uploads `up-bytes-per-message-min` and `up-min` (else equal); a resume's "
+     "`earlier-rounds`, `earlier-down`, `earlier-up`, `earlier-up-min`: what was estimated "
+     "for the rounds before it, under their configs"),
+    ("estimate-matches-tensor-bytes", "whether it equals the measured tensor bytes (top-k "
+     "uploads: within `up-min`..`up`)"),
     ("framing-overhead-percent", "message bytes over tensor bytes (%)"),
     ("report-bytes", "the clients' byte reports, in all"),
     ("books-mismatches", "every figure where server and client disagreed"),
@@ -127,8 +131,11 @@ SUMMARY: tuple[Column, ...] = (
     ("links", "`down-mbps`, `up-mbps`, `latency-ms`, `profile` (`node-config` where nodes "
      "brought their own) and each partition's link under `nodes`"),
     ("phase-table", "the steady rounds' mean phase table: {kind: {row: s}}"),
-    ("status", "`complete`, `too-few-nodes`, `interrupted` or `failed`"),
-    ("stop-reason", "why the run stopped ('' when complete)"),
+    ("status", "`complete`, `nothing-aggregated` (no round aggregated an update), "
+     "`rounds-not-aggregated` (some did not), `nodes-failed` (every node failed a round the "
+     "same way), `too-few-nodes`, `interrupted` or `failed`"),
+    ("stop-reason", "why the run stopped or is not complete ('' when complete)"),
+    ("unaggregated-rounds", "the train rounds that aggregated no update"),
     ("completed-rounds", "the rounds completed"),
     ("wire", "link lab only: per partition, the kernel's bytes against the books"),
 )

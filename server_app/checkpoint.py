@@ -32,6 +32,8 @@ class Checkpoint:
     phases: list[dict]
     rejections: list[dict]
     nodes: list[dict] = field(default_factory=list)  # server_app.timeline.NodeTimes rows
+    # server_app.estimate.Estimated through this round (as a row); None in older folders
+    estimated: dict | None = None
 
 
 def save(run_dir: Path, ckpt: Checkpoint) -> None:
@@ -41,7 +43,7 @@ def save(run_dir: Path, ckpt: Checkpoint) -> None:
                   str(tmp))
     state = {"round": ckpt.round, "books": [r.as_row() for r in ckpt.books],
              "rounds": ckpt.rounds, "phases": ckpt.phases, "rejections": ckpt.rejections,
-             "nodes": ckpt.nodes}
+             "nodes": ckpt.nodes, "estimated": ckpt.estimated}
     write_json(run_dir / STATE, state, indent=None)
 
 
@@ -57,6 +59,7 @@ def load(run_dir: Path) -> Checkpoint:
         phases=state["phases"],
         rejections=state["rejections"],
         nodes=state.get("nodes", []),
+        estimated=state.get("estimated"),
     )
 
 

@@ -27,7 +27,7 @@ from fedvit.resume import resume_tensor_errors
 from fedvit.resume import validate_server as validate_resume
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import load as load_checkpoint
-from server_app.estimate import estimate
+from server_app.estimate import Estimated, estimate
 from server_app.evaluation import central_evaluation
 from server_app.grid import TimedGrid
 from server_app.phase_table import RoundTimes
@@ -72,7 +72,8 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     Raises:
         ConfigError: a check of the config against the model or the checkpoint failed
             (nothing written).
-        RunStopped: the run stopped before its last round (``summary.json`` says why).
+        RunStopped: the run stopped before its last round, or rounds aggregated nothing
+            (``summary.json`` says why).
     """
     # Build: everything that can fail on the config fails here, before anything is written.
     validate_resume(cfg)
@@ -92,12 +93,12 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     recorder = RunRecorder(cfg, run_dir, strategy, timed_grid.times,
                            resumed_record(count_parameters(model), ckpt), done)
     recorder.write_config()
-    _close_on_flower_exit(recorder)
+    _close_on_flower_exit(recorder, timed_grid)
 
     # Start: whatever stops the run from here on leaves summary.json.
     result, stop = Result(arrays=initial), None
     try:
-        recorder.estimate = _log_start(cfg, model, initial, timed_grid, run_dir, done)
+        recorder.estimate = _log_start(cfg, model, initial, timed_grid, run_dir, ckpt)
         if cfg.num_server_rounds > done:
             # FedLoRA's clients must adapt the very backbone the server evaluates with.
             shared = ({BACKBONE: backbone_fingerprint(model)} if cfg.strategy == "fedlora"
@@ -120,9 +121,9 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     summary = recorder.close(stop)
     if summary["status"] != "complete":
         line = stop_line(summary, run_dir)
-        if isinstance(stop, Exception):
+        if stop is None or isinstance(stop, Exception):
             raise RunStopped(line) from None
-        raise stop or FlowerExit(line)  # KeyboardInterrupt, SystemExit: Flower's exit path
+        raise stop  # KeyboardInterrupt, SystemExit, RunEnding: Flower's exit path
     rec = recorder.record
     return RunOutcome(run_dir, result, strategy.books, rec.rounds, summary, initial,
                       rec.phases, strategy.timeline, rec.nodes)
@@ -140,24 +141,30 @@ def _checkpoint(cfg: AppConfig, model) -> Checkpoint | None:
     return ckpt
 
 
-def _close_on_flower_exit(recorder: RunRecorder) -> None:
+def _close_on_flower_exit(recorder: RunRecorder, grid: TimedGrid) -> None:
     """`flwr stop`, Ctrl-C, SIGTERM: Flower's exit runs its handlers in the main thread,
-    also where the ServerApp runs in another (simulation); the summary is written there.
-    Handlers are never removed, so this one does nothing once the summary exists."""
+    also where the ServerApp runs in another (simulation); the summary is written there,
+    and the ServerApp's thread then stops at its next grid call or record (``RunEnding``),
+    so nothing is written after the summary. Handlers are never removed, so this one does
+    nothing once the summary exists."""
 
     def on_flower_exit() -> None:
         recorder.close(FlowerExit())
+        grid.ending.set()
 
     add_exit_handler(on_flower_exit, run_before_force_exit=True)
 
 
 def _log_start(cfg: AppConfig, model, initial: ArrayRecord, grid: TimedGrid, run_dir: Path,
-               done: int):
+               ckpt: Checkpoint | None):
     """Log what runs and the bandwidth estimate; return the estimate (it waits for
-    ``min-nodes`` nodes: ``TooFewNodes``)."""
+    ``min-nodes`` nodes: ``TooFewNodes``). A resumed run's earlier rounds keep what was
+    estimated when they ran (the checkpoint's; older checkpoints: this config's)."""
     num_nodes = len(grid.get_node_ids())
+    earlier = Estimated.from_row(ckpt.estimated) if ckpt and ckpt.estimated else None
     est = estimate({k: v.cpu().numpy() for k, v in exchanged_state(model).items()},
-                   num_nodes, cfg)
+                   num_nodes, cfg, earlier)
+    done = ckpt.round if ckpt else 0
     total, trainable = count_parameters(model)
     log(INFO, "fedvit: %s on %s (%s parameters, %s trainable, %d tensors exchanged, "
         "backbone %s); results in %s", cfg.strategy, cfg.model_name, f"{total:,}",

@@ -12,6 +12,7 @@ forever for nodes that are gone.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,11 @@ POLL_S = 0.05
 
 class TooFewNodes(RuntimeError):
     """Fewer nodes than the configured minimum stayed connected."""
+
+
+class RunEnding(BaseException):
+    """Flower is ending the run (``flwr stop``, Ctrl-C, SIGTERM ran its exit handlers in
+    another thread): the ServerApp's own thread stops at its next grid call or record."""
 
 
 @dataclass
@@ -54,6 +60,11 @@ class TimedGrid:
         self._grid = grid
         self._min_nodes, self._wait_s, self._poll_s = min_nodes, wait_s, poll_s
         self.times = GridTimes()
+        self.ending = threading.Event()  # set by Flower's exit handler: raise RunEnding
+
+    def _check_ending(self) -> None:
+        if self.ending.is_set():
+            raise RunEnding("the run is being stopped: no further round")
 
     def __getattr__(self, name: str):
         return getattr(self._grid, name)
@@ -62,6 +73,7 @@ class TimedGrid:
         """Connected nodes; waits up to ``wait_s`` for ``min_nodes``, then ``TooFewNodes``."""
         deadline = time.monotonic() + self._wait_s
         while len(ids := list(self._grid.get_node_ids())) < self._min_nodes:
+            self._check_ending()
             if time.monotonic() > deadline:
                 raise TooFewNodes(
                     f"{len(ids)} nodes connected for {self._wait_s:.0f} s, fewer than "
@@ -79,7 +91,11 @@ class TimedGrid:
 
         Returns:
             The replies pulled, in the order they came.
+
+        Raises:
+            RunEnding: Flower's exit handlers ran (checked before pushing and every poll).
         """
+        self._check_ending()
         messages = list(messages)
         if not messages:
             return []
@@ -99,6 +115,7 @@ class TimedGrid:
             for m in got:
                 pending.pop(m.metadata.reply_to_message_id, None)
                 self.times.pulled[m.metadata.reply_to_message_id] = now
+            self._check_ending()
             if pending:
                 alive = set(self._grid.get_node_ids())
                 pending = {i: node for i, node in pending.items() if node in alive}

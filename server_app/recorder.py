@@ -21,12 +21,20 @@ from fedvit.resume import run_config_of
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import save as save_checkpoint
 from server_app.estimate import Estimate
-from server_app.grid import GridTimes
+from server_app.grid import GridTimes, RunEnding
 from server_app.phase_table import RoundTimes
 from server_app.results import ResultsWriter
-from server_app.summary import MB, RunRecord, build_summary, log_summary, stop_line
+from server_app.summary import (
+    MB,
+    RunRecord,
+    build_summary,
+    log_summary,
+    stop_line,
+    stop_status,
+)
 from server_app.timeline import FixedCosts, NodeTimes, round_times
 from server_app.wire_truth import WireCounters
+from strategies import Books
 
 # Aggregated train metrics copied into rounds.csv (None where a run has none).
 ROUND_TRAIN_METRICS = (keys.TRAIN_LOSS, f"{keys.VAL}-accuracy", keys.LORA_AGG_ERROR_MEAN,
@@ -56,7 +64,7 @@ class RunRecorder:
         self.estimate: Estimate | None = None
         self.wire = WireCounters.from_env()
         self._t_start = time.perf_counter()
-        self._closing = threading.Lock()
+        self._closing = threading.RLock()  # Flower's handler may run in the round's thread
         self._summary: dict | None = None
 
     def write_config(self) -> None:
@@ -82,6 +90,8 @@ class RunRecorder:
         evaluated but not recorded."""
 
         def evaluate_and_record(loop_round: int, arrays: ArrayRecord) -> MetricRecord:
+            if self._summary is not None:  # stopped: no evaluation of a round not recorded
+                raise RunEnding("the run was stopped: no central evaluation")
             t0 = time.time()
             metrics = evaluate_fn(loop_round + self.done, arrays)
             if loop_round > 0:
@@ -93,6 +103,7 @@ class RunRecorder:
     def round(self, server_round: int, arrays: ArrayRecord, central: MetricRecord,
               central_eval: tuple[float, float]) -> None:
         """Record one finished round: analyse its time, rewrite the tables, checkpoint.
+        Once the summary is written (the run stopped) nothing more is: ``RunEnding``.
 
         Args:
             server_round: the round (resume offset included).
@@ -100,6 +111,13 @@ class RunRecorder:
             central: its central evaluation (``accuracy`` 0..1, ``loss`` nats).
             central_eval: (start, end) of that evaluation, server wall clock in seconds.
         """
+        with self._closing:  # a stop's summary is written before or after, never during
+            if self._summary is not None:
+                raise RunEnding(f"the run was stopped: round {server_round} is not recorded")
+            self._record_round(server_round, arrays, central, central_eval)
+
+    def _record_round(self, server_round: int, arrays: ArrayRecord, central: MetricRecord,
+                      central_eval: tuple[float, float]) -> None:
         s, rec = self.strategy, self.record
         log_ = s.timeline[server_round]
         nodes = [NodeTimes.from_report(server_round, c, self.grid_times, s.books)
@@ -117,7 +135,8 @@ class RunRecorder:
         self.writer.write_table(keys.NODES, [n.as_row() for n in rec.nodes])
         save_checkpoint(self.run_dir, Checkpoint(
             server_round, arrays, s.books.rows, rec.rounds, [p.as_row() for p in rec.phases],
-            s.rejections, [n.as_row() for n in rec.nodes]))
+            s.rejections, [n.as_row() for n in rec.nodes],
+            self.estimate.through(server_round).as_row() if self.estimate else None))
         log(INFO, "fedvit: round %d/%d | central acc %.4f loss %.4f | down %.3f MB "
             "up %.3f MB | cumulative %.3f MB | %.1f s (%.0f %% unexplained), projected "
             "%.1f s on the links, %.1f s as a deployment",
@@ -147,7 +166,11 @@ class RunRecorder:
             if self._summary is None:
                 s = self.strategy
                 wire = self.wire.versus_books(s.books, self.record.nodes) if self.wire else None
-                summary = build_summary(self.cfg, self.record, s.books, s.rejections,
+                books = self._books_of(stop)
+                if books is s.books and s.books.rows:  # a failed round's rows are shown too
+                    self.writer.write_table(keys.BOOKS, s.books.as_rows())
+                summary = build_summary(self.cfg, self.record, books,
+                                        s.rejections,
                                         self.estimate, time.perf_counter() - self._t_start,
                                         stop, wire)
                 self.writer.write_json(keys.SUMMARY_FILE, summary)
@@ -156,6 +179,17 @@ class RunRecorder:
                     log(ERROR, "%s", stop_line(summary, self.run_dir))
                 self._summary = summary
             return self._summary
+
+    def _books_of(self, stop: BaseException | None) -> Books:
+        """The books the summary totals: where Flower ended the run, those of the recorded
+        rounds (what ``books.csv`` and the checkpoint hold), not a round cut short; else
+        every row (``close`` then rewrites ``books.csv`` with them: a round that failed
+        shows its nodes' errors)."""
+        books = self.strategy.books
+        if stop_status(stop)["status"] != "interrupted":
+            return books
+        last = self.record.rounds[-1]["round"] if self.record.rounds else 0
+        return Books([r for r in books.rows if r.round <= last], books.mismatches)
 
 
 def round_row(server_round: int, central: MetricRecord, books, times: RoundTimes,

@@ -17,6 +17,7 @@ from server_app.grid import TooFewNodes
 from server_app.phase_table import RoundTimes, format_table, mean_table
 from server_app.timeline import NodeTimes
 from strategies import Books
+from strategies.failures import NodesFailed, unaggregated_rounds
 
 MB = 1e6
 
@@ -54,17 +55,42 @@ class RunStopped(RuntimeError):
 def stop_status(stop: BaseException | None) -> dict[str, str]:
     """``status`` and ``stop-reason`` of a run that ended with ``stop`` (None: finished).
 
-    ``status`` is ``complete``, ``too-few-nodes``, ``interrupted`` (Ctrl-C, SIGTERM,
-    ``flwr stop``) or ``failed`` (any other error, e.g. inside an evaluation).
+    ``status`` is ``complete``, ``too-few-nodes``, ``nodes-failed`` (every node failed a
+    round the same way), ``interrupted`` (Ctrl-C, SIGTERM, ``flwr stop``) or ``failed``
+    (any other error, e.g. inside an evaluation).
     """
     if stop is None:
         return {"status": "complete", "stop-reason": ""}
     reason = f"{type(stop).__name__}: {stop}" if str(stop) else type(stop).__name__
     if isinstance(stop, TooFewNodes):
         return {"status": "too-few-nodes", "stop-reason": str(stop)}
+    if isinstance(stop, NodesFailed):
+        return {"status": "nodes-failed", "stop-reason": str(stop)}
     if isinstance(stop, (KeyboardInterrupt, SystemExit)) or not isinstance(stop, Exception):
         return {"status": "interrupted", "stop-reason": reason}
     return {"status": "failed", "stop-reason": reason}
+
+
+def run_status(stop: BaseException | None, books: Books, rejections: list[dict]) -> dict:
+    """``stop_status``, where rounds aggregated nothing told as such, and those rounds.
+
+    A run whose train rounds all aggregated nothing (it finished, or every node failed the
+    same way) is ``nothing-aggregated``; one that finished with some such rounds is
+    ``rounds-not-aggregated``. Other stops keep their status.
+
+    Returns:
+        ``{"status", "stop-reason", "unaggregated-rounds"}``.
+    """
+    out = stop_status(stop)
+    empty = unaggregated_rounds(books.rows, rejections)
+    trained = {r.round for r in books.rows if r.phase == "train"}
+    why = (f"rounds {empty} aggregated no update: every train reply failed, never came or "
+           f"was rejected (books.csv, rejected-replies)")
+    if empty and out["status"] in ("complete", "nodes-failed"):
+        status = "nothing-aggregated" if set(empty) == trained else (
+            "rounds-not-aggregated" if stop is None else out["status"])
+        out = {"status": status, "stop-reason": out["stop-reason"] or why}
+    return {**out, "unaggregated-rounds": empty}
 
 
 def links(cfg: AppConfig, nodes: list[NodeTimes]) -> dict:
@@ -104,6 +130,7 @@ def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list
     """
     rounds, phases, total, trainable = run.rounds, run.phases, *run.parameters
     t = books.totals()
+    status = run_status(stop, books, rejections)
     steady = phases[1:] or phases
     tensor, msg = t["down-tensor"] + t["up-tensor"], t["down-msg"] + t["up-msg"]
     return {
@@ -117,8 +144,11 @@ def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list
         "wall-s": wall_s,
         "bytes": t,
         "estimate": est.as_dict() if est else None,
-        "estimate-matches-tensor-bytes": (est.down, est.up) == (t["down-tensor"],
-                                                               t["up-tensor"]) if est else None,
+        "estimate-matches-tensor-bytes": (est.matches(t["down-tensor"], t["up-tensor"],
+                                                      compared_rounds(
+                                                          [r["round"] for r in rounds],
+                                                          status["unaggregated-rounds"]))
+                                          if est else None),
         "framing-overhead-percent": 100 * (msg - tensor) / tensor if tensor else None,
         "report-bytes": t["report"],
         "books-mismatches": books.mismatches,
@@ -138,7 +168,7 @@ def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list
         WIRE_COSTS: wire_costs(phases),
         "links": links(cfg, run.nodes),
         "phase-table": mean_table(steady),
-        **stop_status(stop),
+        **status,
         "completed-rounds": [r["round"] for r in rounds],
         **({"wire": wire} if wire else {}),
     }
@@ -155,15 +185,39 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def compared_rounds(completed: list[int], unaggregated: list[int]) -> int:
+    """The last round whose bytes the books hold and the estimate is compared with: the
+    last recorded round, or one that aggregated nothing after it (a run stopped there)."""
+    return max(completed + unaggregated, default=0)
+
+
+def estimate_words(e: dict, matches: bool, rounds: int) -> str:
+    """The estimate of rounds 1 .. ``rounds`` as the end-of-run line states it, and how the
+    measurement compares: ``exact match``/``DIFFERENT``, or for top-k uploads (a range of
+    bytes) ``within the range``/``OUTSIDE the range``. Where the numbers printed to 3
+    decimals of a MB could hide a difference, the bytes are printed too."""
+    est = Estimate.from_dict(e).through(rounds)
+    words = "" if rounds == e["rounds"] else f"for rounds 1-{rounds} of {e['rounds']} "
+    if est.up_min == est.up:
+        words += f"{est.down / MB:.3f} / {est.up / MB:.3f}: " + (
+            "exact match" if matches else "DIFFERENT")
+    else:
+        words += (f"{est.down / MB:.3f} / {est.up_min / MB:.3f} to {est.up / MB:.3f} "
+                  "(top-k's index encoding depends on the values): " + (
+                      "down exact, up within the range" if matches else "OUTSIDE the range"))
+    return words if matches else f"{words} (estimated bytes {est.down:,} / {est.up:,})"
+
+
 def log_summary(s: dict, run_dir: Path) -> None:
     """Log a summary's figures: totals, estimate, framing, wire truth, the phase table."""
     b, e = s["bytes"], s["estimate"]
     log(INFO, "fedvit: finished %d rounds in %.1f s, final central accuracy %s", s["rounds"],
         s["wall-s"], f"{s['final-central-accuracy']:.4f}" if s["rounds"] else "n/a")
     if e:
-        log(INFO, "fedvit: tensors measured %.3f MB down / %.3f MB up, estimated %.3f / "
-            "%.3f: %s", b["down-tensor"] / MB, b["up-tensor"] / MB, e["down"] / MB,
-            e["up"] / MB, "exact match" if s["estimate-matches-tensor-bytes"] else "DIFFERENT")
+        log(INFO, "fedvit: tensors measured %.3f MB down / %.3f MB up, estimated %s",
+            b["down-tensor"] / MB, b["up-tensor"] / MB,
+            estimate_words(e, s["estimate-matches-tensor-bytes"],
+                           compared_rounds(s["completed-rounds"], s["unaggregated-rounds"])))
     log(INFO, "fedvit: whole messages %.3f MB down / %.3f MB up; framing overhead %.3f %%",
         b["down-msg"] / MB, b["up-msg"] / MB, s["framing-overhead-percent"] or 0.0)
     for pid, w in (s.get("wire") or {}).items():

@@ -3,6 +3,7 @@
 From the outside in::
 
     RoundOffset         rounds count on from a resumed run's last round
+    StopOnCommonFailure stops the run where every node failed a round the same way
     BandwidthTracking   books every message (its own measuring is outside the timing)
     RoundTiming         configure/aggregation intervals and the replies' reports
     ExchangeCodecs      encode down; decode, check, reject, order by partition up
@@ -23,6 +24,7 @@ from fedvit.config import AppConfig
 from strategies.bandwidth import BandwidthTracking
 from strategies.books import BookRow, Books
 from strategies.exchange import ExchangeCodecs
+from strategies.failures import StopOnCommonFailure
 from strategies.fedlora import FedLoRA
 from strategies.metrics import aggregate_reply_metrics
 from strategies.offset import RoundOffset
@@ -106,5 +108,5 @@ def build_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedVitStrat
     codecs = ExchangeCodecs(sampling, cfg.down_codec, cfg.up_codec, base.arrayrecord_key)
     timing = RoundTiming(codecs)
     books = BandwidthTracking(timing)
-    offset = RoundOffset(books)
+    offset = RoundOffset(StopOnCommonFailure(books))
     return FedVitStrategy(offset, books, timing, codecs)

@@ -84,9 +84,10 @@ def simulate(overrides: dict, num_nodes: int = 2, client: ClientApp | None = Non
 
 
 def stopped(overrides: dict, num_nodes: int = 2, cpus: int = 2,
-            grid_wrapper: Callable[[Grid], Grid] | None = None) -> BaseException:
+            grid_wrapper: Callable[[Grid], Grid] | None = None,
+            client: ClientApp | None = None) -> BaseException:
     """Run a federation that is expected to stop; return what stopped it."""
-    outcome = _run(overrides, num_nodes, None, cpus, grid_wrapper)
+    outcome = _run(overrides, num_nodes, client, cpus, grid_wrapper)
     if not isinstance(outcome, BaseException):
         raise AssertionError(f"the run finished: {outcome.run_dir}")
     return outcome

@@ -16,6 +16,7 @@ from fedvit.config import AppConfig, ConfigError
 from fedvit.model import build_model, count_parameters, exchanged_state
 from fedvit.rules import STRATEGIES
 from fedvit.wire import content_bytes, tensor_bytes
+from tools.words import times
 
 MB = 1e6
 CODEC_ROWS = ("fp16", "bf16", "int8", "int4", "topk:0.1")
@@ -76,7 +77,7 @@ def format_report(cfg: AppConfig, num_classes: int, sizes: list[ExchangeSize]) -
     lines.append(
         f"fedlora / fedavg: {lora.exchanged_parameters / full.exchanged_parameters:.3%} of "
         f"the parameters, {lora.content_bytes / full.content_bytes:.3%} of the bytes "
-        f"({full.content_bytes / lora.content_bytes:.0f}x fewer)"
+        f"({times(lora.content_bytes, full.content_bytes)})"
     )
     lines.append("")
     lines.append("encoded tensor bytes per message by codec (headers, scales, indices "

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from server_app.checkpoint import has_checkpoint
-from simulate import FAST, client_app, simulate
+from server_app.summary import RunStopped
+from simulate import FAST, client_app, simulate, stopped
 from strategies.sampling import QUERY_PHASE
 
 
@@ -73,13 +74,14 @@ def test_a_resumed_sampled_run_ends_like_an_uninterrupted_one(tmp_path):
 
 
 def test_client_with_another_backbone_refuses(tmp_path):
-    server = {**FAST, "strategy": "fedlora", "outputs-dir": str(tmp_path)}
-    outcome = simulate(server, client=client_app({**server, "seed": 7}))
-    up = [r for r in outcome.books.rows if r.direction == "up"]
-    assert len(up) == 4 and all(r.status == "error" for r in up)
-    assert all("frozen backbone fingerprint" in r.detail for r in up)
-    for key, arr in outcome.initial_arrays.items():  # nothing was aggregated
-        assert np.array_equal(arr.numpy(), outcome.result.arrays[key].numpy())
+    """Every node refuses the same way, so the run stops after round 1 with that reason
+    (issue 19, item 1) instead of repeating it."""
+    server = {**FAST, "strategy": "fedlora", "outputs-dir": str(tmp_path), "run-name": "bb"}
+    err = stopped(server, client=client_app({**server, "seed": 7}))
+    assert isinstance(err, RunStopped) and "(nothing-aggregated) after rounds []" in str(err)
+    assert "frozen backbone fingerprint" in str(err)
+    books = json.loads((tmp_path / "bb" / "summary.json").read_text())
+    assert books["unaggregated-rounds"] == [1] and books["bytes"]["up-tensor"] == 0
 
 
 @pytest.mark.parametrize("value", ["/no/such/run"])

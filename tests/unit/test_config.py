@@ -156,7 +156,8 @@ def test_unknown_key_is_named_with_known_keys() -> None:
 def test_missing_weights_file(tmp_path: Path) -> None:
     missing = tmp_path / "missing.safetensors"
     assert _errors({"weights-path": str(missing)}) == [
-        f"'weights-path' = '{missing}' is not allowed: no such file ({missing}); must be '', "
+        f"'weights-path' = '{missing}' is not allowed: no such file this process can read "
+        f"({missing}); must be '', "
         "'public-pretrain', or an existing .safetensors/.pth file"
     ]
 

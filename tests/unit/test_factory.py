@@ -14,6 +14,7 @@ from fedvit.config import AppConfig
 from strategies import BookRow, FedLoRA, build_strategy
 from strategies.bandwidth import BandwidthTracking
 from strategies.exchange import ExchangeCodecs
+from strategies.failures import StopOnCommonFailure
 from strategies.offset import RoundOffset
 from strategies.sampling import SeededSampling
 from strategies.timing import RoundTiming
@@ -35,12 +36,12 @@ def _layers(strategy) -> list:
         layer = layer.strategy
 
 
-def test_the_stack_is_offset_books_timing_codecs_sampling_then_the_base():
+def test_the_stack_is_offset_failures_books_timing_codecs_sampling_then_the_base():
     layers = _layers(build_strategy(_cfg(**{"fraction-train": 0.5, "codec-up": "int8"}),
                                     W.keys()))
-    assert [type(x) for x in layers] == [RoundOffset, BandwidthTracking, RoundTiming,
-                                         ExchangeCodecs, SeededSampling, FedAvg]
-    codecs, sampling, base = layers[3], layers[4], layers[5]
+    assert [type(x) for x in layers] == [RoundOffset, StopOnCommonFailure, BandwidthTracking,
+                                         RoundTiming, ExchangeCodecs, SeededSampling, FedAvg]
+    codecs, sampling, base = layers[4], layers[5], layers[6]
     assert (codecs.codec_up.name, codecs.codec_down.name) == ("int8", "none")
     assert (sampling.fractions["train"], sampling.seed) == (0.5, 42)
     assert (base.fraction_train, base.fraction_evaluate) == (1.0, 1.0)  # the sampler chooses

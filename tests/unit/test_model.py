@@ -337,14 +337,27 @@ def test_unknown_lora_target_lists_linear_layers() -> None:
     assert str(info.value) == (
         "invalid run config:\n  - 'lora-target-modules' = 'nope' is not allowed: "
         "['nope'] are not linear layers of "
-        "'test_vit'; its linear layers are ['fc1', 'fc2', 'proj', 'qkv']"
+        "'test_vit'; must name linear layers of the backbone, which are "
+        "['fc1', 'fc2', 'proj', 'qkv']"
     )
 
 
-@pytest.mark.parametrize("target", ["norm1", "patch_embed", "head"])
-def test_non_linear_or_head_lora_target_is_a_config_error(target: str) -> None:
+@pytest.mark.parametrize("target", ["norm1", "patch_embed"])
+def test_non_linear_lora_target_is_a_config_error(target: str) -> None:
     with pytest.raises(ConfigError, match="are not linear layers of 'test_vit'"):
         build_model(_cfg(**{"lora-target-modules": target}), NUM_CLASSES)
+
+
+def test_head_as_lora_target_is_refused_as_the_head_not_as_non_linear() -> None:
+    """Issue 19, item 6: the head is linear; it is refused because it is trained whole."""
+    with pytest.raises(ConfigError) as info:
+        build_model(_cfg(**{"lora-target-modules": "qkv,head"}), NUM_CLASSES)
+    assert str(info.value) == (
+        "invalid run config:\n  - 'lora-target-modules' = 'qkv,head' is not allowed: "
+        "['head'] is the classifier head, which is trained whole and exchanged in full, not "
+        "adapted; must name linear layers of the backbone, which are "
+        "['fc1', 'fc2', 'proj', 'qkv']")
+    assert "not linear" not in str(info.value)
 
 
 def test_proj_target_adapts_attention_proj_only() -> None:

@@ -427,7 +427,7 @@ deploy.sh: deployment up: 1 SuperLink + $NODES SuperNodes (files in $DIR; PIDs i
 
 Run the app against it (from $ROOT):
 
-  FLWR_HOME=$CLI_HOME $BIN/flwr run . $CONNECTION --stream
+  FLWR_HOME=$CLI_HOME scripts/flwr run . $CONNECTION --stream
 
 Results go to the run config's outputs-dir (default ~/fedvit-outputs; give an absolute or
 ~/... path: relative paths are refused). Stop everything with:

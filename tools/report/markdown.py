@@ -17,6 +17,7 @@ from tools.report.linkmodel import (
 )
 from tools.report.load import Run, reference_run, value_text
 from tools.report.plots import PLOTS
+from tools.words import times
 
 COMPARE_AT_MBPS = (10.0, 1000.0)
 Crossing = tuple[str, str, float]  # (label, label, Mbit/s)
@@ -99,7 +100,7 @@ def bytes_section(runs: Sequence[Run]) -> str:
                      f"{per_round / MB:.3f}", f"{share_round:.2f}"])
         if r is not ref:
             lines.append(f"* {r.label} uses **{share_round:.2f} %** of {ref.label}'s bytes per "
-                         f"round ({ref_round / per_round:.1f}× fewer); {share:.2f} % in total.")
+                         f"round ({times(per_round, ref_round)}); {share:.2f} % in total.")
     return "\n\n".join(["## Bandwidth",
                         md_table(["run", "total MB", f"% of {ref.label}", "MB / round",
                                    f"% of {ref.label} per round"], rows),
