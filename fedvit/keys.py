@@ -55,6 +55,10 @@ BYTES_KEYS = (BYTES_DOWN_TENSOR, BYTES_DOWN_MSG, BYTES_UP_TENSOR, BYTES_UP_MSG)
 LINK_DOWN_MBPS, LINK_UP_MBPS = "link-down-mbps", "link-up-mbps"
 LINK_LATENCY_MS, LINK_REAL = "link-latency-ms", "link-real"
 LINK_KEYS = (LINK_DOWN_MBPS, LINK_UP_MBPS, LINK_LATENCY_MS)
+# The link model's per-call handling (s) and per-object framing (bytes) a projection used
+# (``fedvit.links.WireCosts``): ``phases`` columns, and summary.json's "wire-costs".
+WIRE_COSTS = "wire-costs"
+WIRE_COST_KEYS = ("call-s", "pull-object-bytes", "push-object-bytes")
 NUM_THREADS = "num-threads"  # node config: a deployment's torch threads per SuperNode
 
 # Timestamps (see the table above).

@@ -14,13 +14,15 @@ the transfer that link implies (``server_app.timeline``).
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedvit.config import AppConfig, ConfigError
-from fedvit.keys import LINK_KEYS, LINK_LATENCY_MS, LINK_REAL
+from fedvit.keys import LINK_KEYS, LINK_LATENCY_MS, LINK_REAL, WIRE_COST_KEYS
 
 # What a message costs on a real link beyond its serialised bytes (measured in the link lab,
 # bench/links.py; see README "The link lab"):
@@ -43,6 +45,48 @@ OBJECT_CALL_S = 0.017  # one call's handling, seconds: twice the elapsed time pe
 
 
 @dataclass(frozen=True)
+class WireCosts:
+    """What a message costs on a link beyond its serialised bytes: a run's property (the
+    machine's per-call handling, Flower's per-object framing), recorded with each round's
+    projection (``phases`` columns ``call-s``, ``pull-object-bytes``, ``push-object-bytes``).
+
+    Args:
+        call_s: one call's handling at both ends, seconds (two calls in flight).
+        pull_object_bytes: framing bytes per object of a message a node pulls.
+        push_object_bytes: framing bytes per object of a reply a node pushes.
+        source: where the values come from (``default``: the constants above).
+    """
+
+    call_s: float
+    pull_object_bytes: float
+    push_object_bytes: float
+    source: str = "default"
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"call-s": s, "pull-object-bytes": B, "push-object-bytes": B}``
+        (``keys.WIRE_COST_KEYS``; the source is left out)."""
+        values = (self.call_s, self.pull_object_bytes, self.push_object_bytes)
+        return dict(zip(WIRE_COST_KEYS, values, strict=True))
+
+    @classmethod
+    def from_dict(cls, values: Mapping, source: str = "default") -> WireCosts:
+        """The costs ``as_dict`` wrote (a ``phases`` row holds them among its columns).
+
+        Raises:
+            ValueError: a key is missing or its value is not a number >= 0.
+        """
+        for key in WIRE_COST_KEYS:
+            value = values.get(key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ValueError(f"wire cost '{key}' = {value!r} is not allowed: must be a "
+                                 "number >= 0")
+        return cls(*(float(values[k]) for k in WIRE_COST_KEYS), source=source)
+
+
+DEFAULT_COSTS = WireCosts(OBJECT_CALL_S, PULL_OBJECT_BYTES, PUSH_OBJECT_BYTES)
+
+
+@dataclass(frozen=True)
 class Link:
     """One node's link to the server.
 
@@ -58,7 +102,8 @@ class Link:
     latency_ms: float
     real: bool = False
 
-    def down_s(self, nbytes: int, objects: int = 0) -> float:
+    def down_s(self, nbytes: int, objects: int = 0, costs: WireCosts = DEFAULT_COSTS
+               ) -> float:
         """Seconds to move a message from the server to the node: latency, then its
         objects' calls (``object_seconds``); without an object count, latency plus its
         bytes on the wire at the link's rate.
@@ -66,28 +111,31 @@ class Link:
         Args:
             nbytes: the message's serialised bytes (``fedvit.wire.message_size``).
             objects: its objects (0: unknown).
+            costs: per-call handling and per-object framing.
 
         Returns:
             Seconds.
         """
-        wire = wire_bytes(nbytes, objects, PULL_OBJECT_BYTES)
+        wire = wire_bytes(nbytes, objects, costs.pull_object_bytes)
         return self.latency_ms / 1e3 + object_seconds(wire, objects, self.down_mbps,
-                                                      self.latency_ms)
+                                                      self.latency_ms, costs)
 
-    def up_s(self, nbytes: int, objects: int = 0) -> float:
+    def up_s(self, nbytes: int, objects: int = 0, costs: WireCosts = DEFAULT_COSTS
+             ) -> float:
         """Seconds to move a reply from the node to the server (as ``down_s``, with a
         pushed object's framing).
 
         Args:
             nbytes: the reply's serialised bytes.
             objects: its objects (0: unknown).
+            costs: per-call handling and per-object framing.
 
         Returns:
             Seconds.
         """
-        wire = wire_bytes(nbytes, objects, PUSH_OBJECT_BYTES)
+        wire = wire_bytes(nbytes, objects, costs.push_object_bytes)
         return self.latency_ms / 1e3 + object_seconds(wire, objects, self.up_mbps,
-                                                      self.latency_ms)
+                                                      self.latency_ms, costs)
 
     def as_metrics(self) -> dict[str, float]:
         """The link as a reply's metrics.
@@ -116,14 +164,101 @@ class Link:
         return cls(*(float(metrics[k]) for k in LINK_KEYS), bool(metrics.get(LINK_REAL, 0)))
 
 
-def wire_bytes(nbytes: int, objects: int, per_object: int) -> float:
+@dataclass(frozen=True)
+class LinkCurve:
+    """One node's link over time, piecewise constant: ``links[i]`` holds from ``times[i]``
+    seconds until ``times[i + 1]``; the last holds for ever. A static ``Link`` is the
+    one-segment case (``constant``).
+
+    A message sent at ``t`` waits the latency in force at ``t``, then moves object by object
+    (``object_seconds``: two calls in flight, each object costing the larger of its bytes'
+    time and half a call), its bytes' time integrated over the rate curve from when they
+    start: a transfer that straddles a rate change takes the right time. Where no change
+    falls inside the message, this is ``Link.down_s``/``up_s`` exactly.
+
+    Args:
+        times: segment starts, seconds, ascending, the first 0.
+        links: one per segment.
+
+    Raises:
+        ValueError: no segment, a length mismatch, a first time other than 0, or times
+            not strictly ascending.
+    """
+
+    times: tuple[float, ...]
+    links: tuple[Link, ...]
+
+    def __post_init__(self) -> None:
+        if not self.links or len(self.times) != len(self.links) or self.times[0] != 0 or any(
+                b <= a for a, b in zip(self.times, self.times[1:], strict=False)):
+            raise ValueError(f"a link curve needs ascending times from 0, one link each: "
+                             f"times {self.times!r}, {len(self.links)} links")
+
+    @classmethod
+    def constant(cls, link: Link) -> LinkCurve:
+        """``link`` at every time."""
+        return cls((0.0,), (link,))
+
+    def _index(self, t: float) -> int:
+        return max(bisect_right(self.times, t) - 1, 0)
+
+    def at(self, t: float) -> Link:
+        """The link in force at ``t`` seconds (before 0: the first)."""
+        return self.links[self._index(t)]
+
+    def down_s(self, start: float, nbytes: int, objects: int = 0,
+               costs: WireCosts = DEFAULT_COSTS) -> float:
+        """Seconds to move a message down, sent at ``start`` (as ``Link.down_s``)."""
+        closed = self.at(start).down_s(nbytes, objects, costs)
+        if self._index(start) == self._index(start + closed):
+            return closed
+        return self._walk(start, wire_bytes(nbytes, objects, costs.pull_object_bytes),
+                          objects, "down_mbps", costs)
+
+    def up_s(self, start: float, nbytes: int, objects: int = 0,
+             costs: WireCosts = DEFAULT_COSTS) -> float:
+        """Seconds to move a reply up, sent at ``start`` (as ``Link.up_s``)."""
+        closed = self.at(start).up_s(nbytes, objects, costs)
+        if self._index(start) == self._index(start + closed):
+            return closed
+        return self._walk(start, wire_bytes(nbytes, objects, costs.push_object_bytes),
+                          objects, "up_mbps", costs)
+
+    def _walk(self, start: float, wire: float, objects: int, rate: str,
+              costs: WireCosts) -> float:
+        """A message across rate changes, object by object (``object_seconds``'s rule)."""
+        latency = self.at(start).latency_ms / 1e3
+        t = start + latency
+        if objects <= 0:
+            return latency + self.carry_s(t, wire, rate)
+        for _ in range(objects):
+            on_link = self.carry_s(t, wire / objects, rate)
+            t += max(on_link, (costs.call_s + 2 * latency + on_link) / 2)
+        return t - start
+
+    def carry_s(self, t: float, nbytes: float, rate: str = "down_mbps") -> float:
+        """Seconds the link takes to carry ``nbytes`` from ``t``, its rate (``down_mbps``
+        or ``up_mbps``) integrated over the segments."""
+        i, left, t0 = self._index(t), nbytes * 8.0, t
+        while True:
+            bps = getattr(self.links[i], rate) * 1e6
+            if math.isinf(bps):
+                return t - t0
+            end = self.times[i + 1] if i + 1 < len(self.times) else math.inf
+            if left <= bps * (end - t):
+                return t + left / bps - t0
+            left -= bps * (end - t)
+            t, i = end, i + 1
+
+
+def wire_bytes(nbytes: int, objects: int, per_object: float) -> float:
     """Bytes a message takes on the link.
 
     Args:
         nbytes: its serialised bytes.
         objects: its objects (one HTTP call each).
-        per_object: HTTP framing bytes per object (``PULL_OBJECT_BYTES`` or
-            ``PUSH_OBJECT_BYTES``).
+        per_object: HTTP framing bytes per object (``WireCosts.pull_object_bytes`` or
+            ``push_object_bytes``).
 
     Returns:
         ``nbytes`` in TCP/IP/Ethernet frames (``FRAME_FACTOR``) plus the framing, bytes.
@@ -131,11 +266,12 @@ def wire_bytes(nbytes: int, objects: int, per_object: int) -> float:
     return nbytes * FRAME_FACTOR + objects * per_object
 
 
-def object_seconds(wire: float, objects: int, mbps: float, latency_ms: float) -> float:
+def object_seconds(wire: float, objects: int, mbps: float, latency_ms: float,
+                   costs: WireCosts = DEFAULT_COSTS) -> float:
     """Seconds to move ``objects`` objects of ``wire`` bytes (on the wire, in all) one call
     each, two calls in flight, over a link of ``mbps`` and ``latency_ms``.
 
-    A call of an object of average size takes ``OBJECT_CALL_S`` + a round trip + its bytes'
+    A call of an object of average size takes ``costs.call_s`` + a round trip + its bytes'
     time; an object costs half of that, but at least its bytes' time. Bulk transfers are
     link-bound (bytes ÷ rate), many small objects call-bound.
 
@@ -144,6 +280,7 @@ def object_seconds(wire: float, objects: int, mbps: float, latency_ms: float) ->
         objects: how many objects (0: bytes ÷ rate only).
         mbps: the link's rate, megabits per second.
         latency_ms: its one-way latency, milliseconds.
+        costs: the per-call handling (``call_s``).
 
     Returns:
         Seconds.
@@ -152,7 +289,7 @@ def object_seconds(wire: float, objects: int, mbps: float, latency_ms: float) ->
     if objects <= 0:
         return on_link
     per_object = on_link / objects
-    call = OBJECT_CALL_S + 2 * latency_ms / 1e3 + per_object
+    call = costs.call_s + 2 * latency_ms / 1e3 + per_object
     return objects * max(per_object, call / 2)
 
 

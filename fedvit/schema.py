@@ -64,6 +64,10 @@ PHASES: tuple[Column, ...] = (
     *((f"{kind}-{_ROW}", f"seconds of row `{_ROW}`, {what}") for kind, what in zip(
         k.KINDS, ("measured (they add up to `wall-s`)", "projected (add up to `projected-s`)",
                   "as a deployment (add up to `deployment-s`)"), strict=True)),
+    *zip(k.WIRE_COST_KEYS, ("the link model's per-call handling the projections used (s; "
+                            "`fedvit.links.WireCosts`)",
+                            "its framing per object a node pulls (bytes)",
+                            "its framing per object a node pushes (bytes)"), strict=True),
 )
 
 NODES: tuple[Column, ...] = (
@@ -117,6 +121,9 @@ SUMMARY: tuple[Column, ...] = (
     ("projected-round-s", "the mean steady round projected on the links (s)"),
     ("deployment-round-s", "the same as a deployment (s)"),
     ("deploy-fixed-costs", "`pickup-s`, `startup-s`, `return-s`: the run config's"),
+    (k.WIRE_COSTS, "the last round's link-model costs: `call-s`, `pull-object-bytes`, "
+     "`push-object-bytes` (as in `phases`) and `source` (`default`: `fedvit.links`' "
+     "constants)"),
     ("links", "`down-mbps`, `up-mbps`, `latency-ms`, `profile` (`node-config` where nodes "
      "brought their own) and each partition's link under `nodes`"),
     ("phase-table", "the steady rounds' mean phase table: {kind: {row: s}}"),

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedvit.keys import KINDS, TABLE_ROWS
+from fedvit.keys import KINDS, TABLE_ROWS, WIRE_COST_KEYS
+from fedvit.links import DEFAULT_COSTS, WireCosts
 from fedvit.schema import dataclass_row, field_values
 
 
 @dataclass(frozen=True)
 class RoundTimes:
     """One round's time in seconds: ``measured`` (rows add up to ``wall_s``), and
-    ``projected`` / ``deployment`` on the nodes' links (rows add up to ``*_s``)."""
+    ``projected`` / ``deployment`` on the nodes' links (rows add up to ``*_s``), priced
+    with ``costs`` (the link model's per-call handling and per-object framing)."""
 
     round: int
     wall_s: float
@@ -27,6 +29,7 @@ class RoundTimes:
     measured: dict[str, float]
     projected: dict[str, float]
     deployment: dict[str, float]
+    costs: WireCosts = DEFAULT_COSTS
 
     @property
     def unexplained_share(self) -> float:
@@ -35,17 +38,20 @@ class RoundTimes:
 
     @classmethod
     def from_row(cls, row: dict) -> RoundTimes:
-        """Inverse of ``as_row`` (for a resumed run's earlier rounds)."""
+        """Inverse of ``as_row`` (a resumed run's earlier rounds, a replayed run's); a row
+        without the wire costs' columns (an older run) gets ``DEFAULT_COSTS``."""
         plain = field_values(row, ("round", "wall_s", "critical_compute_s", "slowest_node",
                                    "projected_s", "deployment_s"))
         tables = {kind: {r: row[f"{kind}-{r}"] for r in TABLE_ROWS} for kind in KINDS}
-        return cls(**plain, **tables)
+        costs = WireCosts.from_dict(row) if WIRE_COST_KEYS[0] in row else DEFAULT_COSTS
+        return cls(**plain, **tables, costs=costs)
 
     def as_row(self) -> dict:
         """A flat row for ``phases.csv/json`` (columns: ``fedvit.schema.PHASES``)."""
-        row = dataclass_row(self, leave_out=KINDS)
+        row = dataclass_row(self, leave_out=(*KINDS, "costs"))
         for kind in KINDS:
             row.update({f"{kind}-{r}": v for r, v in getattr(self, kind).items()})
+        row.update(self.costs.as_dict())
         return row
 
 

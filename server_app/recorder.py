@@ -16,6 +16,7 @@ from flwr.common.logger import log
 from fedvit import keys
 from fedvit.config import AppConfig
 from fedvit.keys import CONFIG_HISTORY
+from fedvit.links import DEFAULT_COSTS, WireCosts
 from fedvit.resume import run_config_of
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import save as save_checkpoint
@@ -101,8 +102,11 @@ class RunRecorder:
         """
         s, rec = self.strategy, self.record
         log_ = s.timeline[server_round]
+        nodes = [NodeTimes.from_report(server_round, c, self.grid_times, s.books)
+                 for c in log_.clients]
         times, nodes = round_times(server_round, log_, s.books, self.grid_times,
-                                   central_eval, self.fixed)
+                                   central_eval, self.fixed,
+                                   self.wire_costs(server_round, nodes))
         rec.phases.append(times)
         rec.nodes.extend(nodes)
         row = round_row(server_round, central, s.books, times, log_.train_metrics)
@@ -121,6 +125,16 @@ class RunRecorder:
             row["down-mb"], row["up-mb"], row["cumulative-mb"], row["round-s"],
             100 * times.unexplained_share, row["projected-round-s"],
             row["deployment-round-s"])
+
+    def wire_costs(self, server_round: int, nodes: list[NodeTimes]) -> WireCosts:
+        """The per-call handling and per-object framing this round's projection uses (and
+        its ``phases`` row records): ``fedvit.links.DEFAULT_COSTS``.
+
+        Args:
+            server_round: the round.
+            nodes: its ok replies' times, bytes and links.
+        """
+        return DEFAULT_COSTS
 
     def close(self, stop: BaseException | None) -> dict:
         """Write ``summary.json`` once (the first stop seen wins), log it, and return it.

@@ -10,7 +10,8 @@ from pathlib import Path
 from flwr.common.logger import log
 
 from fedvit.config import AppConfig
-from fedvit.keys import SUMMARY_FILE
+from fedvit.keys import SUMMARY_FILE, WIRE_COSTS
+from fedvit.links import DEFAULT_COSTS
 from server_app.estimate import Estimate
 from server_app.grid import TooFewNodes
 from server_app.phase_table import RoundTimes, format_table, mean_table
@@ -134,12 +135,20 @@ def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list
         "deploy-fixed-costs": {"pickup-s": cfg.deploy_pickup_s,
                                "startup-s": cfg.deploy_startup_s,
                                "return-s": cfg.deploy_return_s},
+        WIRE_COSTS: wire_costs(phases),
         "links": links(cfg, run.nodes),
         "phase-table": mean_table(steady),
         **stop_status(stop),
         "completed-rounds": [r["round"] for r in rounds],
         **({"wire": wire} if wire else {}),
     }
+
+
+def wire_costs(phases: list[RoundTimes]) -> dict:
+    """The link-model costs of the last round's projection, with their ``source``
+    (``DEFAULT_COSTS`` before any round)."""
+    costs = phases[-1].costs if phases else DEFAULT_COSTS
+    return {**costs.as_dict(), "source": costs.source}
 
 
 def _mean(values: list[float]) -> float | None:

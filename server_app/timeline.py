@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 from fedvit import keys
 from fedvit.keys import COMPUTE_ROWS, SERVER_ROWS, TABLE_ROWS
-from fedvit.links import Link
+from fedvit.links import DEFAULT_COSTS, Link, LinkCurve, WireCosts
 from fedvit.schema import dataclass_row, field_values
 from server_app.grid import GridTimes
 from server_app.phase_table import RoundTimes
@@ -147,24 +147,42 @@ class NodeTimes:
         out.update(self.compute, books=self.books_s, transfer=self.transfer_s)
         return out
 
-    def down_s(self, link: Link) -> float:
+    def down_s(self, link: Link, costs: WireCosts = DEFAULT_COSTS) -> float:
         """Seconds the message takes down ``link``."""
-        return link.down_s(self.down_bytes, self.down_objects)
+        return link.down_s(self.down_bytes, self.down_objects, costs)
 
-    def up_s(self, link: Link) -> float:
+    def up_s(self, link: Link, costs: WireCosts = DEFAULT_COSTS) -> float:
         """Seconds the reply takes up ``link``."""
-        return link.up_s(self.up_bytes, self.up_objects)
+        return link.up_s(self.up_bytes, self.up_objects, costs)
 
-    def path(self, link: Link, fixed: FixedCosts | None) -> dict[str, float]:
+    def path(self, link: Link | LinkCurve, fixed: FixedCosts | None,
+             costs: WireCosts = DEFAULT_COSTS, start: float = 0.0, speed: float = 1.0
+             ) -> dict[str, float]:
         """This node's projected path through one phase, per row, on ``link``.
 
         ``fixed`` None: the simulation view (no pickup, start-up, return; a fresh process's
         task build left out too). Otherwise the deployment view: a fresh process's own
         pickup, start-up and return (net of its real link's transfer), else ``fixed``.
+
+        Args:
+            link: the node's link, static or over time (``fedvit.links.LinkCurve``).
+            fixed: None, or a deployment's fixed costs per message.
+            costs: per-call handling and per-object framing of the link model.
+            start: when the message is sent, seconds on ``link``'s clock; the reply is
+                sent when the download and the node's work (every row but ``transfer``
+                and ``return``) are done.
+            speed: the node's device speed factor: its compute rows, ``deserialise`` and
+                ``serialise`` take their measured seconds divided by it (0.5: twice as
+                slow).
+
+        Returns:
+            Seconds per row.
         """
         sec = self.seconds()
         out = {row: sec[row] for row in (*COMPUTE_ROWS, "deserialise", "serialise", "books")}
-        out["transfer"] = self.down_s(link) + self.up_s(link)
+        if speed != 1.0:
+            for row in (*COMPUTE_ROWS, "deserialise", "serialise"):
+                out[row] /= speed
         if fixed is None:
             out["task-build"] = 0.0 if self.fresh else sec["task-build"]
         elif self.fresh:
@@ -172,14 +190,19 @@ class NodeTimes:
             # and the process waits for it before the imports: the download lies inside
             # pickup + start-up; the upload inside return.
             own = self.link if self.link.real else Link(float("inf"), float("inf"), 0.0)
-            waits = max(0.0, sec["pickup"] + sec["start-up"] - self.down_s(own))
+            waits = max(0.0, sec["pickup"] + sec["start-up"] - self.down_s(own, costs))
             out["pickup"] = min(sec["pickup"], waits)
             out["start-up"] = waits - out["pickup"]
             out["task-build"] = sec["task-build"]
-            out["return"] = max(0.0, sec["return"] - self.up_s(own))
+            out["return"] = max(0.0, sec["return"] - self.up_s(own, costs))
         else:
             out.update({"pickup": fixed.pickup_s, "start-up": fixed.startup_s,
                         "task-build": 0.0, "return": fixed.return_s})
+        curve = link if isinstance(link, LinkCurve) else LinkCurve.constant(link)
+        down = curve.down_s(start, self.down_bytes, self.down_objects, costs)
+        work = sum(s for row, s in out.items() if row != "return")
+        out["transfer"] = down + curve.up_s(start + down + work, self.up_bytes,
+                                            self.up_objects, costs)
         return out
 
     def as_row(self) -> dict:
@@ -268,17 +291,27 @@ def critical_path(paths: Mapping[int, Mapping[str, float]]) -> int:
 
 
 def project(nodes: list[NodeTimes], server: Mapping[str, float],
-            link_of: Callable[[NodeTimes], Link], fixed: FixedCosts | None
+            link_of: Callable[[NodeTimes], Link | LinkCurve], fixed: FixedCosts | None,
+            costs: WireCosts = DEFAULT_COSTS, start: float = 0.0,
+            speed_of: Callable[[NodeTimes], float] | None = None
             ) -> tuple[dict[str, float], dict[str, NodeTimes]]:
     """A round on links: per phase, the critical path (``critical_path``); plus the
     server's rows.
 
+    The round starts at ``start`` on the links' clock: the train phase's messages are sent
+    after the server's ``configure`` and ``send`` rows; the evaluate phase's after the
+    train phase's critical path and ``aggregation``; ``central-eval`` closes the round
+    (its length is the sum of the rows, wherever it starts).
+
     Args:
         nodes: the round's ok replies.
         server: seconds per ``SERVER_ROWS`` row.
-        link_of: the link each node is projected on.
+        link_of: the link each node is projected on (static, or over time).
         fixed: None for the simulation view, else a deployment's fixed costs
             (see ``NodeTimes.path``).
+        costs: per-call handling and per-object framing.
+        start: the round's start, seconds on the links' clock.
+        speed_of: each node's device speed factor (None: 1 for every node).
 
     Returns:
         (seconds per ``TABLE_ROWS`` row, the reply on each phase's critical path, by phase;
@@ -287,21 +320,24 @@ def project(nodes: list[NodeTimes], server: Mapping[str, float],
     table = dict.fromkeys(TABLE_ROWS, 0.0)
     table.update({k: v for k, v in server.items() if k in SERVER_ROWS})
     critical: dict[str, NodeTimes] = {}
+    sent = start + table["configure"] + table["send"]
     for phase in PHASES:
         replies = {n.node_id: n for n in nodes if n.phase == phase}
         if not replies:
             continue
-        paths = {k: n.path(link_of(n), fixed) for k, n in replies.items()}
+        paths = {k: n.path(link_of(n), fixed, costs, sent,
+                           speed_of(n) if speed_of else 1.0) for k, n in replies.items()}
         node = critical_path(paths)
         for row, s in paths[node].items():
             table[row] += s
         critical[phase] = replies[node]
+        sent += sum(paths[node].values()) + (table["aggregation"] if phase == "train" else 0)
     return table, critical
 
 
 def round_times(server_round: int, log: RoundLog, books: Books, grid: GridTimes,
-                central_eval: tuple[float, float], fixed: FixedCosts
-                ) -> tuple[RoundTimes, list[NodeTimes]]:
+                central_eval: tuple[float, float], fixed: FixedCosts,
+                costs: WireCosts = DEFAULT_COSTS) -> tuple[RoundTimes, list[NodeTimes]]:
     """Analyse one finished round.
 
     Args:
@@ -312,6 +348,8 @@ def round_times(server_round: int, log: RoundLog, books: Books, grid: GridTimes,
         central_eval: (start, end) of its central evaluation, server wall clock; the end
             closes the round.
         fixed: a deployment's fixed costs for replies that did not measure their own.
+        costs: the link model's per-call handling and per-object framing (recorded with
+            the round's times).
 
     Returns:
         The round's times, and each reply's ``NodeTimes``.
@@ -323,11 +361,11 @@ def round_times(server_round: int, log: RoundLog, books: Books, grid: GridTimes,
     server_s = {"configure": log.configure_s, "send": grid.send_s(server_round),
                 "aggregation": log.aggregate_s,
                 "central-eval": central_eval[1] - central_eval[0]}
-    projected, critical = project(nodes, server_s, lambda n: n.link, None)
-    deployment, _ = project(nodes, server_s, lambda n: n.link, fixed)
+    projected, critical = project(nodes, server_s, lambda n: n.link, None, costs)
+    deployment, _ = project(nodes, server_s, lambda n: n.link, fixed, costs)
     slowest = critical["train"].node_id if "train" in critical else -1
     times = RoundTimes(server_round, central_eval[1] - log.start,
                        sum(measured[r] for r in COMPUTE_ROWS), slowest,
                        sum(projected.values()), sum(deployment.values()),
-                       measured, projected, deployment)
+                       measured, projected, deployment, costs)
     return times, nodes

@@ -25,7 +25,7 @@ from itertools import pairwise
 import numpy as np
 
 from fedvit.keys import SERVER_ROWS, TABLE_ROWS
-from fedvit.links import PULL_OBJECT_BYTES, PUSH_OBJECT_BYTES, Link, wire_bytes
+from fedvit.links import DEFAULT_COSTS, Link, WireCosts, wire_bytes
 from server_app.phase_table import RoundTimes
 from server_app.timeline import FixedCosts, NodeTimes, project
 from tools.report.load import Run, steady_rounds
@@ -40,10 +40,12 @@ BRACKET_MBPS = (1e-12, 1e15)  # where half_comm_mbps looks for its bracket
 
 @dataclass(frozen=True)
 class SteadyRound:
-    """One steady round: its ok replies, and the server's seconds per ``SERVER_ROWS`` row."""
+    """One steady round: its ok replies, the server's seconds per ``SERVER_ROWS`` row, and
+    the link model's costs its projection used (``phases``)."""
 
     nodes: tuple[NodeTimes, ...]
     server: dict[str, float]
+    costs: WireCosts = DEFAULT_COSTS
 
 
 @dataclass(frozen=True)
@@ -92,12 +94,12 @@ class LinkModel:
         down = up = messages = 0.0
         for r in self.rounds:
             rows, critical = project(list(r.nodes), r.server, lambda _: link,
-                                     self.fixed if deployment else None)
+                                     self.fixed if deployment else None, r.costs)
             for row, s in rows.items():
                 table[row] += s / len(self.rounds)
-            down += sum(wire_bytes(n.down_bytes, n.down_objects, PULL_OBJECT_BYTES)
+            down += sum(wire_bytes(n.down_bytes, n.down_objects, r.costs.pull_object_bytes)
                         for n in critical.values()) / len(self.rounds)
-            up += sum(wire_bytes(n.up_bytes, n.up_objects, PUSH_OBJECT_BYTES)
+            up += sum(wire_bytes(n.up_bytes, n.up_objects, r.costs.push_object_bytes)
                       for n in critical.values()) / len(self.rounds)
             messages += 2 * len(critical) / len(self.rounds)
         return CriticalPath(table, down, up, messages)
@@ -173,7 +175,8 @@ def link_model(run: Run) -> LinkModel | None:
     nodes = [NodeTimes.from_row(row) for row in run.nodes]
     times = {t.round: t for t in map(RoundTimes.from_row, run.phases)}
     rounds = tuple(SteadyRound(tuple(n for n in nodes if n.round == r),
-                               {row: times[r].projected[row] for row in SERVER_ROWS})
+                               {row: times[r].projected[row] for row in SERVER_ROWS},
+                               times[r].costs)
                    for r in steady_rounds(run) if r in times)
     if not rounds:
         return None
