@@ -33,6 +33,7 @@ from pathlib import Path
 
 from fedvit.files import write_json
 from tools.deploy.linklab.netns import LinkLabError, latencies
+from tools.replay.traces import COLUMNS
 
 APPLIED = "trace-applied.json"
 POLL_S = 0.02  # how often a start condition is checked
@@ -98,8 +99,9 @@ class TracePlayer:
     """
 
     def __init__(self, changes: list[Change], apply: Callable[[Change], None],
-                 workdir: Path) -> None:
+                 workdir: Path, initial: list[Change] | None = None) -> None:
         self.changes = changes
+        self.initial = initial or []  # each node's link when the player was made (t_s 0)
         self.apply = apply
         self.path = Path(workdir) / APPLIED
         self.t0: float | None = None
@@ -152,6 +154,35 @@ class TracePlayer:
         except BaseException as err:  # kept for the owner (``LinkLab.stop_trace``)
             self.error = err
 
+    def write_applied(self, path: Path, origin: float, unshaped_mbps: float) -> Path:
+        """The trace as it was applied, as a trace file (``tools.replay.traces``) whose
+        ``t-s`` count from wall-clock ``origin`` (e.g. the run's first round's start): per
+        node, at 0 the link in force at ``origin``, then each change applied after it at its
+        applied time. An unshaped direction is written as ``unshaped_mbps``.
+
+        Returns:
+            ``path``.
+        """
+        rows = []
+        for node in sorted({c.node for c in self.initial}):
+            at_origin = next(c for c in self.initial if c.node == node)
+            later = []
+            for a in (a for a in self.applied if a["partition"] == node):
+                change = Change(a["applied-wall"] - origin, node, a["down-mbps"],
+                                a["up-mbps"], a["latency-ms"])
+                if change.t_s <= 0:
+                    at_origin = change
+                else:
+                    later.append(change)
+            rows += [(0.0, at_origin), *((c.t_s, c) for c in later)]
+        text = [f"# {self.path.name} as applied, t-s from wall clock {origin:.6f}",
+                ",".join(COLUMNS)]
+        for t, c in rows:
+            rate = [unshaped_mbps if v is None else v for v in (c.down_mbps, c.up_mbps)]
+            text.append(f"{c.node},{t:.6f},{rate[0]:g},{rate[1]:g},{c.latency_ms:g}")
+        Path(path).write_text("\n".join(text) + "\n")
+        return Path(path)
+
     def _save(self) -> None:
         write_json(self.path, {"t0": self.t0, "start": self.start_label,
                                "changes": self.applied}, indent=1)
@@ -186,7 +217,9 @@ class TraceControl:
                                    "delay relay: start the lab with latency_ms for it")
         if self.player is not None:
             self.player.stop()
-        self.player = TracePlayer(changes, self._apply, self.workdir)
+        initial = [Change(0.0, i, down, up, self.latency[i] or 0.0)
+                   for i, (down, up) in enumerate(self.links)]
+        self.player = TracePlayer(changes, self._apply, self.workdir, initial)
         return self.player.start(t0, when, label)
 
     def stop_trace(self) -> None:
@@ -225,3 +258,14 @@ class TraceControl:
         for proc in relay:
             os.kill(int(proc["pid"]), signal.SIGUSR1)
         self.latency[i] = latency
+
+    def write_applied_trace(self, path: Path | str, origin: float) -> Path:
+        """The last trace played, as applied, written as a trace file whose times count
+        from wall-clock ``origin`` (``TracePlayer.write_applied``).
+
+        Raises:
+            LinkLabError: no trace was played.
+        """
+        if self.player is None:
+            raise LinkLabError("no trace was played")
+        return self.player.write_applied(Path(path), origin, self.unshaped_mbps)

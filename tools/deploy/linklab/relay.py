@@ -104,8 +104,11 @@ async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay
         reading.cancel()
 
 
-async def serve(listen: tuple[str, int], to: tuple[str, int], delay: Delay) -> None:
-    """Accept on ``listen``; relay each connection to ``to`` through ``pipe`` both ways."""
+async def serve(listen: tuple[str, int], to: tuple[str, int], delay: Delay, *,
+                signals: bool = True) -> None:
+    """Accept on ``listen``; relay each connection to ``to`` through ``pipe`` both ways,
+    until SIGTERM/SIGINT (``signals``: handle them and SIGUSR1, which needs the main
+    thread; else until cancelled)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -127,9 +130,10 @@ async def serve(listen: tuple[str, int], to: tuple[str, int], delay: Delay) -> N
     server = await asyncio.start_server(handle, *listen, reuse_address=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, delay.reload)
+    if signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, delay.reload)
     print(f"{READY} on {listen[0]}:{listen[1]}, to {to[0]}:{to[1]}, latency "
           f"{1e3 * delay.seconds:g} ms", flush=True)
     async with server:
