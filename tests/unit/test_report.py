@@ -14,7 +14,7 @@ from fedvit.links import Link
 from server_app.phase_table import format_table
 from server_app.timeline import FixedCosts, NodeTimes
 from tools.report.cli import main, make_report
-from tools.report.linkmodel import LinkModel, SteadyRound, link_model
+from tools.report.linkmodel import LinkModel, RecordedRound, link_model
 from tools.report.load import load_runs
 from tools.report.markdown import links_section
 from tools.report.plots import PLOTS
@@ -373,7 +373,7 @@ def test_the_curve_follows_the_critical_path_of_each_bandwidth():
     2's work (the report's former rule: the largest message of any node per direction)."""
     heavy, busy = _reply(1, 0.1, 2_000_000, 1_000_000), _reply(2, 3.0, 10_000, 10_000)
     server = {"configure": 0.01, "send": 0.0, "aggregation": 0.04, "central-eval": 0.15}
-    model = LinkModel((SteadyRound((heavy, busy), server),), LATENCY_MS,
+    model = LinkModel((RecordedRound((heavy, busy), server),), LATENCY_MS,
                       FixedCosts(1.0, 2.0, 0.5))
     latencies = 2 * LATENCY_MS / 1e3
 

@@ -9,6 +9,9 @@ four PNG plots next to it:
   as a simulation would see it and as a deployment would, with its fixed costs per message
   (``tools.report.linkmodel``: the timeline's projection, critical path included, of every
   steady round's replies in ``nodes.json`` on one link of each bandwidth);
+* time to accuracy on the runs' own links: each run's rounds replayed back to back
+  (``tools.replay``), ranked by time to the highest accuracy every run reaches, and where
+  the two best swap on a uniform-link sweep;
 * in the link lab, the bytes the kernel counted on each link against the books
   (``summary.json`` "wire").
 """
@@ -20,10 +23,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tools.report.linkmodel import link_model
+from tools.replay.engine import recorded
+from tools.replay.outputs import plot as plot_time_to_accuracy
+from tools.replay.outputs import section
+from tools.replay.rank import compare
+from tools.replay.specs import OWN, parse_links
+from tools.report.linkmodel import link_model, recorded_rounds
 from tools.report.load import ReportError, load_runs
 from tools.report.markdown import crossings, write_markdown
 from tools.report.plots import PLOTS, plot_accuracy, plot_bandwidth, plot_phases
+
+TIME_TO_ACCURACY = "## Time to accuracy on the runs' own links"
 
 
 def make_report(paths: Sequence[Path], out: Path | None = None) -> Path:
@@ -49,7 +59,13 @@ def make_report(paths: Sequence[Path], out: Path | None = None) -> Path:
     plot_accuracy(runs, out / PLOTS["accuracy-mb"], x_key="cumulative-mb")
     plot_phases(runs, out / PLOTS["phases"])
     plot_bandwidth(runs, models, cross, out / PLOTS["bandwidth"])
-    return write_markdown(runs, models, out, cross)
+    replayable = [recorded(r) for r in runs if recorded_rounds(r) is not None]
+    text = ""
+    if replayable:
+        comp = compare(replayable, parse_links(OWN))
+        plot_time_to_accuracy(comp, out / PLOTS["time-to-accuracy"])
+        text = section(comp, TIME_TO_ACCURACY, PLOTS["time-to-accuracy"])
+    return write_markdown(runs, models, out, cross, text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

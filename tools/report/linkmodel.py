@@ -39,13 +39,14 @@ BRACKET_MBPS = (1e-12, 1e15)  # where half_comm_mbps looks for its bracket
 
 
 @dataclass(frozen=True)
-class SteadyRound:
-    """One steady round: its ok replies, the server's seconds per ``SERVER_ROWS`` row, and
-    the link model's costs its projection used (``phases``)."""
+class RecordedRound:
+    """One recorded round: its ok replies, the server's seconds per ``SERVER_ROWS`` row, the
+    link model's costs its projection used (``phases``), and its number."""
 
     nodes: tuple[NodeTimes, ...]
     server: dict[str, float]
     costs: WireCosts = DEFAULT_COSTS
+    round: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class CriticalPath:
 class LinkModel:
     """A run's mean steady round with every node on one link of the given speed."""
 
-    rounds: tuple[SteadyRound, ...]
+    rounds: tuple[RecordedRound, ...]
     latency_ms: float
     fixed: FixedCosts  # the deployment view's per-message costs
 
@@ -162,26 +163,45 @@ def bisect(f: Callable[[float], float], lo: float, hi: float) -> float:
     return math.sqrt(lo * hi)
 
 
-def link_model(run: Run) -> LinkModel | None:
-    """The run's bandwidth model.
+def recorded_rounds(run: Run, rounds: Sequence[int] | None = None
+                    ) -> tuple[RecordedRound, ...] | None:
+    """The inputs of a run's projection, round by round, as it recorded them.
+
+    Args:
+        run: the run.
+        rounds: which rounds (None: every round of ``phases.json``, in order).
 
     Returns:
-        None for a run without a phase table, links, per-reply times (``nodes.json``) or
-        the deployment's fixed costs in its config (older runs).
+        One ``RecordedRound`` per round that ``phases.json`` holds; None for a run without
+        a phase table, links, per-reply times (``nodes.json``) or the deployment's fixed
+        costs in its config (older runs).
     """
     if not (run.phase_table and run.links and run.nodes and run.phases
             and all(k in run.config for k in DEPLOY_KEYS)):
         return None
     nodes = [NodeTimes.from_row(row) for row in run.nodes]
     times = {t.round: t for t in map(RoundTimes.from_row, run.phases)}
-    rounds = tuple(SteadyRound(tuple(n for n in nodes if n.round == r),
+    return tuple(RecordedRound(tuple(n for n in nodes if n.round == r),
                                {row: times[r].projected[row] for row in SERVER_ROWS},
-                               times[r].costs)
-                   for r in steady_rounds(run) if r in times)
+                               times[r].costs, r)
+                 for r in (times if rounds is None else rounds) if r in times)
+
+
+def fixed_costs(run: Run) -> FixedCosts:
+    """The deployment's fixed costs per message of the run's config (``deploy-*-s``)."""
+    return FixedCosts(*(float(run.config[k]) for k in DEPLOY_KEYS))
+
+
+def link_model(run: Run) -> LinkModel | None:
+    """The run's bandwidth model.
+
+    Returns:
+        None where ``recorded_rounds`` is None or has no steady round.
+    """
+    rounds = recorded_rounds(run, steady_rounds(run))
     if not rounds:
         return None
-    return LinkModel(rounds, float(run.links["latency-ms"]),
-                     FixedCosts(*(float(run.config[k]) for k in DEPLOY_KEYS)))
+    return LinkModel(rounds, float(run.links["latency-ms"]), fixed_costs(run))
 
 
 def sweep_mbps() -> np.ndarray:
@@ -191,12 +211,19 @@ def sweep_mbps() -> np.ndarray:
 
 def crossovers_mbps(a: LinkModel, b: LinkModel,
                     mbps: Sequence[float] | None = None) -> list[float]:
-    """Bandwidths where both runs' projected rounds take equally long, in the sweep.
+    """Bandwidths where both runs' projected rounds take equally long, in the sweep
+    (``crossings_of`` their ``round_s``)."""
+    return crossings_of(a.round_s, b.round_s, mbps)
+
+
+def crossings_of(f: Callable[[float], float], g: Callable[[float], float],
+                 mbps: Sequence[float] | None = None) -> list[float]:
+    """Bandwidths where two curves of bandwidth take equal values.
 
     Args:
-        a, b: two runs' models.
-        mbps: the grid on which sign changes of ``a.round_s - b.round_s`` are looked for
-            (default ``sweep_mbps()``); each is refined by bisection.
+        f, g: seconds as a function of Mbit/s.
+        mbps: the grid on which sign changes of ``f - g`` are looked for (default
+            ``sweep_mbps()``); each is refined by bisection.
 
     Returns:
         The crossings in Mbit/s, ascending (empty if the curves do not cross on the grid;
@@ -205,7 +232,7 @@ def crossovers_mbps(a: LinkModel, b: LinkModel,
     grid = [float(x) for x in (sweep_mbps() if mbps is None else mbps)]
 
     def gap(x: float) -> float:
-        return a.round_s(x) - b.round_s(x)
+        return f(x) - g(x)
 
     signed = [(x, d) for x in grid if (d := gap(x)) != 0]
     return [bisect(gap, x0, x1) for (x0, d0), (x1, d1) in pairwise(signed)

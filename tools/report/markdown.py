@@ -26,7 +26,7 @@ def _opt(v: float | None, spec: str = ".3f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -65,7 +65,7 @@ def runs_section(runs: Sequence[Run]) -> str:
                      _links_text(r.links), f"`{r.path.name}`"])
     return ("## Runs\n\nMB are whole messages as serialised (10^6 bytes); steady = mean of all "
             "rounds but the first; projected = a steady round on the run's configured links.\n\n"
-            + _md_table(header, rows))
+            + md_table(header, rows))
 
 
 def accuracy_section(runs: Sequence[Run]) -> str:
@@ -80,7 +80,7 @@ def accuracy_section(runs: Sequence[Run]) -> str:
     return "\n\n".join([
         "## Accuracy",
         f"Best final central accuracy: **{best:.4f}** ({best_label}).",
-        _md_table(["run", "final central accuracy", "gap to best (points)"], rows),
+        md_table(["run", "final central accuracy", "gap to best (points)"], rows),
         _figure("accuracy", "Central accuracy (server test split) after each round."),
         _figure("accuracy-mb", "Central accuracy against cumulative MB exchanged "
                 "(log scale): accuracy bought per byte."),
@@ -101,7 +101,7 @@ def bytes_section(runs: Sequence[Run]) -> str:
             lines.append(f"* {r.label} uses **{share_round:.2f} %** of {ref.label}'s bytes per "
                          f"round ({ref_round / per_round:.1f}× fewer); {share:.2f} % in total.")
     return "\n\n".join(["## Bandwidth",
-                        _md_table(["run", "total MB", f"% of {ref.label}", "MB / round",
+                        md_table(["run", "total MB", f"% of {ref.label}", "MB / round",
                                    f"% of {ref.label} per round"], rows),
                         "\n".join(lines)]).rstrip()
 
@@ -214,7 +214,7 @@ def links_section(runs: Sequence[Run], models: Sequence[LinkModel | None],
         "Links per node (heterogeneous, or from node config as in a deployment or the link "
         "lab): the sweep puts every node on one link with the nodes' mean latency, so the "
         "run's own projection is not a point of its curve." if hetero else "",
-        _md_table(header, rows),
+        md_table(header, rows),
         "\n".join(halves),
         "\n".join(pairs),
         _figure("bandwidth", "Projected round time against link bandwidth (log-log); dot: the "
@@ -237,12 +237,13 @@ def wire_section(runs: Sequence[Run]) -> str:
         "message bytes. The difference is HTTP framing, TCP/IP and Ethernet headers, TCP "
         "acknowledgements, the SuperNode's polls and heartbeats, and the app bundle's "
         "download.",
-        _md_table(["run", "partition", "down wire B", "down books B", "up wire B",
+        md_table(["run", "partition", "down wire B", "down books B", "up wire B",
                    "up books B", "down wire / books", "up wire / books"], rows)])
 
 
 def write_markdown(runs: Sequence[Run], models: Sequence[LinkModel | None], out: Path,
-                   cross: Sequence[Crossing] | None = None) -> Path:
+                   cross: Sequence[Crossing] | None = None, time_to_accuracy: str = ""
+                   ) -> Path:
     """Write ``report.md`` in ``out``.
 
     Args:
@@ -250,6 +251,8 @@ def write_markdown(runs: Sequence[Run], models: Sequence[LinkModel | None], out:
         models: each run's ``link_model``.
         out: an existing folder.
         cross: ``crossings(runs, models)`` if computed already.
+        time_to_accuracy: the section ranking the runs by time to accuracy on their own
+            links (``tools.replay.outputs.section``), or "".
 
     Returns:
         The path of ``report.md``.
@@ -259,7 +262,8 @@ def write_markdown(runs: Sequence[Run], models: Sequence[LinkModel | None], out:
              + ". Every number comes from those folders' output files.")
     text = "\n\n".join([title, intro, runs_section(runs), accuracy_section(runs),
                         bytes_section(runs), phases_section(runs),
-                        links_section(runs, models, cross), wire_section(runs)]).rstrip()
+                        links_section(runs, models, cross), time_to_accuracy,
+                        wire_section(runs)]).rstrip()
     path = out / "report.md"
     path.write_text(text + "\n")
     return path

@@ -19,15 +19,16 @@ PLOTS = {
     "accuracy-mb": "accuracy_vs_mb.png",
     "phases": "phases.png",
     "bandwidth": "bandwidth.png",
+    "time-to-accuracy": "accuracy_vs_time.png",
 }
 
 
-def _colors(n: int) -> list:
+def colors(n: int) -> list:
     cmap = colormaps["tab10"]
     return [cmap(i % 10) for i in range(n)]
 
 
-def _save(fig: Figure, path: Path) -> None:
+def save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -37,7 +38,7 @@ def plot_accuracy(runs: Sequence[Run], path: Path, x_key: str | None = None) -> 
     written as a PNG to ``path``."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
-    for run, color in zip(runs, _colors(len(runs)), strict=True):
+    for run, color in zip(runs, colors(len(runs)), strict=True):
         xs = [r["round"] if x_key is None else r[x_key] for r in run.rounds]
         ax.plot(xs, [r["central-accuracy"] for r in run.rounds], "o-", color=color,
                 label=run.label)
@@ -50,7 +51,7 @@ def plot_accuracy(runs: Sequence[Run], path: Path, x_key: str | None = None) -> 
     ax.set_ylabel("central accuracy")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    save(fig, path)
 
 
 def plot_phases(runs: Sequence[Run], path: Path) -> None:
@@ -74,7 +75,7 @@ def plot_phases(runs: Sequence[Run], path: Path) -> None:
     ax.set_ylabel("seconds per steady round (mean)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(True, axis="y", alpha=0.3)
-    _save(fig, path)
+    save(fig, path)
 
 
 def plot_bandwidth(runs: Sequence[Run], models: Sequence[LinkModel | None],
@@ -85,7 +86,7 @@ def plot_bandwidth(runs: Sequence[Run], models: Sequence[LinkModel | None],
     ax = fig.add_subplot()
     mbps = sweep_mbps()
     lo, hi = SWEEP_MBPS
-    for run, model, color in zip(runs, models, _colors(len(runs)), strict=True):
+    for run, model, color in zip(runs, models, colors(len(runs)), strict=True):
         if model is None:
             continue
         ax.plot(mbps, [model.round_s(b) for b in mbps], "-", color=color,
@@ -116,4 +117,4 @@ def plot_bandwidth(runs: Sequence[Run], models: Sequence[LinkModel | None],
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save(fig, path)

@@ -1,0 +1,87 @@
+"""``fedvit-replay RUN_DIR... --links SPEC [--devices SPEC] [--target ACC] [--out DIR]``.
+
+Replays finished runs onto other links and devices (``tools.replay.engine``; nothing is
+retrained), ranks them by time to the target accuracy, prints which run reaches it soonest,
+by how much, and where the two best swap on a uniform-link sweep, and writes
+``replay.md``, ``replay.csv``, ``replay.json`` and ``replay.png`` (``tools.replay.outputs``).
+Every spec, file and run folder is checked before anything is written: a bad one exits
+with status 2 and the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tools.replay.engine import recorded
+from tools.replay.outputs import write_all
+from tools.replay.rank import compare
+from tools.replay.specs import OWN, SpecError, parse_devices, parse_links
+from tools.replay.traces import TraceError
+from tools.report.load import ReportError, load_runs
+
+
+def _target(text: str) -> float:
+    """``--target``: an accuracy in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"--target {text!r} is not allowed: must be an accuracy in (0, 1] (e.g. 0.8, "
+            "not a percentage)")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command's arguments."""
+    p = argparse.ArgumentParser(
+        prog="fedvit-replay",
+        description="Time to accuracy of finished fedvit runs on other links and devices.")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",
+                   help="run folders written by the app (<outputs-dir>/<run-name>)")
+    p.add_argument("--links", default=OWN, metavar="SPEC",
+                   help="own (default: each node's recorded link) | D/U/L (Mbit/s down, up, "
+                   "ms latency, every node) | heterogeneous:D/U/L (the run config's seeded "
+                   "per-partition draw) | a trace CSV (partition,t-s,down-mbps,up-mbps,"
+                   "latency-ms)")
+    p.add_argument("--devices", default=None, metavar="SPEC",
+                   help="device speed per partition: a CSV partition,speed or inline "
+                   "0=0.5,*=1 (0.5 = twice as slow; default: as measured)")
+    p.add_argument("--target", type=_target, default=None, metavar="ACC",
+                   help="central accuracy to reach, 0..1 (default: the highest every run "
+                   "reaches)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: <first run's parent>/replay-<time>)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fedvit-replay`` (and ``python -m tools.replay``).
+
+    Returns:
+        0; a bad spec, trace, device file or run folder exits with status 2 and the reason
+        on stderr, before anything is written.
+    """
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        links = parse_links(args.links)
+        devices = parse_devices(args.devices) if args.devices is not None else None
+        runs = [recorded(r) for r in load_runs(args.runs)]
+        comp = compare(runs, links, devices, args.target)
+    except (SpecError, TraceError, ReportError) as e:
+        p.exit(2, f"fedvit-replay: error: {e}\n")
+    out = args.out or (runs[0].run.path.parent / f"replay-{time.strftime('%Y%m%d-%H%M%S')}")
+    path = write_all(comp, out, args.links, args.devices)
+    print(comp.winner)
+    if comp.swap is not None:
+        print(comp.swap.text().replace("**", ""))
+    print(path)
+    sys.stdout.flush()
+    return 0
