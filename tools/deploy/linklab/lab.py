@@ -260,11 +260,13 @@ class LinkLab(TraceControl):
         (``runs.FlwrCli.run``: its CompletedProcess, with ``run_id`` and ``status``).
 
         ``trace`` (``tools.replay.traces.LinkTraces``) is played onto the links during the
-        run (``play_trace``), from the moment the ServerApp's log shows ``trace_from`` (a
-        regex; default: Flower's first round, so that the trace's times count from the
-        run's first round as a replay's do; None: when `flwr run` starts); it stops when the
-        run ends, the links keeping their last values. ``self.player.applied`` then says
-        when each change was applied.
+        run (``play_trace``), from the moment the run's streamed log shows ``trace_from`` (a
+        regex; default: Flower's first round, so that the trace's times count from about
+        the run's first round as a replay's do; Flower streams the ServerApp's log about
+        0.5-1 s late; None: when `flwr run` starts); it stops when the run ends, the links
+        keeping their last values. ``self.player.applied`` then says when each change was
+        applied (``write_applied_trace`` aligns them with any moment, e.g. the first
+        round's start as the run folder gives it).
 
         Raises:
             LinkLabError: the lab is not running, a trace this lab cannot play
@@ -273,7 +275,7 @@ class LinkLab(TraceControl):
         if not self.running:
             raise LinkLabError("the lab is not running")
         if trace is not None:
-            when = log_shows(self.logs / "superlink.log", trace_from) if trace_from else None
+            when = log_shows(self._flwr().next_log(), trace_from) if trace_from else None
             self.play_trace(trace, when=when, label=trace_from or "flwr run")
         t0 = time.monotonic()
         try:
