@@ -43,6 +43,8 @@ from flwr.common.config import parse_config_args
 
 from fedvit import keys
 from fedvit.links import OBJECT_CALL_S
+from server_app.phase_table import RoundTimes
+from server_app.timeline import NodeTimes
 from tools.deploy.linklab import LinkLab
 from tools.replay.engine import replay_run
 from tools.replay.specs import parse_links
@@ -114,17 +116,19 @@ def run_lab(links: list, latency_ms: float | None, cfg: dict, work: Path,
 def first_round_start(run: Run) -> float:
     """Wall-clock start of the run's first round, as a replay counts it: its first message
     was pushed (end of ``send``) after the server's ``configure`` and ``send`` rows."""
-    first = run.phases[0]
-    pushed = min(n["pushed"] for n in run.nodes if n["round"] == first["round"])
-    return pushed - first["measured-configure"] - first["measured-send"]
+    first = RoundTimes.from_row(run.phases[0])
+    pushed = min(n.pushed for n in map(NodeTimes.from_row, run.nodes)
+                 if n.round == first.round)
+    return pushed - first.measured["configure"] - first.measured["send"]
 
 
 def changes_in_windows(run: Run, applied: list[dict]) -> tuple[int, int]:
     """(changes inside a reply's transfer window of their node, changes during the run's
     rounds): windows push → ``t-mod-in`` (download) and ``t-mod-out`` → pull (upload)."""
-    windows = [(n["partition_id"], a, b) for n in run.nodes
-               for a, b in ((n["pushed"], n[keys.MOD_IN]), (n[keys.MOD_OUT], n["pulled"]))]
-    end = max(n["pulled"] for n in run.nodes)
+    nodes = [NodeTimes.from_row(r) for r in run.nodes]
+    windows = [(n.partition_id, a, b) for n in nodes
+               for a, b in ((n.pushed, n.stamps[keys.MOD_IN]), (n.stamps[keys.MOD_OUT], n.pulled))]
+    end = max(n.pulled for n in nodes)
     during = [c for c in applied if c["applied-t-s"] > 0 and c["applied-wall"] <= end]
     inside = [c for c in during if any(p == c["partition"] and a <= c["applied-wall"] <= b
                                        for p, a, b in windows)]
