@@ -18,17 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.labs import needs_root
 from tools.deploy.linklab import LinkLab, format_run_config, parse_links
 from tools.deploy.linklab.netns import LinkLabError, check_privileges, netns_list
 from tools.deploy.processes import start_time
 
-try:
-    check_privileges()
-    SKIP = ""
-except LinkLabError as err:
-    SKIP = str(err)
-
-needs_root = pytest.mark.skipif(bool(SKIP), reason=f"link lab unavailable: {SKIP}")
 ROOT = Path(__file__).resolve().parents[2]
 
 # A bulk TCP transfer: `listen|connect ADDR PORT send|recv NBYTES`. The receiver prints the

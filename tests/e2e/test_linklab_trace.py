@@ -20,19 +20,12 @@ import textwrap
 import pytest
 
 from fedvit.links import FRAME_FACTOR
+from tests.labs import needs_root
 from tools.deploy.linklab import LinkLab
-from tools.deploy.linklab.netns import LinkLabError, check_privileges
+from tools.deploy.linklab.netns import LinkLabError
 from tools.deploy.linklab.supervise import RELAY_PORT, SUPERLINK_PORT
 from tools.deploy.processes import alive
 from tools.replay.traces import read_trace
-
-try:
-    check_privileges()
-    SKIP = ""
-except LinkLabError as err:
-    SKIP = str(err)
-
-pytestmark = pytest.mark.skipif(bool(SKIP), reason=f"link lab unavailable: {SKIP}")
 
 FAST, SLOW, CHANGE_S = 16.0, 4.0, 1.5
 NBYTES = 4_000_000  # ~1.2 s at 16 Mbit/s before the change, the rest (~3.5 s) at 4
@@ -98,6 +91,7 @@ def _health_s(lab: LinkLab, address: str) -> float:
     return float(out.stdout)
 
 
+@needs_root
 def test_a_trace_and_latency_on_real_links(tmp_path):
     (tmp_path / "trace.csv").write_text(TRACE)
     trace = read_trace(tmp_path / "trace.csv")
