@@ -12,7 +12,9 @@ window on the server's clock: the download from the server's push to the node's
   the window). A sample whose kernel bytes fall short of the books' (Flower sent an
   identical object once, e.g. the zero B matrices of a fresh LoRA adapter) says nothing
   and is left out, as are messages of fewer than ``MIN_OBJECTS`` objects.
-* **handling per call**, from call-bound messages only, by inverting the model's price
+* **handling per call**, from call-bound messages only (on a link that did not change
+  during the message: the lab's manifest holds each node's link over time), by inverting
+  the model's price
   (``fedvit.links.object_seconds``: busy span = objects × max(b, (call + RTT + b) ÷ 2), b =
   one object's bytes' time on the node's link): call = 2 × span ÷ objects − RTT − b,
   used where b is at most half that call (the bytes' time is small against a call, so the
@@ -51,7 +53,8 @@ class WireSample:
         objects: its objects (one call each).
         kernel_bytes: bytes the SuperLink-side veth counted in its window.
         busy_s: how long the link was busy with it (``CounterSampler.busy_span``), s.
-        mbps: the node's link rate in that direction, Mbit/s.
+        mbps: the node's link rate in that direction, Mbit/s (None: it changed during the
+            message, which then says nothing about calls).
         latency_ms: the node's one-way latency, ms.
     """
 
@@ -60,7 +63,7 @@ class WireSample:
     objects: int
     kernel_bytes: int
     busy_s: float
-    mbps: float
+    mbps: float | None
     latency_ms: float
 
     def framing(self) -> float:
@@ -74,7 +77,7 @@ class WireSample:
         Args:
             framing: framing bytes per object (to price one object's bytes).
         """
-        if self.objects < MIN_OBJECTS or self.busy_s <= 0:
+        if self.objects < MIN_OBJECTS or self.busy_s <= 0 or self.mbps is None:
             return None
         per_object = self.busy_s / self.objects
         bytes_s = (self.message_bytes * FRAME_FACTOR / self.objects + framing) * 8 / (
@@ -114,8 +117,29 @@ def calibrate(samples: Iterable[WireSample], default: WireCosts = DEFAULT_COSTS
     return WireCosts(call, pull, push, source=source)
 
 
+def link_during(node: NodeTimes, history: list[tuple[float, float, float, float]],
+                start: float, end: float) -> tuple[float | None, float | None, float]:
+    """The node's (down, up, latency) during [start, end]: from the lab's history (rates
+    None if the link changed inside the window), else the node config's link.
+
+    Args:
+        node: the reply (its node-config link).
+        history: ``(wall s, down, up, latency ms)`` from each change on, ascending (empty:
+            none known).
+        start, end: the window, wall clock.
+    """
+    if not history:
+        return node.link.down_mbps, node.link.up_mbps, node.link.latency_ms
+    _, down, up, latency = ([h for h in history if h[0] <= start] or history[:1])[-1]
+    if any(start < h[0] <= end for h in history):
+        return None, None, latency
+    return down, up, latency
+
+
 def samples_of(nodes: Iterable[NodeTimes], sampler: CounterSampler,
-               interfaces: dict[int, str]) -> list[WireSample]:
+               interfaces: dict[int, str],
+               history: dict[int, list[tuple[float, float, float, float]]] | None = None
+               ) -> list[WireSample]:
     """Each reply's two messages as the sampled counters saw them.
 
     Args:
@@ -123,20 +147,22 @@ def samples_of(nodes: Iterable[NodeTimes], sampler: CounterSampler,
         sampler: counters of the SuperLink-side veths, sampled through the replies' windows.
         interfaces: each partition's SuperLink-side interface; a reply of another partition
             is left out.
+        history: each partition's real link over time (``link_during``; None or missing:
+            the node config's link).
     """
     out = []
     for n in nodes:
         interface = interfaces.get(n.partition_id)
         if interface is None:
             continue
-        windows = {"down": (n.pushed, n.stamps[keys.MOD_IN], n.down_bytes, n.down_objects,
-                            n.link.down_mbps),
-                   "up": (n.stamps[keys.MOD_OUT], n.pulled, n.up_bytes, n.up_objects,
-                          n.link.up_mbps)}
-        for d, (start, end, nbytes, objects, mbps) in windows.items():
+        windows = {"down": (n.pushed, n.stamps[keys.MOD_IN], n.down_bytes, n.down_objects),
+                   "up": (n.stamps[keys.MOD_OUT], n.pulled, n.up_bytes, n.up_objects)}
+        for d, (start, end, nbytes, objects) in windows.items():
             if objects <= 0 or end <= start:
                 continue
+            down, up, latency = link_during(n, (history or {}).get(n.partition_id, []),
+                                            start, end)
             out.append(WireSample(d, nbytes, objects, sampler.bytes_in(interface, d, start, end),
-                                  sampler.busy_span(interface, d, start, end), mbps,
-                                  n.link.latency_ms))
+                                  sampler.busy_span(interface, d, start, end),
+                                  down if d == "down" else up, latency))
     return out

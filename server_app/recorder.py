@@ -145,7 +145,8 @@ class RunRecorder:
         """
         if self.sampler is None:
             return DEFAULT_COSTS
-        self.wire_samples += samples_of(nodes, self.sampler, self.wire.interfaces)
+        self.wire_samples += samples_of(nodes, self.sampler, self.wire.interfaces,
+                                        self.wire.link_history())
         self.sampler.forget_before(time.time())  # later rounds' windows start after now
         return calibrate(self.wire_samples)
 

@@ -7,7 +7,7 @@ import pytest
 
 from fedvit import keys
 from fedvit.links import DEFAULT_COSTS, FRAME_FACTOR, Link, object_seconds, wire_bytes
-from server_app.calibration import MIN_OBJECTS, WireSample, calibrate, samples_of
+from server_app.calibration import MIN_OBJECTS, WireSample, calibrate, link_during, samples_of
 from server_app.timeline import NodeTimes
 from server_app.wire_sampler import CounterSampler
 
@@ -102,3 +102,18 @@ def test_samples_come_from_each_replys_windows():
     assert samples_of([_node(0.5, 2.0, 2.5, 4.0)], sampler, {1: "ll0s1"}) == []
     sampler.forget_before(3.05)  # keeps the sample that opens the interval across 3.05
     assert sampler.samples[0][0] == pytest.approx(3.0)
+
+
+def test_the_labs_link_history_prices_the_window_and_a_change_inside_says_no_rate():
+    node = _node(0.5, 2.0, 2.5, 4.0)  # node config: 8/8 Mbit/s, 25 ms
+    assert link_during(node, [], 0.5, 2.0) == (8.0, 8.0, 25.0)
+    history = [(0.0, float("inf"), float("inf"), 0.0), (1.0, 16.0, 4.0, 50.0),
+               (3.0, 6.0, 6.0, 50.0)]
+    assert link_during(node, history, 1.2, 2.0) == (16.0, 4.0, 50.0)  # since 1.0
+    assert link_during(node, history, 0.5, 2.0) == (None, None, 0.0)  # changed at 1.0
+    assert link_during(node, history, 3.5, 4.0) == (6.0, 6.0, 50.0)
+    sampler = CounterSampler(pid=0)
+    sampler.samples += [(k / 10, {"ll0s0": (0, 0)}) for k in range(50)]
+    down, up = samples_of([node], sampler, {0: "ll0s0"}, {0: history})
+    assert (down.mbps, up.mbps) == (None, None)  # both windows hold a change
+    assert down.call_s(FRAMING) is None

@@ -82,6 +82,7 @@ class LinkLab(TraceControl):
         self.record: LabRecord | None = None
         self.timings: dict[str, float] = {}
         self._node_configs: dict[int, str] = {}
+        self.history: dict[int, list[list]] = {}  # the manifest's: each node's links over time
         self._old_sigterm = None
         self.player: TracePlayer | None = None
         self.unshaped_mbps = UNSHAPED_MBPS
@@ -169,10 +170,17 @@ class LinkLab(TraceControl):
         return self
 
     def manifest(self) -> dict:
-        return lab_manifest(self.names, self.links)
+        return lab_manifest(self.names, self.links, self.history)
+
+    def _link_changed(self, i: int) -> None:
+        """Note node ``i``'s link as of now in its history, and rewrite the manifest."""
+        down, up = self.links[i]
+        self.history.setdefault(i, []).append([time.time(), down, up, self.latency[i] or 0.0])
+        write_json(self.workdir / MANIFEST, self.manifest(), indent=1)
 
     def _write_files(self) -> None:
-        write_json(self.workdir / MANIFEST, self.manifest(), indent=1)
+        for i in range(len(self.links)):
+            self._link_changed(i)
         self.flwr_home.mkdir(exist_ok=True)
         (self.flwr_home / "config.toml").write_text(
             f"# Written by tools/deploy/linklab: the SuperLink in netns {self.superlink_ns}.\n"
@@ -309,7 +317,7 @@ class LinkLab(TraceControl):
         down, up = mbit(down_mbps, f"node {i} down"), mbit(up_mbps, f"node {i} up")
         shape_link(self.names, i, down, up)
         self.links[i] = (down, up)
-        write_json(self.workdir / MANIFEST, self.manifest(), indent=1)
+        self._link_changed(i)
         if restart_node:
             self.timings[f"restart_node_{i}_s"] = self.restart_node(i)
 

@@ -258,6 +258,7 @@ class TraceControl:
         for proc in relay:
             os.kill(int(proc["pid"]), signal.SIGUSR1)
         self.latency[i] = latency
+        self._link_changed(i)
 
     def write_applied_trace(self, path: Path | str, origin: float) -> Path:
         """The last trace played, as applied, written as a trace file whose times count
