@@ -42,9 +42,10 @@ from pathlib import Path
 from flwr.common.config import parse_config_args
 
 from fedvit import keys
-from fedvit.links import OBJECT_CALL_S
+from fedvit.links import OBJECT_CALL_S, Link
 from server_app.phase_table import RoundTimes
 from server_app.timeline import NodeTimes
+from server_app.wire_sampler import CounterSampler
 from tools.deploy.linklab import LinkLab
 from tools.replay.engine import replay_run
 from tools.replay.specs import parse_links
@@ -79,11 +80,41 @@ def trace_text(strategy: str) -> str:
 
 @dataclass
 class LabRun:
-    """One lab run: its folder, and for a trace run the trace as applied."""
+    """One lab run: its folder, the SuperLink-side veths' sampled counters, and for a trace
+    run the trace as applied."""
 
     run: Run
+    sampler: CounterSampler
+    interfaces: dict[int, str]
     applied: Path | None = None
     changes_in_windows: tuple[int, int] = (0, 0)
+
+    def transfer_ratio(self, spec: str) -> float:
+        """Every message's measured transfer ÷ the model's price of it on ``spec`` with
+        this run's own calibrated costs, pooled: measured = how long the kernel saw its
+        link busy with it (``CounterSampler.busy_interval``); price = ``Link``/``LinkCurve``
+        ``down_s``/``up_s`` at the time its bytes started, less the one-way latency (the
+        busy span starts with the first bytes). NaN where no message was seen."""
+        link_of = parse_links(spec).link_of(self.run.config)
+        costs = {r["round"]: RoundTimes.from_row(r).costs for r in self.run.phases}
+        origin = first_round_start(self.run)
+        measured = priced = 0.0
+        for n, windows in message_windows(self.run):
+            link = link_of(n)
+            for d, a, b in windows:
+                nbytes, objects = ((n.down_bytes, n.down_objects) if d == "down"
+                                   else (n.up_bytes, n.up_objects))
+                busy = self.sampler.busy_interval(self.interfaces[n.partition_id], d, a, b)
+                if busy is None:
+                    continue
+                t = busy[0] - origin
+                static = link if isinstance(link, Link) else link.at(t)
+                price = (getattr(static, f"{d}_s")(nbytes, objects, costs[n.round])
+                         if isinstance(link, Link) else
+                         getattr(link, f"{d}_s")(t, nbytes, objects, costs[n.round]))
+                measured += busy[1] - busy[0]
+                priced += price - static.latency_ms / 1e3
+        return measured / priced if priced else float("nan")
 
     @property
     def measured_s(self) -> float:
@@ -101,16 +132,20 @@ def run_lab(links: list, latency_ms: float | None, cfg: dict, work: Path,
 
     out = work / "out"
     with LinkLab(links, work / "lab", latency_ms=latency_ms) as lab:
-        lab.flwr_run({**cfg, "outputs-dir": str(out), "run-name": "run"}, timeout_s=3600,
-                     trace=read_trace(trace) if trace else None)
+        superlink = next(p["pid"] for p in lab.processes() if p["name"] == "superlink")
+        interfaces = {i: lab.superlink_if(i) for i in range(len(links))}
+        with CounterSampler(superlink, interfaces=tuple(interfaces.values())) as sampler:
+            lab.flwr_run({**cfg, "outputs-dir": str(out), "run-name": "run"},
+                         timeout_s=3600, trace=read_trace(trace) if trace else None)
         run = load_run(out / "run")
         if trace is None:
-            return LabRun(run)
+            return LabRun(run, sampler, interfaces)
         if lab.player.t0 is None:
             raise RuntimeError("the trace never started: the ServerApp's first round was "
                                f"not seen in {lab.logs}/flwr-run-*.log")
         applied = lab.write_applied_trace(work / "applied.csv", first_round_start(run))
-        return LabRun(run, applied, changes_in_windows(run, lab.player.applied))
+        return LabRun(run, sampler, interfaces, applied,
+                      changes_in_windows(run, lab.player.applied))
 
 
 def first_round_start(run: Run) -> float:
@@ -122,13 +157,22 @@ def first_round_start(run: Run) -> float:
     return pushed - first.measured["configure"] - first.measured["send"]
 
 
+def message_windows(run: Run) -> list[tuple[NodeTimes, list[tuple[str, float, float]]]]:
+    """Each reply with its messages' windows, wall clock: ("down", the start of the push
+    call, ``t-mod-in``), ("up", ``t-mod-out``, the pull). (A reply's ``pushed`` is the end
+    of the push call, which pushes every node's message: one may start before it.)"""
+    send = {r["round"]: RoundTimes.from_row(r).projected["send"] for r in run.phases}
+    return [(n, [("down", n.pushed - send[n.round], n.stamps[keys.MOD_IN]),
+                 ("up", n.stamps[keys.MOD_OUT], n.pulled)])
+            for n in map(NodeTimes.from_row, run.nodes)]
+
+
 def changes_in_windows(run: Run, applied: list[dict]) -> tuple[int, int]:
-    """(changes inside a reply's transfer window of their node, changes during the run's
-    rounds): windows push → ``t-mod-in`` (download) and ``t-mod-out`` → pull (upload)."""
-    nodes = [NodeTimes.from_row(r) for r in run.nodes]
-    windows = [(n.partition_id, a, b) for n in nodes
-               for a, b in ((n.pushed, n.stamps[keys.MOD_IN]), (n.stamps[keys.MOD_OUT], n.pulled))]
-    end = max(n.pulled for n in nodes)
+    """(changes inside a message's window on their node (``message_windows``), changes
+    during the run's rounds)."""
+    replies = message_windows(run)
+    windows = [(n.partition_id, a, b) for n, w in replies for _, a, b in w]
+    end = max(n.pulled for n, _ in replies)
     during = [c for c in applied if c["applied-t-s"] > 0 and c["applied-wall"] <= end]
     inside = [c for c in during if any(p == c["partition"] and a <= c["applied-wall"] <= b
                                        for p, a, b in windows)]
@@ -151,8 +195,8 @@ def main() -> None:
     overrides = parse_config_args([args.run_config]) if args.run_config else {}
     rate, latency = LATENCY
     ratios: dict[tuple[str, str], float] = {}
-    print(f"{'strategy':<9}{'setting':<12}{'measured s':>11}{'replayed s':>11}"
-          f"{'meas/repl':>10}{'own replies':>12}{'changes in msgs':>16}{'call ms':>9}"
+    print(f"{'strategy':<9}{'setting':<10}{'measured s':>11}{'replayed s':>11}"
+          f"{'meas/repl':>10}{'own replies':>12}{'transfer':>9}{'changes':>9}{'call ms':>8}"
           f"{'framing down/up B':>19}  source")
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
@@ -177,15 +221,18 @@ def main() -> None:
                 costs = lab_run.costs()
                 inside, during = lab_run.changes_in_windows
                 changes = f"{inside}/{during}" if lab_run.applied else "-"
-                print(f"{strategy:<9}{name:<12}{lab_run.measured_s:>11.2f}{replayed:>11.2f}"
-                      f"{ratio:>10.3f}{own:>12.3f}{changes:>16}"
-                      f"{1e3 * costs['call-s']:>9.1f}"
+                transfer = lab_run.transfer_ratio(spec)
+                print(f"{strategy:<9}{name:<10}{lab_run.measured_s:>11.2f}{replayed:>11.2f}"
+                      f"{ratio:>10.3f}{own:>12.3f}{transfer:>9.3f}{changes:>9}"
+                      f"{1e3 * costs['call-s']:>8.1f}"
                       f"{costs['pull-object-bytes']:>10.0f}/{costs['push-object-bytes']:<8.0f}"
                       f"  {costs['source']}", flush=True)
     print(f"(meas/repl: the lab run's time to its last round ÷ the unshaped run replayed "
-          f"onto the setting; own replies: ÷ the lab run itself replayed onto it; call ms: "
-          f"the lab run's calibrated per-call handling, against the old constant "
-          f"{1e3 * OBJECT_CALL_S:g} ms)")
+          f"onto the setting; own replies: ÷ the lab run itself replayed onto it; transfer: "
+          f"its messages' measured transfer ÷ the model's price on the setting's links with "
+          f"its own costs; changes: the trace's changes inside a message's window / during "
+          f"the rounds; call ms: the lab run's calibrated per-call handling, against the "
+          f"old constant {1e3 * OBJECT_CALL_S:g} ms)")
     worse = max(("fedavg", "fedlora"), key=lambda s: abs(ratios[(s, "latency")] - 1))
     print(f"replay: fedavg measured/replayed={ratios[('fedavg', 'trace')]:.3f} "
           f"fedlora measured/replayed={ratios[('fedlora', 'trace')]:.3f} "

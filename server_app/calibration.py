@@ -3,8 +3,9 @@ handling (``fedvit.links.WireCosts``), from the SuperLink side's byte counters.
 
 Where the ServerApp can sample the kernel's counters of each node's link (the link lab:
 ``server_app.wire_truth``), every reply gives two samples, one per direction, each over its
-window on the server's clock: the download from the server's push to the node's
-``t-mod-in``, the upload from the node's ``t-mod-out`` to the server's pull. From a sample:
+window on the server's clock: the download from the server's push (the start of the push
+call) to the node's ``t-mod-in``, the upload from the node's ``t-mod-out`` to the server's
+pull. From a sample:
 
 * **framing per object** = (kernel bytes in the window − message bytes × ``FRAME_FACTOR``)
   ÷ objects: what a pulled (download) or pushed (upload) object adds beyond its bytes in
@@ -30,7 +31,7 @@ it, the default (``fedvit.links.DEFAULT_COSTS``) stays. ``WireCosts.source`` say
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from fedvit import keys
@@ -138,8 +139,8 @@ def link_during(node: NodeTimes, history: list[tuple[float, float, float, float]
 
 def samples_of(nodes: Iterable[NodeTimes], sampler: CounterSampler,
                interfaces: dict[int, str],
-               history: dict[int, list[tuple[float, float, float, float]]] | None = None
-               ) -> list[WireSample]:
+               history: dict[int, list[tuple[float, float, float, float]]] | None = None,
+               push_starts: Mapping[float, float] | None = None) -> list[WireSample]:
     """Each reply's two messages as the sampled counters saw them.
 
     Args:
@@ -149,13 +150,18 @@ def samples_of(nodes: Iterable[NodeTimes], sampler: CounterSampler,
             is left out.
         history: each partition's real link over time (``link_during``; None or missing:
             the node config's link).
+        push_starts: the start of each ``push_messages`` call by its end (``GridTimes.
+            pushes``): a reply's ``pushed`` is its call's end, and a node may start pulling
+            its message while the call still pushes the others', so the download's window
+            opens at the call's start.
     """
     out = []
     for n in nodes:
         interface = interfaces.get(n.partition_id)
         if interface is None:
             continue
-        windows = {"down": (n.pushed, n.stamps[keys.MOD_IN], n.down_bytes, n.down_objects),
+        pushed = (push_starts or {}).get(n.pushed, n.pushed)
+        windows = {"down": (pushed, n.stamps[keys.MOD_IN], n.down_bytes, n.down_objects),
                    "up": (n.stamps[keys.MOD_OUT], n.pulled, n.up_bytes, n.up_objects)}
         for d, (start, end, nbytes, objects) in windows.items():
             if objects <= 0 or end <= start:

@@ -145,8 +145,10 @@ class RunRecorder:
         """
         if self.sampler is None:
             return DEFAULT_COSTS
+        push_starts = {end: start for start, end in
+                       self.grid_times.pushes.get(server_round, [])}
         self.wire_samples += samples_of(nodes, self.sampler, self.wire.interfaces,
-                                        self.wire.link_history())
+                                        self.wire.link_history(), push_starts)
         self.sampler.forget_before(time.time())  # later rounds' windows start after now
         return calibrate(self.wire_samples)
 

@@ -109,6 +109,14 @@ class CounterSampler:
         """Bytes the kernel counted on one direction of ``interface`` inside the window."""
         return sum(n for _, _, n in self._deltas(interface, direction, start, end))
 
+    def busy_interval(self, interface: str, direction: str, start: float, end: float,
+                      threshold: int = DEFAULT_THRESHOLD) -> tuple[float, float] | None:
+        """(start of the first, end of the last) busy sampling interval inside [start, end]
+        (``busy_span``'s arguments), wall clock; None if no interval was busy."""
+        busy = [(t0, t1) for t0, t1, n in self._deltas(interface, direction, start, end)
+                if n >= threshold]
+        return (busy[0][0], busy[-1][1]) if busy else None
+
     def busy_span(self, interface: str, direction: str, start: float, end: float,
                   threshold: int = DEFAULT_THRESHOLD) -> float:
         """Seconds from the first to the last busy sampling interval inside [start, end].
@@ -122,6 +130,5 @@ class CounterSampler:
         Returns:
             The span in seconds, 0.0 if no interval was busy.
         """
-        busy = [(t0, t1) for t0, t1, n in self._deltas(interface, direction, start, end)
-                if n >= threshold]
-        return busy[-1][1] - busy[0][0] if busy else 0.0
+        busy = self.busy_interval(interface, direction, start, end, threshold)
+        return busy[1] - busy[0] if busy else 0.0

@@ -117,3 +117,16 @@ def test_the_labs_link_history_prices_the_window_and_a_change_inside_says_no_rat
     down, up = samples_of([node], sampler, {0: "ll0s0"}, {0: history})
     assert (down.mbps, up.mbps) == (None, None)  # both windows hold a change
     assert down.call_s(FRAMING) is None
+
+
+def test_a_download_window_opens_when_its_push_call_started():
+    # the push call ran 0.2-0.5 s; the node started pulling at 0.3, before the call ended
+    sampler = CounterSampler(pid=0)
+    tx = 0
+    for k in range(30):
+        sampler.samples.append((k / 10, {"ll0s0": (0, tx)}))
+        tx += 16_000 if 3 <= k < 7 else 0
+    node = _node(0.5, 2.0, 2.5, 2.9)
+    (late, _) = samples_of([node], sampler, {0: "ll0s0"})
+    (down, _) = samples_of([node], sampler, {0: "ll0s0"}, push_starts={0.5: 0.2})
+    assert (late.kernel_bytes, down.kernel_bytes) == (2 * 16_000, KERNEL)
