@@ -18,9 +18,12 @@ counted from the lab run's first round (``LinkLab.write_applied_trace``); for la
 ``8/8/50``. For each strategy and setting it prints the measured time to the last round
 (the sum of the rounds' wall times, ``rounds.json`` ``round-s``), the replayed one, and
 their ratio (target 0.9–1.1); as a diagnosis, the lab run's own replies replayed onto the
-same spec (the model without the two runs' differences in compute and polling); the
-changes that fell inside a message's transfer window; and each lab run's calibrated
-per-call handling and framing (``summary.json`` "wire-costs") against the old constant.
+same spec (the model without the two runs' differences in compute and polling), and its
+messages' measured transfer (how long the kernel saw the link busy with each, veth
+counters sampled every 10 ms) against the link model's price of each on the setting's
+links with the run's own costs; the changes that fell inside a message's window; and each
+lab run's calibrated per-call handling and framing (``summary.json`` "wire-costs") against
+the old constant.
 
 The last line is exactly
 ``replay: fedavg measured/replayed=<r> fedlora measured/replayed=<r> latency measured/replayed=<r>``
