@@ -38,6 +38,7 @@ Needs root, ``ip netns`` and ``tc`` (as the link lab does). About 15 minutes her
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,16 +93,18 @@ class LabRun:
     applied: Path | None = None
     changes_in_windows: tuple[int, int] = (0, 0)
 
-    def transfer_ratio(self, spec: str) -> float:
+    def transfer_ratio(self, spec: str, keep: Path | None = None) -> float:
         """Every message's measured transfer ÷ the model's price of it on ``spec`` with
         this run's own calibrated costs, pooled: measured = how long the kernel saw its
         link busy with it (``CounterSampler.busy_interval``); price = ``Link``/``LinkCurve``
         ``down_s``/``up_s`` at the time its bytes started, less the one-way latency (the
-        busy span starts with the first bytes). NaN where no message was seen."""
+        busy span starts with the first bytes). NaN where no message was seen. ``keep``:
+        write each message's figures there (JSON)."""
         link_of = parse_links(spec).link_of(self.run.config)
         costs = {r["round"]: RoundTimes.from_row(r).costs for r in self.run.phases}
         origin = first_round_start(self.run)
         measured = priced = 0.0
+        rows = []
         for n, windows in message_windows(self.run):
             link = link_of(n)
             for d, a, b in windows:
@@ -117,6 +120,12 @@ class LabRun:
                          getattr(link, f"{d}_s")(t, nbytes, objects, costs[n.round]))
                 measured += busy[1] - busy[0]
                 priced += price - static.latency_ms / 1e3
+                rows.append({"round": n.round, "partition": n.partition_id, "direction": d,
+                             "objects": objects, "bytes": nbytes, "start-s": t,
+                             "busy-s": busy[1] - busy[0],
+                             "priced-s": price - static.latency_ms / 1e3})
+        if keep is not None:
+            keep.write_text(json.dumps(rows, indent=1))
         return measured / priced if priced else float("nan")
 
     @property
@@ -220,13 +229,16 @@ def main() -> None:
                 replayed = replayed_s(base.run, spec)
                 ratio = lab_run.measured_s / replayed
                 ratios[(strategy, name)] = ratio
-                own = lab_run.measured_s / replayed_s(lab_run.run, spec)
+                # a trace run's node configs keep the links they started with, so its
+                # replies cannot be netted of their real transfer: no own replay there
+                own = (f"{lab_run.measured_s / replayed_s(lab_run.run, spec):.3f}"
+                       if lab_run.applied is None else "-")
                 costs = lab_run.costs()
                 inside, during = lab_run.changes_in_windows
                 changes = f"{inside}/{during}" if lab_run.applied else "-"
-                transfer = lab_run.transfer_ratio(spec)
+                transfer = lab_run.transfer_ratio(spec, work / f"{name}-transfer.json")
                 print(f"{strategy:<9}{name:<10}{lab_run.measured_s:>11.2f}{replayed:>11.2f}"
-                      f"{ratio:>10.3f}{own:>12.3f}{transfer:>9.3f}{changes:>9}"
+                      f"{ratio:>10.3f}{own:>12}{transfer:>9.3f}{changes:>9}"
                       f"{1e3 * costs['call-s']:>8.1f}"
                       f"{costs['pull-object-bytes']:>10.0f}/{costs['push-object-bytes']:<8.0f}"
                       f"  {costs['source']}", flush=True)
