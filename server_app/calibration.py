@@ -18,8 +18,10 @@ pull. From a sample:
   the model's price
   (``fedvit.links.object_seconds``: busy span = objects × max(b, (call + RTT + b) ÷ 2), b =
   one object's bytes' time on the node's link): call = 2 × span ÷ objects − RTT − b,
-  used where b is at most half that call (the bytes' time is small against a call, so the
-  span measures calls, not bytes).
+  used where the call's term clearly wins the max: call + RTT ≥ ``CALL_BOUND`` × b (then
+  the span measures calls, not bytes; near the boundary a stall inside a link-bound
+  transfer would pass for a long call). On a link with latency a bulk message is
+  call-bound too (a fedavg object's bytes at 8 Mbit/s take 76 ms, a call + 100 ms more).
 
 Each quantity is the median over the run's samples so far (robust against the first
 round's app-bundle download and a window holding a stray poll); where no sample measures
@@ -41,6 +43,7 @@ from server_app.timeline import NodeTimes
 from server_app.wire_sampler import CounterSampler
 
 MIN_OBJECTS = 4  # fewer objects: framing and calls drown in a window's polls
+CALL_BOUND = 1.5  # a message is call-bound where call + RTT >= this × one object's bytes' time
 SOURCE = "link-lab counters"
 
 
@@ -83,8 +86,9 @@ class WireSample:
         per_object = self.busy_s / self.objects
         bytes_s = (self.message_bytes * FRAME_FACTOR / self.objects + framing) * 8 / (
             self.mbps * 1e6)
-        call = 2 * per_object - 2 * self.latency_ms / 1e3 - bytes_s
-        return call if call > 0 and bytes_s <= call / 2 else None
+        rtt = 2 * self.latency_ms / 1e3
+        call = 2 * per_object - rtt - bytes_s
+        return call if call > 0 and call + rtt >= CALL_BOUND * bytes_s else None
 
 
 def calibrate(samples: Iterable[WireSample], default: WireCosts = DEFAULT_COSTS

@@ -130,3 +130,14 @@ def test_a_download_window_opens_when_its_push_call_started():
     (late, _) = samples_of([node], sampler, {0: "ll0s0"})
     (down, _) = samples_of([node], sampler, {0: "ll0s0"}, push_starts={0.5: 0.2})
     assert (late.kernel_bytes, down.kernel_bytes) == (2 * 16_000, KERNEL)
+
+
+def test_a_bulk_message_behind_latency_is_call_bound_and_measures_the_call():
+    # 10 objects of 80,000 B on the wire at 8 Mbit/s (0.08 s each), 50 ms one way, 40 ms
+    # calls: call + RTT = 0.14 s >= 1.5 × 0.08, so each object costs (0.14 + 0.08) / 2
+    nbytes = 10 * 50 * 1448  # 75,700 B a object in frames, + 4,300 B framing
+    sample = WireSample("down", nbytes, 10, 800_000, 10 * 0.11, 8.0, 50.0)
+    assert sample.framing() == pytest.approx(4300)
+    assert sample.call_s(4300) == pytest.approx(0.04)
+    # without latency, 0.085 s an object (6 % over its bytes) is a stall, not a 90 ms call
+    assert WireSample("down", nbytes, 10, 800_000, 10 * 0.085, 8.0, 0.0).call_s(4300) is None
