@@ -30,7 +30,8 @@ The last line is exactly
 (the first two from the trace setting, the third the worse strategy under latency: the
 ratio farther from 1).
 
-    sudo .venv/bin/python bench/replay.py [--rounds 3] [--run-config ...]
+    sudo .venv/bin/python bench/replay.py [--rounds 3] [--run-config ...] [--keep DIR]
+    .venv/bin/python bench/replay.py --reuse DIR   # the kept runs replayed again, no labs
 
 Needs root, ``ip netns`` and ``tc`` (as the link lab does). About 15 minutes here.
 """
@@ -88,7 +89,7 @@ class LabRun:
     run the trace as applied."""
 
     run: Run
-    sampler: CounterSampler
+    sampler: CounterSampler | None  # None: a run kept by an earlier --keep (--reuse)
     interfaces: dict[int, str]
     applied: Path | None = None
     changes_in_windows: tuple[int, int] = (0, 0)
@@ -99,7 +100,11 @@ class LabRun:
         link busy with it (``CounterSampler.busy_interval``); price = ``Link``/``LinkCurve``
         ``down_s``/``up_s`` at the time its bytes started, less the one-way latency (the
         busy span starts with the first bytes). NaN where no message was seen. ``keep``:
-        write each message's figures there (JSON)."""
+        write each message's figures there (JSON); without a sampler, read them there."""
+        if self.sampler is None:
+            rows = json.loads(keep.read_text()) if keep and keep.exists() else []
+            priced = sum(r["priced-s"] for r in rows)
+            return sum(r["busy-s"] for r in rows) / priced if priced else float("nan")
         link_of = parse_links(spec).link_of(self.run.config)
         costs = {r["round"]: RoundTimes.from_row(r).costs for r in self.run.phases}
         origin = first_round_start(self.run)
@@ -160,6 +165,16 @@ def run_lab(links: list, latency_ms: float | None, cfg: dict, work: Path,
                       changes_in_windows(run, lab.player.applied))
 
 
+def kept_lab(work: Path) -> LabRun:
+    """A lab run an earlier ``--keep`` left in ``work`` (``run_lab``'s layout)."""
+    run = load_run(work / "out" / "run")
+    applied = work / "applied.csv"
+    if not applied.exists():
+        return LabRun(run, None, {})
+    changes = json.loads((work / "lab" / "trace-applied.json").read_text())["changes"]
+    return LabRun(run, None, {}, applied, changes_in_windows(run, changes))
+
+
 def first_round_start(run: Run) -> float:
     """Wall-clock start of the run's first round, as a replay counts it: its first message
     was pushed (end of ``send``) after the server's ``configure`` and ``send`` rows."""
@@ -203,6 +218,8 @@ def main() -> None:
                         help="overrides of the model settings, e.g. \"model-name='test_vit' "
                              "img-size=16 patch-size=4\" for a quick look")
     parser.add_argument("--keep", type=Path, help="keep the labs' folders here")
+    parser.add_argument("--reuse", type=Path, help="no labs: replay the runs an earlier "
+                        "--keep left in this folder (e.g. after a change of the model)")
     args = parser.parse_args()
     overrides = parse_config_args([args.run_config]) if args.run_config else {}
     rate, latency = LATENCY
@@ -211,19 +228,24 @@ def main() -> None:
           f"{'meas/repl':>10}{'own replies':>12}{'transfer':>9}{'changes':>9}{'call ms':>8}"
           f"{'framing down/up B':>19}  source")
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.keep or Path(tmp)
+        root = args.reuse or args.keep or Path(tmp)
         for strategy in ("fedavg", "fedlora"):
             cfg = {**MODEL, **overrides, "strategy": strategy,
                    "num-server-rounds": args.rounds}
             work = root / strategy
-            (work / "trace.csv").parent.mkdir(parents=True, exist_ok=True)
-            (work / "trace.csv").write_text(trace_text(strategy))
-            base = run_lab([None, None], None, cfg, work / "unshaped")
-            runs = {"unshaped": (base, "own"),
-                    "trace": (run_lab([None, None], None, cfg, work / "trace",
-                                      work / "trace.csv"), None),
-                    "latency": (run_lab([(rate, rate)] * 2, latency, cfg, work / "latency"),
-                                f"{rate:g}/{rate:g}/{latency:g}")}
+            if args.reuse:
+                labs = {name: kept_lab(work / name) for name in ("unshaped", "trace", "latency")}
+            else:
+                (work / "trace.csv").parent.mkdir(parents=True, exist_ok=True)
+                (work / "trace.csv").write_text(trace_text(strategy))
+                labs = {"unshaped": run_lab([None, None], None, cfg, work / "unshaped"),
+                        "trace": run_lab([None, None], None, cfg, work / "trace",
+                                         work / "trace.csv"),
+                        "latency": run_lab([(rate, rate)] * 2, latency, cfg,
+                                           work / "latency")}
+            base = labs["unshaped"]
+            runs = {"unshaped": (base, "own"), "trace": (labs["trace"], None),
+                    "latency": (labs["latency"], f"{rate:g}/{rate:g}/{latency:g}")}
             for name, (lab_run, spec) in runs.items():
                 spec = spec or str(lab_run.applied)
                 replayed = replayed_s(base.run, spec)

@@ -14,11 +14,11 @@ NO_CALLS = WireCosts(0.0, 0.0, 0.0)  # bytes in frames only: a download is bytes
 
 
 @pytest.mark.parametrize(("download_s", "wait_s"), [
-    (0.0, 0.0), (0.5, 1.0), (1.0, 1.0), (2.9, 3.0), (7.0, 7.0), (11.8, 15.0),
-    (17.0, 25.0), (26.0, 35.0), (36.0, 45.0)])
+    (0.0, 0.75), (0.75, 0.75), (1.0, 1.75), (2.9, 3.75), (3.75, 3.75), (7.0, 7.75),
+    (11.8, 15.75), (17.5, 25.75), (26.0, 35.75), (36.0, 45.75)])
 def test_the_process_gets_its_message_at_the_first_ask_after_the_download(download_s,
                                                                           wait_s):
-    # asks at 0, 1, 3, 7, 15, 25, 35, 45: back-off 1, 2, 4, 8, then 10 s
+    # asks 0.75 s after the process start, then back-off 1, 2, 4, 8, 10, 10, ... s
     assert message_wait_s(download_s) == wait_s
 
 
@@ -36,16 +36,16 @@ def _fresh(link: Link) -> NodeTimes:
 
 
 def test_a_slow_link_adds_the_back_off_past_its_download():
-    # own link: 1514 kB in frames at 8 Mbit/s = 1.514 s down -> the process waited until
-    # 3 s; 4.5 - 3 = 1.5 s of its pickup + start-up were its own (imports)
+    # own link: 1514 kB in frames at 8 Mbit/s = 1.514 s down -> the process asked at 0.75,
+    # 1.75 s: 4.5 - 1.75 = 2.75 s of its pickup + start-up were its own (imports)
     node = _fresh(Link(8.0, 8.0, 0.0, real=True))
     own = node.path(node.link, FIXED, NO_CALLS)
     assert own["pickup"] + own["start-up"] + own["transfer"] - node.up_s(node.link, NO_CALLS) \
         == pytest.approx(4.5)
-    # at 1 Mbit/s the download takes 12.112 s, the process gets it at 15 s
+    # at 1 Mbit/s the download takes 12.112 s, the process gets it at 15.75 s
     slow = node.path(Link(1.0, 1.0, 0.0), FIXED, NO_CALLS)
     down = 12.112
-    assert slow["pickup"] + slow["start-up"] == pytest.approx(1.5 + 15.0 - down)
+    assert slow["pickup"] + slow["start-up"] == pytest.approx(2.75 + 15.75 - down)
     assert slow["transfer"] == pytest.approx(down + 12.112)
     # a warm process (not fresh) keeps the fixed costs: no back-off
     warm = NodeTimes(**{**node.__dict__, "fresh": False})
