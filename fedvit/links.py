@@ -6,6 +6,11 @@ for every node (``link-profile = "uniform"``) or drawn per partition from a seed
 distribution (``"heterogeneous"``: bandwidths log-uniform between a tenth of the configured
 value and the value, latency uniform between half and twice the configured one).
 
+A link may also change over time (``LinkCurve``: piecewise constant, a replay's trace).
+What a message costs beyond its bytes (per-call handling, per-object framing) is a run's
+property, ``WireCosts`` (``DEFAULT_COSTS`` from the constants below), recorded with every
+round's projection.
+
 A node config may also say ``link-real = true``: its link values describe the link the
 node really sits behind (a real deployment, or the link lab's shaped veths), not a
 hypothetical one. The timeline then counts the node's measured pickup and return net of

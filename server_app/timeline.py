@@ -39,6 +39,18 @@ bytes and the node's link (``fedvit.links``); plus the server's rows. Two projec
   message, and the process waits for the message before its imports: a real link's download
   lies inside pickup + start-up, its upload inside return.)
 
+**On a clock.** ``project`` also places a round on a clock (``start``): the train phase's
+messages are sent after the server's ``configure`` and ``send`` rows, each node's reply
+when its download and its work are done, the evaluate phase's messages after the train
+phase's critical path and ``aggregation``; ``central-eval`` closes the round. A message is
+priced when it is sent: on a link that changes over time (``fedvit.links.LinkCurve``, a
+replay's trace) it waits the latency in force then and its bytes are integrated over the
+rate curve; on a static link (the run's own projection, start 0) this is the static
+formula. A per-node device speed divides the node's compute, ``deserialise`` and
+``serialise`` rows (``NodeTimes.path``). ``tools.replay`` replays recorded rounds back to
+back through this same function; the run's own projection is its case of static links,
+speed 1.
+
 Clock skew: client stamps are on the node's clock, push and pull times on the server's.
 Rows inside a node (start-up to serialise) are exact whatever the skew; a skew of d seconds
 moves d between ``pickup`` and ``return`` (and, beyond the round's edges, into

@@ -229,7 +229,8 @@ def test_every_plot_is_a_png_and_embedded(report):
 def test_report_has_every_table(report):
     _, text, runs = report
     for heading in ("## Runs", "## Accuracy", "## Bandwidth", "## Where a round's time goes",
-                    "## Round time against link bandwidth"):
+                    "## Round time against link bandwidth",
+                    "## Time to accuracy on the runs' own links"):
         assert heading in text
     columns = [set(t[0]) for t in md_tables(text)]
     for col in ("final central accuracy", "gap to best (points)", "% of fedavg",

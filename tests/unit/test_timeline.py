@@ -12,10 +12,12 @@ from fedvit.links import (
     PULL_OBJECT_BYTES,
     PUSH_OBJECT_BYTES,
     Link,
+    WireCosts,
     node_link,
     transfer_seconds,
 )
 from server_app.grid import GridTimes
+from server_app.phase_table import RoundTimes
 from server_app.timeline import FixedCosts, critical_path, round_times, sweep
 from strategies import BookRow, Books, RoundLog
 from strategies.timing import ClientReport
@@ -96,6 +98,30 @@ def test_projection_is_exact_and_the_slowest_node_sets_the_round():
     assert sum(times.measured.values()) == pytest.approx(times.wall_s)
     assert times.critical_compute_s == pytest.approx(3.0)
     assert [n.node_id for n in nodes] == [1, 2]
+
+
+def test_the_wire_costs_price_the_projection_and_are_recorded_with_it():
+    link = Link(10.0, 10.0, 25.0)
+    log = RoundLog(start=0.0)
+    log.clients = [_client(1, 0.0, (0.1, 1.0), link)]
+    books = Books([BookRow(1, "train", 1, "down", 800, 1000, objects=10),
+                   BookRow(1, "train", 1, "up", 800, 2000, objects=20)])
+    grid = _grid(0.0, {"m1": 1.1})
+    default, _ = round_times(1, log, books, grid, (1.1, 1.2), FIXED)
+    costs = WireCosts(call_s=0.005, pull_object_bytes=100, push_object_bytes=200,
+                      source="calibrated")
+    times, _ = round_times(1, log, books, grid, (1.1, 1.2), FIXED, costs)
+    # Per message: the latency, then each object half a call (handling + 50 ms round trip +
+    # its bytes), its bytes framed in TCP/IP frames plus the per-object framing.
+    down = 0.025 + 10 * (0.005 + 0.05 + (1000 * FRAME_FACTOR + 10 * 100) * 8 / 10e6 / 10) / 2
+    up = 0.025 + 20 * (0.005 + 0.05 + (2000 * FRAME_FACTOR + 20 * 200) * 8 / 10e6 / 20) / 2
+    assert times.projected["transfer"] == pytest.approx(down + up)
+    assert default.projected["transfer"] > times.projected["transfer"]  # 17 ms handling
+    assert times.costs == costs and default.costs.call_s == OBJECT_CALL_S
+    row = times.as_row()
+    assert (row["call-s"], row["pull-object-bytes"], row["push-object-bytes"]) == (
+        0.005, 100, 200)
+    assert RoundTimes.from_row(row).costs == WireCosts(0.005, 100.0, 200.0)
 
 
 def test_every_second_of_a_deployment_round_is_attributed():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         devices = parse_devices(args.devices) if args.devices is not None else None
         runs = [recorded(r) for r in load_runs(args.runs)]
         comp = compare(runs, links, devices, args.target)
-    except (SpecError, TraceError, ReportError) as e:
+    except TraceError as e:  # a trace without rows for a run's partition
+        p.exit(2, f"fedvit-replay: error: --links {args.links!r}: {e}\n")
+    except (SpecError, ReportError) as e:
         p.exit(2, f"fedvit-replay: error: {e}\n")
     out = args.out or (runs[0].run.path.parent / f"replay-{time.strftime('%Y%m%d-%H%M%S')}")
     path = write_all(comp, out, args.links, args.devices)
@@ -83,5 +84,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     if comp.swap is not None:
         print(comp.swap.text().replace("**", ""))
     print(path)
-    sys.stdout.flush()
     return 0

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from fedvit.schema import dataclass_row
 from tools.replay.engine import RoundReplay
@@ -111,6 +112,10 @@ def plot(comp: Comparison, path: Path) -> None:
         ax.axhline(comp.target, color="black", linestyle="--", linewidth=1,
                    label=f"target {comp.target:.4f}")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(  # 2, 3, 5 of each decade: no overlaps
+        lambda v, _: f"{v:g}" if f"{v:e}"[0] in "235" else ""))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("projected time since the first round's start (s)")
     ax.set_ylabel("central accuracy")
     ax.grid(True, which="both", alpha=0.3)

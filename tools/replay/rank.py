@@ -74,8 +74,11 @@ def winner_text(ranked: Sequence[Ranked], target: float) -> str:
     if second.deployment_s is None:
         return head + f"; {second.label} does not reach it in {len(second.replay.rounds)} rounds."
     gap, ratio = second.deployment_s - first.deployment_s, second.deployment_s / first.deployment_s
-    sim = (f"; as a simulation {first.simulation_s:.1f} s against {second.simulation_s:.1f} s"
-           f" ({second.simulation_s / first.simulation_s:.2f}×)" if first.simulation_s else "")
+    sim = ""
+    if first.simulation_s and second.simulation_s is not None:
+        faster = first if first.simulation_s <= second.simulation_s else second
+        sim = (f"; as a simulation {first.label} takes {first.simulation_s:.1f} s and "
+               f"{second.label} {second.simulation_s:.1f} s ({faster.label} sooner)")
     return head + (f", {gap:.1f} s sooner than {second.label} ({second.deployment_s:.1f} s, "
                    f"{ratio:.2f}× as long){sim}.")
 
@@ -94,7 +97,8 @@ class Swap:
         """One sentence: the bandwidth(s) of the swap, or that they do not swap."""
         a, b = self.labels
         lo, hi = (fmt_rate(x).replace(".000", "") for x in SWEEP_MBPS)
-        on = f"one uniform link for every node, both ways, {self.latency_ms:g} ms latency"
+        on = (f"one uniform link for every node, both ways, {self.latency_ms:g} ms latency "
+              "(deployment view)")
         if not self.mbps:
             return (f"On {on}, {a} and {b} do not swap in {lo}–{hi}: {self.sooner_low} "
                     "reaches the target sooner throughout.")
