@@ -14,9 +14,9 @@ For each strategy and setting it prints:
   links (``server_app.timeline.project``, deployment view: the same compute and measured
   fixed costs, transfer = the books' message bytes × 8 ÷ rate);
 * measured transfer ÷ projected transfer, from per-node transfer timestamps: the kernel's
-  byte counters of each shaped veth, sampled every 10 ms (``tools.deploy.wiretime``), give how long
-  each message kept its link busy (the download between the push and the handler, the
-  upload between the handler and the pull); projected = ``fedvit.links``' price of the
+  byte counters of each shaped veth, sampled every 10 ms (``server_app.wire_sampler``), give
+  how long each message kept its link busy (the download between the push and the handler,
+  the upload between the handler and the pull); projected = ``fedvit.links``' price of the
   message (its bytes in TCP/IP frames plus Flower's HTTP framing per object) ÷ the rate;
 * the shaped round minus the unshaped one, against the projected difference (a check that
   the transfer composes into the round as the projection says; it carries the SuperNodes'
@@ -48,8 +48,8 @@ from fedvit import keys
 from fedvit.links import FRAME_FACTOR, OBJECT_CALL_S, PULL_OBJECT_BYTES, PUSH_OBJECT_BYTES, Link
 from server_app.phase_table import RoundTimes
 from server_app.timeline import FixedCosts, NodeTimes, project
+from server_app.wire_sampler import CounterSampler
 from tools.deploy.linklab import UNSHAPED_MBPS, LinkLab
-from tools.deploy.wiretime import CounterSampler
 
 MODEL = {"model-name": "vit_tiny_patch16_224", "weights-path": "", "img-size": 32,
          "patch-size": 16, "local-epochs": 1}

@@ -298,6 +298,38 @@ def object_seconds(wire: float, objects: int, mbps: float, latency_ms: float,
     return objects * max(per_object, call / 2)
 
 
+# A fresh ClientApp process (Flower 1.41 starts one per message while its SuperNode still
+# pulls the message) asks the SuperNode for the message's objects once Flower's runtime is
+# imported and, for an object not there yet, again after 1, 2, 4, 8, 10, 10, ... s (each
+# ±20 %: not modelled; flwr/supercore/inflatable/inflatable_utils.py ``pull_objects``,
+# ``PULL_INITIAL_BACKOFF``, ``PULL_BACKOFF_CAP``). The SuperNode stores a message's objects
+# only once it has pulled them all (flwr/supernode/start_client_internal.py), so the
+# process gets its message at the first ask after the whole download: up to 10 s after it
+# on a slow link. Measured in the link lab (bench/replay.py, veth counters against the
+# processes' stamps): downloads that ended 17.5 s after the process started gave the app
+# its message about 26 s after the start, ones that ended at 33 s about 36 s after it.
+PULL_BACKOFF_S = (1.0, 10.0)  # first retry, cap
+FIRST_ASK_S = 0.75  # process start -> its first ask: Flower's runtime imported (bench/coldstart.py)
+
+
+def message_wait_s(download_s: float) -> float:
+    """Seconds from a fresh ClientApp process's start until it has its message, when the
+    download to its SuperNode ends ``download_s`` after that start: the first of the asks
+    at ``FIRST_ASK_S`` + 0, 1, 3, 7, 15, 25, 35, ... s at or after the download's end.
+
+    Args:
+        download_s: the message's download, seconds from the process's start.
+
+    Returns:
+        Seconds (``FIRST_ASK_S`` for a download that ended before the first ask).
+    """
+    t, step = 0.0, PULL_BACKOFF_S[0]
+    while FIRST_ASK_S + t < download_s:
+        t += step
+        step = min(2 * step, PULL_BACKOFF_S[1])
+    return FIRST_ASK_S + t
+
+
 def transfer_seconds(nbytes: float, mbps: float, latency_ms: float) -> float:
     """One message's time on a link.
 

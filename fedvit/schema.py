@@ -127,7 +127,8 @@ SUMMARY: tuple[Column, ...] = (
     ("deploy-fixed-costs", "`pickup-s`, `startup-s`, `return-s`: the run config's"),
     (k.WIRE_COSTS, "the last round's link-model costs: `call-s`, `pull-object-bytes`, "
      "`push-object-bytes` (as in `phases`) and `source` (`default`: `fedvit.links`' "
-     "constants)"),
+     "constants; `link-lab counters, N messages`: measured from the run's own replies in "
+     "the link lab, `server_app/calibration.py`)"),
     ("links", "`down-mbps`, `up-mbps`, `latency-ms`, `profile` (`node-config` where nodes "
      "brought their own) and each partition's link under `nodes`"),
     ("phase-table", "the steady rounds' mean phase table: {kind: {row: s}}"),

@@ -4,6 +4,7 @@ end (however it ends) its ``summary.json``. Nothing else in the ServerApp writes
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from fedvit.config import AppConfig
 from fedvit.keys import CONFIG_HISTORY
 from fedvit.links import DEFAULT_COSTS, WireCosts
 from fedvit.resume import run_config_of
+from server_app.calibration import WireSample, calibrate, samples_of
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import save as save_checkpoint
 from server_app.estimate import Estimate
@@ -33,6 +35,7 @@ from server_app.summary import (
     stop_status,
 )
 from server_app.timeline import FixedCosts, NodeTimes, round_times
+from server_app.wire_sampler import CounterSampler
 from server_app.wire_truth import WireCounters
 from strategies import Books
 
@@ -63,6 +66,10 @@ class RunRecorder:
         self.fixed = FixedCosts(cfg.deploy_pickup_s, cfg.deploy_startup_s, cfg.deploy_return_s)
         self.estimate: Estimate | None = None
         self.wire = WireCounters.from_env()
+        # In the link lab: the veths' counters sampled through the run, for wire_costs.
+        self.sampler = (CounterSampler(os.getpid(), interfaces=tuple(
+            self.wire.interfaces.values())).start() if self.wire else None)
+        self.wire_samples: list[WireSample] = []
         self._t_start = time.perf_counter()
         self._closing = threading.RLock()  # Flower's handler may run in the round's thread
         self._summary: dict | None = None
@@ -147,13 +154,22 @@ class RunRecorder:
 
     def wire_costs(self, server_round: int, nodes: list[NodeTimes]) -> WireCosts:
         """The per-call handling and per-object framing this round's projection uses (and
-        its ``phases`` row records): ``fedvit.links.DEFAULT_COSTS``.
+        its ``phases`` row records): in the link lab, measured from the kernel's counters
+        over this run's replies so far (``server_app.calibration``); elsewhere (no
+        counters) ``fedvit.links.DEFAULT_COSTS``.
 
         Args:
             server_round: the round.
             nodes: its ok replies' times, bytes and links.
         """
-        return DEFAULT_COSTS
+        if self.sampler is None:
+            return DEFAULT_COSTS
+        push_starts = {end: start for start, end in
+                       self.grid_times.pushes.get(server_round, [])}
+        self.wire_samples += samples_of(nodes, self.sampler, self.wire.interfaces,
+                                        self.wire.link_history(), push_starts)
+        self.sampler.forget_before(time.time())  # later rounds' windows start after now
+        return calibrate(self.wire_samples)
 
     def close(self, stop: BaseException | None) -> dict:
         """Write ``summary.json`` once (the first stop seen wins), log it, and return it.
@@ -164,6 +180,8 @@ class RunRecorder:
         """
         with self._closing:
             if self._summary is None:
+                if self.sampler is not None:
+                    self.sampler.stop()
                 s = self.strategy
                 wire = self.wire.versus_books(s.books, self.record.nodes) if self.wire else None
                 books = self._books_of(stop)

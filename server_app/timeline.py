@@ -64,7 +64,7 @@ from dataclasses import dataclass
 
 from fedvit import keys
 from fedvit.keys import COMPUTE_ROWS, SERVER_ROWS, TABLE_ROWS
-from fedvit.links import DEFAULT_COSTS, Link, LinkCurve, WireCosts
+from fedvit.links import DEFAULT_COSTS, Link, LinkCurve, WireCosts, message_wait_s
 from fedvit.schema import dataclass_row, field_values
 from server_app.grid import GridTimes
 from server_app.phase_table import RoundTimes
@@ -174,7 +174,9 @@ class NodeTimes:
 
         ``fixed`` None: the simulation view (no pickup, start-up, return; a fresh process's
         task build left out too). Otherwise the deployment view: a fresh process's own
-        pickup, start-up and return (net of its real link's transfer), else ``fixed``.
+        pickup, start-up and return (net of its real link's transfer and of the process's
+        back-off past its download, ``fedvit.links.message_wait_s``; the new link's
+        back-off is added to ``start-up``), else ``fixed``.
 
         Args:
             link: the node's link, static or over time (``fedvit.links.LinkCurve``).
@@ -199,10 +201,12 @@ class NodeTimes:
             out["task-build"] = 0.0 if self.fresh else sec["task-build"]
         elif self.fresh:
             # Flower 1.41 starts the ClientApp while its SuperNode still pulls the message,
-            # and the process waits for it before the imports: the download lies inside
-            # pickup + start-up; the upload inside return.
+            # and the process waits for it (asking on a back-off schedule,
+            # ``message_wait_s``) before the imports: the download and the back-off lie
+            # inside pickup + start-up; the upload inside return.
             own = self.link if self.link.real else Link(float("inf"), float("inf"), 0.0)
-            waits = max(0.0, sec["pickup"] + sec["start-up"] - self.down_s(own, costs))
+            waits = max(0.0, sec["pickup"] + sec["start-up"]
+                        - message_wait_s(self.down_s(own, costs)))
             out["pickup"] = min(sec["pickup"], waits)
             out["start-up"] = waits - out["pickup"]
             out["task-build"] = sec["task-build"]
@@ -212,6 +216,8 @@ class NodeTimes:
                         "task-build": 0.0, "return": fixed.return_s})
         curve = link if isinstance(link, LinkCurve) else LinkCurve.constant(link)
         down = curve.down_s(start, self.down_bytes, self.down_objects, costs)
+        if fixed is not None and self.fresh:  # the process's back-off past the download
+            out["start-up"] += message_wait_s(down) - down
         work = sum(s for row, s in out.items() if row != "return")
         out["transfer"] = down + curve.up_s(start + down + work, self.up_bytes,
                                             self.up_objects, costs)

@@ -12,6 +12,11 @@ The ServerApp reads that interface's ``tx_bytes`` (to the node: downlink) and ``
 when it ends. The difference is everything the link carried meanwhile: the messages as the
 books count them, plus HTTP framing, TCP/IP and Ethernet headers, TCP acknowledgements,
 the SuperNode's polls and heartbeats, and the app bundle's first download.
+
+The manifest also holds each node's real link over time (``"history"``: ``[wall-clock s,
+down, up, latency ms]`` from each change on, e.g. as the lab plays a trace), which the
+calibration (``server_app.calibration``) uses to price a message's bytes on the link it
+really had.
 """
 
 from __future__ import annotations
@@ -41,9 +46,22 @@ class WireCounters:
     """Counters of the SuperLink-side interface of each partition's link, read at creation
     (the run's start) and again by ``versus_books`` (its end)."""
 
-    def __init__(self, interfaces: dict[int, str]) -> None:
+    def __init__(self, interfaces: dict[int, str], manifest: Path | None = None) -> None:
         self.interfaces = interfaces
+        self.manifest = manifest
         self.before = {pid: read_counters(i) for pid, i in interfaces.items()}
+
+    def link_history(self) -> dict[int, list[tuple[float, float, float, float]]]:
+        """Each partition's real link over time as the lab last wrote it: ``(wall-clock s
+        from when it holds, down Mbit/s, up Mbit/s, latency ms)``, an unshaped direction
+        ``inf`` (``{}`` without a manifest or history; an unreadable one says nothing)."""
+        try:
+            nodes = json.loads(self.manifest.read_text())["nodes"] if self.manifest else {}
+            return {int(pid): [(float(t), _rate(d), _rate(u), float(lat))
+                               for t, d, u, lat in n.get("history", [])]
+                    for pid, n in nodes.items()}
+        except (OSError, KeyError, ValueError, TypeError):
+            return {}
 
     @classmethod
     def from_env(cls) -> WireCounters | None:
@@ -58,7 +76,7 @@ class WireCounters:
             return None
         try:
             nodes = json.loads(Path(path).read_text())["nodes"]
-            return cls({int(pid): n["superlink-if"] for pid, n in nodes.items()})
+            return cls({int(pid): n["superlink-if"] for pid, n in nodes.items()}, Path(path))
         except (OSError, KeyError, ValueError) as err:
             raise ValueError(f"${LINKLAB_ENV} = {path!r}: not a readable link-lab manifest "
                              f"whose interfaces exist here ({err})") from err
@@ -89,3 +107,7 @@ class WireCounters:
                 row[f"{d}-wire-per-books"] = wire[d] / booked if booked else None
             out[str(pid)] = row
         return out
+
+
+def _rate(mbps: float | None) -> float:
+    return float("inf") if mbps is None else float(mbps)

@@ -18,17 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.labs import needs_root
 from tools.deploy.linklab import LinkLab, format_run_config, parse_links
 from tools.deploy.linklab.netns import LinkLabError, check_privileges, netns_list
 from tools.deploy.processes import start_time
 
-try:
-    check_privileges()
-    SKIP = ""
-except LinkLabError as err:
-    SKIP = str(err)
-
-needs_root = pytest.mark.skipif(bool(SKIP), reason=f"link lab unavailable: {SKIP}")
 ROOT = Path(__file__).resolve().parents[2]
 
 # A bulk TCP transfer: `listen|connect ADDR PORT send|recv NBYTES`. The receiver prints the
@@ -135,9 +129,11 @@ def test_lab_shapes_links_and_leaves_nothing(tmp_path):
         assert "link-down-mbps=8 link-up-mbps=2 link-latency-ms=0" in lab.node_config(0)
         assert "link-down-mbps=10000 link-up-mbps=10000" in lab.node_config(1)
         manifest = json.loads((lab.workdir / "manifest.json").read_text())
+        (started_at, *link_0), = manifest["nodes"]["0"].pop("history")
         assert manifest["nodes"]["0"] == {"superlink-if": lab.superlink_if(0),
                                           "node-if": lab.node_if(0),
                                           "down-mbps": 8.0, "up-mbps": 2.0}
+        assert link_0 == [8.0, 2.0, 0.0] and started_at <= time.time()
         assert manifest["nodes"]["1"]["down-mbps"] is None
         # the SuperLink namespace's own view of its veths (what the ServerApp reads)
         sysfs = subprocess.run(lab.netns_exec(None) + ["ls", "/sys/class/net"],

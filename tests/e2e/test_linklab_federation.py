@@ -17,9 +17,9 @@ from fedvit import keys
 from fedvit.links import Link
 from server_app.phase_table import RoundTimes
 from server_app.timeline import NodeTimes
+from server_app.wire_sampler import CounterSampler
 from tools.deploy.linklab import LinkLab
 from tools.deploy.linklab.netns import LinkLabError, check_privileges, netns_list
-from tools.deploy.wiretime import CounterSampler
 
 SLOW_MBPS = 0.25
 RUN = {"strategy": "fedlora", "model-name": "test_vit", "img-size": 16, "patch-size": 4,

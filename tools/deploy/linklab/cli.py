@@ -16,7 +16,7 @@ from pathlib import Path
 from fedvit.files import write_json
 from fedvit.paths import APP_ROOT
 from tools.deploy.linklab.lab import Link, LinkLab
-from tools.deploy.linklab.netns import LinkLabError, check_privileges, mbit
+from tools.deploy.linklab.netns import LinkLabError, check_privileges, latencies, mbit
 from tools.deploy.linklab.record import RECORD, load, teardown
 from tools.deploy.processes import alive
 
@@ -60,9 +60,37 @@ def _say(*args, file=None) -> None:
         pass
 
 
+def parse_latencies(text: str | None, count: int) -> list[float | None] | None:
+    """``"50"`` (every node) or ``"50 none 20"`` (per node; ``none``: no relay) -> one
+    one-way latency in ms per node, None for no latency at all (``text`` None).
+
+    Raises:
+        LinkLabError: not a number or ``none``, or a per-node list of another length.
+    """
+    if text is None:
+        return None
+    entries = text.split()
+    if len(entries) == 1:
+        entries *= count
+    try:
+        values = [None if e.lower() == "none" else float(e) for e in entries]
+    except ValueError as err:
+        raise LinkLabError(f"--latency {text!r}: one-way ms per node, or none") from err
+    return latencies(values, count)
+
+
 def _cmd_start(args: argparse.Namespace) -> int:
     links = parse_links(args.links)
-    lab = LinkLab(links, args.dir, app_dir=args.app_dir, start_timeout_s=args.timeout)
+    latency = parse_latencies(args.latency, len(links))
+    trace = None
+    if args.trace:
+        from tools.replay.traces import TraceError, read_trace
+        try:
+            trace = read_trace(args.trace)
+        except TraceError as err:
+            raise LinkLabError(str(err)) from err
+    lab = LinkLab(links, args.dir, latency_ms=latency, app_dir=args.app_dir,
+                  start_timeout_s=args.timeout)
     _say(f"linklab: starting {len(links)} SuperNodes in {lab.workdir}")
     return_code = 1
     try:
@@ -73,12 +101,17 @@ def _cmd_start(args: argparse.Namespace) -> int:
         for i, (down, up) in enumerate(lab.links):
             _say(f"linklab: node {i}: netns {lab.node_ns(i)}, {lab.superlink_if(i)} <-> "
                  f"{lab.node_if(i)}, down {down or 'unshaped'} / up {up or 'unshaped'} "
-                 "Mbit/s")
+                 f"Mbit/s, latency "
+                 f"{'none' if lab.latency[i] is None else f'{lab.latency[i]:g} ms'}")
         _say(f"linklab: up in {lab.timings['start_s']:.1f} s (SuperLink netns "
              f"{lab.superlink_ns}, logs {lab.logs})\n\nRun the app against it (from "
              f"{lab.app_dir}):\n\n  {shlex.join(lab.flwr_command())}\n\n"
              f"Ctrl-C here (or `python -m tools.deploy.linklab stop --dir {lab.workdir}`) "
              "stops it.")
+        if trace is not None:
+            lab.play_trace(trace, label="lab up")
+            _say(f"linklab: playing {args.trace} from now (applied changes: "
+                 f"{lab.player.path})")
         return_code = 0
         while not stop.wait(1.0):
             gone = [p["name"] for p in lab.processes()
@@ -144,6 +177,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     start = sub.add_parser("start", help="start a lab, stay in the foreground until Ctrl-C")
     start.add_argument("--links", required=True,
                        help='per node "DOWN:UP" Mbit/s or "none", e.g. "8:8 none 20:5"')
+    start.add_argument("--latency", help='one-way ms through a delay relay: one value for '
+                       'every node, or per node with "none" for no relay, e.g. "50 none"')
+    start.add_argument("--trace", help="a link trace file (partition,t-s,down-mbps,up-mbps,"
+                       "latency-ms) played onto the links from when the lab is up")
     start.add_argument("--dir", default=str(DEFAULT_DIR),
                        help="work dir: record, manifest, logs, FLWR_HOME")
     start.add_argument("--app-dir", default=str(APP_ROOT))

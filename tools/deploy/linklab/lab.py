@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fedvit.files import write_json
 from fedvit.paths import APP_ROOT
-from tools.deploy.linklab.netns import LinkLabError, check_privileges, mbit
+from tools.deploy.linklab.netns import LinkLabError, check_privileges, latencies, mbit
 from tools.deploy.linklab.network import (
     LabNames,
     Rates,
@@ -30,6 +30,7 @@ from tools.deploy.linklab.network import (
     shape_link,
     veth_counters,
 )
+from tools.deploy.linklab.player import TraceControl, TracePlayer, log_shows
 from tools.deploy.linklab.record import RECORD, LabRecord, leftovers, load
 from tools.deploy.linklab.runs import CONNECTION, FlwrCli
 from tools.deploy.linklab.supervise import SUPERLINK_PORT, Supervisor
@@ -38,22 +39,28 @@ UNSHAPED_MBPS = 10000  # what an unshaped direction writes into the node config
 MAX_NODES = 200
 MANIFEST = "manifest.json"
 SETTLE_S = 0.5  # after the SuperNodes joined: their superexecs start
+FIRST_ROUND = r"\[ROUND 1/"  # Flower's log line as the strategy starts its first round
 
 Link = Rates | None  # (down, up) Mbit/s, either None (unshaped); None = unshaped both ways
 
 
-class LinkLab:
+class LinkLab(TraceControl):
     """One SuperLink and ``len(links)`` SuperNodes, each node behind its own shaped veth link.
 
     ``links[i]`` is ``(down_mbps, up_mbps)`` (either may be None) or None (unshaped both
-    ways). ``start()`` (or entering the ``with`` block) builds and starts everything;
+    ways). ``latency_ms`` (one value for every node, or one per node; None: none) gives a
+    node a delay relay (``relay``) with that one-way latency, which ``set_latency`` and a
+    trace can change; a node without one has no latency and cannot get any.
+    ``start()`` (or entering the ``with`` block) builds and starts everything;
     ``stop()`` (or leaving it) tears it down. A failure during start tears down what was made.
 
     Raises:
-        LinkLabError: from the constructor, for a bad number of links or a bad rate.
+        LinkLabError: from the constructor, for a bad number of links, a bad rate or a bad
+            latency.
     """
 
     def __init__(self, links: Sequence[Link], workdir: Path | str, *,
+                 latency_ms: float | Sequence[float | None] | None = None,
                  app_dir: Path | str = APP_ROOT, bin_dir: Path | str | None = None,
                  env: Mapping[str, str] | None = None, num_threads: int | None = None,
                  start_timeout_s: float = 90.0, stop_timeout_s: float = 15.0):
@@ -63,6 +70,7 @@ class LinkLab:
         for i, link in enumerate(links):
             down, up = (None, None) if link is None else link
             self.links.append((mbit(down, f"node {i} down"), mbit(up, f"node {i} up")))
+        self.latency = latencies(latency_ms, len(self.links))
         self.workdir = Path(workdir).resolve()
         self.app_dir = Path(app_dir).resolve()
         self.bin_dir = Path(bin_dir) if bin_dir else _flower_bin()
@@ -74,7 +82,10 @@ class LinkLab:
         self.record: LabRecord | None = None
         self.timings: dict[str, float] = {}
         self._node_configs: dict[int, str] = {}
+        self.history: dict[int, list[list]] = {}  # the manifest's: each node's links over time
         self._old_sigterm = None
+        self.player: TracePlayer | None = None
+        self.unshaped_mbps = UNSHAPED_MBPS
 
     # ----- names
     @property
@@ -159,10 +170,17 @@ class LinkLab:
         return self
 
     def manifest(self) -> dict:
-        return lab_manifest(self.names, self.links)
+        return lab_manifest(self.names, self.links, self.history)
+
+    def _link_changed(self, i: int) -> None:
+        """Note node ``i``'s link as of now in its history, and rewrite the manifest."""
+        down, up = self.links[i]
+        self.history.setdefault(i, []).append([time.time(), down, up, self.latency[i] or 0.0])
+        write_json(self.workdir / MANIFEST, self.manifest(), indent=1)
 
     def _write_files(self) -> None:
-        write_json(self.workdir / MANIFEST, self.manifest(), indent=1)
+        for i in range(len(self.links)):
+            self._link_changed(i)
         self.flwr_home.mkdir(exist_ok=True)
         (self.flwr_home / "config.toml").write_text(
             f"# Written by tools/deploy/linklab: the SuperLink in netns {self.superlink_ns}.\n"
@@ -179,7 +197,8 @@ class LinkLab:
         down, up = self.links[i]
         rate = lambda v: f"{UNSHAPED_MBPS if v is None else v:g}"  # noqa: E731
         return (f"partition-id={i} num-partitions={len(self.links)} "
-                f"link-down-mbps={rate(down)} link-up-mbps={rate(up)} link-latency-ms=0 "
+                f"link-down-mbps={rate(down)} link-up-mbps={rate(up)} "
+                f"link-latency-ms={self.latency[i] or 0:g} "
                 f"link-real=true "
                 f"num-threads={self.num_threads}")
 
@@ -189,7 +208,8 @@ class LinkLab:
 
     def _start_node(self, i: int) -> tuple[subprocess.Popen, int]:
         self._node_configs[i] = self._node_config_of(i)
-        return self._supervisor().start_node(i, self._node_configs[i], self.env)
+        return self._supervisor().start_node(i, self._node_configs[i], self.env,
+                                             relayed=self.latency[i] is not None)
 
     def _start_processes(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
@@ -197,6 +217,9 @@ class LinkLab:
         supervisor.start_superlink({**self.env, "FEDVIT_LINKLAB": str(self.workdir / MANIFEST)},
                                    deadline)
         self.timings["superlink_up_s"] = self.start_timeout_s - (deadline - time.monotonic())
+        for i, latency in enumerate(self.latency):
+            if latency is not None:
+                supervisor.start_relay(i, latency, self.env, deadline)
         nodes = [self._start_node(i) for i in range(len(self.links))]
         for i, (node, offset) in enumerate(nodes):
             supervisor.wait_joined(i, node, offset, deadline)
@@ -239,17 +262,35 @@ class LinkLab:
         return self._flwr().command(Path(app_dir or self.app_dir), run_config)
 
     def flwr_run(self, run_config: Mapping | None = None, timeout_s: float = 600.0, *,
-                 app_dir: Path | str | None = None) -> subprocess.CompletedProcess:
+                 app_dir: Path | str | None = None, trace=None,
+                 trace_from: str | None = FIRST_ROUND) -> subprocess.CompletedProcess:
         """``flwr run <app_dir> linklab --stream`` inside the SuperLink namespace
         (``runs.FlwrCli.run``: its CompletedProcess, with ``run_id`` and ``status``).
 
+        ``trace`` (``tools.replay.traces.LinkTraces``) is played onto the links during the
+        run (``play_trace``), from the moment the run's streamed log shows ``trace_from`` (a
+        regex; default: Flower's first round, so that the trace's times count from about
+        the run's first round as a replay's do; Flower streams the ServerApp's log about
+        0.5-1 s late; None: when `flwr run` starts); it stops when the run ends, the links
+        keeping their last values. ``self.player.applied`` then says when each change was
+        applied (``write_applied_trace`` aligns them with any moment, e.g. the first
+        round's start as the run folder gives it).
+
         Raises:
-            LinkLabError: the lab is not running, or as ``FlwrCli.run``.
+            LinkLabError: the lab is not running, a trace this lab cannot play
+                (``play_trace``), or as ``FlwrCli.run``.
         """
         if not self.running:
             raise LinkLabError("the lab is not running")
+        if trace is not None:
+            when = log_shows(self._flwr().next_log(), trace_from) if trace_from else None
+            self.play_trace(trace, when=when, label=trace_from or "flwr run")
         t0 = time.monotonic()
-        completed = self._flwr().run(Path(app_dir or self.app_dir), run_config, timeout_s)
+        try:
+            completed = self._flwr().run(Path(app_dir or self.app_dir), run_config, timeout_s)
+        finally:
+            if trace is not None:
+                self.stop_trace()
         self.timings[f"{completed.log_path.stem}_s"] = time.monotonic() - t0
         return completed
 
@@ -276,7 +317,7 @@ class LinkLab:
         down, up = mbit(down_mbps, f"node {i} down"), mbit(up_mbps, f"node {i} up")
         shape_link(self.names, i, down, up)
         self.links[i] = (down, up)
-        write_json(self.workdir / MANIFEST, self.manifest(), indent=1)
+        self._link_changed(i)
         if restart_node:
             self.timings[f"restart_node_{i}_s"] = self.restart_node(i)
 
@@ -301,6 +342,8 @@ class LinkLab:
         """
         if not self.running:
             return
+        if self.player is not None:
+            self.player.stop()
         t0 = time.monotonic()
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:

@@ -55,6 +55,23 @@ def mbit(value: float | None, what: str) -> float | None:
     return value
 
 
+def latencies(value: float | Sequence[float | None] | None, count: int
+               ) -> list[float | None]:
+    """One latency (ms, >= 0, or None) per node from one value or a sequence.
+
+    Raises:
+        LinkLabError: a negative or non-finite value, or a sequence of another length.
+    """
+    values = [value] * count if value is None or isinstance(value, (int, float)) \
+        else list(value)
+    if len(values) != count:
+        raise LinkLabError(f"latency_ms: one value or {count} (one per node), got {value!r}")
+    for i, v in enumerate(values):
+        if v is not None and not (math.isfinite(float(v)) and float(v) >= 0):
+            raise LinkLabError(f"node {i} latency must be >= 0 ms or None, got {v!r}")
+    return [None if v is None else float(v) for v in values]
+
+
 def htb_commands(ns: str, dev: str, mbps: float | None) -> list[list[str]]:
     """The tc commands that shape ``dev`` (in ``ns``) at ``mbps`` (None: remove the shaping)."""
     tc = ["tc", "-n", ns]

@@ -108,10 +108,15 @@ def shape_link(names: LabNames, i: int, down: float | None, up: float | None) ->
     apply_shaping(names.node_ns(i), names.node_if(i), up)
 
 
-def lab_manifest(names: LabNames, links: Sequence[Rates]) -> dict:
-    """What the ServerApp reads (``FEDVIT_LINKLAB``): each node's interfaces and rates."""
+def lab_manifest(names: LabNames, links: Sequence[Rates],
+                 history: dict[int, list[list]] | None = None) -> dict:
+    """What the ServerApp reads (``FEDVIT_LINKLAB``): each node's interfaces and rates, and
+    its links over time (``history``: ``[wall-clock s, down, up, latency ms]`` from each
+    change on, rates None where unshaped)."""
+    history = history or {}
     return {"nodes": {str(i): {"superlink-if": names.superlink_if(i),
-                               "node-if": names.node_if(i), "down-mbps": down, "up-mbps": up}
+                               "node-if": names.node_if(i), "down-mbps": down, "up-mbps": up,
+                               "history": history.get(i, [])}
                       for i, (down, up) in enumerate(links)}}
 
 

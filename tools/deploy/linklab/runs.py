@@ -87,6 +87,10 @@ class FlwrCli:
             argv += ["--run-config", format_run_config(run_config)]
         return argv
 
+    def next_log(self) -> Path:
+        """Where the next ``run`` writes its output: ``logs/flwr-run-<n>.log``."""
+        return self.logs / f"flwr-run-{sum(1 for _ in self.logs.glob('flwr-run-*.log'))}.log"
+
     def run(self, app_dir: Path, run_config: Mapping | None, timeout_s: float
             ) -> subprocess.CompletedProcess:
         """``flwr run <app_dir> linklab --stream``, logged to ``logs/flwr-run-<n>.log``.
@@ -101,7 +105,7 @@ class FlwrCli:
                 ``finished:completed``.
         """
         app = Path(app_dir).resolve()
-        name = f"flwr-run-{sum(1 for _ in self.logs.glob('flwr-run-*.log'))}"
+        name = self.next_log().stem
         argv = [str(self.bin_dir / "flwr"), "run", str(app), CONNECTION, "--stream"]
         if run_config:
             argv += ["--run-config", format_run_config(run_config)]

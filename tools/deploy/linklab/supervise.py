@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedvit.files import write_json
+from tools.deploy.linklab import relay
 from tools.deploy.linklab.netns import LinkLabError
 from tools.deploy.linklab.network import LabNames
 from tools.deploy.linklab.record import LabRecord
@@ -19,6 +21,7 @@ from tools.deploy.processes import alive, descendants, terminate
 
 SUPERLINK_PORT = 8000  # inside the SuperLink namespace: no other lab can collide with it
 SUPERNODE_PORT = 9100  # inside each node namespace
+RELAY_PORT = 8001  # a node's delay relay, on 127.0.0.1 inside its namespace
 JOINED = b"SuperNode ID:"  # a SuperNode's log line once the SuperLink accepted it
 
 
@@ -85,15 +88,42 @@ class Supervisor:
                                    f"{log_tail(self.logs, 'superlink')}")
             time.sleep(0.3)
 
-    def start_node(self, i: int, node_config: str, env: Mapping[str, str]
-                   ) -> tuple[subprocess.Popen, int]:
-        """Start SuperNode ``i`` with ``node_config``; returns the process and where its
-        output starts in its log (for ``wait_joined``)."""
+    def relay_control(self, i: int) -> Path:
+        """The file node ``i``'s relay re-reads on SIGUSR1 (``relay.Delay``)."""
+        return self.workdir / f"relay-{i}.json"
+
+    def start_relay(self, i: int, latency_ms: float, env: Mapping[str, str],
+                    deadline: float) -> subprocess.Popen:
+        """Start node ``i``'s delay relay (``relay``: 127.0.0.1:RELAY_PORT in the node's
+        namespace -> the SuperLink over the node's veth, ``latency_ms`` each way) and wait
+        until it listens.
+
+        Raises:
+            LinkLabError: it exited, or did not listen by ``deadline`` (``time.monotonic``).
+        """
+        name = f"relay-{i}"
+        write_json(self.relay_control(i), {"latency-ms": latency_ms})
+        proc = self.launch(name, i, [
+            sys.executable, relay.__file__, "--listen", f"127.0.0.1:{RELAY_PORT}",
+            "--to", f"{self.names.superlink_address(i)}:{SUPERLINK_PORT}",
+            "--latency-ms", f"{latency_ms:g}", "--control", str(self.relay_control(i))], env)
+        while relay.READY not in (self.logs / f"{name}.log").read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LinkLabError(f"{name} did not start ({proc.poll()}):\n"
+                                   f"{log_tail(self.logs, name)}")
+            time.sleep(0.05)
+        return proc
+
+    def start_node(self, i: int, node_config: str, env: Mapping[str, str], *,
+                   relayed: bool = False) -> tuple[subprocess.Popen, int]:
+        """Start SuperNode ``i`` with ``node_config`` (``relayed``: through its delay relay);
+        returns the process and where its output starts in its log (for ``wait_joined``)."""
         log = self.logs / f"supernode-{i}.log"
         offset = log.stat().st_size if log.exists() else 0
+        superlink = (f"127.0.0.1:{RELAY_PORT}" if relayed
+                     else f"{self.names.superlink_address(i)}:{SUPERLINK_PORT}")
         proc = self.launch(f"supernode-{i}", i, [
-            str(self.bin_dir / "flower-supernode"), "--insecure",
-            "--superlink", f"{self.names.superlink_address(i)}:{SUPERLINK_PORT}",
+            str(self.bin_dir / "flower-supernode"), "--insecure", "--superlink", superlink,
             "--port", str(SUPERNODE_PORT), "--node-config", node_config], env)
         return proc, offset
 
