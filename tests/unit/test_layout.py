@@ -148,3 +148,10 @@ def test_no_source_file_outside_tests_is_over_400_lines():
         if lines > MAX_LINES:
             long[str(rel)] = lines
     assert long == {}
+
+
+def test_test_modules_have_unique_basenames():
+    """tests/ has no packages, so pytest imports every test module by its basename: two
+    tiers holding a module of the same name fail the whole collection."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
