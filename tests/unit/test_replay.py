@@ -209,9 +209,13 @@ def test_a_bad_spec_exits_2_before_anything_is_written(tmp_path, capsys):
     for args, message in ((["--links", "10/10"], "--links '10/10' is not allowed"),
                           (["--links", str(partial)], "no rows for partition 1"),
                           (["--devices", "0=-1"], "--devices '0=-1'"),
-                          (["--target", "80"], "--target '80' is not allowed")):
+                          (["--links", "10/10/50/1"], "'10/10/50/1' is not three numbers"),
+                          (["--links", "heterogeneous:10/10"], "'10/10' is not three numbers"),
+                          (["--links", str(tmp_path)], "(a folder, not a trace file)"),
+                          (["--out", str(partial)], f"--out {str(partial)!r} is not allowed"),
+                          (["--target", "80"], "--target: '80' is not allowed")):
         with pytest.raises(SystemExit) as info:
-            main([str(run), "--out", str(tmp_path / "out"), *args])
+            main([str(run), "--out", str(tmp_path / "out"), *args])  # the last --out wins
         assert info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -229,3 +233,13 @@ def test_the_two_best_swap_where_bytes_outweigh_compute(tmp_path):
     assert comp.swap.mbps == [pytest.approx(8 * F * 8_550_360 / 19e6, rel=1e-9)]
     assert (comp.swap.sooner_low, comp.swap.sooner_high) == ("fedlora", "fedavg")
     assert "swap at **3.764 Mbit/s**" in comp.swap.text()
+
+
+def test_a_folder_that_is_not_a_run_is_named_with_what_a_run_dir_is(tmp_path, capsys):
+    run = write_run(tmp_path, FEDAVG)
+    (tmp_path / "replay-earlier").mkdir()  # e.g. an earlier replay's folder caught by a glob
+    with pytest.raises(SystemExit) as info:
+        main([str(run), str(tmp_path / "replay-earlier"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "is not a run folder (it has no config.json)" in err
+    assert "<outputs-dir>/<run-name>" in err and not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,9 +33,17 @@ def _target(text: str) -> float:
         value = math.nan
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(
-            f"--target {text!r} is not allowed: must be an accuracy in (0, 1] (e.g. 0.8, "
-            "not a percentage)")
+            f"{text!r} is not allowed: must be an accuracy in (0, 1] (e.g. 0.8, not a "
+            "percentage)")
     return value
+
+
+def _creatable(out: Path) -> bool:
+    """``out`` is a folder, or the nearest existing folder above it could hold it."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            return folder.is_dir() and os.access(folder, os.W_OK)
+    return False
 
 
 def parser() -> argparse.ArgumentParser:
@@ -53,8 +62,8 @@ def parser() -> argparse.ArgumentParser:
                    help="device speed per partition: a CSV partition,speed or inline "
                    "0=0.5,*=1 (0.5 = twice as slow; default: as measured)")
     p.add_argument("--target", type=_target, default=None, metavar="ACC",
-                   help="central accuracy to reach, 0..1 (default: the highest every run "
-                   "reaches)")
+                   help="central accuracy to reach, in (0, 1] (default: the highest every "
+                   "run reaches)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: <first run's parent>/replay-<time>)")
     return p
@@ -79,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, ReportError) as e:
         p.exit(2, f"fedvit-replay: error: {e}\n")
     out = args.out or (runs[0].run.path.parent / f"replay-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not _creatable(out):
+        p.exit(2, f"fedvit-replay: error: --out {str(out)!r} is not allowed: it is a file or "
+               "under one, or its parent cannot be created; must be a folder to create or "
+               "write into\n")
     path = write_all(comp, out, args.links, args.devices)
     print(comp.winner)
     if comp.swap is not None:

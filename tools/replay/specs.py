@@ -111,7 +111,10 @@ class DeviceSpec:
 
 def _link_values(spec: str, text: str) -> Link:
     match = LINK_VALUES.fullmatch(text)
-    down, up, latency = (float(x) for x in match.groups()) if match else (0, 0, -1)
+    if not match:
+        raise SpecError(f"--links {spec!r} is not allowed: {text!r} is not three numbers "
+                        f"D/U/L; must be {LINKS_ALLOWED}")
+    down, up, latency = (float(x) for x in match.groups())
     if not (down > 0 and up > 0 and latency >= 0 and math.isfinite(down + up + latency)):
         raise SpecError(f"--links {spec!r} is not allowed: down and up must be > 0, latency "
                         f">= 0; must be {LINKS_ALLOWED}")
@@ -128,13 +131,14 @@ def parse_links(spec: str) -> LinkSpec:
     kind, _, rest = spec.partition(":")
     if spec == OWN:
         return LinkSpec(OWN, spec)
-    if kind in (UNIFORM, HETEROGENEOUS) and rest:
+    if kind in (UNIFORM, HETEROGENEOUS):
         return LinkSpec(kind, spec, _link_values(spec, rest))
-    if LINK_VALUES.fullmatch(spec):
-        return LinkSpec(UNIFORM, spec, _link_values(spec, spec))
     path = Path(spec).expanduser()
+    if "/" in spec and not path.exists() and not spec.endswith(".csv"):
+        return LinkSpec(UNIFORM, spec, _link_values(spec, spec))  # D/U/L, or a near miss
     if not path.is_file():
-        raise SpecError(f"--links {spec!r} is not allowed (no such file): must be "
+        what = "a folder, not a trace file" if path.is_dir() else "no such file"
+        raise SpecError(f"--links {spec!r} is not allowed ({what}): must be "
                         f"{LINKS_ALLOWED}")
     try:
         return LinkSpec(TRACE, spec, traces=read_trace(path))

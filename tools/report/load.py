@@ -80,8 +80,11 @@ def load_run(path: Path) -> Run:
         ReportError: not a folder, or a required file is missing or unreadable.
     """
     path = Path(path).expanduser().resolve()
-    if not path.is_dir():
-        raise ReportError(f"{path} is not a run folder")
+    if not path.is_dir() or not (path / CONFIG_FILE).exists():
+        what = ("no such folder" if not path.exists() else "a file" if not path.is_dir()
+                else f"it has no {CONFIG_FILE}")
+        raise ReportError(f"{path} is not a run folder ({what}): each RUN_DIR must be a "
+                          "folder a run wrote, <outputs-dir>/<run-name>")
     return Run(path, _read_json(path / CONFIG_FILE), _read_json(path / SUMMARY_FILE),
                _read_json(path / f"{ROUNDS}.json"), _read_json(path / f"{BOOKS}.json"),
                _read_json(path / f"{PHASES}.json", required=False) or [],

@@ -87,8 +87,17 @@ def _cmd_start(args: argparse.Namespace) -> int:
         from tools.replay.traces import TraceError, read_trace
         try:
             trace = read_trace(args.trace)
+            # the lab starts on the trace's first rows: each node's rates, and a relay
+            # where the trace ever gives it a latency
+            starts = [trace.link_at(i, 0.0) for i in range(len(links))]
+            relay = [any(k.latency_ms > 0 for _, k in trace.changes(i))
+                     for i in range(len(links))]
         except TraceError as err:
             raise LinkLabError(str(err)) from err
+        links = [(k.down_mbps, k.up_mbps) for k in starts]
+        given = latency or [None] * len(links)
+        latency = [g if g is not None or not r else k.latency_ms
+                   for g, r, k in zip(given, relay, starts, strict=True)]
     lab = LinkLab(links, args.dir, latency_ms=latency, app_dir=args.app_dir,
                   start_timeout_s=args.timeout)
     _say(f"linklab: starting {len(links)} SuperNodes in {lab.workdir}")
@@ -176,11 +185,14 @@ def main(argv: Iterable[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     start = sub.add_parser("start", help="start a lab, stay in the foreground until Ctrl-C")
     start.add_argument("--links", required=True,
-                       help='per node "DOWN:UP" Mbit/s or "none", e.g. "8:8 none 20:5"')
+                       help='per node "DOWN:UP" Mbit/s, one value for both ways, or "none", '
+                       'e.g. "8:8 none 20:5" or "8 8"')
     start.add_argument("--latency", help='one-way ms through a delay relay: one value for '
                        'every node, or per node with "none" for no relay, e.g. "50 none"')
     start.add_argument("--trace", help="a link trace file (partition,t-s,down-mbps,up-mbps,"
-                       "latency-ms) played onto the links from when the lab is up")
+                       "latency-ms) played onto the links from when the lab is up; the lab "
+                       "starts on its t-s 0 rows (they replace --links' rates), with a delay "
+                       "relay for every node the trace ever gives a latency")
     start.add_argument("--dir", default=str(DEFAULT_DIR),
                        help="work dir: record, manifest, logs, FLWR_HOME")
     start.add_argument("--app-dir", default=str(APP_ROOT))

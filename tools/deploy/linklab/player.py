@@ -214,7 +214,8 @@ class TraceControl:
             if c.latency_ms > 0 and self.latency[c.node] is None:
                 raise LinkLabError(f"the trace gives node {c.node} a latency of "
                                    f"{c.latency_ms:g} ms at t={c.t_s:g} s, but it has no "
-                                   "delay relay: start the lab with latency_ms for it")
+                                   "delay relay: start the lab with a latency for it (--latency; "
+                                   "latency_ms in Python)")
         if self.player is not None:
             self.player.stop()
         initial = [Change(0.0, i, down, up, self.latency[i] or 0.0)
@@ -251,7 +252,8 @@ class TraceControl:
         if not self.running:
             raise LinkLabError("the lab is not running")
         if self.latency[i] is None:
-            raise LinkLabError(f"node {i} has no delay relay (start the lab with latency_ms)")
+            raise LinkLabError(f"node {i} has no delay relay (start the lab with --latency; "
+                               "latency_ms in Python)")
         (latency,) = latencies([latency_ms], 1)
         relay = [p for p in self.processes() if p["name"] == f"relay-{i}"]
         write_json(self._supervisor().relay_control(i), {"latency-ms": latency})
