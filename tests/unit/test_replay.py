@@ -243,3 +243,17 @@ def test_a_folder_that_is_not_a_run_is_named_with_what_a_run_dir_is(tmp_path, ca
     err = capsys.readouterr().err
     assert info.value.code == 2 and "is not a run folder (it has no config.json)" in err
     assert "<outputs-dir>/<run-name>" in err and not (tmp_path / "out").exists()
+
+
+def test_a_partition_no_run_has_is_refused_and_a_bom_header_is_read(tmp_path, capsys):
+    run = write_run(tmp_path, FEDAVG)  # partitions 0 and 1
+    typo = tmp_path / "typo.csv"
+    typo.write_text("\ufeff" + TRACE_HEAD + "*,0,8,8,5\n5,0,1,1,5\n")  # BOM: a spreadsheet's
+    for args, message in ((["--links", str(typo)], "--links names partition(s) [5]"),
+                          (["--devices", "7=0.5"], "--devices names partition(s) [7]")):
+        with pytest.raises(SystemExit) as info:
+            main([str(run), "--out", str(tmp_path / "out"), *args])
+        assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    typo.write_text("\ufeff" + TRACE_HEAD + "*,0,8,8,5\n")
+    assert main([str(run), "--links", str(typo), "--out", str(tmp_path / "out")]) == 0

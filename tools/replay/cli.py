@@ -17,11 +17,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tools.replay.engine import recorded
+from tools.replay.engine import Recorded, recorded
 from tools.replay.outputs import write_all
 from tools.replay.rank import compare
-from tools.replay.specs import OWN, SpecError, parse_devices, parse_links
-from tools.replay.traces import TraceError
+from tools.replay.specs import OWN, DeviceSpec, LinkSpec, SpecError, parse_devices, parse_links
+from tools.replay.traces import EVERY, TraceError
 from tools.report.load import ReportError, load_runs
 
 
@@ -36,6 +36,24 @@ def _target(text: str) -> float:
             f"{text!r} is not allowed: must be an accuracy in (0, 1] (e.g. 0.8, not a "
             "percentage)")
     return value
+
+
+def check_partitions(runs: Sequence[Recorded], links: LinkSpec,
+                     devices: DeviceSpec | None) -> None:
+    """A trace or device spec that names a partition no run has is a typo, not a no-op.
+
+    Raises:
+        SpecError: a partition named by ``--links`` (a trace) or ``--devices`` that none of
+            ``runs``' replies has.
+    """
+    have = sorted({n.partition_id for r in runs for rnd in r.rounds for n in rnd.nodes})
+    named = {"--links": set(links.traces.curves) if links.traces is not None else set(),
+             "--devices": set(devices.speeds) if devices is not None else set()}
+    for option, parts in named.items():
+        extra = sorted(p for p in parts if p != EVERY and p not in have)
+        if extra:
+            raise SpecError(f"{option} names partition(s) {extra}, which no run has: the "
+                            f"runs' nodes hold partitions {have}")
 
 
 def _creatable(out: Path) -> bool:
@@ -82,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         links = parse_links(args.links)
         devices = parse_devices(args.devices) if args.devices is not None else None
         runs = [recorded(r) for r in load_runs(args.runs)]
+        check_partitions(runs, links, devices)
         comp = compare(runs, links, devices, args.target)
     except TraceError as e:  # a trace without rows for a run's partition
         p.exit(2, f"fedvit-replay: error: --links {args.links!r}: {e}\n")

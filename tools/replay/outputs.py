@@ -53,7 +53,7 @@ def section(comp: Comparison, heading: str, plot: str | None) -> str:
              f"`{x.replay.run.path.name}`"]
             for i, x in enumerate(comp.ranked, 1)]
     table = md_table(["rank", "run", f"deployment: time to {comp.target:.4f}",
-                      "simulation: time to target", "round reaching it", "rounds",
+                      f"simulation: time to {comp.target:.4f}", "round reaching it", "rounds",
                       "best accuracy", "deployment: all rounds", "folder"], rows)
     parts = [heading, SECTION_TEXT,
              f"Target: accuracy **{comp.target:.4f}** ({how}).", table, comp.winner]

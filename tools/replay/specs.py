@@ -168,7 +168,8 @@ def parse_devices(spec: str) -> DeviceSpec:
     path = Path(spec).expanduser()
     pairs: list[tuple[str, str, str]] = []  # (where, partition, speed)
     if path.is_file():
-        lines = [(i, c) for i, c in enumerate(csv.reader(path.read_text().splitlines()), 1)
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's BOM too
+        lines = [(i, c) for i, c in enumerate(csv.reader(text.splitlines()), 1)
                  if c and "".join(c).strip() and not c[0].lstrip().startswith("#")]
         if not lines or [c.strip() for c in lines[0][1]] != ["partition", "speed"]:
             raise SpecError(f"--devices {spec!r}: the first row is not allowed: must be the "

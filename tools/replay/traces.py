@@ -121,7 +121,7 @@ def read_trace(path: Path | str) -> LinkTraces:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's BOM too
     except OSError as e:
         raise TraceError(f"{path}: cannot be read ({e.strerror or e})") from e
     rows: dict[int | str, list[tuple[float, Link]]] = {}
