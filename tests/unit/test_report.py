@@ -393,3 +393,11 @@ def test_the_curve_follows_the_critical_path_of_each_bandwidth():
     # busy is: the half-communication bandwidth is where the critical path changes.
     switch = F * 8 * (3_000_000 - 20_000) / (3.0 - 0.1) / 1e6
     assert model.half_comm_mbps() == pytest.approx(switch, rel=1e-9)
+
+
+def test_runs_of_one_folder_name_or_one_folder_twice_get_different_labels(tmp_path):
+    a = write_run(tmp_path / "x", FEDAVG, "fedavg")
+    b = write_run(tmp_path / "y", FEDAVG, "fedavg")  # the same config and folder name
+    labels = [r.label for r in load_runs([a, b, a])]
+    assert len(set(labels)) == 3
+    assert labels[1] == "fedavg fedavg (y/fedavg)"

@@ -137,8 +137,13 @@ def run_labels(runs: Sequence[Run]) -> list[str]:
                 parts.append(f"+{len(keys) - LABEL_MAX_KEYS}")
             label = " ".join([strategy, *parts])  # no keys: the group's baseline
         labels.append(label)
-    return [lb if labels.count(lb) == 1 else f"{lb} {_stamp(r)}"
-            for lb, r in zip(labels, runs, strict=True)]
+    labels = [lb if labels.count(lb) == 1 else f"{lb} {_stamp(r)}"
+              for lb, r in zip(labels, runs, strict=True)]
+    # still equal (folders of one name in two places, or one folder twice): its place
+    labels = [lb if labels.count(lb) == 1 else f"{lb} ({r.path.parent.name}/{r.path.name})"
+              for lb, r in zip(labels, runs, strict=True)]
+    return [lb if labels.count(lb) == 1 else f"{lb} #{i}"
+            for i, lb in enumerate(labels, 1)]
 
 
 def load_runs(paths: Sequence[Path]) -> list[Run]:
