@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issue 21 as one command, from the project root:
+# Every GPU measurement as one command, from the project root:
 #
 #   bash bench/gpu_session.sh [OUTDIR]          # OUTDIR defaults to $OUT (the device tool's)
 #

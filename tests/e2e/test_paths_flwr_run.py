@@ -1,4 +1,4 @@
-"""Relative paths under `flwr run .` (issue 13, item 2): the app runs from its install folder
+"""Relative paths under `flwr run .`: the app runs from its install folder
 there, so each path-valued key refuses a relative path with the same message as in-process,
 and nothing is written (the in-process side is in test_faults.py)."""
 

@@ -1,4 +1,4 @@
-"""The user's own command tells what happened (issue 19, items 1, 2 and 6): `scripts/flwr
+"""The user's own command tells what happened: `scripts/flwr
 run --stream` ends with the run's outcome from its summary, non-zero unless complete, and
 Ctrl-C on it stops the run (not only the log) and says how to resume."""
 
@@ -39,9 +39,13 @@ def test_ctrl_c_on_scripts_flwr_stops_the_run_and_says_how_to_resume(tmp_path):
     home, env = flwr_env(tmp_path)
     out = tmp_path / "out"
     config = f"{SMALL} num-server-rounds=60 outputs-dir='{out}' run-name='c'"
+    # As in a terminal: Ctrl-C's SIGINT is not ignored (a non-interactive shell starts its
+    # background jobs, e.g. a CI run, with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt).
     proc = subprocess.Popen([FLWR, "run", str(APP_ROOT), "--stream", "--run-config", config],
                             cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:
             if "fedvit: round 2/60" in line:

@@ -1,4 +1,4 @@
-"""`flwr stop` on a run under `flwr run` (issue 19, item 2): Flower's exit handlers run in
+"""`flwr stop` on a run under `flwr run`: Flower's exit handlers run in
 the simulation process's main thread while the ServerApp trains in another; after the stop
 nothing more is written, the folder's summary, tables and checkpoint describe the same
 rounds, the process ends, and the run resumes from its folder."""

@@ -1,4 +1,4 @@
-"""Faults a new user meets (issue 13): model-dependent values, resume, paths."""
+"""Faults a new user meets: model-dependent values, resume, paths."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The figures agree with themselves (issue 19, item 5a): the estimate of a resumed run
+"""The figures agree with themselves: the estimate of a resumed run
 follows the config each round ran with, and a top-k upload's estimate is a range the
 measurement lies in, so "exact match" / "DIFFERENT" is never said wrongly."""
 

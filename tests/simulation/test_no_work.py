@@ -1,4 +1,4 @@
-"""A run that did no work is not "complete" (issue 19, item 1): a client-side refusal names
+"""A run that did no work is not "complete": a client-side refusal names
 the run-config key, and where every node fails the same way the run stops early with that
 reason, its summary says so and the ServerApp ends with an error."""
 

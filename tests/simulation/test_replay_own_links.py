@@ -1,5 +1,5 @@
 """A real run folder replayed onto its own links gives back every round's recorded
-projection (issue 18, item 5): one projection code path in the run and in the replay."""
+projection: one projection code path in the run and in the replay."""
 
 from __future__ import annotations
 

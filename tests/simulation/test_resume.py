@@ -20,7 +20,7 @@ def _trained(outcome, server_round: int) -> list[int]:
 
 
 def test_a_resumed_sampled_run_ends_like_an_uninterrupted_one(tmp_path):
-    """Same seed, same run, also when only some nodes train (issue 13, item 4), and a run
+    """Same seed, same run, also when only some nodes train, and a run
     resumed from its round-1 checkpoint in a fresh federation ends like the uninterrupted
     one: the same partitions trained, the same tensors, the same books by round."""
     base = {**FAST, "strategy": "fedlora", "fraction-train": 0.5, "learning-rate": 0.005,
@@ -75,7 +75,7 @@ def test_a_resumed_sampled_run_ends_like_an_uninterrupted_one(tmp_path):
 
 def test_client_with_another_backbone_refuses(tmp_path):
     """Every node refuses the same way, so the run stops after round 1 with that reason
-    (issue 19, item 1) instead of repeating it."""
+    instead of repeating it."""
     server = {**FAST, "strategy": "fedlora", "outputs-dir": str(tmp_path), "run-name": "bb"}
     err = stopped(server, client=client_app({**server, "seed": 7}))
     assert isinstance(err, RunStopped) and "(nothing-aggregated) after rounds []" in str(err)

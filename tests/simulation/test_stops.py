@@ -1,5 +1,5 @@
 """Every stop after the run folder exists leaves summary.json naming the reason and the
-completed rounds, and the ServerApp then ends with one clear error (issue 13, item 5)."""
+completed rounds, and the ServerApp then ends with one clear error."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_too_few_nodes_before_round_one_leaves_a_summary(tmp_path):
 class _StopAtRound:
     """The simulation's Grid, stopped as `flwr stop` stops a ServerApp when round ``at`` is
     sent: Flower's exit runs the registered exit handlers, then raises SystemExit. With
-    ``main_thread``, as under `flwr run` (issue 19, item 2): the handlers run in the
+    ``main_thread``, as under `flwr run`: the handlers run in the
     process's main thread, and nothing interrupts the ServerApp's own thread."""
 
     def __init__(self, grid, at: int, main_thread: bool = False) -> None:

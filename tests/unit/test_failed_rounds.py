@@ -1,4 +1,4 @@
-"""A run that did no work is not "complete" (issue 19, item 1): the strategy add-on that
+"""A run that did no work is not "complete": the strategy add-on that
 stops where every node failed a round the same way, the status a summary gives rounds that
 aggregated nothing, and the client-side refusal of a ``val-fraction`` that empties a
 partition's train split. The whole run: ``simulation/test_no_work.py``."""

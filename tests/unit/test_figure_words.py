@@ -1,4 +1,4 @@
-"""The figures agree with themselves (issue 19, item 5): comparisons say "fewer" only where
+"""The figures agree with themselves: comparisons say "fewer" only where
 there are fewer, the estimate is exact or a range the measurement lies in for every codec,
 and a resume estimates each round under the config it ran with. The whole runs:
 ``simulation/test_figures.py``."""

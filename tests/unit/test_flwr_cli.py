@@ -1,4 +1,4 @@
-"""The user's own commands tell what happened (issue 19, item 6): ``scripts/flwr`` checks
+"""The user's own commands tell what happened: ``scripts/flwr`` checks
 the SuperLink connection before handing over to Flower (which answers a TLS mismatch with
 "Connection to the SuperLink is unavailable"), and reports the run's own outcome."""
 

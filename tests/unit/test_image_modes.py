@@ -1,4 +1,4 @@
-"""Input data is never silently corrupted (issue 19, item 3): every image mode the loader
+"""Input data is never silently corrupted: every image mode the loader
 accepts reaches the model's 8-bit RGB input with its values scaled faithfully, and a mode
 it cannot convert is refused before training, naming the column and the mode."""
 

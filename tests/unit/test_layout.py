@@ -1,4 +1,4 @@
-"""The project's layout (issue 14, items 1 and 9), read from the sources with ``ast``: every
+"""The project's layout, read from the sources with ``ast``: every
 import counts, at module level or inside a function, so a lazy import cannot hide a
 dependency.
 

@@ -1,4 +1,4 @@
-"""A path that cannot work is refused at validation, by its key (issue 19, item 4): each
+"""A path that cannot work is refused at validation, by its key: each
 path key is checked for what the run does with it (create, write, read) before anything
 is built or written."""
 

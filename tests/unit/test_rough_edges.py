@@ -1,4 +1,4 @@
-"""Rough edges on the newcomer's path (issue 13, item 6): pretraining shows progress, the
+"""Rough edges on the newcomer's path: pretraining shows progress, the
 round's aggregated metrics average only what means something averaged."""
 
 from __future__ import annotations

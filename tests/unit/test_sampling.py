@@ -1,4 +1,4 @@
-"""Seeded sampling (issue 13, item 4): the sample of a round depends on ``seed``, the round
+"""Seeded sampling: the sample of a round depends on ``seed``, the round
 and the nodes' partitions, not on node ids. The whole-run check is
 ``simulation/test_resume.py``."""
 
