@@ -127,11 +127,9 @@ class RunRecorder:
                       central_eval: tuple[float, float]) -> None:
         s, rec = self.strategy, self.record
         log_ = s.timeline[server_round]
-        nodes = [NodeTimes.from_report(server_round, c, self.grid_times, s.books)
-                 for c in log_.clients]
         times, nodes = round_times(server_round, log_, s.books, self.grid_times,
                                    central_eval, self.fixed,
-                                   self.wire_costs(server_round, nodes))
+                                   lambda nodes: self.wire_costs(server_round, nodes))
         rec.phases.append(times)
         rec.nodes.extend(nodes)
         row = round_row(server_round, central, s.books, times, log_.train_metrics)

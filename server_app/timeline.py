@@ -355,7 +355,8 @@ def project(nodes: list[NodeTimes], server: Mapping[str, float],
 
 def round_times(server_round: int, log: RoundLog, books: Books, grid: GridTimes,
                 central_eval: tuple[float, float], fixed: FixedCosts,
-                costs: WireCosts = DEFAULT_COSTS) -> tuple[RoundTimes, list[NodeTimes]]:
+                costs_of: Callable[[list[NodeTimes]], WireCosts] = lambda _: DEFAULT_COSTS
+                ) -> tuple[RoundTimes, list[NodeTimes]]:
     """Analyse one finished round.
 
     Args:
@@ -366,13 +367,14 @@ def round_times(server_round: int, log: RoundLog, books: Books, grid: GridTimes,
         central_eval: (start, end) of its central evaluation, server wall clock; the end
             closes the round.
         fixed: a deployment's fixed costs for replies that did not measure their own.
-        costs: the link model's per-call handling and per-object framing (recorded with
-            the round's times).
+        costs_of: the link model's per-call handling and per-object framing for the
+            round's replies (recorded with the round's times).
 
     Returns:
         The round's times, and each reply's ``NodeTimes``.
     """
     nodes = [NodeTimes.from_report(server_round, c, grid, books) for c in log.clients]
+    costs = costs_of(nodes)
     server = [*log.server, ("central-eval", *central_eval),
               *(("send", a, b) for a, b in grid.pushes.get(server_round, []))]
     measured = measured_table(nodes, server, log.start, central_eval[1])

@@ -110,7 +110,7 @@ def test_the_wire_costs_price_the_projection_and_are_recorded_with_it():
     default, _ = round_times(1, log, books, grid, (1.1, 1.2), FIXED)
     costs = WireCosts(call_s=0.005, pull_object_bytes=100, push_object_bytes=200,
                       source="calibrated")
-    times, _ = round_times(1, log, books, grid, (1.1, 1.2), FIXED, costs)
+    times, _ = round_times(1, log, books, grid, (1.1, 1.2), FIXED, lambda _: costs)
     # Per message: the latency, then each object half a call (handling + 50 ms round trip +
     # its bytes), its bytes framed in TCP/IP frames plus the per-object framing.
     down = 0.025 + 10 * (0.005 + 0.05 + (1000 * FRAME_FACTOR + 10 * 100) * 8 / 10e6 / 10) / 2
