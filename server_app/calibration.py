@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from fedvit import keys
 from fedvit.keys import WIRE_COST_KEYS
-from fedvit.links import DEFAULT_COSTS, FRAME_FACTOR, WireCosts
+from fedvit.links import DEFAULT_COSTS, FRAME_FACTOR, WireCosts, wire_bytes
 from server_app.timeline import NodeTimes
 from server_app.wire_sampler import CounterSampler
 
@@ -84,8 +84,8 @@ class WireSample:
         if self.objects < MIN_OBJECTS or self.busy_s <= 0 or self.mbps is None:
             return None
         per_object = self.busy_s / self.objects
-        bytes_s = (self.message_bytes * FRAME_FACTOR / self.objects + framing) * 8 / (
-            self.mbps * 1e6)
+        bytes_s = (wire_bytes(self.message_bytes, self.objects, framing) / self.objects
+                   * 8 / (self.mbps * 1e6))
         rtt = 2 * self.latency_ms / 1e3
         call = 2 * per_object - rtt - bytes_s
         return call if call > 0 and call + rtt >= CALL_BOUND * bytes_s else None
