@@ -1,5 +1,6 @@
-"""One output schema: README's tables are the schema's, every row builder writes exactly the
-schema's columns, the writer refuses any other row, and older snake_case rows still load."""
+"""One output schema: docs/results.md's tables are the schema's, every row builder writes
+exactly the schema's columns, the writer refuses any other row, and older snake_case rows
+still load."""
 
 from __future__ import annotations
 
@@ -21,13 +22,13 @@ from server_app.summary import RunRecord, build_summary
 from server_app.timeline import NodeTimes
 from strategies import BookRow, Books
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+RESULTS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "results.md"
 
 
-def test_readme_output_tables_are_the_schema():
-    text = README.read_text()
+def test_docs_output_tables_are_the_schema():
+    text = RESULTS_PAGE.read_text()
     block = re.search(r"<!-- schema:begin -->\n(.*)<!-- schema:end -->", text, re.S)
-    assert block is not None, "README lacks the schema block"
+    assert block is not None, "docs/results.md lacks the schema block"
     assert block.group(1) == schema.markdown()
 
 
