@@ -16,6 +16,8 @@ from fedvit import keys as k
 
 Column = tuple[str, str]  # (name, meaning, with its unit)
 
+MB = 1e6  # bytes: the unit of the ``*-mb`` columns, the logs and the report
+
 ROUNDS: tuple[Column, ...] = (
     ("round", "the round (counting on across a resume)"),
     ("central-accuracy", "the global model's accuracy on the server's test split (0..1)"),
@@ -105,7 +107,7 @@ SUMMARY: tuple[Column, ...] = (
     ("final-central-loss", "its loss (nats)"),
     ("wall-s", "the run's wall time (s)"),
     ("bytes", "totals: `down-tensor`, `down-msg`, `up-tensor`, `up-msg`, `report` (bytes)"),
-    ("estimate", "the lesson's estimate: `down-bytes-per-message`, `up-bytes-per-message`, "
+    ("estimate", "the bandwidth estimate: `down-bytes-per-message`, `up-bytes-per-message`, "
      "`num-nodes`, `train-clients`, `evaluate-clients`, `rounds`, `down`, `up` (bytes); for "
      "top-k uploads `up-bytes-per-message-min` and `up-min` (else equal); a resume's "
      "`earlier-rounds`, `earlier-down`, `earlier-up`, `earlier-up-min`: what was estimated "

@@ -25,6 +25,7 @@ from fedvit.model import (
 from fedvit.paths import resolve_path
 from fedvit.resume import resume_tensor_errors
 from fedvit.resume import validate_server as validate_resume
+from fedvit.schema import MB
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import load as load_checkpoint
 from server_app.estimate import Estimated, estimate
@@ -33,7 +34,7 @@ from server_app.grid import TimedGrid
 from server_app.phase_table import RoundTimes
 from server_app.recorder import RunRecorder, resumed_record
 from server_app.results import new_run_dir
-from server_app.summary import MB, FlowerExit, RunStopped, stop_line
+from server_app.summary import FlowerExit, RunStopped, stop_line
 from server_app.timeline import NodeTimes
 from strategies import Books, RoundLog, build_strategy
 

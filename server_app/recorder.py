@@ -19,6 +19,7 @@ from fedvit.config import AppConfig
 from fedvit.keys import CONFIG_HISTORY
 from fedvit.links import DEFAULT_COSTS, WireCosts
 from fedvit.resume import run_config_of
+from fedvit.schema import MB
 from server_app.calibration import WireSample, calibrate, samples_of
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import save as save_checkpoint
@@ -27,7 +28,6 @@ from server_app.grid import GridTimes, RunEnding
 from server_app.phase_table import RoundTimes
 from server_app.results import ResultsWriter
 from server_app.summary import (
-    MB,
     RunRecord,
     build_summary,
     log_summary,

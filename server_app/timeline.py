@@ -3,8 +3,8 @@
 **Measured.** Every moment of a round, from its first configure call to the end of its
 central evaluation, is given to one row. The server contributes its configure, push
 (``send``), aggregation and central-evaluation intervals; each reply contributes its
-message's way through the node (its ``t-*`` stamps, ``fedvit.keys``) between the server's push and the
-server's pull:
+message's way through the node (its ``t-*`` stamps, ``fedvit.keys``) between the server's
+push and the server's pull:
 
 ``pickup``       push → the process starts (or, in a process that was already running, the
                  mod gets the message): SuperNode polling, the message's transfer, queueing

@@ -72,8 +72,9 @@ class SeededSampling(StrategyWrapper):
         """Log the sampling settings, then the inner strategy's summary."""
         log(INFO, "\t├──> Seeded sampling (seed %d): fraction train %.2f | evaluate %.2f, "
             "at least %d nodes; the strategy below addresses every node (its own fractions "
-            "read 1.00) and the messages to the nodes not sampled are dropped", self.seed, self.fractions[MessageType.TRAIN],
-            self.fractions[MessageType.EVALUATE], self.min_nodes)
+            "read 1.00) and the messages to the nodes not sampled are dropped", self.seed,
+            self.fractions[MessageType.TRAIN], self.fractions[MessageType.EVALUATE],
+            self.min_nodes)
         self.strategy.summary()
 
     def configure_train(

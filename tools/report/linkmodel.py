@@ -30,7 +30,6 @@ from server_app.phase_table import RoundTimes
 from server_app.timeline import FixedCosts, NodeTimes, project
 from tools.report.load import Run, steady_rounds
 
-MB = 1e6
 SWEEP_MBPS = (1.0, 10_000.0)  # 1 Mbit/s .. 10 Gbit/s
 SWEEP_POINTS = 60
 DEPLOY_KEYS = ("deploy-pickup-s", "deploy-startup-s", "deploy-return-s")  # config.json
