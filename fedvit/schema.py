@@ -164,20 +164,13 @@ def dataclass_row(obj: Any, leave_out: Iterable[str] = ()) -> dict[str, Any]:
 
 def field_values(row: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
     """The inverse of ``dataclass_row`` for ``names`` (field names): each field's value from
-    its column, for the fields ``row`` holds. A row written before the schema was kebab-case
-    (an older run folder or checkpoint) holds the field name itself, which is read too.
+    its column, for the fields ``row`` holds.
 
     Returns:
-        {field name: value} for every name found in either spelling (a missing one is left
-        to the dataclass: its default, or its ``TypeError``).
+        {field name: value} for every column found (a missing one is left to the dataclass:
+        its default, or its ``TypeError``).
     """
-    out = {}
-    for name in names:
-        for key in (column(name), name):
-            if key in row:
-                out[name] = row[key]
-                break
-    return out
+    return {name: row[column(name)] for name in names if column(name) in row}
 
 
 def columns(stem: str) -> list[str]:

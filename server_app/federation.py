@@ -160,9 +160,9 @@ def _log_start(cfg: AppConfig, model, initial: ArrayRecord, grid: TimedGrid, run
                ckpt: Checkpoint | None):
     """Log what runs and the bandwidth estimate; return the estimate (it waits for
     ``min-nodes`` nodes: ``TooFewNodes``). A resumed run's earlier rounds keep what was
-    estimated when they ran (the checkpoint's; older checkpoints: this config's)."""
+    estimated when they ran (the checkpoint's)."""
     num_nodes = len(grid.get_node_ids())
-    earlier = Estimated.from_row(ckpt.estimated) if ckpt and ckpt.estimated else None
+    earlier = Estimated.from_row(ckpt.estimated) if ckpt else None
     est = estimate({k: v.cpu().numpy() for k, v in exchanged_state(model).items()},
                    num_nodes, cfg, earlier)
     done = ckpt.round if ckpt else 0

@@ -242,7 +242,7 @@ class NodeTimes:
 
     @classmethod
     def from_row(cls, row: dict) -> NodeTimes:
-        """Inverse of ``as_row`` (a checkpoint's or a run folder's rows, older ones too)."""
+        """Inverse of ``as_row`` (a checkpoint's or a run folder's rows)."""
         plain = field_values(row, ("round", "phase", "node_id", "partition_id", "fresh",
                                    "pushed", "pulled", "books_s", "transfer_s", "down_bytes",
                                    "up_bytes", "down_objects", "up_objects"))

@@ -15,6 +15,7 @@ from fedvit.model import build_model, exchanged_state
 from fedvit.resume import validate_server
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import save as save_checkpoint
+from server_app.estimate import Estimated
 from server_app.federation import run_federation
 from simulate import RELATIVE, simulate
 
@@ -60,12 +61,16 @@ def test_weights_file_that_does_not_fit(tmp_path):
 
 
 def _finished_run(folder, overrides: dict, rounds: int = 2):
-    """A run folder as a finished run leaves it (config.json, checkpoint after ``rounds``)."""
+    """A run folder as a finished run leaves it (config.json, configs.json, checkpoint after
+    ``rounds``)."""
     cfg = AppConfig.from_run_config({**FAST, **overrides, "num-server-rounds": rounds})
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (folder / "configs.json").write_text(json.dumps([{"after-round": 0,
+                                                      "config": cfg.to_dict()}]))
     arrays = ArrayRecord(exchanged_state(build_model(cfg, 10)))
-    save_checkpoint(folder, Checkpoint(rounds, arrays, [], [], [], []))
+    save_checkpoint(folder, Checkpoint(rounds, arrays, [], [], [], [], [],
+                                       Estimated(rounds).as_row()))
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
 
 
