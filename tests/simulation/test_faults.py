@@ -22,7 +22,7 @@ from simulate import RELATIVE, simulate
 FAST = {"model-name": "test_vit", "img-size": 16, "patch-size": 4, "weights-path": ""}
 
 
-# ------------------------------------------- item 1: values only the model can judge
+# ---------------------------------------------------- values only the model can judge
 
 
 def _refused_before_writing(tmp_path, overrides: dict) -> str:
@@ -57,7 +57,7 @@ def test_weights_file_that_does_not_fit(tmp_path):
     assert "must be '', 'public-pretrain' or a weights file of the same architecture" in message
 
 
-# ------------------------------- item 3: resume-from checked against its checkpoint
+# -------------------------------------- resume-from checked against its checkpoint
 
 
 def _finished_run(folder, overrides: dict, rounds: int = 2):
@@ -112,7 +112,7 @@ def test_resume_from_a_folder_without_checkpoint(tmp_path):
         run_federation(None, cfg)
 
 
-# ----------------------------------------- item 2: one meaning for every relative path
+# ------------------------------------------------ one meaning for every relative path
 
 
 
