@@ -111,7 +111,7 @@ def _val_metrics(cfg: AppConfig, task: LocalTask, prefix: str) -> dict:
 
 def _reply(msg: Message, context: Context, cfg: AppConfig, pid: int, stamps: dict[str, float],
            metrics: dict, arrays: ArrayRecord | None = None) -> Message:
-    """The reply: metrics plus this message's timestamps on the node (``fedvit.stamps``)
+    """The reply: metrics plus this message's timestamps on the node (``fedvit.keys``)
     and the node's link."""
     metrics.setdefault(keys.time_key("eval"), 0.0)
     metrics.update(node_link(cfg, context.node_config, pid).as_metrics())

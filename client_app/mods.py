@@ -4,9 +4,10 @@
 whole-message bytes, see ``fedvit.wire``) and writes the four figures into the reply's one
 MetricRecord (``metrics``), so they travel to the server inside the reply.
 
-It also stamps the message's way through the node (``fedvit.stamps``): when the mod got
-it, when it handed the reply back, the process's start and whether this message is the
-first the process served, and the seconds of its own byte counting and emulated link.
+It also stamps the message's way through the node (``t-*`` keys, ``fedvit.keys``): when
+the mod got it, when it handed the reply back, the process's start and whether this
+message is the first the process served, and the seconds of its own byte counting and
+emulated link.
 
 The report's own bytes: the up figures are measured *before* the mod's keys
 (``fedvit.wire.REPORT_KEYS``) are added. The server measures the reply as received (report

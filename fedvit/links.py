@@ -330,20 +330,6 @@ def message_wait_s(download_s: float) -> float:
     return FIRST_ASK_S + t
 
 
-def transfer_seconds(nbytes: float, mbps: float, latency_ms: float) -> float:
-    """One message's time on a link.
-
-    Args:
-        nbytes: bytes to move.
-        mbps: the rate, megabits (10^6 bit) per second.
-        latency_ms: one-way latency, milliseconds.
-
-    Returns:
-        Seconds: latency plus serialisation.
-    """
-    return latency_ms / 1e3 + nbytes * 8 / (mbps * 1e6)
-
-
 def node_link(cfg: AppConfig, node_config: Mapping, partition_id: int) -> Link:
     """This node's link: node config first, then the run config's profile.
 

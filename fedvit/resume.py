@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedvit.config import AppConfig, raise_errors
-from fedvit.keys import CHECKPOINT_STATE, CHECKPOINT_TENSORS, CONFIG_FILE, CONFIG_HISTORY
+from fedvit.keys import CHECKPOINT_STATE, CHECKPOINT_TENSORS, CONFIG_HISTORY
 from fedvit.paths import resolve_path, server_path_errors
 from fedvit.rules import show
 
@@ -98,16 +98,12 @@ def run_config_of(folder: Path) -> dict[str, Any]:
         folder: a run's output folder.
 
     Returns:
-        Run-config keys and values: the last entry of ``configs.json``, else (older
-        folders) ``config.json``.
+        Run-config keys and values: the last entry of ``configs.json``.
 
     Raises:
-        OSError, ValueError: neither file can be read as JSON.
+        OSError, ValueError: the file cannot be read as JSON.
     """
-    history = folder / CONFIG_HISTORY
-    if history.is_file():
-        return json.loads(history.read_text())[-1]["config"]
-    return json.loads((folder / CONFIG_FILE).read_text())
+    return json.loads((folder / CONFIG_HISTORY).read_text())[-1]["config"]
 
 
 def validate_server(cfg: AppConfig) -> None:

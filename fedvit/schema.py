@@ -16,6 +16,8 @@ from fedvit import keys as k
 
 Column = tuple[str, str]  # (name, meaning, with its unit)
 
+MB = 1e6  # bytes: the unit of the ``*-mb`` columns, the logs and the report
+
 ROUNDS: tuple[Column, ...] = (
     ("round", "the round (counting on across a resume)"),
     ("central-accuracy", "the global model's accuracy on the server's test split (0..1)"),
@@ -105,7 +107,7 @@ SUMMARY: tuple[Column, ...] = (
     ("final-central-loss", "its loss (nats)"),
     ("wall-s", "the run's wall time (s)"),
     ("bytes", "totals: `down-tensor`, `down-msg`, `up-tensor`, `up-msg`, `report` (bytes)"),
-    ("estimate", "the lesson's estimate: `down-bytes-per-message`, `up-bytes-per-message`, "
+    ("estimate", "the bandwidth estimate: `down-bytes-per-message`, `up-bytes-per-message`, "
      "`num-nodes`, `train-clients`, `evaluate-clients`, `rounds`, `down`, `up` (bytes); for "
      "top-k uploads `up-bytes-per-message-min` and `up-min` (else equal); a resume's "
      "`earlier-rounds`, `earlier-down`, `earlier-up`, `earlier-up-min`: what was estimated "
@@ -162,20 +164,13 @@ def dataclass_row(obj: Any, leave_out: Iterable[str] = ()) -> dict[str, Any]:
 
 def field_values(row: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
     """The inverse of ``dataclass_row`` for ``names`` (field names): each field's value from
-    its column, for the fields ``row`` holds. A row written before the schema was kebab-case
-    (an older run folder or checkpoint) holds the field name itself, which is read too.
+    its column, for the fields ``row`` holds.
 
     Returns:
-        {field name: value} for every name found in either spelling (a missing one is left
-        to the dataclass: its default, or its ``TypeError``).
+        {field name: value} for every column found (a missing one is left to the dataclass:
+        its default, or its ``TypeError``).
     """
-    out = {}
-    for name in names:
-        for key in (column(name), name):
-            if key in row:
-                out[name] = row[key]
-                break
-    return out
+    return {name: row[column(name)] for name in names if column(name) in row}
 
 
 def columns(stem: str) -> list[str]:

@@ -9,7 +9,7 @@ goes on writing into that folder.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.app import ArrayRecord
@@ -31,9 +31,8 @@ class Checkpoint:
     rounds: list[dict]
     phases: list[dict]
     rejections: list[dict]
-    nodes: list[dict] = field(default_factory=list)  # server_app.timeline.NodeTimes rows
-    # server_app.estimate.Estimated through this round (as a row); None in older folders
-    estimated: dict | None = None
+    nodes: list[dict]  # server_app.timeline.NodeTimes rows
+    estimated: dict  # server_app.estimate.Estimated through this round, as a row
 
 
 def save(run_dir: Path, ckpt: Checkpoint) -> None:
@@ -58,12 +57,8 @@ def load(run_dir: Path) -> Checkpoint:
         rounds=state["rounds"],
         phases=state["phases"],
         rejections=state["rejections"],
-        nodes=state.get("nodes", []),
-        estimated=state.get("estimated"),
+        nodes=state["nodes"],
+        estimated=state["estimated"],
     )
 
-
-def has_checkpoint(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds both checkpoint files (a run to resume from)."""
-    return (run_dir / STATE).is_file() and (run_dir / TENSORS).is_file()
 

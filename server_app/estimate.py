@@ -1,4 +1,4 @@
-"""The bandwidth lesson's estimate: (model down + update up) x clients x fraction x rounds.
+"""The bandwidth estimate: (model down + update up) x clients x fraction x rounds.
 
 A resumed run's estimate adds, for the rounds before it, what was estimated when they ran
 (kept in the checkpoint), so every round is estimated under the config it ran with.

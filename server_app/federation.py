@@ -25,6 +25,7 @@ from fedvit.model import (
 from fedvit.paths import resolve_path
 from fedvit.resume import resume_tensor_errors
 from fedvit.resume import validate_server as validate_resume
+from fedvit.schema import MB
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import load as load_checkpoint
 from server_app.estimate import Estimated, estimate
@@ -33,7 +34,7 @@ from server_app.grid import TimedGrid
 from server_app.phase_table import RoundTimes
 from server_app.recorder import RunRecorder, resumed_record
 from server_app.results import new_run_dir
-from server_app.summary import MB, FlowerExit, RunStopped, stop_line
+from server_app.summary import FlowerExit, RunStopped, stop_line
 from server_app.timeline import NodeTimes
 from strategies import Books, RoundLog, build_strategy
 
@@ -159,9 +160,9 @@ def _log_start(cfg: AppConfig, model, initial: ArrayRecord, grid: TimedGrid, run
                ckpt: Checkpoint | None):
     """Log what runs and the bandwidth estimate; return the estimate (it waits for
     ``min-nodes`` nodes: ``TooFewNodes``). A resumed run's earlier rounds keep what was
-    estimated when they ran (the checkpoint's; older checkpoints: this config's)."""
+    estimated when they ran (the checkpoint's)."""
     num_nodes = len(grid.get_node_ids())
-    earlier = Estimated.from_row(ckpt.estimated) if ckpt and ckpt.estimated else None
+    earlier = Estimated.from_row(ckpt.estimated) if ckpt else None
     est = estimate({k: v.cpu().numpy() for k, v in exchanged_state(model).items()},
                    num_nodes, cfg, earlier)
     done = ckpt.round if ckpt else 0

@@ -53,7 +53,16 @@ class GridTimes:
 
 
 class TimedGrid:
-    """Delegates everything else to ``grid``."""
+    """The grid the strategy runs on: Flower's ``grid`` with ``get_node_ids`` and
+    ``send_and_receive`` as the module says (all that ``Strategy.start`` and the strategies
+    call).
+
+    Args:
+        grid: Flower's Grid.
+        min_nodes: fewest nodes ``get_node_ids`` waits for.
+        wait_s: how long it waits for them.
+        poll_s: seconds between two pulls.
+    """
 
     def __init__(self, grid: Grid, min_nodes: int, wait_s: float,
                  poll_s: float = POLL_S) -> None:
@@ -65,9 +74,6 @@ class TimedGrid:
     def _check_ending(self) -> None:
         if self.ending.is_set():
             raise RunEnding("the run is being stopped: no further round")
-
-    def __getattr__(self, name: str):
-        return getattr(self._grid, name)
 
     def get_node_ids(self) -> list[int]:
         """Connected nodes; waits up to ``wait_s`` for ``min_nodes``, then ``TooFewNodes``."""

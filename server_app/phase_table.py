@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedvit.keys import KINDS, TABLE_ROWS, WIRE_COST_KEYS
+from fedvit.keys import KINDS, TABLE_ROWS
 from fedvit.links import DEFAULT_COSTS, WireCosts
 from fedvit.schema import dataclass_row, field_values
 
@@ -38,13 +38,11 @@ class RoundTimes:
 
     @classmethod
     def from_row(cls, row: dict) -> RoundTimes:
-        """Inverse of ``as_row`` (a resumed run's earlier rounds, a replayed run's); a row
-        without the wire costs' columns (an older run) gets ``DEFAULT_COSTS``."""
+        """Inverse of ``as_row`` (a resumed run's earlier rounds, a replayed run's)."""
         plain = field_values(row, ("round", "wall_s", "critical_compute_s", "slowest_node",
                                    "projected_s", "deployment_s"))
         tables = {kind: {r: row[f"{kind}-{r}"] for r in TABLE_ROWS} for kind in KINDS}
-        costs = WireCosts.from_dict(row) if WIRE_COST_KEYS[0] in row else DEFAULT_COSTS
-        return cls(**plain, **tables, costs=costs)
+        return cls(**plain, **tables, costs=WireCosts.from_dict(row))
 
     def as_row(self) -> dict:
         """A flat row for ``phases.csv/json`` (columns: ``fedvit.schema.PHASES``)."""

@@ -18,7 +18,7 @@ from fedvit import keys
 from fedvit.config import AppConfig
 from fedvit.keys import CONFIG_HISTORY
 from fedvit.links import DEFAULT_COSTS, WireCosts
-from fedvit.resume import run_config_of
+from fedvit.schema import MB
 from server_app.calibration import WireSample, calibrate, samples_of
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import save as save_checkpoint
@@ -27,7 +27,6 @@ from server_app.grid import GridTimes, RunEnding
 from server_app.phase_table import RoundTimes
 from server_app.results import ResultsWriter
 from server_app.summary import (
-    MB,
     RunRecord,
     build_summary,
     log_summary,
@@ -82,10 +81,8 @@ class RunRecorder:
         if self.done == 0 and not history_path.exists():
             self.writer.write_json(keys.CONFIG_FILE, self.cfg.to_dict())
             history = []
-        elif history_path.exists():
+        else:
             history = json.loads(history_path.read_text())
-        else:  # a folder written before configs.json existed
-            history = [{"after-round": 0, "config": run_config_of(self.run_dir)}]
         self.writer.write_json(CONFIG_HISTORY, [*history, {"after-round": self.done,
                                                           "config": self.cfg.to_dict()}])
 
@@ -141,7 +138,7 @@ class RunRecorder:
         save_checkpoint(self.run_dir, Checkpoint(
             server_round, arrays, s.books.rows, rec.rounds, [p.as_row() for p in rec.phases],
             s.rejections, [n.as_row() for n in rec.nodes],
-            self.estimate.through(server_round).as_row() if self.estimate else None))
+            self.estimate.through(server_round).as_row()))
         log(INFO, "fedvit: round %d/%d | central acc %.4f loss %.4f | down %.3f MB "
             "up %.3f MB | cumulative %.3f MB | %.1f s (%.0f %% unexplained), projected "
             "%.1f s on the links, %.1f s as a deployment",

@@ -12,14 +12,13 @@ from flwr.common.logger import log
 from fedvit.config import AppConfig
 from fedvit.keys import SUMMARY_FILE, WIRE_COSTS
 from fedvit.links import DEFAULT_COSTS
+from fedvit.schema import MB
 from server_app.estimate import Estimate
 from server_app.grid import TooFewNodes
 from server_app.phase_table import RoundTimes, format_table, mean_table
 from server_app.timeline import NodeTimes
 from strategies import Books
 from strategies.failures import NodesFailed, unaggregated_rounds
-
-MB = 1e6
 
 
 @dataclass

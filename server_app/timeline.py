@@ -3,8 +3,8 @@
 **Measured.** Every moment of a round, from its first configure call to the end of its
 central evaluation, is given to one row. The server contributes its configure, push
 (``send``), aggregation and central-evaluation intervals; each reply contributes its
-message's way through the node (``fedvit.stamps``) between the server's push and the
-server's pull:
+message's way through the node (its ``t-*`` stamps, ``fedvit.keys``) between the server's
+push and the server's pull:
 
 ``pickup``       push → the process starts (or, in a process that was already running, the
                  mod gets the message): SuperNode polling, the message's transfer, queueing
@@ -61,6 +61,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from logging import WARNING
+
+from flwr.common.logger import log
 
 from fedvit import keys
 from fedvit.keys import COMPUTE_ROWS, SERVER_ROWS, TABLE_ROWS
@@ -123,10 +126,15 @@ class NodeTimes:
                 if r.round == server_round and r.phase == report.phase
                 and r.node_id == report.node_id}
         down, up = size.get("down", (0, 0)), size.get("up", (0, 0))
+        pushed, pulled = grid.pushed.get(report.reply_to), grid.pulled.get(report.reply_to)
+        if pushed is None or pulled is None:
+            log(WARNING, "round %d %s node %d: the grid holds no push or pull time of message "
+                "%r; the node's own %s/%s stamps (its clock) stand in", server_round,
+                report.phase, report.node_id, report.reply_to, keys.MOD_IN, keys.MOD_OUT)
         return cls(server_round, report.phase, report.node_id, int(m.get(keys.PARTITION_ID, -1)),
                    bool(m.get(keys.FRESH, 0)),
-                   grid.pushed.get(report.reply_to, m[keys.MOD_IN]),
-                   grid.pulled.get(report.reply_to, m[keys.MOD_OUT]),
+                   m[keys.MOD_IN] if pushed is None else pushed,
+                   m[keys.MOD_OUT] if pulled is None else pulled,
                    {k: m[k] for k in keys.STAMPS}, compute, m.get(keys.BOOKS_S, 0.0),
                    m.get(keys.TRANSFER_S, 0.0), down[0], up[0], down[1], up[1],
                    Link.from_metrics(m))
@@ -234,7 +242,7 @@ class NodeTimes:
 
     @classmethod
     def from_row(cls, row: dict) -> NodeTimes:
-        """Inverse of ``as_row`` (a checkpoint's or a run folder's rows, older ones too)."""
+        """Inverse of ``as_row`` (a checkpoint's or a run folder's rows)."""
         plain = field_values(row, ("round", "phase", "node_id", "partition_id", "fresh",
                                    "pushed", "pulled", "books_s", "transfer_s", "down_bytes",
                                    "up_bytes", "down_objects", "up_objects"))

@@ -77,6 +77,10 @@ class BandwidthTracking(StrategyWrapper):
         self.book_received(server_round, MessageType.EVALUATE, replies)
         return self.strategy.aggregate_evaluate(server_round, replies)
 
+    def resume(self, rows: list[BookRow]) -> None:
+        """Start the books with a checkpoint's rows."""
+        self.books = Books(list(rows))
+
     def book_sent(self, server_round: int, phase: str, messages: list[Message]) -> None:
         """Book one ``down`` row per message (before the grid pushes them).
 
@@ -147,7 +151,8 @@ class BandwidthTracking(StrategyWrapper):
 class BookingGrid:
     """The grid as the strategies inside ``BandwidthTracking`` see it during one
     ``configure_*`` call: what they send and receive through it is booked in that round,
-    under the messages' type as phase. Everything else is the grid's own.
+    under the messages' type as phase. It offers only ``get_node_ids`` and
+    ``send_and_receive`` (a push or pull of its own would bypass the books).
 
     Args:
         grid: the grid the round runs on.
@@ -157,11 +162,6 @@ class BookingGrid:
 
     def __init__(self, grid: Grid, tracker: BandwidthTracking, server_round: int) -> None:
         self._grid, self._tracker, self._round = grid, tracker, server_round
-
-    def __getattr__(self, name: str):
-        if name in ("push_messages", "pull_messages"):  # would bypass the books
-            raise AttributeError(f"{name} is not booked; use send_and_receive")
-        return getattr(self._grid, name)
 
     def get_node_ids(self) -> Iterable[int]:
         """The grid's connected nodes."""

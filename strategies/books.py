@@ -31,7 +31,7 @@ class BookRow:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> BookRow:
-        """Inverse of ``as_row`` (a checkpoint's rows; older snake_case rows too)."""
+        """Inverse of ``as_row`` (a checkpoint's rows)."""
         return cls(**field_values(row, [f.name for f in dataclasses.fields(cls)]))
 
 

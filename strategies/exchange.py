@@ -82,6 +82,10 @@ class ExchangeCodecs(StrategyWrapper):
         kept.sort(key=_partition)  # a fixed summation order: reproducible aggregates
         return self.strategy.aggregate_train(server_round, kept)
 
+    def resume(self, rejections: list[dict]) -> None:
+        """Start the rejections with a checkpoint's."""
+        self.rejections = list(rejections)
+
     def _down(self, arrays: ArrayRecord) -> ArrayRecord:
         if self.codec_down.name == "none":
             return arrays

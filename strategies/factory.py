@@ -1,17 +1,31 @@
-"""The one place that stacks the strategy add-ons, in one visible order.
+"""The one place that stacks the strategy add-ons, in one visible order, and a round's path
+through them.
 
-From the outside in::
+Flower's ``Strategy.start`` calls the outermost layer; each layer hands the call to the one
+below and the answer comes back up through it. Top to bottom, what each adds::
 
-    RoundOffset         rounds count on from a resumed run's last round
-    StopOnCommonFailure stops the run where every node failed a round the same way
-    BandwidthTracking   books every message (its own measuring is outside the timing)
-    RoundTiming         configure/aggregation intervals and the replies' reports
-    ExchangeCodecs      encode down; decode, check, reject, order by partition up
-    SeededSampling      each round's nodes from seed, round and partitions
-    FedAvg | FedLoRA    sends to every node offered; aggregates what it is handed
+    layer               configure_train / _evaluate          aggregate_train / _evaluate
+    ------------------  -----------------------------------  ----------------------------------
+    RoundOffset         round + offset (a resumed run's      round + offset
+                        rounds count on)
+    StopOnCommonFailure counts the train messages            NodesFailed where every node of a
+                                                             train round failed the same way
+    BandwidthTracking   hands down a BookingGrid (books the  one up row per node sent to: the
+                        sampler's queries); one down row     reply cross-checked with its own
+                        per message that comes back up       report, its error, or no reply
+    RoundTiming         times the call below (configure_s)   keeps each ok reply's report; times
+                                                             the call below (aggregate_s)
+    ExchangeCodecs      encodes the global tensors with      train: decodes, checks, rejects,
+                        codec-down                           orders by partition; evaluate: -
+    SeededSampling      the inner strategy addresses every   -
+                        node; queries unknown partitions,
+                        keeps the seeded sample's messages
+    FedAvg | FedLoRA    one message per node offered         examples-weighted mean (FedLoRA:
+                        (server-round into the config)       + the LoRA aggregation error)
 
-Each add-on is a ``StrategyWrapper`` and sees the round numbers with the resume offset, as
-the clients do (FedAvg writes them into the messages' config).
+BandwidthTracking sits outside RoundTiming, so the books' own measuring is not counted as
+configure or aggregation time. Every layer sees the round numbers with the resume offset,
+as the clients do (FedAvg writes them into the messages' config).
 """
 
 from __future__ import annotations
@@ -75,9 +89,9 @@ class FedVitStrategy(StrategyWrapper):
             books: the checkpoint's book rows.
             rejections: the checkpoint's rejected replies.
         """
-        self._offset.offset = after_round
-        self._books.books.rows = list(books)
-        self._codecs.rejections[:] = list(rejections)
+        self._offset.resume(after_round)
+        self._books.resume(books)
+        self._codecs.resume(rejections)
 
 
 def build_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedVitStrategy:

@@ -18,7 +18,7 @@ def aggregate_reply_metrics(records: list[RecordDict], weighted_by_key: str) -> 
 
     Losses and accuracies as Flower's examples-weighted mean, byte counters and
     ``weighted_by_key`` (examples) summed. Bookkeeping that means something only per node
-    (``partition-id``, wall-clock ``compute-start``/``-end``, ``time-*``, link settings,
+    (``partition-id``, the wall-clock ``t-*`` stamps, ``time-*``, link settings,
     throughput) is not averaged: the strategy keeps it per node (``RoundTiming.timeline``,
     the books).
 

@@ -8,6 +8,9 @@ does not know yet with one small ``query`` message; the reply carries ``partitio
 Those messages go through the grid it is handed, which books them when the sampler sits
 inside ``BandwidthTracking`` (phase ``query``), so the books stay exact. A run that samples
 every node sends no query.
+
+The inner strategy addresses every node (``FedAvg`` with both fractions 1.0); the sampler
+keeps the messages to the nodes it chose and drops the others before anything is sent.
 """
 
 from __future__ import annotations
@@ -31,29 +34,14 @@ class TooFewPartitions(RuntimeError):
     """Fewer nodes with a known partition than a round must sample."""
 
 
-class NodeView:
-    """A Grid view that offers only ``node_ids`` (in that order) for sampling."""
-
-    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
-        self._grid, self._ids = grid, node_ids
-
-    def __getattr__(self, name: str):
-        return getattr(self._grid, name)
-
-    def get_node_ids(self) -> list[int]:
-        """The nodes of this view."""
-        return list(self._ids)
-
-
 class SeededSampling(StrategyWrapper):
     """Chooses each round's nodes: ``random.Random(f"{seed}:{phase}:{round}")`` over the
-    nodes ordered by partition. The inner strategy then gets a grid that offers exactly
-    the chosen nodes.
+    nodes ordered by partition, among the nodes the inner strategy addressed; the messages
+    to the others are dropped.
 
     Contract with the inner strategy: it sends one message to every node the grid offers
     (``FedAvg`` with ``fraction_train = fraction_evaluate = 1.0``); the fractions live
-    here. ``configure_*`` raises ``ValueError`` when the inner strategy's messages go to
-    other nodes than the chosen ones. ``self.partitions`` maps node id -> partition id.
+    here. ``self.partitions`` maps node id -> partition id.
 
     Args:
         strategy: the inner strategy (sends to every node offered).
@@ -62,12 +50,19 @@ class SeededSampling(StrategyWrapper):
         min_nodes: fewest nodes a round samples, and fewest with a known partition.
         seed: the run's seed.
         query_timeout_s: seconds to wait for the partition replies; ``None`` waits for all.
+
+    Raises:
+        ValueError: the inner strategy samples itself (a fraction other than 1.0).
     """
 
     def __init__(self, strategy: Strategy, *, fraction_train: float,
                  fraction_evaluate: float, min_nodes: int, seed: int,
                  query_timeout_s: float | None = None) -> None:
         super().__init__(strategy)
+        own = {k: getattr(strategy, k, 1.0) for k in ("fraction_train", "fraction_evaluate")}
+        if own != dict.fromkeys(own, 1.0):
+            raise ValueError(f"the strategy below seeded sampling must address every node it "
+                             f"is offered (fractions 1.0), not {own}")
         self.fractions = {MessageType.TRAIN: fraction_train,
                           MessageType.EVALUATE: fraction_evaluate}
         self.min_nodes, self.seed, self.query_timeout_s = min_nodes, seed, query_timeout_s
@@ -76,9 +71,10 @@ class SeededSampling(StrategyWrapper):
     def summary(self) -> None:
         """Log the sampling settings, then the inner strategy's summary."""
         log(INFO, "\t├──> Seeded sampling (seed %d): fraction train %.2f | evaluate %.2f, "
-            "at least %d nodes; the strategy below is offered only the sampled nodes, so "
-            "its own fractions read 1.00", self.seed, self.fractions[MessageType.TRAIN],
-            self.fractions[MessageType.EVALUATE], self.min_nodes)
+            "at least %d nodes; the strategy below addresses every node (its own fractions "
+            "read 1.00) and the messages to the nodes not sampled are dropped", self.seed,
+            self.fractions[MessageType.TRAIN], self.fractions[MessageType.EVALUATE],
+            self.min_nodes)
         self.strategy.summary()
 
     def configure_train(
@@ -116,13 +112,13 @@ class SeededSampling(StrategyWrapper):
 
     def _seeded(self, server_round: int, phase: str, grid: Grid,
                 configure: Callable[[Grid], Iterable[Message]]) -> list[Message]:
-        fraction = self.fractions[phase]
-        if fraction == 0.0:
+        if self.fractions[phase] == 0.0:
             return []  # this phase is off
-        ids = sorted(grid.get_node_ids())
-        size = max(int(len(ids) * fraction), self.min_nodes)
+        messages = list(configure(grid))  # one to every node
+        ids = sorted(m.metadata.dst_node_id for m in messages)
+        size = max(int(len(ids) * self.fractions[phase]), self.min_nodes)
         if size >= len(ids):  # every node: nothing to choose
-            return list(configure(grid))
+            return messages
         self._learn_partitions(server_round, ids, grid)
         known = [n for n in ids if n in self.partitions]
         if len(known) < size:
@@ -132,13 +128,8 @@ class SeededSampling(StrategyWrapper):
         chosen = self.sample(server_round, phase, known, size)
         log(INFO, "fedvit: round %d %s: sampled partitions %s (seed %d)", server_round, phase,
             [self.partitions[n] for n in chosen], self.seed)
-        messages = list(configure(NodeView(grid, chosen)))
-        if sorted(m.metadata.dst_node_id for m in messages) != sorted(chosen):
-            raise ValueError(f"round {server_round} {phase}: the inner strategy sent to "
-                             f"{sorted(m.metadata.dst_node_id for m in messages)}, not to "
-                             f"the sampled nodes {sorted(chosen)}")
-        rank = {n: i for i, n in enumerate(chosen)}
-        return sorted(messages, key=lambda m: rank[m.metadata.dst_node_id])
+        to = {m.metadata.dst_node_id: m for m in messages}
+        return [to[n] for n in chosen]
 
     def _learn_partitions(self, server_round: int, ids: list[int], grid: Grid) -> None:
         """Ask the nodes whose partition is not known yet (one ``query`` message each)."""

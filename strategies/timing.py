@@ -20,8 +20,8 @@ T = TypeVar("T")
 
 @dataclass
 class ClientReport:
-    """One ok reply's timing-relevant metrics (``fedvit.stamps``), and the id of the
-    message it answers (the grid's push and pull times are keyed by it)."""
+    """One ok reply's timing-relevant metrics (its ``t-*`` stamps, ``fedvit.keys``), and the
+    id of the message it answers (the grid's push and pull times are keyed by it)."""
 
     node_id: int
     phase: str

@@ -15,10 +15,10 @@ from fedvit.codecs import CodecSpec, encode, encoded_bytes
 from fedvit.config import AppConfig, ConfigError
 from fedvit.model import build_model, count_parameters, exchanged_state
 from fedvit.rules import STRATEGIES
+from fedvit.schema import MB
 from fedvit.wire import content_bytes, tensor_bytes
 from tools.words import times
 
-MB = 1e6
 CODEC_ROWS = ("fp16", "bf16", "int8", "int4", "topk:0.1")
 FLAGS = ("model-name", "img-size", "patch-size", "lora-r", "lora-alpha", "lora-dropout",
          "lora-target-modules")

@@ -15,13 +15,14 @@ from fedvit.model import build_model, exchanged_state
 from fedvit.resume import validate_server
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import save as save_checkpoint
+from server_app.estimate import Estimated
 from server_app.federation import run_federation
 from simulate import RELATIVE, simulate
 
 FAST = {"model-name": "test_vit", "img-size": 16, "patch-size": 4, "weights-path": ""}
 
 
-# ------------------------------------------- item 1: values only the model can judge
+# ---------------------------------------------------- values only the model can judge
 
 
 def _refused_before_writing(tmp_path, overrides: dict) -> str:
@@ -56,16 +57,20 @@ def test_weights_file_that_does_not_fit(tmp_path):
     assert "must be '', 'public-pretrain' or a weights file of the same architecture" in message
 
 
-# ------------------------------- item 3: resume-from checked against its checkpoint
+# -------------------------------------- resume-from checked against its checkpoint
 
 
 def _finished_run(folder, overrides: dict, rounds: int = 2):
-    """A run folder as a finished run leaves it (config.json, checkpoint after ``rounds``)."""
+    """A run folder as a finished run leaves it (config.json, configs.json, checkpoint after
+    ``rounds``)."""
     cfg = AppConfig.from_run_config({**FAST, **overrides, "num-server-rounds": rounds})
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (folder / "configs.json").write_text(json.dumps([{"after-round": 0,
+                                                      "config": cfg.to_dict()}]))
     arrays = ArrayRecord(exchanged_state(build_model(cfg, 10)))
-    save_checkpoint(folder, Checkpoint(rounds, arrays, [], [], [], []))
+    save_checkpoint(folder, Checkpoint(rounds, arrays, [], [], [], [], [],
+                                       Estimated(rounds).as_row()))
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
 
 
@@ -107,7 +112,7 @@ def test_resume_from_a_folder_without_checkpoint(tmp_path):
         run_federation(None, cfg)
 
 
-# ----------------------------------------- item 2: one meaning for every relative path
+# ------------------------------------------------ one meaning for every relative path
 
 
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from server_app.checkpoint import has_checkpoint
+from server_app.checkpoint import load as load_checkpoint
 from server_app.summary import RunStopped
 from simulate import FAST, client_app, simulate, stopped
 from strategies.sampling import QUERY_PHASE
@@ -28,7 +28,7 @@ def test_a_resumed_sampled_run_ends_like_an_uninterrupted_one(tmp_path):
     full = simulate({**base, "run-name": "full"}, num_nodes=4)
     # A run that stopped after round 1 (its folder holds the round-1 checkpoint) ...
     part = simulate({**base, "num-server-rounds": 1, "run-name": "part"}, num_nodes=4)
-    assert has_checkpoint(part.run_dir)
+    assert load_checkpoint(part.run_dir).round == 1
     # ... resumed in a fresh federation, goes on at round 2 in the same folder.
     resumed = simulate({**base, "resume-from": str(part.run_dir)}, num_nodes=4)
     assert resumed.run_dir == part.run_dir

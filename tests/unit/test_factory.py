@@ -3,13 +3,14 @@ through Flower's own ``Strategy.start`` on a fake grid (no Ray)."""
 
 from __future__ import annotations
 
-import time
+from types import SimpleNamespace
 
 import numpy as np
 from flwr.app import ConfigRecord, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
 import strategies.bandwidth
+import strategies.timing
 from fedvit.config import AppConfig
 from strategies import BookRow, FedLoRA, build_strategy
 from strategies.bandwidth import BandwidthTracking
@@ -95,19 +96,20 @@ def test_resume_sets_the_rounds_books_and_rejections_of_the_checkpoint():
 
 
 def test_the_books_measuring_is_not_counted_as_configure_or_aggregation(monkeypatch):
-    measure = strategies.bandwidth.message_size
+    # The round timing reads a clock that only the books' measuring moves: one tick each.
+    clock, measure = [0.0], strategies.bandwidth.message_size
 
-    def slow_measure(msg):
-        time.sleep(0.05)
+    def ticking_measure(msg):
+        clock[0] += 1.0
         return measure(msg)
 
-    monkeypatch.setattr(strategies.bandwidth, "message_size", slow_measure)
+    monkeypatch.setattr(strategies.timing, "time", SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(strategies.bandwidth, "message_size", ticking_measure)
     strategy = build_strategy(_cfg(), W.keys())
     grid = FakeGrid({20: 0, 30: 1})
-    t0 = time.time()
     messages = list(strategy.configure_train(1, arrays_of(W), ConfigRecord(), grid))
     strategy.aggregate_train(1, grid.send_and_receive(messages))
-    assert time.time() - t0 >= 0.2  # four messages measured, 0.05 s each
+    assert clock[0] == 4.0  # four messages measured
     log = strategy.timeline[1]
-    assert log.configure_s < 0.05 and log.aggregate_s < 0.05
+    assert (log.configure_s, log.aggregate_s) == (0.0, 0.0)
     assert len(strategy.books.rows) == 4

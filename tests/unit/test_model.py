@@ -349,7 +349,7 @@ def test_non_linear_lora_target_is_a_config_error(target: str) -> None:
 
 
 def test_head_as_lora_target_is_refused_as_the_head_not_as_non_linear() -> None:
-    """Issue 19, item 6: the head is linear; it is refused because it is trained whole."""
+    """The head is linear; it is refused because it is trained whole."""
     with pytest.raises(ConfigError) as info:
         build_model(_cfg(**{"lora-target-modules": "qkv,head"}), NUM_CLASSES)
     assert str(info.value) == (

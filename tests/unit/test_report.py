@@ -9,8 +9,8 @@ import pytest
 
 from fedvit import keys
 from fedvit.keys import COMPUTE_ROWS, TABLE_ROWS
+from fedvit.links import DEFAULT_COSTS, Link
 from fedvit.links import FRAME_FACTOR as F
-from fedvit.links import Link
 from server_app.phase_table import format_table
 from server_app.timeline import FixedCosts, NodeTimes
 from tools.report.cli import main, make_report
@@ -150,7 +150,7 @@ def write_run(root: Path, spec: dict, name: str | None = None, **config) -> Path
                "deployment-s": sum(depl.values())}
         for kind, table in (("measured", measured), ("projected", proj), ("deployment", depl)):
             row.update({f"{kind}-{k}": v for k, v in table.items()})
-        phases.append(row)
+        phases.append({**row, **DEFAULT_COSTS.as_dict()})
     steady = phases[1:]
     table = {kind: {k: sum(p[f"{kind}-{k}"] for p in steady) / len(steady)
                     for k in TABLE_ROWS}

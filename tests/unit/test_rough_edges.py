@@ -14,6 +14,7 @@ import torch
 from flwr.app import MetricRecord, RecordDict
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedvit import keys
 from fedvit.config import APP_ROOT
 from fedvit.pretrain import progress_line
 from fedvit.train import train_epochs
@@ -39,7 +40,7 @@ def test_progress_line_gives_epoch_loss_and_time_left():
 def _reply(pid: int, examples: int, loss: float) -> RecordDict:
     return RecordDict({"metrics": MetricRecord({
         "num-examples": examples, "train-loss": loss, "val-accuracy": 0.5 + pid / 10,
-        "partition-id": pid, "compute-start": 1.7e9 + pid, "compute-end": 1.7e9 + 5 + pid,
+        "partition-id": pid, keys.COMPUTE_START: 1.7e9 + pid, keys.COMPUTE_END: 1.7e9 + 5 + pid,
         "time-train": 2.0 + pid, "link-down-mbps": 10.0 * (pid + 1), "examples-per-s": 100.0,
         "bytes-down-tensor": 1000, "bytes-down-msg": 1100, "bytes-up-tensor": 1000,
         "bytes-up-msg": 1150 + pid})})

@@ -1,6 +1,5 @@
 """One output schema: docs/results.md's tables are the schema's, every row builder writes
-exactly the schema's columns, the writer refuses any other row, and older snake_case rows
-still load."""
+exactly the schema's columns, the writer refuses any other row, and rows load back as they were."""
 
 from __future__ import annotations
 
@@ -70,15 +69,10 @@ def test_the_writer_refuses_a_row_with_other_columns(tmp_path: Path):
     assert json.loads((tmp_path / "books.json").read_text()) == [row]  # left as it was
 
 
-def test_rows_round_trip_and_older_snake_case_rows_load():
+def test_rows_round_trip():
     book = BookRow(3, "query", 17, "up", 0, 627, 40, "error", "no reply", 2)
     assert BookRow.from_row(book.as_row()) == book
-    snake = {k.replace("-", "_"): v for k, v in book.as_row().items()}
-    assert BookRow.from_row(snake) == book
     assert NodeTimes.from_row(_node().as_row()) == _node()
-    old = {k.replace("-", "_") if k in ("node-id", "partition-id", "books-s") else k: v
-           for k, v in _node().as_row().items()}
-    assert NodeTimes.from_row(old) == _node()
     assert RoundTimes.from_row(_round().as_row()) == _round()
 
 

@@ -14,17 +14,15 @@ from fedvit.links import (
     Link,
     WireCosts,
     node_link,
-    transfer_seconds,
 )
 from server_app.grid import GridTimes
 from server_app.phase_table import RoundTimes
-from server_app.timeline import FixedCosts, critical_path, round_times, sweep
+from server_app.timeline import FixedCosts, NodeTimes, critical_path, round_times, sweep
 from strategies import BookRow, Books, RoundLog
 from strategies.timing import ClientReport
 
 
 def test_transfer_time_is_latency_plus_wire_bits_over_bandwidth():
-    assert transfer_seconds(1_250_000, 10.0, 50.0) == pytest.approx(0.05 + 1.0)
     link = Link(down_mbps=100.0, up_mbps=10.0, latency_ms=0.0)
     # A message's bytes travel in TCP/IP/Ethernet frames (1448 payload bytes per 1514)...
     assert link.down_s(12_500_000) == pytest.approx(1.0 * 1514 / 1448)
@@ -69,6 +67,17 @@ def _books(sizes: dict[int, tuple[int, int]]) -> Books:
 
 
 FIXED = FixedCosts(pickup_s=1.5, startup_s=5.0, return_s=0.5)
+
+
+def test_a_missing_push_or_pull_time_is_a_logged_warning(monkeypatch):
+    warned = []
+    monkeypatch.setattr("server_app.timeline.log", lambda level, msg, *a: warned.append(msg % a))
+    report = _client(1, 10.0, (11.0, 12.0), Link(100.0, 100.0, 0.0), msg="m7")
+    node = NodeTimes.from_report(1, report, GridTimes(), _books({1: (8, 8)}))
+    assert (node.pushed, node.pulled) == (11.0 - 0.03, 12.0 + 0.02)  # the node's stamps
+    assert len(warned) == 1 and "no push or pull time of message 'm7'" in warned[0]
+    kept = NodeTimes.from_report(1, report, _grid(10.0, {"m7": 13.0}), _books({1: (8, 8)}))
+    assert (kept.pushed, kept.pulled, len(warned)) == (10.0, 13.0, 1)
 
 
 def test_projection_is_exact_and_the_slowest_node_sets_the_round():

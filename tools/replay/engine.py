@@ -120,13 +120,13 @@ def recorded(run: Run) -> Recorded:
     """Read what a replay needs from ``run``.
 
     Raises:
-        ReportError: the run lacks per-round times (``phases.json``, ``nodes.json``, a
-            phase table, links or ``deploy-*-s``: a run older than the timing analysis).
+        ReportError: the run lacks what a replay needs (``recorded_rounds``: a phase
+            table, links, per-reply times).
     """
     rounds = recorded_rounds(run)
     if rounds is None:
-        raise ReportError(f"{run.path} cannot be replayed: it lacks phases.json, nodes.json "
-                          "or the deploy-*-s config keys (a run older than the timeline)")
+        raise ReportError(f"{run.path} cannot be replayed: it lacks a phase table (no steady "
+                          "round), links or per-reply times")
     return Recorded(run, rounds, fixed_costs(run),
                     {r["round"]: r.get("central-accuracy") for r in run.rounds})
 

@@ -30,7 +30,6 @@ from server_app.phase_table import RoundTimes
 from server_app.timeline import FixedCosts, NodeTimes, project
 from tools.report.load import Run, steady_rounds
 
-MB = 1e6
 SWEEP_MBPS = (1.0, 10_000.0)  # 1 Mbit/s .. 10 Gbit/s
 SWEEP_POINTS = 60
 DEPLOY_KEYS = ("deploy-pickup-s", "deploy-startup-s", "deploy-return-s")  # config.json
@@ -113,11 +112,6 @@ class LinkModel:
         """The same round as a deployment: with its fixed costs per message."""
         return self.critical(down_mbps, up_mbps, deployment=True).round_s
 
-    def comm_s(self, down_mbps: float, up_mbps: float | None = None) -> float:
-        """The projected round's transfer seconds (per message its latency, its objects'
-        calls and its bytes at the link's rate, ``fedvit.links``)."""
-        return self.critical(down_mbps, up_mbps).table["transfer"]
-
     def sends_nothing(self) -> bool:
         """No reply of a steady round moved a byte."""
         return not any(n.down_bytes or n.up_bytes or n.down_objects or n.up_objects
@@ -173,8 +167,8 @@ def recorded_rounds(run: Run, rounds: Sequence[int] | None = None
 
     Returns:
         One ``RecordedRound`` per round that ``phases.json`` holds; None for a run without
-        a phase table, links, per-reply times (``nodes.json``) or the deployment's fixed
-        costs in its config (older runs).
+        a phase table (no steady round), links or per-reply times, or the deployment's fixed
+        costs in its config.
     """
     if not (run.phase_table and run.links and run.nodes and run.phases
             and all(k in run.config for k in DEPLOY_KEYS)):

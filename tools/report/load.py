@@ -53,13 +53,11 @@ class Run:
         return b["down-msg"] + b["up-msg"]
 
 
-def _read_json(path: Path, required: bool = True) -> Any:
+def _read_json(path: Path) -> Any:
     if not path.exists():
-        if required:
-            raise ReportError(f"{path} is missing" + (
-                " (summary.json is written when a run finishes)"
-                if path.name == SUMMARY_FILE else ""))
-        return None
+        raise ReportError(f"{path} is missing" + (
+            " (summary.json is written when a run finishes)"
+            if path.name == SUMMARY_FILE else ""))
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -73,8 +71,7 @@ def load_run(path: Path) -> Run:
         path: the run folder (``<outputs-dir>/<run-name>``).
 
     Returns:
-        Its files, unlabelled; a missing ``phases.json`` or ``nodes.json`` (older runs) is
-        an empty list.
+        Its files, unlabelled.
 
     Raises:
         ReportError: not a folder, or a required file is missing or unreadable.
@@ -87,8 +84,7 @@ def load_run(path: Path) -> Run:
                           "folder a run wrote, <outputs-dir>/<run-name>")
     return Run(path, _read_json(path / CONFIG_FILE), _read_json(path / SUMMARY_FILE),
                _read_json(path / f"{ROUNDS}.json"), _read_json(path / f"{BOOKS}.json"),
-               _read_json(path / f"{PHASES}.json", required=False) or [],
-               _read_json(path / f"{NODES}.json", required=False) or [])
+               _read_json(path / f"{PHASES}.json"), _read_json(path / f"{NODES}.json"))
 
 
 def value_text(v: object) -> str:

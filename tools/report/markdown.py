@@ -7,9 +7,9 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedvit.schema import MB
 from server_app.phase_table import format_table
 from tools.report.linkmodel import (
-    MB,
     SWEEP_MBPS,
     LinkModel,
     crossovers_mbps,

@@ -298,10 +298,6 @@ class LinkLab(TraceControl):
         """Any `flwr` CLI command against the lab's SuperLink (e.g. "list", "linklab")."""
         return self._flwr().cli(*args, timeout_s=timeout_s)
 
-    def run_status(self, run_id: int) -> str | None:
-        """The SuperLink's status of ``run_id`` (e.g. "finished:completed"), None if unknown."""
-        return self._flwr().status(run_id)
-
     def shape(self, i: int, down_mbps: float | None, up_mbps: float | None, *,
               restart_node: bool = False) -> None:
         """Change node ``i``'s rates now (None: unshaped), and the manifest. A running
