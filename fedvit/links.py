@@ -30,7 +30,7 @@ from fedvit.config import AppConfig, ConfigError
 from fedvit.keys import LINK_KEYS, LINK_LATENCY_MS, LINK_REAL, WIRE_COST_KEYS
 
 # What a message costs on a real link beyond its serialised bytes (measured in the link lab,
-# bench/links.py; see README "The link lab"):
+# bench/links.py; see docs/link-lab.md):
 # * TCP/IPv4 over Ethernet: a full 1514-byte frame carries 1448 payload bytes (20 IP + 32
 #   TCP with timestamps + 14 Ethernet header bytes);
 # * Flower 1.41 moves a message one object per HTTP call (the message, its records, each

@@ -2,7 +2,7 @@
 
 One naming style: kebab-case, as the run config. The tables (``<stem>.csv`` and
 ``<stem>.json``, the same rows) are checked against ``TABLES`` when they are written
-(``server_app.results.ResultsWriter``), and README "Output files" is generated from this
+(``server_app.results.ResultsWriter``), and docs/results.md "Output files" is generated from this
 module (``markdown()``; a test keeps the two equal).
 """
 
@@ -192,7 +192,7 @@ def columns(stem: str) -> list[str]:
 
 
 def markdown() -> str:
-    """README's "Output files" tables: one per table and one for ``summary.json``, in the
+    """docs/results.md's "Output files" tables: one per table and one for ``summary.json``, in the
     schema's order (``<row>`` stands for each of ``keys.TABLE_ROWS``)."""
     parts = []
     for title, cols in [*((f"{stem}.csv, {stem}.json", c) for stem, c in TABLES.items()),

@@ -207,7 +207,7 @@ class RunRecorder:
 
 def round_row(server_round: int, central: MetricRecord, books, times: RoundTimes,
               train: dict[str, float]) -> dict:
-    """One row of ``rounds.csv`` (columns documented in README "Output files")."""
+    """One row of ``rounds.csv`` (columns documented in docs/results.md "Output files")."""
     this, cum = books.totals(server_round), books.totals(server_round, upto=True)
     return {
         "round": server_round,

@@ -1,6 +1,6 @@
 """The results writer: a run's folder, rewritten after every round so nothing is lost.
 
-The files and their columns are ``fedvit.schema``'s (README "Output files").
+The files and their columns are ``fedvit.schema``'s (docs/results.md "Output files").
 """
 
 from __future__ import annotations

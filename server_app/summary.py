@@ -111,7 +111,7 @@ def links(cfg: AppConfig, nodes: list[NodeTimes]) -> dict:
 def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list[dict],
                   est: Estimate | None, wall_s: float, stop: BaseException | None,
                   wire: dict | None) -> dict:
-    """The content of ``summary.json`` (keys documented in README "Output files").
+    """The content of ``summary.json`` (keys documented in docs/results.md "Output files").
 
     Args:
         cfg: the run config.

@@ -8,7 +8,7 @@ and the run's own outcome at the end.
   three with "Connection to the SuperLink is unavailable").
 * ``run ... --stream``: the log is passed through; at the end the run's ``summary.json``
   (the ServerApp logs its folder) is reported in one line, and the exit status is 0 only
-  for a complete run. Ctrl-C stops the run (``flwr stop``), as README says, instead of
+  for a complete run. Ctrl-C stops the run (``flwr stop``), as docs/results.md says, instead of
   only detaching the log as ``flwr run --stream`` does; its folder keeps the rounds it
   completed, and the line tells how to resume.
 
