@@ -1,15 +1,20 @@
-"""The built model, cached on disk as ``torch.export`` programs: a ClientApp process that
-finds them loads the model with torch alone, without importing timm and peft (and,
-through them, torchvision and transformers).
+"""The built model, cached on disk as its tensors and ``torch.export`` programs: a
+ClientApp process that finds them loads the model with torch alone, without importing timm
+and peft (and, through them, torchvision and transformers).
 
 In a Flower 1.41 deployment every message runs in a fresh ClientApp process. timm and
 peft stay the source of truth: on a miss the model is built with them
 (``fedvit.model.build_model``) and exported with ``torch.export.export`` once per mode the
 app runs it in, training (train mode, gradients on) and evaluation (eval mode, gradients
 off: ``FusedLoraLinear`` folds the adapters into the weight there). ``torch.export.save``
-writes each program as a serialised graph of ATen operations plus its tensors; loading
-(``torch.export.load``) deserialises that graph, no Python code from the file runs. Shapes
-other than the batch size are fixed at export: another image size fails loudly.
+writes each program as a serialised graph of ATen operations; the tensors go into a
+safetensors file. No file holds Python source; loading deserialises the graph
+(``torch.export.load``, which trusts the file it reads: it parses shape expressions with
+``sympy.sympify`` and may fall back to pickle, so keep ``$FEDVIT_CACHE`` writable only by
+its owner). A process loads only the program of the mode it runs, when it first switches
+to it (``torch.export.load`` imports ``torch._dynamo``, which torch's optimizer would
+import anyway). Shapes other than the batch size are fixed at export: another image size
+fails.
 
 A new artefact is kept only after it was checked against a second, fresh timm+peft build
 (``check_same``). The key covers everything the model depends on (``model_key``); hub
@@ -45,35 +50,55 @@ MODEL_KEYS = ("strategy", "model-name", "img-size", "patch-size", "pretrained", 
 # Code whose change must invalidate artefacts: how the model is built, exported, answered.
 SOURCES = ("model.py", "backbone.py", "adapters.py", "tensors.py", "model_cache.py")
 MODES = {"train": (True, True), "eval": (False, False)}  # mode: (training, gradients)
-INFO = "fedvit.json"  # the build's answers (fedvit.tensors), saved beside the train graph
 
 log = logging.getLogger(__name__)
 
 
 class ExportedModel(nn.Module):
-    """A model loaded from its exported programs: the build's parameters and buffers under
-    the same names, in the same order, with the same trainables; its forward runs the
-    training program in train mode and the evaluation program in eval mode without
-    gradients (eval mode with gradients was not exported: ``RuntimeError``). It also
-    carries what ``fedvit.tensors`` answers for its build, recorded when it was exported.
+    """A model loaded from the cache: the build's parameters and buffers under the same
+    names, in the same order, with the same trainables; its forward runs the training
+    program in train mode and the evaluation program in eval mode without gradients (eval
+    mode with gradients was not exported: ``RuntimeError``). It carries what
+    ``fedvit.tensors`` answers for its build, recorded when it was exported.
 
     Args:
-        programs: the loaded programs by mode (``MODES``); the parameters of ``train``'s
-            are kept and shared by the others.
-        info: ``{"lora": bool, "stats": [mean, std], "exchanged": [names]}``.
+        path: the artefact's tensors (``model_path``); ``mode_paths`` names its programs.
+
+    Raises:
+        OSError, safetensors.SafetensorError, KeyError, json.JSONDecodeError: a missing,
+            damaged or foreign file.
+        ValueError: another ``FORMAT``.
     """
 
-    def __init__(self, programs: dict[str, torch.export.ExportedProgram], info: dict) -> None:
+    def __init__(self, path: Path) -> None:
+        from safetensors import safe_open
+
         super().__init__()
-        graphs = {mode: program.module() for mode, program in programs.items()}
-        tree = graphs["train"]
-        for store in ("_parameters", "_buffers", "_modules"):
-            for graph in (self, *graphs.values()):  # one set of tensors for all graphs
-                object.__setattr__(graph, store, getattr(tree, store))
-        self._graphs = graphs  # a plain dict: graphs refuse .train()/.eval() as children
+        with safe_open(path, "pt") as f:
+            info = json.loads(f.metadata()["fedvit"])
+            if info["format"] != FORMAT:
+                raise ValueError(f"format {info['format']} is not {FORMAT}")
+            for name, kind in info["state"]:  # state-dict order: the build's tree again
+                *parents, leaf = name.split(".")
+                module = self
+                for part in parents:
+                    module = module._modules.setdefault(part, nn.Module())
+                tensor = f.get_tensor(name)
+                if kind == "buffer":
+                    module.register_buffer(leaf, tensor)
+                else:
+                    module.register_parameter(leaf, nn.Parameter(tensor, kind == "trainable"))
         self.fedvit_lora = bool(info["lora"])
         self.fedvit_input_stats = (tuple(info["stats"][0]), tuple(info["stats"][1]))
         self.fedvit_exchanged = tuple(info["exchanged"])
+        self._programs, self._graphs = mode_paths(path), {}
+
+    def train(self, mode: bool = True) -> ExportedModel:
+        """Set the mode and load its program if this process has not yet (outside any
+        compiled region: ``compile`` = true compiles ``forward`` only)."""
+        super().train(mode)
+        self._graph("train" if mode else "eval")
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The build's forward.
@@ -85,14 +110,33 @@ class ExportedModel(nn.Module):
             ``(B, num_classes)`` logits.
 
         Raises:
-            RuntimeError: eval mode with gradients on, or an input of another image size.
+            RuntimeError: eval mode with gradients on.
+            AssertionError: an input of another image size (a guard of the program).
         """
-        if self.training:
-            return self._graphs["train"](x)
-        if torch.is_grad_enabled():
+        if not self.training and torch.is_grad_enabled():
             raise RuntimeError("an exported model evaluates only without gradients "
                                "(torch.no_grad); train mode trains")
-        return self._graphs["eval"](x)
+        mode = "train" if self.training else "eval"
+        graph = self._graphs.get((mode, next(self.parameters()).device))
+        return (self._graph(mode) if graph is None else graph)(x)
+
+    def _graph(self, mode: str) -> nn.Module:
+        """The program of ``mode`` on the parameters' device (loaded on first use), made to
+        read this model's tensors."""
+        device = next(self.parameters()).device
+        graph = self._graphs.get((mode, device))
+        if graph is None:
+            with open(self._programs[mode], "rb") as f:  # a file object: any name is fine
+                program = torch.export.load(f)
+            if device.type != "cpu":  # the program holds the device it was exported on
+                from torch.export.passes import move_to_device_pass
+
+                program = move_to_device_pass(program, device)
+            graph = self._graphs[(mode, device)] = program.module()
+        for name, tensor in (*self.named_parameters(), *self.named_buffers()):
+            owner, _, leaf = name.rpartition(".")
+            setattr(graph.get_submodule(owner), leaf, tensor)  # ours, not the file's copy
+        return graph
 
 
 def cached_model(cfg: AppConfig, num_classes: int) -> nn.Module:
@@ -106,16 +150,15 @@ def cached_model(cfg: AppConfig, num_classes: int) -> nn.Module:
         num_classes: the classifier's outputs.
 
     Returns:
-        An ``ExportedModel`` (a hit, on ``cfg.torch_device``) or the timm/peft build (a
-        miss, on the CPU).
+        An ``ExportedModel`` (a hit) or the timm/peft build (a miss), on the CPU.
 
     Raises:
         ConfigError: as ``build_model`` raises.
     """
     path = model_path(cfg, num_classes)
-    if path is not None and path.is_file():
+    if path is not None and all(f.is_file() for f in (path, *mode_paths(path).values())):
         try:
-            return load(path, cfg.torch_device)
+            return ExportedModel(path)
         except Exception as err:  # a damaged or foreign file: rebuild it
             log.warning("fedvit: cached model %s unreadable (%s); rebuilding", path, err)
     from fedvit.model import build_model
@@ -163,56 +206,28 @@ def model_key(cfg: AppConfig, num_classes: int) -> dict | None:
 
 
 def model_path(cfg: AppConfig, num_classes: int) -> Path | None:
-    """The artefact's training program; ``mode_paths`` names all its files.
+    """The artefact's tensors; ``mode_paths`` names its programs.
 
     Args:
         cfg: the run config.
         num_classes: the classifier's outputs.
 
     Returns:
-        ``$FEDVIT_CACHE/models/<model-name>-<key digest>.train.pt2``, or None (not
+        ``$FEDVIT_CACHE/models/<model-name>-<key digest>.safetensors``, or None (not
         cacheable, see ``model_key``).
     """
     key = model_key(cfg, num_classes)
     if key is None:
         return None
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / "models" / f"{cfg.model_name}-{digest}.train.pt2"
+    return cache_dir() / "models" / f"{cfg.model_name}-{digest}.safetensors"
 
 
 def mode_paths(path: Path) -> dict[str, Path]:
-    """``{mode: file}`` of the artefact whose training program is ``path``."""
-    return {mode: path.with_name(path.name.replace(".train.pt2", f".{mode}.pt2")) for mode in MODES}
-
-
-def load(path: Path, device: str = "cpu") -> ExportedModel:
-    """A model from its exported programs, with torch alone (``torch.export.load``).
-
-    Args:
-        path: an artefact ``save_checked`` wrote (``model_path``).
-        device: where the model is put (``torch.export.passes.move_to_device_pass``: the
-            programs hold the device they were exported on).
-
-    Returns:
-        The model, in training mode.
-
-    Raises:
-        ValueError: another ``FORMAT``.
-        OSError, RuntimeError, KeyError, json.JSONDecodeError: a missing, damaged or
-            foreign file.
-    """
-    info, programs = {INFO: ""}, {}
-    for mode, file in mode_paths(path).items():
-        with open(file, "rb") as f:  # a file object: the name need not end in .pt2
-            programs[mode] = torch.export.load(f, extra_files=info if mode == "train" else None)
-    saved = json.loads(info[INFO])
-    if saved.get("format") != FORMAT:
-        raise ValueError(f"format {saved.get('format')} is not {FORMAT}")
-    if device != "cpu":
-        from torch.export.passes import move_to_device_pass
-
-        programs = {mode: move_to_device_pass(p, device) for mode, p in programs.items()}
-    return ExportedModel(programs, saved)
+    """``{mode: program file}`` of the artefact whose tensors are ``path``
+    (``<name>.safetensors`` -> ``<name>.<mode>.pt2``)."""
+    return {mode: path.with_name(path.name.replace(".safetensors", f".{mode}.pt2"))
+            for mode in MODES}
 
 
 def save_checked(model: nn.Module, cfg: AppConfig, num_classes: int, path: Path) -> None:
@@ -224,35 +239,40 @@ def save_checked(model: nn.Module, cfg: AppConfig, num_classes: int, path: Path)
         model: a fresh ``build_model(cfg, num_classes)`` (left as it was).
         cfg: the run config it was built from.
         num_classes: the classifier's outputs.
-        path: the artefact's training program (``model_path``; written atomically with
-            the other modes' files; the folder is created).
+        path: the artefact's tensors (``model_path``; written atomically, as are its
+            programs; the folder is created).
 
     Raises:
         AssertionError: the loaded model differs from the fresh build (no file is kept).
         torch._dynamo.exc.UserError, RuntimeError: the model cannot be exported.
     """
+    from safetensors.torch import save_file
+
     from fedvit.model import build_model
 
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
-    info = json.dumps({"format": FORMAT, "lora": is_lora(model), "stats": input_stats(model),
-                       "exchanged": list(exchanged_state(model))})
+    kinds = {n: "trainable" if p.requires_grad else "frozen" for n, p in model.named_parameters()}
+    state = model.state_dict()
+    info = {"format": FORMAT, "lora": is_lora(model), "stats": input_stats(model),
+            "exchanged": list(exchanged_state(model)),
+            "state": [(name, kinds.get(name, "buffer")) for name in state]}
     example = torch.randn(2, 3, cfg.img_size, cfg.img_size,
                           generator=torch.Generator().manual_seed(0))
     batch = torch.export.ShapesCollection()
     batch[example] = {0: torch.export.Dim("batch")}  # any batch size
     with torch.random.fork_rng(devices=[]), ExitStack() as files:
-        tmp = {mode: files.enter_context(atomic_path(file))
-               for mode, file in mode_paths(path).items()}
+        tmp = files.enter_context(atomic_path(path))
+        save_file({k: v.detach().clone() for k, v in state.items()}, tmp,
+                  metadata={"fedvit": json.dumps(info)})
         for mode, (training, grad) in MODES.items():
             model.train(training)
             with torch.set_grad_enabled(grad):
                 program = torch.export.export(model, (example,), dynamic_shapes=batch)
-            with open(tmp[mode], "wb") as f:
-                torch.export.save(program, f,
-                                  extra_files={INFO: info} if mode == "train" else None)
+            with open(files.enter_context(atomic_path(mode_paths(path)[mode])), "wb") as f:
+                torch.export.save(program, f)
         model.train(was_training)
-        check_same(load(tmp["train"]), build_model(cfg, num_classes), cfg)
+        check_same(ExportedModel(tmp), build_model(cfg, num_classes), cfg)
 
 
 def check_same(loaded: nn.Module, built: nn.Module, cfg: AppConfig) -> None:

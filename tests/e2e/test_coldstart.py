@@ -22,7 +22,6 @@ from fedvit.model_cache import (
     MODEL_KEYS,
     ExportedModel,
     cached_model,
-    load,
     mode_paths,
     model_key,
     model_path,
@@ -71,7 +70,7 @@ def test_cached_model_is_the_fresh_build(tmp_path: Path, monkeypatch: pytest.Mon
     first = cached_model(cfg, NUM_CLASSES)  # a miss: built with timm+peft, exported, checked
     assert not isinstance(first, ExportedModel)
     path = model_path(cfg, NUM_CLASSES)
-    assert all(file.is_file() for file in mode_paths(path).values())
+    assert all(file.is_file() for file in (path, *mode_paths(path).values()))
     cached = cached_model(cfg, NUM_CLASSES)  # a hit
     assert isinstance(cached, ExportedModel)
     fresh = build_model(cfg, NUM_CLASSES)
@@ -102,7 +101,7 @@ def test_cached_model_refuses_another_image_size(tmp_path: Path,
     monkeypatch.setenv("FEDVIT_CACHE", str(tmp_path))
     cfg = _cfg()
     cached_model(cfg, NUM_CLASSES)
-    model = load(model_path(cfg, NUM_CLASSES))
+    model = ExportedModel(model_path(cfg, NUM_CLASSES))
     model(torch.zeros(3, 3, 16, 16))  # any batch size
     with pytest.raises(AssertionError, match="Guard failed"):
         model(torch.zeros(1, 3, 32, 32))  # timm would resample; the export must not guess
@@ -154,15 +153,15 @@ def test_a_damaged_artefact_is_rebuilt(tmp_path: Path, monkeypatch: pytest.Monke
     path.write_bytes(b"not a model")
     model = cached_model(cfg, NUM_CLASSES)
     assert not isinstance(model, ExportedModel)
-    assert isinstance(load(path), ExportedModel)
+    assert isinstance(ExportedModel(path), ExportedModel)
 
 
 def test_a_fresh_client_process_imports_only_what_it_trains_with(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the partition and the model cached, loading ``client_app.app`` imports none of
-    the heavy libraries; building the task imports only ``torch._dynamo`` (torch.export's
-    loader does, as torch's own optimizer would on construction), the first step nothing
-    more."""
+    """With the partition and the model cached, loading ``client_app.app`` and building
+    the task imports none of the heavy libraries; the first step then imports only
+    ``torch._dynamo`` (``torch.export.load`` of the training program and torch's own
+    optimizer both import it)."""
     monkeypatch.setenv("FEDVIT_CACHE", str(tmp_path))
     from client_app.task import local_task
     from fedvit.rules import timm_vit_names
@@ -179,7 +178,6 @@ from fedvit.config import AppConfig
 from fedvit.model_cache import ExportedModel
 from fedvit.train import PhaseClock, make_optimizer, train_step
 heavy = {HEAVY!r}
-print([m for m in heavy if m in sys.modules])
 task = local_task(AppConfig.from_run_config({run_config!r}), 0, 2)
 print(isinstance(task.model, ExportedModel), [m for m in heavy if m in sys.modules])
 x, y = next(iter(task.train))
@@ -188,4 +186,4 @@ print([m for m in heavy if m in sys.modules])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "FEDVIT_CACHE": str(tmp_path)}, check=True)
-    assert out.stdout.splitlines() == ["[]", "True ['torch._dynamo']", "['torch._dynamo']"]
+    assert out.stdout.splitlines() == ["True []", "['torch._dynamo']"]
