@@ -18,15 +18,16 @@ It prints the seconds from the process's start (``fedvit.startup.process_start_t
 OS's record) to the end of that step, split into interpreter + imports, task build and
 first step (the optimizer's construction included), and finer: interpreter + Flower's
 runtime, the app's imports, the task, the optimizer, the first batch and step. "Before" is
-a git revision (``--before``, default: the main branch's commit this branch started from),
-checked out into a temporary ``git worktree`` that is removed afterwards; "after" is this
-working tree. Before and after processes alternate, so that
-drifting machine load hits both alike; both must reach the same backbone fingerprint, the
+another checkout (``--before /work/main``) or a git revision (default: the main branch's
+commit this branch started from), checked out into a temporary ``git worktree`` that is
+removed afterwards; "after" is this working tree. Before and after processes alternate, so
+that drifting machine load hits both alike (the 1-minute load average is printed before
+and after the samples); both must reach the same backbone fingerprint, the
 same exchanged tensors and the same first-step loss (checked). Children run with
 ``OMP_NUM_THREADS=1`` (one SuperNode's thread budget when two share a 2-core host) and the
 caller's ``$FEDVIT_CACHE``; one untimed warm-up process per side fills the caches first.
 
-    .venv/bin/python bench/coldstart.py [--pairs 7] [--before REV]
+    .venv/bin/python bench/coldstart.py [--pairs 7] [--before REV_OR_FOLDER]
 """
 
 from __future__ import annotations
@@ -144,13 +145,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--before", default=None,
-                        help="git revision measured as 'before' (default: merge-base with main)")
+                        help="a checkout's folder or a git revision measured as 'before' "
+                             "(default: merge-base with main)")
     args = parser.parse_args()
-    rev = args.before or default_before()
-    tmp = Path(tempfile.mkdtemp(prefix="coldstart-before-"))
-    tree = tmp / "tree"
-    subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(tree), rev],
-                   cwd=ROOT, check=True)
+    before = args.before or default_before()
+    tmp = None if Path(before).is_dir() else Path(tempfile.mkdtemp(prefix="coldstart-before-"))
+    tree = Path(before).resolve() if tmp is None else tmp / "tree"
+    if tmp is not None:
+        subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(tree), before],
+                       cwd=ROOT, check=True)
+    load = [os.getloadavg()[0]]
     try:
         runs: dict[str, list[dict]] = {"before": [], "after": []}
         trees = {"before": tree, "after": ROOT}
@@ -163,13 +167,16 @@ def main() -> None:
                 print(f"pair {i + 1}/{args.pairs} {side:6s} " + " ".join(
                     f"{k} {r[k]:.2f}s" for k in SPLITS), flush=True)
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
-                       check=True)
-        tmp.rmdir()
+        if tmp is not None:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
+                           check=True)
+            tmp.rmdir()
+    load.append(os.getloadavg()[0])
     same = {k: {r[k] for side in runs.values() for r in side}
             for k in ("fingerprint", "loss", "state", "keys")}
-    print(f"before = {rev[:12]}, after = working tree, {args.pairs} pairs, "
-          "OMP_NUM_THREADS=1, medians (s):")
+    print(f"before = {before if tmp is None else before[:12]}, after = working tree, "
+          f"{args.pairs} pairs, OMP_NUM_THREADS=1, 1-minute load {load[0]:.2f} -> "
+          f"{load[1]:.2f}, medians (s):")
     print(f"{'':8s}" + "".join(f"{k:>10s}" for k in SPLITS))
     med = {side: {k: statistics.median(r[k] for r in runs[side]) for k in SPLITS}
            for side in runs}
@@ -190,6 +197,7 @@ def main() -> None:
     print(f"identical: backbone {same['fingerprint'].pop()}, first-step loss "
           f"{same['loss'].pop():.6f}, {same['keys'].pop()} exchanged tensors after the step")
     print(f"coldstart: before={med['before']['total']:.2f}s after={med['after']['total']:.2f}s "
+          f"difference={med['after']['total'] - med['before']['total']:+.2f}s "
           f"target<={TARGET_S:g}s")
 
 

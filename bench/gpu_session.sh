@@ -65,7 +65,7 @@ cat "$out/env.txt"
 # 2. bench
 if [[ " $PARTS " == *" bench "* ]]; then
   say "bench: $MODEL $IMG px, batches $BATCHES ($(elapsed))"
-  # --num-classes 10: the digits' classes, so the deployment finds the traced model built
+  # --num-classes 10: the digits' classes, so the deployment finds the cached model built
   timeout "$BENCH_TIMEOUT" "$PY" -u bench/gpu_vit_b.py --device "$DEVICE" --model "$MODEL" \
     --img-size "$IMG" --patch-size "$PATCH" --num-classes 10 --batches "$BATCHES" \
     --steps "$STEPS" --repeats "$REPEATS" --matmul "$MATMUL" --json "$out/bench.json" \

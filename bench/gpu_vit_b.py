@@ -2,7 +2,7 @@
 
 1. The ceiling: TFLOP/s of a bf16 ``n x n x n`` matrix product on this device (n = 8192).
 2. For LoRA (``fedlora``) and full fine-tuning (``fedavg``) at each batch size, on the model
-   the clients run (``fedvit.traced.cached_model``; random weights, synthetic batches
+   the clients run (``fedvit.model_cache.cached_model``; random weights, synthetic batches
    resident on the device), three ways of the clients' own loop ``fedvit.train.train_epochs``:
    - ``app``: as a client trains, ``train_step`` timed by its ``PhaseClock``;
    - ``bare``: the same loop with a clock that records nothing (what the timing costs);
@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from fedvit.config import AppConfig
-from fedvit.traced import cached_model
+from fedvit.model_cache import cached_model
 from fedvit.train import (
     PhaseClock,
     TrainStats,

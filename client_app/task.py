@@ -15,8 +15,8 @@ from fedvit.codecs import ErrorFeedback, encode_record, record_arrays
 from fedvit.config import AppConfig, ConfigError
 from fedvit.data import client_data, make_loader
 from fedvit.keys import BACKBONE, NUM_PARTITIONS, NUM_THREADS, PARTITION_ID
+from fedvit.model_cache import cached_model
 from fedvit.tensors import backbone_fingerprint, input_stats
-from fedvit.traced import cached_model
 from fedvit.train import compile_model
 
 EF_STATE = "error-feedback"  # context.state key of the top-k residual
@@ -66,8 +66,8 @@ def node_threads(node_config: dict) -> int | None:
 
 @lru_cache(maxsize=2)
 def _model(cfg: AppConfig, num_classes: int) -> nn.Module:
-    """``fedvit.model.build_model``'s model; from the traced-model cache when it is there,
-    so a fresh process needs neither timm nor peft (see ``fedvit.traced``); with
+    """``fedvit.model.build_model``'s model; from the model cache when it is there, so a
+    fresh process needs neither timm nor peft (see ``fedvit.model_cache``); with
     ``compile``, compiled in place (``fedvit.train.compile_model``)."""
     model = cached_model(cfg, num_classes)
     return compile_model(model) if cfg.compile else model

@@ -2,7 +2,7 @@
 rules only the built model can check.
 
 timm is imported inside the functions that build: a process that loads its model from the
-traced cache (``fedvit.traced``) never imports it.
+cache (``fedvit.model_cache``) never imports it.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Which tensors travel, the backbone's fingerprint and the input statistics.
 
 One answer for a model built with timm and peft (``fedvit.model``) and for the same model
-loaded from the traced-model cache (``fedvit.tracing.TracedModel``). A built model is
+loaded from the model cache (``fedvit.model_cache.ExportedModel``). A built model is
 answered with its libraries' own helpers: peft's adapter state dict
-(``fedvit.adapters``) and timm's data config. A traced model carries the answers recorded
-from those helpers when it was traced, so a ClientApp process that loads it never imports
+(``fedvit.adapters``) and timm's data config. A cached model carries the answers recorded
+from those helpers when it was exported, so a ClientApp process that loads it never imports
 timm or peft (a built model exists only once they are imported, so asking about one costs
 nothing more). ``fedvit.model`` re-exports these functions.
 """
@@ -21,15 +21,15 @@ from fedvit.keys import HEAD
 
 
 def is_lora(model: nn.Module) -> bool:
-    """Whether ``model`` is a peft LoRA model (built, or loaded from the traced cache).
+    """Whether ``model`` is a peft LoRA model (built, or loaded from the model cache).
 
     Args:
-        model: a model ``fedvit.model.build_model`` built, or a ``TracedModel``.
+        model: a model ``fedvit.model.build_model`` built, or an ``ExportedModel``.
 
     Returns:
         True for a LoRA model (``fedlora``), False for a plain ViT (``fedavg``).
     """
-    lora = getattr(model, "fedvit_lora", None)  # set by fedvit.tracing.TracedModel
+    lora = getattr(model, "fedvit_lora", None)  # set by fedvit.model_cache.ExportedModel
     if lora is not None:
         return bool(lora)
     peft = sys.modules.get("peft")  # not imported: no peft model can exist
@@ -41,7 +41,7 @@ def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
     A plain ViT (``fedavg``) exchanges its whole state dict; a LoRA model its adapter state
     (``fedvit.adapters.adapter_state``: peft's adapter state dict, FFA-LoRA's frozen
-    ``lora_A`` left out); a traced model the names recorded from its build.
+    ``lora_A`` left out); a cached model the names recorded from its build.
 
     Args:
         model: as for ``is_lora``.
@@ -50,7 +50,7 @@ def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
         ``{state-dict name: tensor}`` in state-dict order; the tensors are detached and
         share memory with the model (dtype and device as they are).
     """
-    names = getattr(model, "fedvit_exchanged", None)  # set by fedvit.tracing.TracedModel
+    names = getattr(model, "fedvit_exchanged", None)  # set by fedvit.model_cache.ExportedModel
     if names is not None:
         state = model.state_dict()
         return {name: state[name] for name in names}
@@ -122,7 +122,7 @@ def backbone_fingerprint(model: nn.Module) -> str:
 
 def input_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The per-channel (mean, std) the ViT's inputs are normalised with: timm's
-    ``resolve_model_data_config`` of the built ViT, or what a traced model recorded.
+    ``resolve_model_data_config`` of the built ViT, or what a cached model recorded.
 
     Args:
         model: as for ``is_lora``.
@@ -130,7 +130,7 @@ def input_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]
     Returns:
         (mean, std), one float per input channel, on the [0, 1] pixel scale.
     """
-    stats = getattr(model, "fedvit_input_stats", None)  # a TracedModel carries its own
+    stats = getattr(model, "fedvit_input_stats", None)  # an ExportedModel carries its own
     if stats is None:
         from timm.data import resolve_model_data_config  # timm is imported already
 

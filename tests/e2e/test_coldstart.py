@@ -1,8 +1,8 @@
-"""A fresh ClientApp process's cold start: what it imports and the traced-model cache.
+"""A fresh ClientApp process's cold start: what it imports and the model cache.
 
 In deployment Flower 1.41 runs every message in a fresh process; the model is loaded from
-a torch-only artefact traced from the timm+peft build (``fedvit.traced``). These tests
-hold the artefact to the build: same tensors, same values, same training step.
+``torch.export`` programs exported from the timm+peft build (``fedvit.model_cache``). These
+tests hold the artefact to the build: same tensors, same values, same training step.
 """
 
 from __future__ import annotations
@@ -18,9 +18,15 @@ import torch
 
 from fedvit.config import AppConfig
 from fedvit.model import build_model
+from fedvit.model_cache import (
+    MODEL_KEYS,
+    ExportedModel,
+    cached_model,
+    mode_paths,
+    model_key,
+    model_path,
+)
 from fedvit.tensors import backbone_fingerprint, exchanged_state, input_stats
-from fedvit.traced import MODEL_KEYS, cached_model, load, model_key, model_path
-from fedvit.tracing import TracedModel
 from fedvit.train import PhaseClock, make_optimizer, train_step
 
 FAST = {"model-name": "test_vit", "img-size": 16, "patch-size": 4, "weights-path": ""}
@@ -61,12 +67,12 @@ def test_cached_model_is_the_fresh_build(tmp_path: Path, monkeypatch: pytest.Mon
                                          overrides: dict) -> None:
     monkeypatch.setenv("FEDVIT_CACHE", str(tmp_path))
     cfg = _cfg(**overrides)
-    first = cached_model(cfg, NUM_CLASSES)  # a miss: built with timm+peft, traced, checked
-    assert not isinstance(first, TracedModel)
+    first = cached_model(cfg, NUM_CLASSES)  # a miss: built with timm+peft, exported, checked
+    assert not isinstance(first, ExportedModel)
     path = model_path(cfg, NUM_CLASSES)
-    assert path.is_file()
+    assert all(file.is_file() for file in (path, *mode_paths(path).values()))
     cached = cached_model(cfg, NUM_CLASSES)  # a hit
-    assert isinstance(cached, TracedModel)
+    assert isinstance(cached, ExportedModel)
     fresh = build_model(cfg, NUM_CLASSES)
     # Same names in the same order, same values bit for bit, same trainables.
     assert list(exchanged_state(cached)) == list(exchanged_state(fresh))
@@ -81,21 +87,24 @@ def test_cached_model_is_the_fresh_build(tmp_path: Path, monkeypatch: pytest.Mon
     x, y = torch.randn(7, 3, 16, 16, generator=gen), torch.randint(0, 10, (7,), generator=gen)
     for model in (cached, fresh):
         model.eval()
-    with torch.no_grad():  # evaluation folds the adapters into the weights: also traced
+    with torch.no_grad():  # evaluation folds the adapters into the weights: also exported
         assert _bits(cached(x)) == _bits(fresh(x))
+        assert _bits(cached(x[:1])) == _bits(fresh(x[:1]))  # any batch size
+    with pytest.raises(RuntimeError, match="without gradients"):
+        cached(x)  # eval mode with gradients was not exported
     # One training step: same loss, same exchanged tensors afterwards, bit for bit.
     assert _step(cached, x, y) == _step(fresh, x, y)
 
 
-def test_traced_model_refuses_another_image_size(tmp_path: Path,
+def test_cached_model_refuses_another_image_size(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEDVIT_CACHE", str(tmp_path))
     cfg = _cfg()
     cached_model(cfg, NUM_CLASSES)
-    model = load(model_path(cfg, NUM_CLASSES))
+    model = ExportedModel(model_path(cfg, NUM_CLASSES))
     model(torch.zeros(3, 3, 16, 16))  # any batch size
-    with pytest.raises(AssertionError, match="unlike the traced one"):
-        model(torch.zeros(1, 3, 32, 32))  # timm would resample; the trace must not guess
+    with pytest.raises(AssertionError, match="Guard failed"):
+        model(torch.zeros(1, 3, 32, 32))  # timm would resample; the export must not guess
 
 
 def test_model_cache_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,15 +152,16 @@ def test_a_damaged_artefact_is_rebuilt(tmp_path: Path, monkeypatch: pytest.Monke
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a model")
     model = cached_model(cfg, NUM_CLASSES)
-    assert not isinstance(model, TracedModel)
-    assert isinstance(load(path), TracedModel)
+    assert not isinstance(model, ExportedModel)
+    assert isinstance(ExportedModel(path), ExportedModel)
 
 
 def test_a_fresh_client_process_imports_only_what_it_trains_with(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the partition and the model cached, loading ``client_app.app`` and building
     the task imports none of the heavy libraries; the first step then imports only
-    ``torch._dynamo``, which torch's own optimizer imports on construction."""
+    ``torch._dynamo`` (``torch.export.load`` of the training program and torch's own
+    optimizer both import it)."""
     monkeypatch.setenv("FEDVIT_CACHE", str(tmp_path))
     from client_app.task import local_task
     from fedvit.rules import timm_vit_names
@@ -165,11 +175,11 @@ import sys
 import client_app.app
 from client_app.task import local_task
 from fedvit.config import AppConfig
-from fedvit.tracing import TracedModel
+from fedvit.model_cache import ExportedModel
 from fedvit.train import PhaseClock, make_optimizer, train_step
 heavy = {HEAVY!r}
 task = local_task(AppConfig.from_run_config({run_config!r}), 0, 2)
-print(isinstance(task.model, TracedModel), [m for m in heavy if m in sys.modules])
+print(isinstance(task.model, ExportedModel), [m for m in heavy if m in sys.modules])
 x, y = next(iter(task.train))
 train_step(task.model.train(), make_optimizer(task.model, 0.01), x, y, PhaseClock(False), False)
 print([m for m in heavy if m in sys.modules])

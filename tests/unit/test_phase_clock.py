@@ -139,8 +139,8 @@ def test_compile_model_keeps_the_module_and_the_names_it_exchanges():
     """``compile`` = true must not rename what travels (``torch.compile(model)`` would wrap
     it and prefix every name with ``_orig_mod.``); nothing compiles until it is called."""
     from fedvit.config import AppConfig
+    from fedvit.model_cache import cached_model
     from fedvit.tensors import exchanged_state
-    from fedvit.traced import cached_model
     from fedvit.train import compile_model
 
     model = cached_model(AppConfig.from_run_config({"weights-path": ""}), 10)
