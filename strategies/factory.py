@@ -6,7 +6,8 @@ From the outside in::
     StopOnCommonFailure stops the run where every node failed a round the same way
     BandwidthTracking   books every message (its own measuring is outside the timing)
     RoundTiming         configure/aggregation intervals and the replies' reports
-    ExchangeCodecs      encode down; decode, check, reject, order by partition up
+    ExchangeCodecs      encode (and pack) down; unpack, decode, check, reject, order
+                        by partition up
     SeededSampling      each round's nodes from seed, round and partitions
     FedAvg | FedLoRA    sends to every node offered; aggregates what it is handed
 
@@ -105,7 +106,8 @@ def build_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedVitStrat
                               fraction_evaluate=cfg.fraction_evaluate,
                               min_nodes=cfg.min_nodes, seed=cfg.seed,
                               query_timeout_s=cfg.round_timeout_s)
-    codecs = ExchangeCodecs(sampling, cfg.down_codec, cfg.up_codec, base.arrayrecord_key)
+    codecs = ExchangeCodecs(sampling, cfg.down_codec, cfg.up_codec, base.arrayrecord_key,
+                            cfg.pack_tensors)
     timing = RoundTiming(codecs)
     books = BandwidthTracking(timing)
     offset = RoundOffset(StopOnCommonFailure(books))
