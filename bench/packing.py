@@ -28,7 +28,15 @@ fedavg packed/unpacked <= 0.3.
     sudo env PYTHONPATH=$PWD .venv/bin/python bench/packing.py [--rounds 2] [--rate 8]
         [--latency 50] [--run-config ...]
 
-Needs root, ``ip netns`` and ``tc`` (as the link lab does). About 12 minutes here.
+A small packed message stays above the limit: a reply of 6 objects takes Flower 1.41 one
+PushMessages call and then 3 waves of object pushes, two in flight (the chunk first, the
+small records after it), i.e. 4 sequential calls, each a round trip and its handling, where
+the limit allows 2 round trips; with a 0.06 MB fedlora message at 8 Mbit/s (57 ms) those
+calls, not the bytes, set its time. A packed fedavg message (1.1 s of bytes) sits at the
+limit.
+
+Needs root, ``ip netns`` and ``tc`` (as the link lab does). About 7 minutes here, plus the
+backbone's pretraining on a first run (``weights-path`` = ``public-pretrain``).
 """
 
 from __future__ import annotations
