@@ -96,19 +96,34 @@ class LabRun:
 
     def transfer_ratio(self, spec: str, keep: Path | None = None) -> float:
         """Every message's measured transfer ÷ the model's price of it on ``spec`` with
-        this run's own calibrated costs, pooled: measured = how long the kernel saw its
-        link busy with it (``CounterSampler.busy_interval``); price = ``Link``/``LinkCurve``
-        ``down_s``/``up_s`` at the time its bytes started, less the one-way latency (the
-        busy span starts with the first bytes). NaN where no message was seen. ``keep``:
-        write each message's figures there (JSON); without a sampler, read them there."""
+        this run's own calibrated costs, pooled (``message_transfers``). NaN where no
+        message was seen. ``keep``: write each message's figures there (JSON); without a
+        sampler, read them there."""
         if self.sampler is None:
             rows = json.loads(keep.read_text()) if keep and keep.exists() else []
-            priced = sum(r["priced-s"] for r in rows)
-            return sum(r["busy-s"] for r in rows) / priced if priced else float("nan")
+        else:
+            rows = self.message_transfers(spec)
+            if keep is not None:
+                keep.write_text(json.dumps(rows, indent=1))
+        priced = sum(r["priced-s"] for r in rows)
+        return sum(r["busy-s"] for r in rows) / priced if priced else float("nan")
+
+    def message_transfers(self, spec: str) -> list[dict]:
+        """Each message's measured transfer and the model's price of it on ``spec`` with
+        this run's own calibrated costs: measured (``busy-s``) = how long the kernel saw
+        its link busy with it (``CounterSampler.busy_interval``); price (``priced-s``) =
+        ``Link``/``LinkCurve`` ``down_s``/``up_s`` at the time its bytes started, less the
+        one-way latency (the busy span starts with the first bytes). A message the
+        sampler never saw busy is left out.
+
+        Returns:
+            One row per message: ``round``, ``partition``, ``direction``, ``objects``,
+            ``bytes`` (the books' message bytes), ``start-s`` (from the first round's
+            start), ``busy-s``, ``priced-s`` and ``latency-ms``.
+        """
         link_of = parse_links(spec).link_of(self.run.config)
         costs = {r["round"]: RoundTimes.from_row(r).costs for r in self.run.phases}
         origin = first_round_start(self.run)
-        measured = priced = 0.0
         rows = []
         for n, windows in message_windows(self.run):
             link = link_of(n)
@@ -123,15 +138,12 @@ class LabRun:
                 price = (getattr(static, f"{d}_s")(nbytes, objects, costs[n.round])
                          if isinstance(link, Link) else
                          getattr(link, f"{d}_s")(t, nbytes, objects, costs[n.round]))
-                measured += busy[1] - busy[0]
-                priced += price - static.latency_ms / 1e3
                 rows.append({"round": n.round, "partition": n.partition_id, "direction": d,
                              "objects": objects, "bytes": nbytes, "start-s": t,
                              "busy-s": busy[1] - busy[0],
-                             "priced-s": price - static.latency_ms / 1e3})
-        if keep is not None:
-            keep.write_text(json.dumps(rows, indent=1))
-        return measured / priced if priced else float("nan")
+                             "priced-s": price - static.latency_ms / 1e3,
+                             "latency-ms": static.latency_ms})
+        return rows
 
     @property
     def measured_s(self) -> float:

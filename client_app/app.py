@@ -9,7 +9,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client_app.mods import bandwidth_mod
+from client_app.mods import WIRE_MODS
 from client_app.task import (
     LocalTask,
     check_backbone,
@@ -27,7 +27,7 @@ from fedvit.tensors import exchanged_state, load_exchanged
 from fedvit.train import evaluate as evaluate_loader
 from fedvit.train import make_optimizer, train_epochs
 
-app = ClientApp(mods=[bandwidth_mod])
+app = ClientApp(mods=list(WIRE_MODS))
 
 
 @app.train()

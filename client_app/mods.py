@@ -17,14 +17,16 @@ included) and again with those keys removed; the latter must equal the client's
 
 from __future__ import annotations
 
+import copy
 import time
 
-from flwr.app import Context, Message, MetricRecord
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from client_app.task import partition_of
 from fedvit.config import AppConfig
 from fedvit.keys import (
+    ARRAYS,
     BOOKS_S,
     BYTES_KEYS,
     FRESH,
@@ -35,6 +37,7 @@ from fedvit.keys import (
     TRANSFER_S,
 )
 from fedvit.links import Link, node_link
+from fedvit.packing import is_packed, pack_record, unpack_record
 from fedvit.startup import process_start_time
 from fedvit.wire import message_size, tensor_bytes
 
@@ -88,3 +91,28 @@ def _emulated_link(context: Context) -> Link | None:
     if not cfg.link_emulate:
         return None
     return node_link(cfg, context.node_config, partition_of(context.node_config)[0])
+
+
+def packing_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Unpack a packed message's tensors for the handler and pack its reply's alike.
+
+    A message without tensors (a query) and its reply pass as they are; so does a reply
+    whose handler failed.
+
+    Raises:
+        fedvit.packing.PackingError: the message's packed record is malformed (Flower
+            sends the server an error reply naming it).
+    """
+    record = msg.content.array_records.get(ARRAYS)
+    packed = record is not None and is_packed(record)
+    if packed:  # a new message: the one received stays as it crossed the wire
+        content = RecordDict(dict(msg.content.items()))
+        content[ARRAYS] = unpack_record(record)
+        msg = Message(content=content, metadata=copy.deepcopy(msg.metadata))
+    reply = call_next(msg, context)
+    if packed and not reply.has_error() and ARRAYS in reply.content.array_records:
+        reply.content[ARRAYS] = pack_record(reply.content[ARRAYS])
+    return reply
+
+
+WIRE_MODS = (bandwidth_mod, packing_mod)  # outermost first: the books see the wire's layout

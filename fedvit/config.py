@@ -81,6 +81,7 @@ class AppConfig:
     lora_aggregation: str
     codec_down: str
     codec_up: str
+    pack_tensors: bool
     dataset: str
     partitioner: str
     dirichlet_alpha: float

@@ -34,6 +34,9 @@ from __future__ import annotations
 METRICS = "metrics"  # the one MetricRecord of every reply
 CONFIG = "config"  # the ConfigRecord of every instruction (FedAvg's)
 ARRAYS = "arrays"  # the ArrayRecord of the exchanged tensors (FedAvg's ``arrayrecord_key``)
+# pack-tensors: the one key of a packed ArrayRecord is this prefix + its JSON index
+# (``fedvit.packing``)
+PACKED_PREFIX = "packed:"
 
 # ------------------------------------------------------- what an instruction's config holds
 SERVER_ROUND = "server-round"  # set by FedAvg

@@ -177,9 +177,10 @@ class LinkCurve:
 
     A message sent at ``t`` waits the latency in force at ``t``, then moves object by object
     (``object_seconds``: two calls in flight, each object costing the larger of its bytes'
-    time and half a call), its bytes' time integrated over the rate curve from when they
-    start: a transfer that straddles a rate change takes the right time. Where no change
-    falls inside the message, this is ``Link.down_s``/``up_s`` exactly.
+    time and half a call; at least one call carrying every byte), its bytes' time
+    integrated over the rate curve from when they start: a transfer that straddles a rate
+    change takes the right time. Where no change falls inside the message, this is
+    ``Link.down_s``/``up_s`` exactly.
 
     Args:
         times: segment starts, seconds, ascending, the first 0.
@@ -239,7 +240,9 @@ class LinkCurve:
         for _ in range(objects):
             on_link = self.carry_s(t, wire / objects, rate)
             t += max(on_link, (costs.call_s + 2 * latency + on_link) / 2)
-        return t - start
+        floor = one_call_floor(self.carry_s(start + latency, wire, rate),
+                               self.at(start).latency_ms, costs)
+        return max(t - start, latency + floor)
 
     def carry_s(self, t: float, nbytes: float, rate: str = "down_mbps") -> float:
         """Seconds the link takes to carry ``nbytes`` from ``t``, its rate (``down_mbps``
@@ -278,7 +281,8 @@ def object_seconds(wire: float, objects: int, mbps: float, latency_ms: float,
 
     A call of an object of average size takes ``costs.call_s`` + a round trip + its bytes'
     time; an object costs half of that, but at least its bytes' time. Bulk transfers are
-    link-bound (bytes ÷ rate), many small objects call-bound.
+    link-bound (bytes ÷ rate), many small objects call-bound. A message never takes less
+    than one call carrying all its bytes (``one_call_floor``).
 
     Args:
         wire: bytes on the wire, all objects together (``wire_bytes``).
@@ -295,7 +299,15 @@ def object_seconds(wire: float, objects: int, mbps: float, latency_ms: float,
         return on_link
     per_object = on_link / objects
     call = costs.call_s + 2 * latency_ms / 1e3 + per_object
-    return objects * max(per_object, call / 2)
+    return max(objects * max(per_object, call / 2), one_call_floor(on_link, latency_ms, costs))
+
+
+def one_call_floor(on_link: float, latency_ms: float, costs: WireCosts = DEFAULT_COSTS) -> float:
+    """Seconds any message takes at least, however its bytes are laid out: one call
+    carrying all of them (handling + round trip + ``on_link``, its bytes' time, s, at
+    ``latency_ms`` one way). It binds where one object holds most bytes (a packed message,
+    ``fedvit.packing``; the other objects' calls overlap with its call, two in flight)."""
+    return costs.call_s + 2 * latency_ms / 1e3 + on_link
 
 
 # A fresh ClientApp process (Flower 1.41 starts one per message while its SuperNode still

@@ -22,7 +22,7 @@ from fedvit.rules import show
 RESUMABLE_KEYS = frozenset({
     "num-server-rounds", "outputs-dir", "run-name", "resume-from", "node-wait-s",
     "round-timeout-s", "device", "compile", "eval-batch-size", "fraction-evaluate",
-    "evaluate-in-train",
+    "evaluate-in-train", "pack-tensors",
     "link-down-mbps", "link-up-mbps", "link-latency-ms", "link-profile", "link-emulate",
     "deploy-pickup-s", "deploy-startup-s", "deploy-return-s",
 })

@@ -72,6 +72,19 @@ def content_bytes(content: RecordDict) -> int:
     return _tree_size(content)[0]
 
 
+def content_size(content: RecordDict) -> tuple[int, int]:
+    """Serialised size and object count of a message's content: a message carrying it
+    has one object more (the message itself), ``message_size``.
+
+    Args:
+        content: the message's records.
+
+    Returns:
+        (bytes, objects), headers included, duplicates counted.
+    """
+    return _tree_size(content)
+
+
 def _tree_size(obj) -> tuple[int, int]:
     if isinstance(obj, Message):
         kids = [obj.content] if obj.has_content() else []

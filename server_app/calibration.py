@@ -20,8 +20,10 @@ pull. From a sample:
   one object's bytes' time on the node's link): call = 2 × span ÷ objects − RTT − b,
   used where the call's term clearly wins the max: call + RTT ≥ ``CALL_BOUND`` × b (then
   the span measures calls, not bytes; near the boundary a stall inside a link-bound
-  transfer would pass for a long call). On a link with latency a bulk message is
-  call-bound too (a fedavg object's bytes at 8 Mbit/s take 76 ms, a call + 100 ms more).
+  transfer would pass for a long call), and the model's floor of one call carrying every
+  byte (``fedvit.links.one_call_floor``) does not bind (a packed message's few objects).
+  On a link with latency a bulk message is call-bound too (a fedavg object's bytes at
+  8 Mbit/s take 76 ms, a call + 100 ms more).
 
 Each quantity is the median over the run's samples so far (robust against the first
 round's app-bundle download and a window holding a stray poll); where no sample measures
@@ -88,7 +90,10 @@ class WireSample:
                    * 8 / (self.mbps * 1e6))
         rtt = 2 * self.latency_ms / 1e3
         call = 2 * per_object - rtt - bytes_s
-        return call if call > 0 and call + rtt >= CALL_BOUND * bytes_s else None
+        if call <= 0 or call + rtt < CALL_BOUND * bytes_s:
+            return None
+        floor = call + rtt + self.objects * bytes_s  # fedvit.links.one_call_floor
+        return call if self.objects * (call + rtt + bytes_s) / 2 >= floor else None
 
 
 def calibrate(samples: Iterable[WireSample], default: WireCosts = DEFAULT_COSTS

@@ -6,6 +6,11 @@ The global tensors go down encoded with ``codec-down``. Clients send their updat
 ``codec-up`` is ``none``. Every train reply is decoded and checked against the round's
 global tensors (same keys, shapes and dtype, all finite); a reply that fails is rejected
 with a logged reason and left out of the aggregate, and the round goes on with the others.
+
+With ``pack-tensors`` the (encoded) tensors go down packed into one buffer
+(``fedvit.packing``), the last step before the wire, and a reply is unpacked first, before
+it is decoded and checked: the inner strategy sees exactly the tensors it sees unpacked.
+A reply in the other layout, or whose packing is malformed, is rejected like any other.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedvit.codecs import CodecSpec, encode_record, is_encoded, record_arrays
+from fedvit.codecs import CodecSpec, decode, encode, encode_record, is_encoded
 from fedvit.keys import METRICS, PARTITION_ID
+from fedvit.packing import is_packed, pack, unpack
 from strategies.wrapper import StrategyWrapper
 
 
@@ -41,12 +47,14 @@ class ExchangeCodecs(StrategyWrapper):
         codec_down: how the global tensors are encoded for the clients.
         codec_up: how the clients encode their update (``none``: they send tensors).
         arrayrecord_key: the ArrayRecord of a reply that holds the tensors.
+        pack: send the tensors packed and take only packed replies (``pack-tensors``).
     """
 
     def __init__(self, strategy: Strategy, codec_down: CodecSpec, codec_up: CodecSpec,
-                 arrayrecord_key: str) -> None:
+                 arrayrecord_key: str, pack: bool) -> None:
         super().__init__(strategy)
         self.codec_down, self.codec_up = codec_down, codec_up
+        self.pack = pack
         self.arrayrecord_key = arrayrecord_key
         self.rejections: list[dict] = []
         self._global: dict[str, np.ndarray] = {}
@@ -87,20 +95,29 @@ class ExchangeCodecs(StrategyWrapper):
         self.rejections = list(rejections)
 
     def _down(self, arrays: ArrayRecord) -> ArrayRecord:
-        if self.codec_down.name == "none":
-            return arrays
-        return encode_record(self.codec_down, {k: v.numpy() for k, v in arrays.items()})
+        if not self.pack:
+            if self.codec_down.name == "none":
+                return arrays
+            return encode_record(self.codec_down, {k: v.numpy() for k, v in arrays.items()})
+        tensors = {k: v.numpy() for k, v in arrays.items()}
+        return pack(tensors if self.codec_down.name == "none"
+                    else encode(self.codec_down, tensors))
 
     def _accept(self, msg: Message) -> Message:
         """The reply with decoded, checked global-shaped tensors, or ``RejectedReply``."""
         record = msg.content.array_records.get(self.arrayrecord_key)
         if record is None:
             raise RejectedReply(f"no ArrayRecord {self.arrayrecord_key!r}")
-        encoded = is_encoded(record.keys())
+        packed = is_packed(record)
+        if packed != self.pack:
+            raise RejectedReply(f"payload is {'' if packed else 'not '}packed, but "
+                                f"pack-tensors is {str(self.pack).lower()}")
+        tensors = unpack(record) if packed else {k: v.numpy() for k, v in record.items()}
+        encoded = is_encoded(tensors)
         if encoded != (self.codec_up.name != "none"):
             raise RejectedReply(f"payload is {'' if encoded else 'not '}encoded, but "
                                 f"codec-up is {self.codec_up.name!r}")
-        arrays = record_arrays(record)
+        arrays = decode(tensors) if encoded else tensors
         check(arrays, self._global)
         if encoded:  # an update relative to the round's global tensors
             arrays = {k: self._global[k] + arrays[k] for k in self._global}

@@ -15,8 +15,9 @@ below and the answer comes back up through it. Top to bottom, what each adds::
                         per message that comes back up       report, its error, or no reply
     RoundTiming         times the call below (configure_s)   keeps each ok reply's report; times
                                                              the call below (aggregate_s)
-    ExchangeCodecs      encodes the global tensors with      train: decodes, checks, rejects,
-                        codec-down                           orders by partition; evaluate: -
+    ExchangeCodecs      encodes the global tensors with      train: unpacks, decodes, checks,
+                        codec-down, then packs them          rejects, orders by partition;
+                        (pack-tensors)                       evaluate: -
     SeededSampling      the inner strategy addresses every   -
                         node; queries unknown partitions,
                         keeps the seeded sample's messages
@@ -119,7 +120,8 @@ def build_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedVitStrat
                               fraction_evaluate=cfg.fraction_evaluate,
                               min_nodes=cfg.min_nodes, seed=cfg.seed,
                               query_timeout_s=cfg.round_timeout_s)
-    codecs = ExchangeCodecs(sampling, cfg.down_codec, cfg.up_codec, base.arrayrecord_key)
+    codecs = ExchangeCodecs(sampling, cfg.down_codec, cfg.up_codec, base.arrayrecord_key,
+                            cfg.pack_tensors)
     timing = RoundTiming(codecs)
     books = BandwidthTracking(timing)
     offset = RoundOffset(StopOnCommonFailure(books))

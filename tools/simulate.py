@@ -21,7 +21,7 @@ from flwr.simulation import run_simulation
 from flwr.supercore.exit.exit_handler import trigger_exit_handlers
 
 from client_app import app as client_module
-from client_app.mods import bandwidth_mod
+from client_app.mods import WIRE_MODS
 from fedvit.config import AppConfig
 from server_app.federation import RunOutcome, run_federation
 
@@ -43,7 +43,7 @@ def lend_run_config(overrides: dict) -> Callable:
 
 def client_app(overrides: dict, extra_mods: Sequence[Callable] = ()) -> ClientApp:
     """The project's ClientApp handlers and mods, behind the config-lending mod."""
-    app = ClientApp(mods=[lend_run_config(overrides), *extra_mods, bandwidth_mod])
+    app = ClientApp(mods=[lend_run_config(overrides), *extra_mods, *WIRE_MODS])
     app.train()(client_module.train)
     app.evaluate()(client_module.evaluate)
     app.query()(client_module.query)

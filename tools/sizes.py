@@ -1,7 +1,9 @@
 """``fedvit-sizes``: what each strategy exchanges per client per round, without training.
 
 Builds the models with random weights (no download) and measures the exchanged tensors
-exactly as the bandwidth books do (``fedvit.wire``).
+exactly as the bandwidth books do (``fedvit.wire``), in both layouts: one Array per tensor
+and packed (``pack-tensors``, ``fedvit.packing``). Objects per message count the message
+itself and every object of its content (Flower 1.41 moves each in its own HTTP call).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from fedvit.codecs import CodecSpec, encode, encoded_bytes
 from fedvit.config import AppConfig, ConfigError
 from fedvit.model import build_model, count_parameters, exchanged_state
+from fedvit.packing import pack
 from fedvit.rules import STRATEGIES
 from fedvit.schema import MB
-from fedvit.wire import content_bytes, tensor_bytes
+from fedvit.wire import content_size, tensor_bytes
 from tools.words import times
 
 CODEC_ROWS = ("fp16", "bf16", "int8", "int4", "topk:0.1")
@@ -34,6 +37,9 @@ class ExchangeSize:
     tensors: int
     tensor_bytes: int
     content_bytes: int
+    objects: int  # per message, one Array per tensor
+    packed_content_bytes: int
+    packed_objects: int  # per message, packed
     codec_bytes: dict[str, int]  # encoded tensor bytes per codec
 
     @property
@@ -45,13 +51,17 @@ def exchange_size(cfg: AppConfig, num_classes: int) -> ExchangeSize:
     """Measure what ``cfg.strategy`` puts in one train message."""
     model = build_model(cfg, num_classes)
     state = exchanged_state(model)
-    content = RecordDict({"arrays": ArrayRecord(state),
-                          "config": ConfigRecord({"server-round": 1})})
     arrays = {k: v.numpy() for k, v in state.items()}
+    config = ConfigRecord({"server-round": 1})
+    content = RecordDict({"arrays": ArrayRecord(state), "config": config})
+    nbytes, objects = content_size(content)
+    packed_bytes, packed_objects = content_size(RecordDict({"arrays": pack(arrays),
+                                                            "config": config}))
     codec_bytes = {c: encoded_bytes(encode(CodecSpec.parse(c), arrays)) for c in CODEC_ROWS}
     return ExchangeSize(cfg.strategy, count_parameters(model)[0],
                         sum(t.numel() for t in state.values()), len(state),
-                        tensor_bytes(content), content_bytes(content), codec_bytes)
+                        tensor_bytes(content), nbytes, 1 + objects, packed_bytes,
+                        1 + packed_objects, codec_bytes)
 
 
 def report(cfg: AppConfig, num_classes: int) -> list[ExchangeSize]:
@@ -65,13 +75,15 @@ def format_report(cfg: AppConfig, num_classes: int, sizes: list[ExchangeSize]) -
         f"{cfg.model_name}, {num_classes} classes, img {cfg.img_size}, LoRA r={cfg.lora_r} "
         f"alpha={cfg.lora_alpha:g} on {cfg.lora_target_modules} (+ head); random weights",
         f"{'strategy':<9}{'model params':>14}{'exchanged params':>18}{'tensors':>9}"
-        f"{'fp32 MB/msg':>13}{'serialized MB/msg':>19}{'MB/client/round':>17}",
+        f"{'fp32 MB/msg':>13}{'serialized MB/msg':>19}{'MB/client/round':>17}"
+        f"{'objects/msg':>13}{'packed':>8}{'packed MB/msg':>15}",
     ]
     for s in sizes:
         lines.append(
             f"{s.strategy:<9}{s.parameters:>14,}{s.exchanged_parameters:>18,}{s.tensors:>9}"
             f"{s.tensor_bytes / MB:>13.3f}{s.content_bytes / MB:>19.3f}"
-            f"{s.per_client_round_bytes / MB:>17.3f}"
+            f"{s.per_client_round_bytes / MB:>17.3f}{s.objects:>13,}{s.packed_objects:>8,}"
+            f"{s.packed_content_bytes / MB:>15.3f}"
         )
     full, lora = sizes
     lines.append(

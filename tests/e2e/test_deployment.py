@@ -292,16 +292,19 @@ def test_books_against_superlink_traffic(deployment):
 
 def _initial_duplicate_bytes(run_config: dict) -> int:
     """Bytes of the objects that occur more than once in the initial global arrays of the
-    run (its config.json): identical arrays and their chunks, which the books count each
-    time and a SuperNode pulls once."""
+    run (its config.json), in the layout they travelled in: identical arrays and their
+    chunks, which the books count each time and a SuperNode pulls once (packed: none but
+    identical 5 MiB chunks of the one buffer)."""
     from flwr.app import Array, ArrayRecord
 
     from fedvit.config import AppConfig
     from fedvit.data import dataset_columns
     from fedvit.model import build_model, exchanged_state
+    from fedvit.packing import pack_record
 
     cfg = AppConfig.from_run_config(run_config)
     record = ArrayRecord(exchanged_state(build_model(cfg, dataset_columns(cfg).num_classes)))
+    record = pack_record(record) if cfg.pack_tensors else record
     seen: set[str] = set()
     duplicates = 0
     for array in record.values():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message
 
+from fedvit.packing import is_packed, pack, unpack
 from simulate import FAST, client_app, simulate
 from strategies.exchange import RejectedReply, check
 from strategies.fedlora import naive_aggregation_errors
@@ -78,14 +79,17 @@ def test_ffa_with_codecs_exchanges_only_b_and_the_books_stay_exact(tmp_path):
 
 
 def _corrupt_partition_zero(how_by_round: dict[int, str]):
-    """A client mod that damages partition 0's train reply after it was measured."""
+    """A client mod that damages partition 0's train reply after it was measured (inside its
+    packing, when it is packed: the reply stays well packed, its tensors are damaged)."""
 
     def mod(msg: Message, context: Context, call_next) -> Message:
         reply = call_next(msg, context)
         rnd = int(msg.content["config"]["server-round"])
         if context.node_config["partition-id"] != 0 or msg.metadata.message_type != "train":
             return reply
-        arrays = {k: v.numpy().copy() for k, v in reply.content["arrays"].items()}
+        packed = is_packed(reply.content["arrays"])
+        arrays = (unpack(reply.content["arrays"]) if packed
+                  else {k: v.numpy().copy() for k, v in reply.content["arrays"].items()})
         first = next(k for k in sorted(arrays) if arrays[k].dtype.kind == "f")
         how = how_by_round[rnd]
         if how == "nan":
@@ -100,8 +104,8 @@ def _corrupt_partition_zero(how_by_round: dict[int, str]):
         elif how == "tag":
             meta = next(k for k in sorted(arrays) if k.endswith("::meta"))
             arrays[meta][1] = 42
-        reply.content["arrays"] = ArrayRecord({k: Array.from_numpy_ndarray(v)
-                                               for k, v in arrays.items()})
+        reply.content["arrays"] = (pack(arrays) if packed else ArrayRecord(
+            {k: Array.from_numpy_ndarray(v) for k, v in arrays.items()}))
         return reply
 
     return mod

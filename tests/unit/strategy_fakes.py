@@ -18,7 +18,7 @@ from flwr.app import (
     RecordDict,
 )
 
-from client_app.mods import bandwidth_mod
+from client_app.mods import bandwidth_mod, packing_mod
 from fedvit.codecs import record_arrays
 from fedvit.keys import METRICS
 
@@ -62,7 +62,8 @@ def default_handler(msg: Message, partition: int) -> RecordDict:
 
 class FakeGrid:
     """Nodes ``{node_id: partition}``; each message is answered at once by ``handler``
-    through ``client_app.mods.bandwidth_mod`` (so replies carry the real byte report).
+    through ``client_app.mods.bandwidth_mod`` and ``packing_mod`` (so replies carry the real
+    byte report, in the layout the message came in).
 
     ``sent`` holds every message pushed, in order, with the id this grid gave it.
     """
@@ -100,7 +101,7 @@ class FakeGrid:
                 return Message(out, reply_to=m)
             return Message(out if out is not None else RecordDict(), reply_to=m)
 
-        reply = bandwidth_mod(msg, context, handle)
+        reply = bandwidth_mod(msg, context, lambda m, c: packing_mod(m, c, handle))
         return None if answers[-1] is None else reply
 
     def of_type(self, message_type: str) -> list[Message]:

@@ -17,8 +17,9 @@ from strategy_fakes import FakeGrid, arrays_of, default_handler, numpy_of, round
 W = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)}
 
 
-def _codecs(inner, down: str = "none", up: str = "none") -> ExchangeCodecs:
-    return ExchangeCodecs(inner, CodecSpec.parse(down), CodecSpec.parse(up), "arrays")
+def _codecs(inner, down: str = "none", up: str = "none", pack: bool = False
+            ) -> ExchangeCodecs:
+    return ExchangeCodecs(inner, CodecSpec.parse(down), CodecSpec.parse(up), "arrays", pack)
 
 
 def _fedavg(nodes: int) -> FedAvg:

@@ -18,7 +18,7 @@ from tools.words import times
 
 
 def _size(strategy: str, content: int) -> ExchangeSize:
-    return ExchangeSize(strategy, 1000, 100, 2, content, content,
+    return ExchangeSize(strategy, 1000, 100, 2, content, content, 8, content, 6,
                         {c: content for c in ("fp16", "bf16", "int8", "int4", "topk:0.1")})
 
 

@@ -28,12 +28,18 @@ def test_transfer_time_is_latency_plus_wire_bits_over_bandwidth():
     assert link.down_s(12_500_000) == pytest.approx(1.0 * 1514 / 1448)
     assert link.up_s(12_500_000) == pytest.approx(10.0 * 1514 / 1448)
     # ...and each of its objects is one call, two in flight: many small objects cost half a
-    # call each (handling + round trip + their bytes), bulk objects their bytes' time.
+    # call each (handling + round trip + their bytes), bulk objects their bytes' time, and
+    # a message at least one call carrying all its bytes (the last call's handling).
     small = Link(down_mbps=100.0, up_mbps=10.0, latency_ms=0.0)
     bytes_s = 10 * PULL_OBJECT_BYTES * 8 / 100e6
     assert small.down_s(0, 10) == pytest.approx(10 * (OBJECT_CALL_S + bytes_s / 10) / 2)
     bulk = 100_000_000 * FRAME_FACTOR + 10 * PUSH_OBJECT_BYTES
-    assert small.up_s(100_000_000, 10) == pytest.approx(bulk * 8 / 10e6)
+    assert small.up_s(100_000_000, 10) == pytest.approx(OBJECT_CALL_S + bulk * 8 / 10e6)
+    # a packed message: 6 objects, one holding nearly every byte: one call and its bytes
+    far = Link(down_mbps=8.0, up_mbps=8.0, latency_ms=50.0)
+    packed = 1_000_000 * FRAME_FACTOR + 6 * PULL_OBJECT_BYTES
+    assert far.down_s(1_000_000, 6) == pytest.approx(0.05 + OBJECT_CALL_S + 0.1
+                                                     + packed * 8 / 8e6)
     far = Link(down_mbps=100.0, up_mbps=10.0, latency_ms=50.0)
     assert far.down_s(0, 10) - small.down_s(0, 10) == pytest.approx(0.05 + 10 * 0.05)
 
