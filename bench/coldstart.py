@@ -12,7 +12,7 @@ training step (minus the messaging with its SuperNode):
 3. build the local task as the train handler's ``_prepare`` does: validated config, the
    task of partition 0 of 2 (default run config), the backbone check, the received global
    tensors loaded;
-4. one training step with the project's own ``fedvit.train.train_step`` and optimizer.
+4. one training step with the project's own ``fedvit.model.train.train_step`` and optimizer.
 
 It prints the seconds from the process's start (``fedvit.startup.process_start_time``, the
 OS's record) to the end of that step, split into interpreter + imports, task build and
@@ -68,9 +68,9 @@ def child() -> None:
     import torch
     from flwr.app import ArrayRecord, ConfigRecord
 
-    from fedvit.codecs import record_arrays
-    from fedvit.config import AppConfig
-    from fedvit.train import PhaseClock, _batches, make_optimizer, train_step
+    from fedvit.codecs.payload import record_arrays
+    from fedvit.config.appconfig import AppConfig
+    from fedvit.model.train import PhaseClock, _batches, make_optimizer, train_step
 
     # The functions the app itself uses, from its own modules (before and after alike).
     app, task_module = sys.modules["client_app.app"], sys.modules["client_app.task"]

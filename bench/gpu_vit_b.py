@@ -2,12 +2,12 @@
 
 1. The ceiling: TFLOP/s of a bf16 ``n x n x n`` matrix product on this device (n = 8192).
 2. For LoRA (``fedlora``) and full fine-tuning (``fedavg``) at each batch size, on the model
-   the clients run (``fedvit.model_cache.cached_model``; random weights, synthetic batches
-   resident on the device), three ways of the clients' own loop ``fedvit.train.train_epochs``:
+   the clients run (``fedvit.model.cache.cached_model``; random weights, synthetic batches
+   resident on the device), three ways of the clients' own loop ``fedvit.model.train.train_epochs``:
    - ``app``: as a client trains, ``train_step`` timed by its ``PhaseClock``;
    - ``bare``: the same loop with a clock that records nothing (what the timing costs);
    - ``compiled``: ``app`` on the model compiled as ``compile`` = true compiles it
-     (``fedvit.train.compile_model``: one dynamic-batch graph per strategy; the first
+     (``fedvit.model.train.compile_model``: one dynamic-batch graph per strategy; the first
      batch's warm-up steps include compiling it).
    ``app`` and ``bare`` alternate, ``--repeats`` times each; the median run counts.
 FLOPs of a step are counted, not estimated: ``torch.utils.flop_counter.FlopCounterMode`` over
@@ -37,9 +37,9 @@ from pathlib import Path
 
 import torch
 
-from fedvit.config import AppConfig
-from fedvit.model_cache import cached_model
-from fedvit.train import (
+from fedvit.config.appconfig import AppConfig
+from fedvit.model.cache import cached_model
+from fedvit.model.train import (
     PhaseClock,
     TrainStats,
     compile_model,

@@ -16,7 +16,7 @@ For each strategy and setting it prints:
 * measured transfer ÷ projected transfer, from per-node transfer timestamps: the kernel's
   byte counters of each shaped veth, sampled every 10 ms (``server_app.wire_sampler``), give
   how long each message kept its link busy (the download between the push and the handler,
-  the upload between the handler and the pull); projected = ``fedvit.links``' price of the
+  the upload between the handler and the pull); projected = ``fedvit.wire.links``' price of the
   message (its bytes in TCP/IP frames plus Flower's HTTP framing per object) ÷ the rate;
 * the shaped round minus the unshaped one, against the projected difference (a check that
   the transfer composes into the round as the projection says; it carries the SuperNodes'
@@ -45,7 +45,13 @@ from pathlib import Path
 from flwr.common.config import parse_config_args
 
 from fedvit import keys
-from fedvit.links import FRAME_FACTOR, OBJECT_CALL_S, PULL_OBJECT_BYTES, PUSH_OBJECT_BYTES, Link
+from fedvit.wire.links import (
+    FRAME_FACTOR,
+    OBJECT_CALL_S,
+    PULL_OBJECT_BYTES,
+    PUSH_OBJECT_BYTES,
+    Link,
+)
 from server_app.phase_table import RoundTimes
 from server_app.timeline import FixedCosts, NodeTimes, project
 from server_app.wire_sampler import CounterSampler
@@ -141,7 +147,7 @@ def transfer_ratio(run: LabRun) -> tuple[float, float]:
 
 def per_object_seconds(unshaped: LabRun) -> float:
     """Seconds per object of a transfer on an unshaped link (where bytes cost nothing):
-    Flower's per-object calls, two in flight: half of ``fedvit.links.OBJECT_CALL_S``."""
+    Flower's per-object calls, two in flight: half of ``fedvit.wire.links.OBJECT_CALL_S``."""
     spans = sum(unshaped.transfer[(n.round, n.partition_id, d)]
                 for n in unshaped.steady_nodes() for d in ("down", "up"))
     objects = sum(n.down_objects + n.up_objects for n in unshaped.steady_nodes())

@@ -1,7 +1,7 @@
 """Packed against unpacked exchange on real links, with and without latency, in the link lab.
 
 For fedavg and fedlora (the default small model, one local epoch), packed
-(``pack-tensors`` = true, ``fedvit.packing``) and unpacked, ``--rounds`` rounds, 2
+(``pack-tensors`` = true, ``fedvit.wire.packing``) and unpacked, ``--rounds`` rounds, 2
 SuperNodes, each a fresh lab (``tools.deploy.linklab``; ``bench/replay.py``'s ``run_lab``)
 with both nodes at ``--rate`` Mbit/s both ways: once without latency, once with
 ``--latency`` ms one way (the lab's delay relay in each node's namespace).
@@ -11,7 +11,7 @@ first), the download plus the upload:
 
 * **measured**: how long the kernel saw the node's link busy with each message (veth
   counters sampled every 10 ms, ``bench/replay.py``'s ``LabRun.message_transfers``);
-* **projected**: the link model's price of each message (``fedvit.links``: its objects,
+* **projected**: the link model's price of each message (``fedvit.wire.links``: its objects,
   one call each, with the run's own calibrated costs) less the one-way latency, as
   measured spans count;
 * **limit**: what the physics asks: its bytes (the books' message bytes in TCP/IP frames)
@@ -48,7 +48,7 @@ from pathlib import Path
 from flwr.common.config import parse_config_args
 from replay import run_lab  # bench/replay.py, this script's sibling
 
-from fedvit.links import FRAME_FACTOR
+from fedvit.wire.links import FRAME_FACTOR
 
 STRATEGIES = ("fedavg", "fedlora")
 LAYOUTS = {"unpacked": False, "packed": True}

@@ -47,7 +47,7 @@ from pathlib import Path
 from flwr.common.config import parse_config_args
 
 from fedvit import keys
-from fedvit.links import OBJECT_CALL_S, Link
+from fedvit.wire.links import OBJECT_CALL_S, Link
 from server_app.phase_table import RoundTimes
 from server_app.timeline import NodeTimes
 from server_app.wire_sampler import CounterSampler

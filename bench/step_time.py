@@ -2,7 +2,7 @@
 
 Builds four models of the configured ViT on one fixed batch and steps them in turn, one
 step each, so that drifting machine load hits all alike; each step is the clients' own
-``fedvit.train.train_step`` with their optimizer. Prints the median milliseconds per step
+``fedvit.model.train.train_step`` with their optimizer. Prints the median milliseconds per step
 and per phase, and the ratios measured in this run:
 
 - fedlora / fedavg (target on CPU for the default model: <= 0.75);
@@ -23,10 +23,10 @@ import statistics
 import torch
 from flwr.common.config import parse_config_args
 
-from fedvit.config import AppConfig
-from fedvit.model import build_model, count_parameters, wrap_lora
-from fedvit.rules import target_modules
-from fedvit.train import PHASES, PhaseClock, make_optimizer, train_step
+from fedvit.config.appconfig import AppConfig
+from fedvit.config.rules import target_modules
+from fedvit.model.build import build_model, count_parameters, wrap_lora
+from fedvit.model.train import PHASES, PhaseClock, make_optimizer, train_step
 
 
 def build_variants(cfg: AppConfig, num_classes: int) -> dict[str, torch.nn.Module]:

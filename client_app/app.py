@@ -19,13 +19,13 @@ from client_app.task import (
     partition_of,
 )
 from fedvit import keys
-from fedvit.codecs import record_arrays
-from fedvit.config import AppConfig, ConfigError
+from fedvit.codecs.payload import record_arrays
+from fedvit.config.appconfig import AppConfig, ConfigError
 from fedvit.keys import COMPUTE_END, COMPUTE_START, HANDLER_IN, HANDLER_OUT, METRICS, TASK_BUILT
-from fedvit.links import node_link
-from fedvit.tensors import exchanged_state, load_exchanged
-from fedvit.train import evaluate as evaluate_loader
-from fedvit.train import make_optimizer, train_epochs
+from fedvit.model.tensors import exchanged_state, load_exchanged
+from fedvit.model.train import evaluate as evaluate_loader
+from fedvit.model.train import make_optimizer, train_epochs
+from fedvit.wire.links import node_link
 
 app = ClientApp(mods=list(WIRE_MODS))
 

@@ -1,7 +1,7 @@
 """Client mods: measure what crosses the wire, both directions, every message.
 
 ``bandwidth_mod`` measures the incoming message and the outgoing reply (tensor bytes and
-whole-message bytes, see ``fedvit.wire``) and writes the four figures into the reply's one
+whole-message bytes, see ``fedvit.wire.measure``) and writes the four figures into the reply's one
 MetricRecord (``metrics``), so they travel to the server inside the reply.
 
 It also stamps the message's way through the node (``t-*`` keys, ``fedvit.keys``): when
@@ -10,7 +10,7 @@ message is the first the process served, and the seconds of its own byte countin
 emulated link.
 
 The report's own bytes: the up figures are measured *before* the mod's keys
-(``fedvit.wire.REPORT_KEYS``) are added. The server measures the reply as received (report
+(``fedvit.wire.measure.REPORT_KEYS``) are added. The server measures the reply as received (report
 included) and again with those keys removed; the latter must equal the client's
 ``bytes-up-msg`` and the difference is booked as report overhead. So the books stay exact.
 """
@@ -24,7 +24,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from client_app.task import partition_of
-from fedvit.config import AppConfig
+from fedvit.config.appconfig import AppConfig
 from fedvit.keys import (
     ARRAYS,
     BOOKS_S,
@@ -36,10 +36,10 @@ from fedvit.keys import (
     PROCESS_START,
     TRANSFER_S,
 )
-from fedvit.links import Link, node_link
-from fedvit.packing import is_packed, pack_record, unpack_record
 from fedvit.startup import process_start_time
-from fedvit.wire import message_size, tensor_bytes
+from fedvit.wire.links import Link, node_link
+from fedvit.wire.measure import message_size, tensor_bytes
+from fedvit.wire.packing import is_packed, pack_record, unpack_record
 
 # Messages this process has served: Flower 1.41's deployment runs each message in a fresh
 # process (so always 0 there); a simulation's Ray worker serves many.
@@ -100,7 +100,7 @@ def packing_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
     whose handler failed.
 
     Raises:
-        fedvit.packing.PackingError: the message's packed record is malformed (Flower
+        fedvit.wire.packing.PackingError: the message's packed record is malformed (Flower
             sends the server an error reply naming it).
     """
     record = msg.content.array_records.get(ARRAYS)

@@ -11,13 +11,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedvit.codecs import ErrorFeedback, encode_record, record_arrays
-from fedvit.config import AppConfig, ConfigError
-from fedvit.data import client_data, make_loader
+from fedvit.codecs.payload import ErrorFeedback, encode_record, record_arrays
+from fedvit.config.appconfig import AppConfig, ConfigError
+from fedvit.data.loaders import client_data, make_loader
 from fedvit.keys import BACKBONE, NUM_PARTITIONS, NUM_THREADS, PARTITION_ID
-from fedvit.model_cache import cached_model
-from fedvit.tensors import backbone_fingerprint, input_stats
-from fedvit.train import compile_model
+from fedvit.model.cache import cached_model
+from fedvit.model.tensors import backbone_fingerprint, input_stats
+from fedvit.model.train import compile_model
 
 EF_STATE = "error-feedback"  # context.state key of the top-k residual
 
@@ -66,9 +66,9 @@ def node_threads(node_config: dict) -> int | None:
 
 @lru_cache(maxsize=2)
 def _model(cfg: AppConfig, num_classes: int) -> nn.Module:
-    """``fedvit.model.build_model``'s model; from the model cache when it is there, so a
-    fresh process needs neither timm nor peft (see ``fedvit.model_cache``); with
-    ``compile``, compiled in place (``fedvit.train.compile_model``)."""
+    """``fedvit.model.build.build_model``'s model; from the model cache when it is there, so a
+    fresh process needs neither timm nor peft (see ``fedvit.model.cache``); with
+    ``compile``, compiled in place (``fedvit.model.train.compile_model``)."""
     model = cached_model(cfg, num_classes)
     return compile_model(model) if cfg.compile else model
 

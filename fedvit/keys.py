@@ -35,7 +35,7 @@ METRICS = "metrics"  # the one MetricRecord of every reply
 CONFIG = "config"  # the ConfigRecord of every instruction (FedAvg's)
 ARRAYS = "arrays"  # the ArrayRecord of the exchanged tensors (FedAvg's ``arrayrecord_key``)
 # pack-tensors: the one key of a packed ArrayRecord is this prefix + its JSON index
-# (``fedvit.packing``)
+# (``fedvit.wire.packing``)
 PACKED_PREFIX = "packed:"
 
 # ------------------------------------------------------- what an instruction's config holds
@@ -59,7 +59,7 @@ LINK_DOWN_MBPS, LINK_UP_MBPS = "link-down-mbps", "link-up-mbps"
 LINK_LATENCY_MS, LINK_REAL = "link-latency-ms", "link-real"
 LINK_KEYS = (LINK_DOWN_MBPS, LINK_UP_MBPS, LINK_LATENCY_MS)
 # The link model's per-call handling (s) and per-object framing (bytes) a projection used
-# (``fedvit.links.WireCosts``): ``phases`` columns, and summary.json's "wire-costs".
+# (``fedvit.wire.links.WireCosts``): ``phases`` columns, and summary.json's "wire-costs".
 WIRE_COSTS = "wire-costs"
 WIRE_COST_KEYS = ("call-s", "pull-object-bytes", "push-object-bytes")
 NUM_THREADS = "num-threads"  # node config: a deployment's torch threads per SuperNode

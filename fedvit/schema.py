@@ -67,7 +67,7 @@ PHASES: tuple[Column, ...] = (
         k.KINDS, ("measured (they add up to `wall-s`)", "projected (add up to `projected-s`)",
                   "as a deployment (add up to `deployment-s`)"), strict=True)),
     *zip(k.WIRE_COST_KEYS, ("the link model's per-call handling the projections used (s; "
-                            "`fedvit.links.WireCosts`)",
+                            "`fedvit.wire.links.WireCosts`)",
                             "its framing per object a node pulls (bytes)",
                             "its framing per object a node pushes (bytes)"), strict=True),
 )
@@ -128,7 +128,7 @@ SUMMARY: tuple[Column, ...] = (
     ("deployment-round-s", "the same as a deployment (s)"),
     ("deploy-fixed-costs", "`pickup-s`, `startup-s`, `return-s`: the run config's"),
     (k.WIRE_COSTS, "the last round's link-model costs: `call-s`, `pull-object-bytes`, "
-     "`push-object-bytes` (as in `phases`) and `source` (`default`: `fedvit.links`' "
+     "`push-object-bytes` (as in `phases`) and `source` (`default`: `fedvit.wire.links`' "
      "constants; `link-lab counters, N messages`: measured from the run's own replies in "
      "the link lab, `server_app/calibration.py`)"),
     ("links", "`down-mbps`, `up-mbps`, `latency-ms`, `profile` (`node-config` where nodes "

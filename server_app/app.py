@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedvit.config import AppConfig
+from fedvit.config.appconfig import AppConfig
 from server_app.federation import run_federation
 
 app = ServerApp()

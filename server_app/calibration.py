@@ -1,5 +1,5 @@
 """The link model's costs measured from a run's own replies: per-object framing and per-call
-handling (``fedvit.links.WireCosts``), from the SuperLink side's byte counters.
+handling (``fedvit.wire.links.WireCosts``), from the SuperLink side's byte counters.
 
 Where the ServerApp can sample the kernel's counters of each node's link (the link lab:
 ``server_app.wire_truth``), every reply gives two samples, one per direction, each over its
@@ -16,18 +16,18 @@ pull. From a sample:
 * **handling per call**, from call-bound messages only (on a link that did not change
   during the message: the lab's manifest holds each node's link over time), by inverting
   the model's price
-  (``fedvit.links.object_seconds``: busy span = objects × max(b, (call + RTT + b) ÷ 2), b =
+  (``fedvit.wire.links.object_seconds``: busy span = objects × max(b, (call + RTT + b) ÷ 2), b =
   one object's bytes' time on the node's link): call = 2 × span ÷ objects − RTT − b,
   used where the call's term clearly wins the max: call + RTT ≥ ``CALL_BOUND`` × b (then
   the span measures calls, not bytes; near the boundary a stall inside a link-bound
   transfer would pass for a long call), and the model's floor of one call carrying every
-  byte (``fedvit.links.one_call_floor``) does not bind (a packed message's few objects).
+  byte (``fedvit.wire.links.one_call_floor``) does not bind (a packed message's few objects).
   On a link with latency a bulk message is call-bound too (a fedavg object's bytes at
   8 Mbit/s take 76 ms, a call + 100 ms more).
 
 Each quantity is the median over the run's samples so far (robust against the first
 round's app-bundle download and a window holding a stray poll); where no sample measures
-it, the default (``fedvit.links.DEFAULT_COSTS``) stays. ``WireCosts.source`` says which:
+it, the default (``fedvit.wire.links.DEFAULT_COSTS``) stays. ``WireCosts.source`` says which:
 ``"link-lab counters, N messages"`` (and which quantities kept their default), or
 ``"default"``. A deployment without counters (no ``$FEDVIT_LINKLAB``) keeps the defaults.
 """
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from fedvit import keys
 from fedvit.keys import WIRE_COST_KEYS
-from fedvit.links import DEFAULT_COSTS, FRAME_FACTOR, WireCosts, wire_bytes
+from fedvit.wire.links import DEFAULT_COSTS, FRAME_FACTOR, WireCosts, wire_bytes
 from server_app.timeline import NodeTimes
 from server_app.wire_sampler import CounterSampler
 
@@ -92,7 +92,7 @@ class WireSample:
         call = 2 * per_object - rtt - bytes_s
         if call <= 0 or call + rtt < CALL_BOUND * bytes_s:
             return None
-        floor = call + rtt + self.objects * bytes_s  # fedvit.links.one_call_floor
+        floor = call + rtt + self.objects * bytes_s  # fedvit.wire.links.one_call_floor
         return call if self.objects * (call + rtt + bytes_s) / 2 >= floor else None
 
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedvit.codec_format import SEP
-from fedvit.codecs import CodecSpec, encode, encoded_bytes
-from fedvit.config import AppConfig
+from fedvit.codecs.format import SEP
+from fedvit.codecs.payload import CodecSpec, encode, encoded_bytes
+from fedvit.config.appconfig import AppConfig
 from fedvit.schema import dataclass_row, field_values
 
 
@@ -103,7 +103,7 @@ def message_tensor_bytes(arrays: dict[str, np.ndarray], spec: CodecSpec) -> tupl
     """Tensor bytes of one message carrying ``arrays`` encoded with ``spec``: (least,
     most). Equal, and exact, for every codec but top-k; for top-k each tensor's index part
     lies between ``min(k, ceil(n / 8))`` bytes (one-byte gaps) and ``min(4k, ceil(n / 8))``
-    (four-byte gaps or the bitmap; ``fedvit.codec_format``)."""
+    (four-byte gaps or the bitmap; ``fedvit.codecs.format``)."""
     if spec.name == "none":
         exact = sum(a.nbytes for a in arrays.values())
         return exact, exact

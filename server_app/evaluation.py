@@ -8,9 +8,9 @@ from flwr.app import ArrayRecord, MetricRecord
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedvit.config import AppConfig
-from fedvit.tensors import load_exchanged
-from fedvit.train import evaluate
+from fedvit.config.appconfig import AppConfig
+from fedvit.model.tensors import load_exchanged
+from fedvit.model.train import evaluate
 
 
 def central_evaluation(model: nn.Module, loader: DataLoader, cfg: AppConfig

@@ -12,19 +12,19 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 from flwr.supercore.exit import add_exit_handler
 
-from fedvit.config import AppConfig, raise_errors
-from fedvit.data import central_test_data, make_loader
+from fedvit.config.appconfig import AppConfig, raise_errors
+from fedvit.config.paths import resolve_path
+from fedvit.config.resume import resume_tensor_errors
+from fedvit.config.resume import validate_server as validate_resume
+from fedvit.data.loaders import central_test_data, make_loader
 from fedvit.keys import BACKBONE
-from fedvit.model import (
+from fedvit.model.build import (
     backbone_fingerprint,
     build_model,
     count_parameters,
     exchanged_state,
     input_stats,
 )
-from fedvit.paths import resolve_path
-from fedvit.resume import resume_tensor_errors
-from fedvit.resume import validate_server as validate_resume
 from fedvit.schema import MB
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import load as load_checkpoint

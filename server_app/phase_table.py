@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedvit.keys import KINDS, TABLE_ROWS
-from fedvit.links import DEFAULT_COSTS, WireCosts
 from fedvit.schema import dataclass_row, field_values
+from fedvit.wire.links import DEFAULT_COSTS, WireCosts
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 
 from fedvit import keys
-from fedvit.config import AppConfig
+from fedvit.config.appconfig import AppConfig
 from fedvit.keys import CONFIG_HISTORY
-from fedvit.links import DEFAULT_COSTS, WireCosts
 from fedvit.schema import MB
+from fedvit.wire.links import DEFAULT_COSTS, WireCosts
 from server_app.calibration import WireSample, calibrate, samples_of
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import save as save_checkpoint
@@ -151,7 +151,7 @@ class RunRecorder:
         """The per-call handling and per-object framing this round's projection uses (and
         its ``phases`` row records): in the link lab, measured from the kernel's counters
         over this run's replies so far (``server_app.calibration``); elsewhere (no
-        counters) ``fedvit.links.DEFAULT_COSTS``.
+        counters) ``fedvit.wire.links.DEFAULT_COSTS``.
 
         Args:
             server_round: the round.

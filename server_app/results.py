@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from fedvit import schema
-from fedvit.config import AppConfig
+from fedvit.config.appconfig import AppConfig
+from fedvit.config.paths import resolve_path
 from fedvit.files import atomic_path, write_json
-from fedvit.paths import resolve_path
 
 
 def new_run_dir(cfg: AppConfig) -> Path:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from flwr.common.logger import log
 
-from fedvit.config import AppConfig
+from fedvit.config.appconfig import AppConfig
 from fedvit.keys import SUMMARY_FILE, WIRE_COSTS
-from fedvit.links import DEFAULT_COSTS
 from fedvit.schema import MB
+from fedvit.wire.links import DEFAULT_COSTS
 from server_app.estimate import Estimate
 from server_app.grid import TooFewNodes
 from server_app.phase_table import RoundTimes, format_table, mean_table

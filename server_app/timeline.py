@@ -27,7 +27,7 @@ share the moments of compute by the phase seconds the replies report; ``books`` 
 
 **Projected.** Each phase (train, then evaluate if any) lasts as long as its slowest node's
 path: download + its measured work + upload, with transfer times from the books' message
-bytes and the node's link (``fedvit.links``); plus the server's rows. Two projections:
+bytes and the node's link (``fedvit.wire.links``); plus the server's rows. Two projections:
 
 * ``projected``: the run as a simulation would be on those links (no process start-up,
   pickup or return; a node's first-message task build only where the run measured it);
@@ -43,7 +43,7 @@ bytes and the node's link (``fedvit.links``); plus the server's rows. Two projec
 messages are sent after the server's ``configure`` and ``send`` rows, each node's reply
 when its download and its work are done, the evaluate phase's messages after the train
 phase's critical path and ``aggregation``; ``central-eval`` closes the round. A message is
-priced when it is sent: on a link that changes over time (``fedvit.links.LinkCurve``, a
+priced when it is sent: on a link that changes over time (``fedvit.wire.links.LinkCurve``, a
 replay's trace) it waits the latency in force then and its bytes are integrated over the
 rate curve; on a static link (the run's own projection, start 0) this is the static
 formula. A per-node device speed divides the node's compute, ``deserialise`` and
@@ -67,8 +67,8 @@ from flwr.common.logger import log
 
 from fedvit import keys
 from fedvit.keys import COMPUTE_ROWS, SERVER_ROWS, TABLE_ROWS
-from fedvit.links import DEFAULT_COSTS, Link, LinkCurve, WireCosts, message_wait_s
 from fedvit.schema import dataclass_row, field_values
+from fedvit.wire.links import DEFAULT_COSTS, Link, LinkCurve, WireCosts, message_wait_s
 from server_app.grid import GridTimes
 from server_app.phase_table import RoundTimes
 from strategies import Books, RoundLog
@@ -183,11 +183,11 @@ class NodeTimes:
         ``fixed`` None: the simulation view (no pickup, start-up, return; a fresh process's
         task build left out too). Otherwise the deployment view: a fresh process's own
         pickup, start-up and return (net of its real link's transfer and of the process's
-        back-off past its download, ``fedvit.links.message_wait_s``; the new link's
+        back-off past its download, ``fedvit.wire.links.message_wait_s``; the new link's
         back-off is added to ``start-up``), else ``fixed``.
 
         Args:
-            link: the node's link, static or over time (``fedvit.links.LinkCurve``).
+            link: the node's link, static or over time (``fedvit.wire.links.LinkCurve``).
             fixed: None, or a deployment's fixed costs per message.
             costs: per-call handling and per-object framing of the link model.
             start: when the message is sent, seconds on ``link``'s clock; the reply is

@@ -25,7 +25,7 @@ from fedvit.keys import (
     METRICS,
     REPORT_KEYS,
 )
-from fedvit.wire import message_bytes, message_size, tensor_bytes, without_keys
+from fedvit.wire.measure import message_bytes, message_size, tensor_bytes, without_keys
 from strategies.books import BookRow, Books
 from strategies.wrapper import StrategyWrapper
 

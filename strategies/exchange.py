@@ -8,7 +8,7 @@ global tensors (same keys, shapes and dtype, all finite); a reply that fails is 
 with a logged reason and left out of the aggregate, and the round goes on with the others.
 
 With ``pack-tensors`` the (encoded) tensors go down packed into one buffer
-(``fedvit.packing``), the last step before the wire, and a reply is unpacked first, before
+(``fedvit.wire.packing``), the last step before the wire, and a reply is unpacked first, before
 it is decoded and checked: the inner strategy sees exactly the tensors it sees unpacked.
 A reply in the other layout, or whose packing is malformed, is rejected like any other.
 """
@@ -25,9 +25,9 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedvit.codecs import CodecSpec, decode, encode, encode_record, is_encoded
+from fedvit.codecs.payload import CodecSpec, decode, encode, encode_record, is_encoded
 from fedvit.keys import METRICS, PARTITION_ID
-from fedvit.packing import is_packed, pack, unpack
+from fedvit.wire.packing import is_packed, pack, unpack
 from strategies.wrapper import StrategyWrapper
 
 

@@ -35,7 +35,7 @@ from collections.abc import Iterable
 
 from flwr.serverapp.strategy import FedAvg
 
-from fedvit.config import AppConfig
+from fedvit.config.appconfig import AppConfig
 from strategies.bandwidth import BandwidthTracking
 from strategies.books import BookRow, Books
 from strategies.exchange import ExchangeCodecs

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fedvit.config import APP_ROOT
+from fedvit.config.appconfig import APP_ROOT
 
 
 def free_port() -> int:

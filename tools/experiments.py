@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from fedvit.config import AppConfig
+from fedvit.config.appconfig import AppConfig
+from fedvit.config.rules import STRATEGIES
 from fedvit.keys import SUMMARY_FILE
-from fedvit.rules import STRATEGIES
 
 ROUND_LINE = re.compile(r"fedvit: round (\d+)/(\d+) \| central acc ([\d.]+)")
 

@@ -1,6 +1,6 @@
 """``fedvit-pretrain``: build (or rebuild) the offline default's public backbone by hand.
 
-The server builds it on first use anyway (``fedvit.pretrain.public_backbone``); this command
+The server builds it on first use anyway (``fedvit.model.pretrain.public_backbone``); this command
 builds it ahead of a run, or again with ``--force``, and says where it is cached.
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from flwr.common.config import parse_config_args
 
-from fedvit.config import AppConfig
-from fedvit.pretrain import backbone_path, build
+from fedvit.config.appconfig import AppConfig
+from fedvit.model.pretrain import backbone_path, build
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,7 +22,7 @@ from flwr.supercore.exit.exit_handler import trigger_exit_handlers
 
 from client_app import app as client_module
 from client_app.mods import WIRE_MODS
-from fedvit.config import AppConfig
+from fedvit.config.appconfig import AppConfig
 from server_app.federation import RunOutcome, run_federation
 
 

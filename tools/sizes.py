@@ -1,8 +1,8 @@
 """``fedvit-sizes``: what each strategy exchanges per client per round, without training.
 
 Builds the models with random weights (no download) and measures the exchanged tensors
-exactly as the bandwidth books do (``fedvit.wire``), in both layouts: one Array per tensor
-and packed (``pack-tensors``, ``fedvit.packing``). Objects per message count the message
+exactly as the bandwidth books do (``fedvit.wire.measure``), in both layouts: one Array per tensor
+and packed (``pack-tensors``, ``fedvit.wire.packing``). Objects per message count the message
 itself and every object of its content (Flower 1.41 moves each in its own HTTP call).
 """
 
@@ -13,13 +13,13 @@ import dataclasses
 
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from fedvit.codecs import CodecSpec, encode, encoded_bytes
-from fedvit.config import AppConfig, ConfigError
-from fedvit.model import build_model, count_parameters, exchanged_state
-from fedvit.packing import pack
-from fedvit.rules import STRATEGIES
+from fedvit.codecs.payload import CodecSpec, encode, encoded_bytes
+from fedvit.config.appconfig import AppConfig, ConfigError
+from fedvit.config.rules import STRATEGIES
+from fedvit.model.build import build_model, count_parameters, exchanged_state
 from fedvit.schema import MB
-from fedvit.wire import content_size, tensor_bytes
+from fedvit.wire.measure import content_size, tensor_bytes
+from fedvit.wire.packing import pack
 from tools.words import times
 
 CODEC_ROWS = ("fp16", "bf16", "int8", "int4", "topk:0.1")

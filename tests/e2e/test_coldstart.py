@@ -1,7 +1,7 @@
 """A fresh ClientApp process's cold start: what it imports and the model cache.
 
 In deployment Flower 1.41 runs every message in a fresh process; the model is loaded from
-``torch.export`` programs exported from the timm+peft build (``fedvit.model_cache``). These
+``torch.export`` programs exported from the timm+peft build (``fedvit.model.cache``). These
 tests hold the artefact to the build: same tensors, same values, same training step.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedvit.config import AppConfig
-from fedvit.model import build_model
-from fedvit.model_cache import (
+from fedvit.config.appconfig import AppConfig
+from fedvit.model.build import build_model
+from fedvit.model.cache import (
     MODEL_KEYS,
     ExportedModel,
     cached_model,
@@ -26,8 +26,8 @@ from fedvit.model_cache import (
     model_key,
     model_path,
 )
-from fedvit.tensors import backbone_fingerprint, exchanged_state, input_stats
-from fedvit.train import PhaseClock, make_optimizer, train_step
+from fedvit.model.tensors import backbone_fingerprint, exchanged_state, input_stats
+from fedvit.model.train import PhaseClock, make_optimizer, train_step
 
 FAST = {"model-name": "test_vit", "img-size": 16, "patch-size": 4, "weights-path": ""}
 NUM_CLASSES = 10
@@ -164,7 +164,7 @@ def test_a_fresh_client_process_imports_only_what_it_trains_with(
     optimizer both import it)."""
     monkeypatch.setenv("FEDVIT_CACHE", str(tmp_path))
     from client_app.task import local_task
-    from fedvit.rules import timm_vit_names
+    from fedvit.config.rules import timm_vit_names
 
     timm_vit_names.cache_clear()
     timm_vit_names()  # this process's names were read before: write them to this cache
@@ -174,9 +174,9 @@ def test_a_fresh_client_process_imports_only_what_it_trains_with(
 import sys
 import client_app.app
 from client_app.task import local_task
-from fedvit.config import AppConfig
-from fedvit.model_cache import ExportedModel
-from fedvit.train import PhaseClock, make_optimizer, train_step
+from fedvit.config.appconfig import AppConfig
+from fedvit.model.cache import ExportedModel
+from fedvit.model.train import PhaseClock, make_optimizer, train_step
 heavy = {HEAVY!r}
 task = local_task(AppConfig.from_run_config({run_config!r}), 0, 2)
 print(isinstance(task.model, ExportedModel), [m for m in heavy if m in sys.modules])

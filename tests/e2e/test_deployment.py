@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from fedvit.config import APP_ROOT
+from fedvit.config.appconfig import APP_ROOT
 from tools.deploy.processes import descendants, start_time
 
 VENV_BIN = Path(sys.executable).parent
@@ -297,10 +297,10 @@ def _initial_duplicate_bytes(run_config: dict) -> int:
     identical 5 MiB chunks of the one buffer)."""
     from flwr.app import Array, ArrayRecord
 
-    from fedvit.config import AppConfig
-    from fedvit.data import dataset_columns
-    from fedvit.model import build_model, exchanged_state
-    from fedvit.packing import pack_record
+    from fedvit.config.appconfig import AppConfig
+    from fedvit.data.loaders import dataset_columns
+    from fedvit.model.build import build_model, exchanged_state
+    from fedvit.wire.packing import pack_record
 
     cfg = AppConfig.from_run_config(run_config)
     record = ArrayRecord(exchanged_state(build_model(cfg, dataset_columns(cfg).num_classes)))

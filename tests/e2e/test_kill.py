@@ -25,7 +25,7 @@ from test_deployment import (
     _recorded,
 )
 
-from fedvit.config import APP_ROOT
+from fedvit.config.appconfig import APP_ROOT
 
 pytestmark = pytest.mark.skipif(not (SUPERLINK.exists() and SUPERNODE.exists()),
                                 reason="flower-superlink/flower-supernode not installed")

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from fedvit import keys
-from fedvit.links import Link
+from fedvit.wire.links import Link
 from server_app.phase_table import RoundTimes
 from server_app.timeline import NodeTimes
 from server_app.wire_sampler import CounterSampler

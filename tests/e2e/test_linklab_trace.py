@@ -19,7 +19,7 @@ import textwrap
 
 import pytest
 
-from fedvit.links import FRAME_FACTOR
+from fedvit.wire.links import FRAME_FACTOR
 from tests.labs import needs_root
 from tools.deploy.linklab import LinkLab
 from tools.deploy.linklab.netns import LinkLabError

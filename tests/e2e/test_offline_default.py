@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedvit.config import APP_ROOT
+from fedvit.config.appconfig import APP_ROOT
 from managed import flwr_env, stop_superlink
 from simulate import simulate
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedvit.config import APP_ROOT
+from fedvit.config.appconfig import APP_ROOT
 from managed import flwr_env, stop_superlink
 from simulate import RELATIVE
 

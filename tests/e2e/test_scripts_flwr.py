@@ -9,7 +9,7 @@ import re
 import signal
 import subprocess
 
-from fedvit.config import APP_ROOT
+from fedvit.config.appconfig import APP_ROOT
 from managed import flwr_env, stop_superlink
 
 FLWR = str(APP_ROOT / "scripts" / "flwr")

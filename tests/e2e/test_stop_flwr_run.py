@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedvit.config import APP_ROOT
+from fedvit.config.appconfig import APP_ROOT
 from managed import flwr_env, stop_superlink
 
 SMALL = "model-name='test_vit' img-size=16 patch-size=4 weights-path='' local-epochs=1"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message
 
-from fedvit.packing import is_packed, pack, unpack
+from fedvit.wire.packing import is_packed, pack, unpack
 from simulate import FAST, client_app, simulate
 from strategies.exchange import RejectedReply, check
 from strategies.fedlora import naive_aggregation_errors

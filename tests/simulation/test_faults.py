@@ -10,9 +10,9 @@ import timm
 from flwr.app import ArrayRecord
 from safetensors.torch import save_file
 
-from fedvit.config import AppConfig, ConfigError
-from fedvit.model import build_model, exchanged_state
-from fedvit.resume import validate_server
+from fedvit.config.appconfig import AppConfig, ConfigError
+from fedvit.config.resume import validate_server
+from fedvit.model.build import build_model, exchanged_state
 from server_app.checkpoint import Checkpoint
 from server_app.checkpoint import save as save_checkpoint
 from server_app.estimate import Estimated

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedvit.links import DEFAULT_COSTS
+from fedvit.wire.links import DEFAULT_COSTS
 from simulate import FAST, simulate
 from tools.replay.engine import replay_run
 from tools.replay.specs import parse_links

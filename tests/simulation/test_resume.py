@@ -86,8 +86,8 @@ def test_client_with_another_backbone_refuses(tmp_path):
 
 @pytest.mark.parametrize("value", ["/no/such/run"])
 def test_resume_from_a_missing_folder_is_a_config_error(value):
-    from fedvit.config import AppConfig, ConfigError
-    from fedvit.resume import validate_server
+    from fedvit.config.appconfig import AppConfig, ConfigError
+    from fedvit.config.resume import validate_server
 
     with pytest.raises(ConfigError, match="'resume-from' = '/no/such/run' is not allowed: "
                                           "/no/such/run holds no checkpoint"):

@@ -19,7 +19,7 @@ from flwr.app import (
 )
 
 from client_app.mods import bandwidth_mod, packing_mod
-from fedvit.codecs import record_arrays
+from fedvit.codecs.payload import record_arrays
 from fedvit.keys import METRICS
 
 # A node's answer to one message: the reply's content, an Error, or None (no reply).

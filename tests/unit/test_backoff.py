@@ -1,4 +1,4 @@
-"""A fresh ClientApp process's back-off while its message downloads (``fedvit.links.
+"""A fresh ClientApp process's back-off while its message downloads (``fedvit.wire.links.
 message_wait_s``) in the deployment view (``NodeTimes.path``), numbers by hand."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fedvit import keys
-from fedvit.links import DEFAULT_COSTS, Link, WireCosts, message_wait_s
+from fedvit.wire.links import DEFAULT_COSTS, Link, WireCosts, message_wait_s
 from server_app.timeline import FixedCosts, NodeTimes
 
 FIXED = FixedCosts(1.0, 3.0, 0.5)

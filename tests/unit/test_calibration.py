@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fedvit import keys
-from fedvit.links import DEFAULT_COSTS, FRAME_FACTOR, Link, object_seconds, wire_bytes
+from fedvit.wire.links import DEFAULT_COSTS, FRAME_FACTOR, Link, object_seconds, wire_bytes
 from server_app.calibration import MIN_OBJECTS, WireSample, calibrate, link_during, samples_of
 from server_app.timeline import NodeTimes
 from server_app.wire_sampler import CounterSampler

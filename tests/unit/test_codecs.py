@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from fedvit.codec_format import INDEX_ENCODINGS, CodecError
-from fedvit.codec_spec import CODECS, CodecSpec, topk_count
-from fedvit.codecs import ErrorFeedback, decode, encode, encoded_bytes
+from fedvit.codecs.format import INDEX_ENCODINGS, CodecError
+from fedvit.codecs.payload import ErrorFeedback, decode, encode, encoded_bytes
+from fedvit.codecs.spec import CODECS, CodecSpec, topk_count
 
 
 def header_bytes(ndim: int) -> int:
@@ -215,7 +215,7 @@ def test_keys_are_deterministic_and_in_input_order():
 def test_payload_survives_a_flower_array_record_and_wire_counts_the_same():
     from flwr.app import Array, ArrayRecord, RecordDict
 
-    from fedvit.wire import tensor_bytes
+    from fedvit.wire.measure import tensor_bytes
 
     tensors = {"x::weird.key": distinct(777, 7, (7, 111)), "b": distinct(5, 8)}
     for name in CODECS:

@@ -8,7 +8,7 @@ import pytest
 from flwr.app import ConfigRecord, Error, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from fedvit.codecs import CodecSpec, encode_record, is_encoded
+from fedvit.codecs.payload import CodecSpec, encode_record, is_encoded
 from fedvit.keys import METRICS
 from strategies.exchange import ExchangeCodecs
 from strategies.wrapper import StrategyWrapper

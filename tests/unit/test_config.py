@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedvit.codec_spec import CodecSpec
-from fedvit.config import AppConfig, ConfigError, pyproject_defaults
-from fedvit.paths import APP_ROOT, resolve_path
-from fedvit.rules import target_modules
+from fedvit.codecs.spec import CodecSpec
+from fedvit.config.appconfig import AppConfig, ConfigError, pyproject_defaults
+from fedvit.config.paths import APP_ROOT, resolve_path
+from fedvit.config.rules import target_modules
 
 # Offline and small: no hub weights, no public pretraining.
 FAST = {"weights-path": ""}

@@ -16,16 +16,16 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
-from fedvit import data as fdata
-from fedvit.config import AppConfig, ConfigError
-from fedvit.data import (
+from fedvit.config.appconfig import AppConfig, ConfigError
+from fedvit.data import loaders as fdata
+from fedvit.data.loaders import (
     Materialised,
     central_test_data,
     client_data,
     make_loader,
     partition_cache_path,
 )
-from fedvit.partitions import (
+from fedvit.data.partitions import (
     Columns,
     central_test_set,
     client_splits,
@@ -204,7 +204,8 @@ def test_cached_partition_is_the_fresh_one_and_loads_without_datasets(
                                     _batches(fresh[name], DIGITS, cfg), strict=True):
             assert torch.equal(x, fx) and torch.equal(y, fy)
     # A fresh process that finds its partition cached never imports datasets.
-    code = ("import sys; from fedvit.config import AppConfig; from fedvit.data import "
+    code = ("import sys; from fedvit.config.appconfig import AppConfig; "
+            "from fedvit.data.loaders import "
             "client_data; d = client_data(AppConfig.from_run_config({'weights-path': '', "
             "'partitioner': 'dirichlet', 'dirichlet-alpha': 0.3}), 1, 3); "
             "print(len(d.train.labels), len(d.val.labels), "
@@ -250,7 +251,8 @@ def test_cached_test_split_is_the_fresh_one_and_loads_without_datasets(
         assert torch.equal(x, fx) and torch.equal(y, fy)
     central_test_data(_cfg(img_size=32))  # another image size: another file
     assert len(list((tmp_path / "partitions").iterdir())) == 2
-    code = ("import sys; from fedvit.config import AppConfig; from fedvit.data import "
+    code = ("import sys; from fedvit.config.appconfig import AppConfig; "
+            "from fedvit.data.loaders import "
             "central_test_data; d, c = central_test_data(AppConfig.from_run_config("
             "{'weights-path': ''})); print(len(d.labels), c.num_classes, "
             "sorted(m for m in ('datasets', 'flwr_datasets', 'sklearn') if m in sys.modules))")

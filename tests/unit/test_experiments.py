@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tools.experiments as experiments
-from fedvit.config import AppConfig
+from fedvit.config.appconfig import AppConfig
 
 
 def test_grid_varies_one_factor_at_a_time_with_the_same_seed():

@@ -11,7 +11,7 @@ from flwr.serverapp.strategy import FedAvg
 
 import strategies.bandwidth
 import strategies.timing
-from fedvit.config import AppConfig
+from fedvit.config.appconfig import AppConfig
 from strategies import BookRow, FedLoRA, build_strategy
 from strategies.bandwidth import BandwidthTracking
 from strategies.exchange import ExchangeCodecs

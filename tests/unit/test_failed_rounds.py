@@ -10,9 +10,9 @@ import pytest
 from flwr.app import Error
 from flwr.serverapp.strategy import FedAvg
 
-from fedvit.config import ConfigError
+from fedvit.config.appconfig import ConfigError
+from fedvit.data.partitions import check_val_split
 from fedvit.keys import CONFIG_REFUSED
-from fedvit.partitions import check_val_split
 from server_app.summary import run_status
 from strategies.books import BookRow, Books
 from strategies.failures import NodesFailed, StopOnCommonFailure, node_error
@@ -21,7 +21,7 @@ from strategy_fakes import FakeGrid, default_handler, round_trip
 TENSORS = {"w": np.zeros(3, np.float32)}
 SIMULATION = ("<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException "
               "ClientAppException occurred. Message: {}'>")
-DEPLOYMENT = "<class 'fedvit.config.ConfigError'>:<'{}'>"
+DEPLOYMENT = "<class 'fedvit.config.appconfig.ConfigError'>:<'{}'>"
 
 
 def _failing(reason_of):

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedvit.codec_spec import CodecSpec
-from fedvit.codecs import encode, encoded_bytes
-from fedvit.config import AppConfig
+from fedvit.codecs.payload import encode, encoded_bytes
+from fedvit.codecs.spec import CodecSpec
+from fedvit.config.appconfig import AppConfig
 from server_app.estimate import Estimated, estimate, message_tensor_bytes
 from server_app.summary import estimate_words
 from tools.sizes import ExchangeSize, format_report

@@ -11,9 +11,9 @@ import pytest
 from datasets import ClassLabel, Dataset, Features, Image
 from PIL import Image as PILImage
 
-import fedvit.data as fdata
-from fedvit.config import AppConfig, ConfigError
-from fedvit.data import (
+import fedvit.data.loaders as fdata
+from fedvit.config.appconfig import AppConfig, ConfigError
+from fedvit.data.loaders import (
     EIGHT_BIT_MODES,
     SIXTEEN_BIT_MODES,
     central_test_data,
@@ -21,7 +21,7 @@ from fedvit.data import (
     materialise,
     to_rgb,
 )
-from fedvit.partitions import Columns
+from fedvit.data.partitions import Columns
 
 FAST = {"model-name": "test_vit", "img-size": 8, "patch-size": 4, "weights-path": ""}
 GREY = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1040  # 0 .. 65520, 16-bit

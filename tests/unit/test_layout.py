@@ -6,7 +6,9 @@ dependency.
   ``tools`` (the offline tools: report, experiments, simulation harness, deployment);
 * ``server_app`` never imports ``client_app``;
 * no import cycle among the project's modules;
-* no ``.py`` file outside ``tests/`` is over 400 lines.
+* no ``.py`` file outside ``tests/`` is over 400 lines;
+* every ``fedvit`` subpackage's ``__init__.py`` is empty (importing one module of it pays
+  for no other: the ClientApp's cold start).
 """
 
 from __future__ import annotations
@@ -155,3 +157,9 @@ def test_test_modules_have_unique_basenames():
     tiers holding a module of the same name fail the whole collection."""
     names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
     assert sorted({n for n in names if names.count(n) > 1}) == []
+
+
+def test_fedvit_subpackages_import_nothing_on_their_own() -> None:
+    inits = sorted((ROOT / "fedvit").glob("*/__init__.py"))
+    assert len(inits) >= 5
+    assert [p for p in inits if p.read_text().strip()] == []

@@ -11,8 +11,8 @@ from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import save_file
 from torch import nn
 
-from fedvit.config import AppConfig, ConfigError
-from fedvit.model import (
+from fedvit.config.appconfig import AppConfig, ConfigError
+from fedvit.model.build import (
     FusedLoraLinear,
     backbone_fingerprint,
     build_model,

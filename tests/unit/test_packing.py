@@ -1,4 +1,4 @@
-"""The packed layout (``fedvit.packing``): lossless round trips, loud refusals of a bad
+"""The packed layout (``fedvit.wire.packing``): lossless round trips, loud refusals of a bad
 index, the objects a packed message costs, and both sides' add-ons using it."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from flwr.app import (
 from flwr.serverapp.strategy import FedAvg
 
 from client_app.mods import packing_mod
-from fedvit.codecs import CodecSpec
+from fedvit.codecs.payload import CodecSpec
 from fedvit.keys import PACKED_PREFIX
-from fedvit.packing import PackingError, is_packed, pack, pack_record, unpack, unpack_record
-from fedvit.wire import message_size, tensor_bytes
+from fedvit.wire.measure import message_size, tensor_bytes
+from fedvit.wire.packing import PackingError, is_packed, pack, pack_record, unpack, unpack_record
 from strategies.exchange import ExchangeCodecs
 from strategy_fakes import FakeGrid, arrays_of, default_handler, round_trip
 
@@ -156,7 +156,7 @@ def _codecs(pack_tensors: bool, down: str = "none", up: str = "none") -> Exchang
 
 @pytest.mark.parametrize("down,up", [("none", "none"), ("bf16", "int8")])
 def test_packed_and_unpacked_exchanges_aggregate_the_same_tensors(down, up):
-    from fedvit.codecs import encode_record, record_arrays
+    from fedvit.codecs.payload import encode_record, record_arrays
 
     def handler(msg, partition):
         content = default_handler(msg, partition)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedvit.config import AppConfig, ConfigError
-from fedvit.paths import server_path_errors
+from fedvit.config.appconfig import AppConfig, ConfigError
+from fedvit.config.paths import server_path_errors
 from server_app.federation import run_federation
 
 FAST = {"model-name": "test_vit", "img-size": 16, "patch-size": 4, "weights-path": ""}

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedvit import train
-from fedvit.train import PHASES, PhaseClock, make_optimizer, train_epochs, train_step
+from fedvit.model import train
+from fedvit.model.train import PHASES, PhaseClock, make_optimizer, train_epochs, train_step
 
 
 class Timeline:
@@ -138,10 +138,10 @@ def test_train_epochs_on_the_cpu_reports_the_loss_it_always_did():
 def test_compile_model_keeps_the_module_and_the_names_it_exchanges():
     """``compile`` = true must not rename what travels (``torch.compile(model)`` would wrap
     it and prefix every name with ``_orig_mod.``); nothing compiles until it is called."""
-    from fedvit.config import AppConfig
-    from fedvit.model_cache import cached_model
-    from fedvit.tensors import exchanged_state
-    from fedvit.train import compile_model
+    from fedvit.config.appconfig import AppConfig
+    from fedvit.model.cache import cached_model
+    from fedvit.model.tensors import exchanged_state
+    from fedvit.model.train import compile_model
 
     model = cached_model(AppConfig.from_run_config({"weights-path": ""}), 10)
     before = {k: (v.shape, v.dtype) for k, v in exchanged_state(model).items()}

@@ -9,10 +9,10 @@ import pytest
 from test_report import FEDAVG, FEDLORA, LATENCY_MS, PNG_SIGNATURE, write_run
 
 from fedvit import keys
-from fedvit.config import AppConfig
+from fedvit.config.appconfig import AppConfig
 from fedvit.keys import COMPUTE_ROWS
-from fedvit.links import FRAME_FACTOR as F
-from fedvit.links import Link, LinkCurve, WireCosts, node_link
+from fedvit.wire.links import FRAME_FACTOR as F
+from fedvit.wire.links import Link, LinkCurve, WireCosts, node_link
 from server_app.timeline import NodeTimes, project
 from tools.replay.cli import main
 from tools.replay.engine import recorded, replay_run

@@ -9,8 +9,8 @@ import pytest
 
 from fedvit import keys
 from fedvit.keys import COMPUTE_ROWS, TABLE_ROWS
-from fedvit.links import DEFAULT_COSTS, Link
-from fedvit.links import FRAME_FACTOR as F
+from fedvit.wire.links import DEFAULT_COSTS, Link
+from fedvit.wire.links import FRAME_FACTOR as F
 from server_app.phase_table import format_table
 from server_app.timeline import FixedCosts, NodeTimes
 from tools.report.cli import main, make_report

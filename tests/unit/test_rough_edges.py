@@ -15,9 +15,9 @@ from flwr.app import MetricRecord, RecordDict
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedvit import keys
-from fedvit.config import APP_ROOT
-from fedvit.pretrain import progress_line
-from fedvit.train import train_epochs
+from fedvit.config.appconfig import APP_ROOT
+from fedvit.model.pretrain import progress_line
+from fedvit.model.train import train_epochs
 from strategies.metrics import aggregate_reply_metrics
 
 

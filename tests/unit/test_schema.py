@@ -11,8 +11,8 @@ import pytest
 from flwr.app import MetricRecord
 
 from fedvit import keys, schema
-from fedvit.config import AppConfig
-from fedvit.links import Link
+from fedvit.config.appconfig import AppConfig
+from fedvit.wire.links import Link
 from server_app.estimate import Estimate
 from server_app.phase_table import RoundTimes
 from server_app.recorder import round_row

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fedvit import keys
-from fedvit.config import AppConfig, ConfigError
-from fedvit.links import (
+from fedvit.config.appconfig import AppConfig, ConfigError
+from fedvit.wire.links import (
     FRAME_FACTOR,
     OBJECT_CALL_S,
     PULL_OBJECT_BYTES,

@@ -18,7 +18,7 @@ Within a round the train phase's messages are sent after the server's ``configur
 ``send`` rows; each node's reply when its download and its work are done; the evaluate
 phase (if any) starts after the train phase's critical path and ``aggregation``;
 ``central-eval`` closes the round. A message sent at t waits the latency in force at t
-and integrates its bytes over its node's rate curve from then (``fedvit.links.LinkCurve``),
+and integrates its bytes over its node's rate curve from then (``fedvit.wire.links.LinkCurve``),
 so a link that changes during a round (a trace) prices each message at the time it is
 sent. The per-call handling and per-object framing stay the run's own (a property of the
 machines that ran it, not of the link). A device factor divides a node's compute,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedvit.links import Link
+from fedvit.wire.links import Link
 from tools.replay.engine import Recorded, RunReplay
 from tools.replay.specs import UNIFORM, DeviceSpec, LinkSpec
 from tools.report.linkmodel import SWEEP_MBPS, crossings_of, fmt_rate

@@ -7,7 +7,7 @@ Link specs (``parse_links``):
 ``D/U/L``                  one link for every node: D Mbit/s down, U up, L ms one-way
                            latency (``uniform:D/U/L`` is the same)
 ``heterogeneous:D/U/L``    the run config's seeded per-partition draw
-                           (``fedvit.links.node_link``) with these base values and the
+                           (``fedvit.wire.links.node_link``) with these base values and the
                            run's ``seed``
 a path                     a trace file (``tools.replay.traces``): links that change over
                            time, per partition
@@ -30,8 +30,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedvit.config import AppConfig
-from fedvit.links import Link, LinkCurve, node_link
+from fedvit.config.appconfig import AppConfig
+from fedvit.wire.links import Link, LinkCurve, node_link
 from server_app.timeline import NodeTimes
 from tools.replay.traces import EVERY, LinkTraces, TraceError, read_trace
 

@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedvit.links import Link, LinkCurve
+from fedvit.wire.links import Link, LinkCurve
 
 COLUMNS = ("partition", "t-s", "down-mbps", "up-mbps", "latency-ms")
 EVERY = "*"  # the partition of every node without rows of its own

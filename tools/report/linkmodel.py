@@ -25,7 +25,7 @@ from itertools import pairwise
 import numpy as np
 
 from fedvit.keys import SERVER_ROWS, TABLE_ROWS
-from fedvit.links import DEFAULT_COSTS, Link, WireCosts, wire_bytes
+from fedvit.wire.links import DEFAULT_COSTS, Link, WireCosts, wire_bytes
 from server_app.phase_table import RoundTimes
 from server_app.timeline import FixedCosts, NodeTimes, project
 from tools.report.load import Run, steady_rounds

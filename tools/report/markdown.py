@@ -164,7 +164,7 @@ LINKS_TEXT = (
     "as the timeline projects a round: per phase the critical path, the node whose own "
     "work + transfer on that link takes longest (`server_app.timeline.critical_path`), "
     "plus the server's rows; mean of the steady rounds. A message's transfer is its "
-    "latency plus its objects moved one call each (`fedvit.links`: their bytes in TCP/IP "
+    "latency plus its objects moved one call each (`fedvit.wire.links`: their bytes in TCP/IP "
     "frames plus Flower's per-object framing at B, and per call its handling and a round "
     "trip, two calls in flight). The deployment curve adds pickup, start-up and return per "
     "message. The bandwidth below which communication exceeds half the round, and where "

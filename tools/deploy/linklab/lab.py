@@ -18,8 +18,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from fedvit.config.paths import APP_ROOT
 from fedvit.files import write_json
-from fedvit.paths import APP_ROOT
 from tools.deploy.linklab.netns import LinkLabError, check_privileges, latencies, mbit
 from tools.deploy.linklab.network import (
     LabNames,

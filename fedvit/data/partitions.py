@@ -4,7 +4,7 @@ among the clients by flwr-datasets.
 Both kinds become a ``datasets.Dataset`` with an image column and a ``ClassLabel`` column
 and go through the same flwr-datasets partitioners. ``datasets``, ``flwr_datasets`` and
 scikit-learn cost about 4 s a process, so they are imported inside the functions that use
-them: a process that finds its split in the partition cache (``fedvit.data``) never
+them: a process that finds its split in the partition cache (``fedvit.data.loaders``) never
 imports them.
 """
 
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedvit.config import AppConfig, ConfigError
-from fedvit.paths import EMBEDDED_DATASET, resolve_path
+from fedvit.config.appconfig import AppConfig, ConfigError
+from fedvit.config.paths import EMBEDDED_DATASET, resolve_path
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -53,7 +53,7 @@ def digits_splits() -> DatasetDict:
         A ``DatasetDict`` (columns ``image``, ``label``: 10 classes), stratified:
         ``train`` (40 %) is what the clients partition; ``test`` (20 %) is the server's
         held-out set; ``public`` (40 %) is data the clients never see, used only to
-        pretrain the frozen backbone centrally (``fedvit.pretrain``).
+        pretrain the frozen backbone centrally (``fedvit.model.pretrain``).
     """
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
     from PIL import Image as PILImage

@@ -1,12 +1,12 @@
 """Which tensors travel, the backbone's fingerprint and the input statistics.
 
-One answer for a model built with timm and peft (``fedvit.model``) and for the same model
-loaded from the model cache (``fedvit.model_cache.ExportedModel``). A built model is
+One answer for a model built with timm and peft (``fedvit.model.build``) and for the same model
+loaded from the model cache (``fedvit.model.cache.ExportedModel``). A built model is
 answered with its libraries' own helpers: peft's adapter state dict
-(``fedvit.adapters``) and timm's data config. A cached model carries the answers recorded
+(``fedvit.model.adapters``) and timm's data config. A cached model carries the answers recorded
 from those helpers when it was exported, so a ClientApp process that loads it never imports
 timm or peft (a built model exists only once they are imported, so asking about one costs
-nothing more). ``fedvit.model`` re-exports these functions.
+nothing more). ``fedvit.model.build`` re-exports these functions.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ def is_lora(model: nn.Module) -> bool:
     """Whether ``model`` is a peft LoRA model (built, or loaded from the model cache).
 
     Args:
-        model: a model ``fedvit.model.build_model`` built, or an ``ExportedModel``.
+        model: a model ``fedvit.model.build.build_model`` built, or an ``ExportedModel``.
 
     Returns:
         True for a LoRA model (``fedlora``), False for a plain ViT (``fedavg``).
     """
-    lora = getattr(model, "fedvit_lora", None)  # set by fedvit.model_cache.ExportedModel
+    lora = getattr(model, "fedvit_lora", None)  # set by fedvit.model.cache.ExportedModel
     if lora is not None:
         return bool(lora)
     peft = sys.modules.get("peft")  # not imported: no peft model can exist
@@ -40,7 +40,7 @@ def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors a strategy exchanges, under the names they travel with.
 
     A plain ViT (``fedavg``) exchanges its whole state dict; a LoRA model its adapter state
-    (``fedvit.adapters.adapter_state``: peft's adapter state dict, FFA-LoRA's frozen
+    (``fedvit.model.adapters.adapter_state``: peft's adapter state dict, FFA-LoRA's frozen
     ``lora_A`` left out); a cached model the names recorded from its build.
 
     Args:
@@ -50,12 +50,12 @@ def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
         ``{state-dict name: tensor}`` in state-dict order; the tensors are detached and
         share memory with the model (dtype and device as they are).
     """
-    names = getattr(model, "fedvit_exchanged", None)  # set by fedvit.model_cache.ExportedModel
+    names = getattr(model, "fedvit_exchanged", None)  # set by fedvit.model.cache.ExportedModel
     if names is not None:
         state = model.state_dict()
         return {name: state[name] for name in names}
     if is_lora(model):
-        from fedvit.adapters import adapter_state  # peft is imported already
+        from fedvit.model.adapters import adapter_state  # peft is imported already
 
         return adapter_state(model)
     return dict(model.state_dict())
@@ -80,7 +80,7 @@ def load_exchanged(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             f"{sorted(missing)[:3]}, {len(extra)} extra {sorted(extra)[:3]}"
         )
     if is_lora(model) and getattr(model, "fedvit_exchanged", None) is None:
-        from fedvit.adapters import load_adapter_state  # peft is imported already
+        from fedvit.model.adapters import load_adapter_state  # peft is imported already
 
         load_adapter_state(model, state)
     else:

@@ -2,7 +2,7 @@
 
 Standard library only: the run config parses its codec specs with it
 (``AppConfig.down_codec``/``up_codec``), and the codecs themselves live in
-``fedvit.codecs`` (encode/decode) and ``fedvit.codec_format`` (the wire format).
+``fedvit.codecs.payload`` (encode/decode) and ``fedvit.codecs.format`` (the wire format).
 """
 
 from __future__ import annotations

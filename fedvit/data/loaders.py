@@ -3,7 +3,7 @@
 A client's partition of a small dataset (digits, or a local folder), and the server's test
 split, are materialised once into ``uint8`` tensors and cached under
 ``$FEDVIT_CACHE/partitions``. A process that finds its split there never imports
-``datasets`` or ``flwr_datasets`` (``fedvit.partitions``), which cost about 4 s a process
+``datasets`` or ``flwr_datasets`` (``fedvit.data.partitions``), which cost about 4 s a process
 (and in deployment Flower 1.41 starts a ClientApp process per message); torchvision (about
 1.3 s with the ``torch._dynamo`` its ``ops`` import) is imported inside the functions that
 use it for the same reason.
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedvit.config import AppConfig, ConfigError
-from fedvit.files import atomic_path
-from fedvit.partitions import (
+from fedvit.config.appconfig import AppConfig, ConfigError
+from fedvit.config.paths import EMBEDDED_DATASET, cache_dir, resolve_path
+from fedvit.data.partitions import (
     DIGITS_PUBLIC_FRACTION,
     DIGITS_SPLIT_SEED,
     DIGITS_TEST_FRACTION,
@@ -33,7 +33,7 @@ from fedvit.partitions import (
     client_splits,
     dataset_columns,
 )
-from fedvit.paths import EMBEDDED_DATASET, cache_dir, resolve_path
+from fedvit.files import atomic_path
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -153,7 +153,7 @@ def normalise(images: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
 
     Args:
         images: ``(..., 3, H, W)`` uint8.
-        mean: per-channel mean on the [0, 1] scale (``fedvit.tensors.input_stats``).
+        mean: per-channel mean on the [0, 1] scale (``fedvit.model.tensors.input_stats``).
         std: per-channel standard deviation on that scale.
 
     Returns:
@@ -255,7 +255,7 @@ def client_data(cfg: AppConfig, partition_id: int, num_partitions: int) -> Clien
         The client's ``train`` and ``val`` splits and the columns.
 
     Raises:
-        ConfigError: as ``fedvit.partitions.client_splits`` raises (on a cache miss).
+        ConfigError: as ``fedvit.data.partitions.client_splits`` raises (on a cache miss).
     """
     path = partition_cache_path(cfg, partition_id, num_partitions)
     if path is not None and path.is_file():

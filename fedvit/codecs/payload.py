@@ -4,9 +4,9 @@
 shipped as-is (e.g. as the arrays of a Flower ``ArrayRecord``) and that ``decode`` turns back
 into float32 arrays of the original shapes, needing nothing else. Because the encoded arrays
 *are* what travels, the encoded size is simply ``encoded_bytes(enc) = Σ arr.nbytes`` (the
-same Σ itemsize × elements that :func:`fedvit.wire.tensor_bytes` counts): headers, scales
-and indices included. The wire format is ``fedvit.codec_format``'s; the spec of a codec
-(``CodecSpec``) is ``fedvit.codec_spec``'s.
+same Σ itemsize × elements that :func:`fedvit.wire.measure.tensor_bytes` counts): headers, scales
+and indices included. The wire format is ``fedvit.codecs.format``'s; the spec of a codec
+(``CodecSpec``) is ``fedvit.codecs.spec``'s.
 
 Top-k drops mass; :class:`ErrorFeedback` keeps it as a residual that is added to the next
 round's input, so over rounds ``Σ decoded + residual == Σ inputs`` (up to the float32
@@ -20,12 +20,12 @@ from collections.abc import Iterable
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from fedvit.codec_format import SEP, CodecError, decode_tensor, encode_tensor
-from fedvit.codec_spec import CodecSpec
+from fedvit.codecs.format import SEP, CodecError, decode_tensor, encode_tensor
+from fedvit.codecs.spec import CodecSpec
 
 
 def encode(spec: str | CodecSpec, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Encode every tensor with ``spec`` (format: ``fedvit.codec_format``).
+    """Encode every tensor with ``spec`` (format: ``fedvit.codecs.format``).
 
     Args:
         spec: a codec spec, or a bare codec name (its default knobs).
@@ -58,7 +58,7 @@ def decode(encoded: dict[str, np.ndarray], restore_dtype: bool = False) -> dict[
 
     Raises:
         CodecError: a key without ``::``, or a malformed tensor (see
-            ``fedvit.codec_format.decode_tensor``).
+            ``fedvit.codecs.format.decode_tensor``).
     """
     groups: dict[str, dict[str, np.ndarray]] = {}
     for name, value in encoded.items():

@@ -1,9 +1,9 @@
 """What each run-config key may be: the single-key rules and the rules across keys.
 
 Each rule yields a message naming the key, its value and what is allowed; ``AppConfig``
-(``fedvit.config``) collects them into one ``ConfigError``. The rules that need a built
-model are ``fedvit.backbone.model_errors``; those that read a run folder are
-``fedvit.resume``'s.
+(``fedvit.config.appconfig``) collects them into one ``ConfigError``. The rules that need a built
+model are ``fedvit.model.backbone.model_errors``; those that read a run folder are
+``fedvit.config.resume``'s.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from fedvit.codec_spec import CodecSpec
-from fedvit.files import write_text
-from fedvit.paths import (
+from fedvit.codecs.spec import CodecSpec
+from fedvit.config.paths import (
     EMBEDDED_DATASET,
     PATH_KEYS,
     PUBLIC_PRETRAIN,
@@ -27,6 +26,7 @@ from fedvit.paths import (
     is_relative_path,
     resolve_path,
 )
+from fedvit.files import write_text
 
 STRATEGIES = ("fedavg", "fedlora")
 PARTITIONERS = ("iid", "dirichlet")

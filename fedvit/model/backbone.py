@@ -2,7 +2,7 @@
 rules only the built model can check.
 
 timm is imported inside the functions that build: a process that loads its model from the
-cache (``fedvit.model_cache``) never imports it.
+cache (``fedvit.model.cache``) never imports it.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedvit.config import AppConfig, ConfigError, raise_errors
-from fedvit.rules import FITTING_WEIGHTS, target_modules
-from fedvit.tensors import HEAD
+from fedvit.config.appconfig import AppConfig, ConfigError, raise_errors
+from fedvit.config.rules import FITTING_WEIGHTS, target_modules
+from fedvit.model.tensors import HEAD
 
 
 def create_vit(cfg: AppConfig, num_classes: int, pretrained: bool | None = None) -> nn.Module:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedvit.config import AppConfig, ConfigError
+from fedvit.config.appconfig import AppConfig, ConfigError
 from fedvit.keys import LINK_KEYS, LINK_LATENCY_MS, LINK_REAL, WIRE_COST_KEYS
 
 # What a message costs on a real link beyond its serialised bytes (measured in the link lab,
@@ -114,7 +114,7 @@ class Link:
         bytes on the wire at the link's rate.
 
         Args:
-            nbytes: the message's serialised bytes (``fedvit.wire.message_size``).
+            nbytes: the message's serialised bytes (``fedvit.wire.measure.message_size``).
             objects: its objects (0: unknown).
             costs: per-call handling and per-object framing.
 
@@ -306,7 +306,7 @@ def one_call_floor(on_link: float, latency_ms: float, costs: WireCosts = DEFAULT
     """Seconds any message takes at least, however its bytes are laid out: one call
     carrying all of them (handling + round trip + ``on_link``, its bytes' time, s, at
     ``latency_ms`` one way). It binds where one object holds most bytes (a packed message,
-    ``fedvit.packing``; the other objects' calls overlap with its call, two in flight)."""
+    ``fedvit.wire.packing``; the other objects' calls overlap with its call, two in flight)."""
     return costs.call_s + 2 * latency_ms / 1e3 + on_link
 
 

@@ -2,7 +2,7 @@
 per tensor (run-config key ``pack-tensors``).
 
 Flower 1.41 moves a message one object per HTTP call: the message, its record dict, each
-record, each ``Array`` and each of its 5 MiB chunks (``fedvit.links``). Laid out one
+record, each ``Array`` and each of its 5 MiB chunks (``fedvit.wire.links``). Laid out one
 ``Array`` per tensor, a message costs two objects per tensor; packed, every tensor of the
 message travels in **one** ``Array``, a flat ``uint8`` buffer holding each tensor's raw
 bytes (C order, its own dtype and byte order) one after another, without padding. The
@@ -13,14 +13,14 @@ ArrayRecord object and costs no object of its own::
 
 ``dtype`` is numpy's ``dtype.str`` (e.g. ``"<f4"``; the bf16 codec's bit patterns travel
 as ``"<u2"``), ``shape`` a list of ints; each tensor's offset is the sum of the sizes
-before it. So a packed message's tensor bytes (``fedvit.wire.tensor_bytes``: Σ itemsize ×
+before it. So a packed message's tensor bytes (``fedvit.wire.measure.tensor_bytes``: Σ itemsize ×
 elements) equal the unpacked one's exactly, and the index counts as message bytes only.
 Packing is lossless: ``unpack(pack(t))`` gives every tensor back bit for bit, same name,
 order, dtype and shape.
 
 Objects of a message whose tensors fit in one chunk: the message, its record dict, its
 config or metrics record, the ArrayRecord, one Array and one chunk: 6, whatever the
-number of tensors (``fedvit.wire.message_size`` counts them).
+number of tensors (``fedvit.wire.measure.message_size`` counts them).
 """
 
 from __future__ import annotations

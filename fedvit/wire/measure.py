@@ -49,7 +49,7 @@ def message_bytes(msg: Message) -> int:
 def message_size(msg: Message) -> tuple[int, int]:
     """Serialised size and object count of the whole message tree, duplicates counted:
     Flower 1.41 moves a message as one HTTP request or response per object
-    (``fedvit.links`` prices that).
+    (``fedvit.wire.links`` prices that).
 
     Args:
         msg: a Flower message.

@@ -23,7 +23,7 @@ def freeze_ffa(model: PeftModel) -> None:
     ``adapter_state`` leaves them out.
 
     Args:
-        model: a fresh peft LoRA model (``fedvit.model.wrap_lora``).
+        model: a fresh peft LoRA model (``fedvit.model.build.wrap_lora``).
     """
     for name, param in model.named_parameters():
         if FFA_FROZEN in name:

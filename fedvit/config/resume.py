@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedvit.config import AppConfig, raise_errors
+from fedvit.config.appconfig import AppConfig, raise_errors
+from fedvit.config.paths import resolve_path, server_path_errors
+from fedvit.config.rules import show
 from fedvit.keys import CHECKPOINT_STATE, CHECKPOINT_TENSORS, CONFIG_HISTORY
-from fedvit.paths import resolve_path, server_path_errors
-from fedvit.rules import show
 
 # Keys a resumed run may change: none of them changes what is exchanged, or how it is
 # trained or aggregated. Every other key must keep the checkpoint's value.

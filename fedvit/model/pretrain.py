@@ -21,20 +21,20 @@ from pathlib import Path
 import torch
 from flwr.common.logger import log
 
-from fedvit.backbone import create_vit
-from fedvit.config import AppConfig
-from fedvit.data import make_loader
-from fedvit.files import atomic_path
-from fedvit.partitions import (
+from fedvit.config.appconfig import AppConfig
+from fedvit.config.paths import cache_dir
+from fedvit.data.loaders import make_loader
+from fedvit.data.partitions import (
     DIGITS_PUBLIC_FRACTION,
     DIGITS_SPLIT_SEED,
     DIGITS_TEST_FRACTION,
     columns_of,
     digits_splits,
 )
-from fedvit.paths import cache_dir
-from fedvit.tensors import HEAD, input_stats
-from fedvit.train import evaluate, train_epochs
+from fedvit.files import atomic_path
+from fedvit.model.backbone import create_vit
+from fedvit.model.tensors import HEAD, input_stats
+from fedvit.model.train import evaluate, train_epochs
 
 RECIPE_VERSION = 2  # 2: fused AdamW
 EPOCHS = 100

@@ -1,9 +1,9 @@
 """The run config, read once into one typed, validated object.
 
 Every default lives in ``pyproject.toml`` (``[tool.flwr.app.config]``); nothing else reads
-``context.run_config`` directly. What each key may be is stated in ``fedvit.rules``
-(paths: ``fedvit.paths``); the checks against a run folder to resume are in
-``fedvit.resume``.
+``context.run_config`` directly. What each key may be is stated in ``fedvit.config.rules``
+(paths: ``fedvit.config.paths``); the checks against a run folder to resume are in
+``fedvit.config.resume``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any
 
-from fedvit.codec_spec import CodecSpec
-from fedvit.paths import APP_ROOT
-from fedvit.rules import cuda_available, rule_errors, show
+from fedvit.codecs.spec import CodecSpec
+from fedvit.config.paths import APP_ROOT
+from fedvit.config.rules import cuda_available, rule_errors, show
 
 
 class ConfigError(ValueError):

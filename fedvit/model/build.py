@@ -2,7 +2,7 @@
 LoRA adapters (``fedlora``), and the answer to "which tensors travel".
 
 The client, the server, the size report and the tests all ask this module (or the
-torch-only ``fedvit.tensors``, whose answers it re-exports) which tensors a strategy
+torch-only ``fedvit.model.tensors``, whose answers it re-exports) which tensors a strategy
 exchanges instead of re-deriving it.
 """
 
@@ -13,19 +13,19 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from torch import nn
 
-from fedvit.adapters import freeze_ffa
-from fedvit.backbone import (
+from fedvit.config.appconfig import AppConfig, raise_errors
+from fedvit.config.paths import PUBLIC_PRETRAIN, resolve_path
+from fedvit.config.rules import target_modules
+from fedvit.model.adapters import freeze_ffa
+from fedvit.model.backbone import (
     adaptable_linears,
     check_model,
     create_vit,
     load_backbone_weights,
     lora_target_errors,
 )
-from fedvit.config import AppConfig, raise_errors
-from fedvit.paths import PUBLIC_PRETRAIN, resolve_path
-from fedvit.pretrain import public_backbone
-from fedvit.rules import target_modules
-from fedvit.tensors import (  # noqa: F401  (re-exported: the torch-only answers)
+from fedvit.model.pretrain import public_backbone
+from fedvit.model.tensors import (  # noqa: F401  (re-exported: the torch-only answers)
     HEAD,
     backbone_fingerprint,
     count_parameters,
@@ -74,7 +74,7 @@ def build_model(cfg: AppConfig, num_classes: int) -> nn.Module:
 
 def wrap_lora(model: nn.Module, cfg: AppConfig, fused: bool = True) -> PeftModel:
     """peft LoRA on the target modules; adapters and the head are the only trainables
-    (FFA-LoRA: ``lora_A`` frozen too, ``fedvit.adapters.freeze_ffa``).
+    (FFA-LoRA: ``lora_A`` frozen too, ``fedvit.model.adapters.freeze_ffa``).
 
     Args:
         model: a plain timm ViT (consumed: peft wraps it in place).

@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-APP_ROOT = Path(__file__).resolve().parents[1]
+APP_ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_PRETRAIN = "public-pretrain"
 EMBEDDED_DATASET = "digits"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

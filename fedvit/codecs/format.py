@@ -1,10 +1,10 @@
 """The codecs' wire format: one tensor to its flat arrays (``encode_tensor``) and back
-(``decode_tensor``). ``fedvit.codecs`` applies them to whole payloads.
+(``decode_tensor``). ``fedvit.codecs.payload`` applies them to whole payloads.
 
 Wire format: for every tensor ``K`` (in input order) the keys below, all 1-D arrays.
 
 ``K::meta``  uint32 ``[VERSION, codec, dtype, aux, ndim, *shape]`` (4 × (5 + ndim) bytes);
-             ``codec`` is the index into ``fedvit.codec_spec.CODECS``, ``dtype`` the
+             ``codec`` is the index into ``fedvit.codecs.spec.CODECS``, ``dtype`` the
              original dtype (:data:`DTYPES`), ``aux`` the block size (int8/int4), the
              index encoding (topk, :data:`INDEX_ENCODINGS`), else 0.
 
@@ -36,7 +36,7 @@ import math
 
 import numpy as np
 
-from fedvit.codec_spec import CODECS, QMAX, U32_MAX, CodecSpec, topk_count
+from fedvit.codecs.spec import CODECS, QMAX, U32_MAX, CodecSpec, topk_count
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
 INDEX_ENCODINGS = ("gap-u8", "gap-u16", "gap-u32", "bitmap")

@@ -4,7 +4,7 @@ and peft (and, through them, torchvision and transformers).
 
 In a Flower 1.41 deployment every message runs in a fresh ClientApp process. timm and
 peft stay the source of truth: on a miss the model is built with them
-(``fedvit.model.build_model``) and exported with ``torch.export.export`` once per mode the
+(``fedvit.model.build.build_model``) and exported with ``torch.export.export`` once per mode the
 app runs it in, training (train mode, gradients on) and evaluation (eval mode, gradients
 off: ``FusedLoraLinear`` folds the adapters into the weight there). ``torch.export.save``
 writes each program as a serialised graph of ATen operations; the tensors go into a
@@ -19,7 +19,7 @@ fails.
 A new artefact is kept only after it was checked against a second, fresh timm+peft build
 (``check_same``). The key covers everything the model depends on (``model_key``); hub
 weights (``pretrained``) are never cached, as they can change under the same name.
-``fedvit.model`` imports timm and peft, so it is imported only on a miss.
+``fedvit.model.build`` imports timm and peft, so it is imported only on a miss.
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedvit.config import AppConfig
+from fedvit.config.appconfig import AppConfig
+from fedvit.config.paths import PUBLIC_PRETRAIN, cache_dir, resolve_path
 from fedvit.files import atomic_path
-from fedvit.paths import PUBLIC_PRETRAIN, cache_dir, resolve_path
-from fedvit.pretrain import backbone_path
-from fedvit.tensors import backbone_fingerprint, exchanged_state, input_stats, is_lora
-from fedvit.train import PhaseClock, make_optimizer, train_step
+from fedvit.model.pretrain import backbone_path
+from fedvit.model.tensors import backbone_fingerprint, exchanged_state, input_stats, is_lora
+from fedvit.model.train import PhaseClock, make_optimizer, train_step
 
 FORMAT = 3  # bump when what an artefact holds or how it is exported changes
 # Run-config keys the built model depends on (tests/e2e/test_coldstart.py classifies the rest).
@@ -48,7 +48,7 @@ MODEL_KEYS = ("strategy", "model-name", "img-size", "patch-size", "pretrained", 
               "weights-path", "lora-r", "lora-alpha", "lora-dropout", "lora-target-modules",
               "lora-aggregation")
 # Code whose change must invalidate artefacts: how the model is built, exported, answered.
-SOURCES = ("model.py", "backbone.py", "adapters.py", "tensors.py", "model_cache.py")
+SOURCES = ("build.py", "backbone.py", "adapters.py", "tensors.py", "cache.py")
 MODES = {"train": (True, True), "eval": (False, False)}  # mode: (training, gradients)
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class ExportedModel(nn.Module):
     names, in the same order, with the same trainables; its forward runs the training
     program in train mode and the evaluation program in eval mode without gradients (eval
     mode with gradients was not exported: ``RuntimeError``). It carries what
-    ``fedvit.tensors`` answers for its build, recorded when it was exported.
+    ``fedvit.model.tensors`` answers for its build, recorded when it was exported.
 
     Args:
         path: the artefact's tensors (``model_path``); ``mode_paths`` names its programs.
@@ -140,7 +140,7 @@ class ExportedModel(nn.Module):
 
 
 def cached_model(cfg: AppConfig, num_classes: int) -> nn.Module:
-    """The model ``fedvit.model.build_model`` builds, loaded from the cache when it is
+    """The model ``fedvit.model.build.build_model`` builds, loaded from the cache when it is
     there; otherwise built with timm+peft, exported, checked and cached (the built model
     is returned then). A damaged artefact is rebuilt; a model that cannot be exported or
     checked is only not cached (both logged as warnings).
@@ -161,7 +161,7 @@ def cached_model(cfg: AppConfig, num_classes: int) -> nn.Module:
             return ExportedModel(path)
         except Exception as err:  # a damaged or foreign file: rebuild it
             log.warning("fedvit: cached model %s unreadable (%s); rebuilding", path, err)
-    from fedvit.model import build_model
+    from fedvit.model.build import build_model
 
     model = build_model(cfg, num_classes)
     path = model_path(cfg, num_classes)  # the backbone may have been built just now
@@ -248,7 +248,7 @@ def save_checked(model: nn.Module, cfg: AppConfig, num_classes: int, path: Path)
     """
     from safetensors.torch import save_file
 
-    from fedvit.model import build_model
+    from fedvit.model.build import build_model
 
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
