@@ -1,9 +1,8 @@
 """The run config, read once into one typed, validated object.
 
-Every default lives in ``pyproject.toml`` (``[tool.flwr.app.config]``); nothing else reads
-``context.run_config`` directly. What each key may be is stated in ``fedvit.config.rules``
-(paths: ``fedvit.config.paths``); the checks against a run folder to resume are in
-``fedvit.config.resume``.
+Every default lives in pyproject.toml ``[tool.flwr.app.config]``; nothing else reads
+``context.run_config``. The rules are in ``fedvit.config.rules`` and ``.paths``; the checks
+against a run folder to resume in ``.resume``.
 """
 
 from __future__ import annotations
@@ -25,39 +24,21 @@ class ConfigError(ValueError):
 
 
 def raise_errors(errors: list[str]) -> None:
-    """Raise one ``ConfigError`` listing every error.
-
-    Args:
-        errors: messages, one per violation (none: nothing happens).
-
-    Raises:
-        ConfigError: ``invalid run config:``, then a ``  - <error>`` line per error.
-    """
+    """Raise one ``ConfigError``: ``invalid run config:`` and a ``  - <error>`` line each."""
     if errors:
         raise ConfigError("invalid run config:\n  - " + "\n  - ".join(errors))
 
 
 @lru_cache(maxsize=1)
 def pyproject_defaults() -> dict[str, Any]:
-    """Every default of the run config.
-
-    Returns:
-        The ``[tool.flwr.app.config]`` table of the app's pyproject.toml.
-
-    Raises:
-        OSError: pyproject.toml cannot be read.
-    """
+    """The ``[tool.flwr.app.config]`` table of the app's pyproject.toml (OSError: unreadable)."""
     with open(APP_ROOT / "pyproject.toml", "rb") as f:
         return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
 
 
 @dataclass(frozen=True)
 class AppConfig:
-    """Every knob of the app, one field per ``[tool.flwr.app.config]`` key (``-`` in a
-    key is ``_`` in its field); build it with ``from_run_config``.
-
-    The codec specs are parsed once, here: ``down_codec`` and ``up_codec``.
-    """
+    """One field per run-config key (``-`` as ``_``); build it with ``from_run_config``."""
 
     strategy: str
     num_server_rounds: int
@@ -106,40 +87,14 @@ class AppConfig:
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> AppConfig:
-        """Validate a run config; missing keys fall back to pyproject.toml's defaults
-        (``run_simulation`` hands apps an empty run config).
-
-        Validated once per distinct run config and process (clients call this per message).
-
-        Args:
-            run_config: run-config keys and values (Flower's ``context.run_config``).
-
-        Returns:
-            The config.
+        """Validate a run config; missing keys take pyproject.toml's defaults
+        (``run_simulation`` hands apps an empty run config). Cached per distinct run config
+        and process, as clients call this per message.
 
         Raises:
             ConfigError: listing every unknown key, wrongly typed value and broken rule.
         """
         return _validated(cls, tuple(sorted(dict(run_config).items())))
-
-    @classmethod
-    def _validate(cls, run_config: Mapping[str, Any]) -> AppConfig:
-        merged = {**pyproject_defaults(), **dict(run_config)}
-        known = {f.name.replace("_", "-") for f in dataclasses.fields(cls)}
-        errors = [
-            f"unknown run-config key '{key}' (known keys: {', '.join(sorted(known))})"
-            for key in merged
-            if key not in known
-        ]
-        values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            key = field.name.replace("_", "-")
-            try:
-                values[field.name] = _coerce(key, merged.get(key), field.type)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise_errors(errors + rule_errors(values))
-        return cls(**values)
 
     @cached_property
     def down_codec(self) -> CodecSpec:
@@ -153,7 +108,7 @@ class AppConfig:
 
     @property
     def use_cuda(self) -> bool:
-        """Whether training runs on the GPU (``device``, or ``auto`` and one is there)."""
+        """``device`` is ``cuda``, or ``auto`` and a GPU is there."""
         return self.device == "cuda" or (self.device == "auto" and cuda_available())
 
     @property
@@ -163,39 +118,36 @@ class AppConfig:
 
     @property
     def torch_device(self) -> str:
-        """``'cuda'`` or ``'cpu'``: where the model trains and evaluates."""
+        """``'cuda'`` or ``'cpu'``."""
         return "cuda" if self.use_cuda else "cpu"
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as the run config spells it (for results files).
-
-        Returns:
-            ``{run-config key: value}``, every key; strings as given (codec specs too).
-        """
+        """``{run-config key: value}`` for every key, strings as given (for results files)."""
         return {k.replace("_", "-"): val for k, val in dataclasses.asdict(self).items()}
 
 
 @lru_cache(maxsize=32)
 def _validated(cls: type[AppConfig], items: tuple[tuple[str, Any], ...]) -> AppConfig:
-    return cls._validate(dict(items))
+    merged = {**pyproject_defaults(), **dict(items)}
+    fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}
+    errors = [f"unknown run-config key '{key}' (known keys: {', '.join(sorted(fields))})"
+              for key in merged if key not in fields]
+    values: dict[str, Any] = {}
+    for key, field in fields.items():
+        try:
+            values[field.name] = _coerce(key, merged.get(key), str(field.type))
+        except ConfigError as err:
+            errors.append(str(err))
+    raise_errors(errors + rule_errors(values))
+    return cls(**values)
 
 
-def _coerce(key: str, value: Any, type_name: Any) -> Any:
-    name = type_name if isinstance(type_name, str) else type_name.__name__
+def _coerce(key: str, value: Any, name: str) -> Any:
     if value is None:
         raise ConfigError(f"'{key}' is missing (no value and no default in pyproject.toml)")
-    if name == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-    elif name == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif name == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif name == "str":
-        if isinstance(value, str):
-            return value
+    if name == "bool" and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    types = {"bool": bool, "int": int, "float": (int, float), "str": str}[name]
+    if isinstance(value, types) and (name == "bool" or not isinstance(value, bool)):
+        return float(value) if name == "float" else value
     raise ConfigError(f"'{key}' = {show(value)} is not allowed: must be of type {name}")

@@ -1,24 +1,21 @@
-"""Resuming a run: the checks of ``resume-from`` against the run folder it names.
+"""Resuming a run: ``resume-from`` checked against the run folder it names (server only).
 
-Server side only (a client never reads ``resume-from``). The folder must hold a
-checkpoint, its config must agree with the new one outside ``RESUMABLE_KEYS``, and its
-tensors must be the ones the new config exchanges.
+The folder must hold a checkpoint, its config must agree with the new one outside
+``RESUMABLE_KEYS``, and its tensors must be the ones the new config exchanges.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 from fedvit.config.appconfig import AppConfig, raise_errors
 from fedvit.config.paths import resolve_path, server_path_errors
 from fedvit.config.rules import show
 from fedvit.keys import CHECKPOINT_STATE, CHECKPOINT_TENSORS, CONFIG_HISTORY
 
-# Keys a resumed run may change: none of them changes what is exchanged, or how it is
-# trained or aggregated. Every other key must keep the checkpoint's value.
+# Keys a resumed run may change: none changes what is exchanged, or how it is trained or
+# aggregated.
 RESUMABLE_KEYS = frozenset({
     "num-server-rounds", "outputs-dir", "run-name", "resume-from", "node-wait-s",
     "round-timeout-s", "device", "compile", "eval-batch-size", "fraction-evaluate",
@@ -29,17 +26,9 @@ RESUMABLE_KEYS = frozenset({
 
 
 def resume_errors(cfg: AppConfig) -> list[str]:
-    """Rule violations of ``resume-from`` against the run folder it names.
-
-    The folder must hold a checkpoint; every key outside ``RESUMABLE_KEYS`` must keep the
-    value that run was started with (one error lists each changed key with both values);
-    ``num-server-rounds`` must exceed the completed rounds.
-
-    Args:
-        cfg: the new run's config.
-
-    Returns:
-        The messages (none when ``resume-from`` is ``''`` or all is well).
+    """``resume-from``'s folder must hold a checkpoint, keep every key outside
+    ``RESUMABLE_KEYS`` (compared with the last entry of its ``configs.json``), and have
+    completed fewer than ``num-server-rounds`` rounds.
 
     Raises:
         OSError, ValueError: the folder's checkpoint or config files cannot be read.
@@ -52,7 +41,7 @@ def resume_errors(cfg: AppConfig) -> list[str]:
         return [f"{where} is not allowed: {folder} holds no checkpoint ({CHECKPOINT_STATE} "
                 f"and {CHECKPOINT_TENSORS}); must be '' or the folder of an earlier run "
                 "that completed at least one round"]
-    earlier = run_config_of(folder)
+    earlier = json.loads((folder / CONFIG_HISTORY).read_text())[-1]["config"]
     done = int(json.loads((folder / CHECKPOINT_STATE).read_text())["round"])
     errors = []
     now = cfg.to_dict()
@@ -70,17 +59,8 @@ def resume_errors(cfg: AppConfig) -> list[str]:
 
 def resume_tensor_errors(cfg: AppConfig, expected: Mapping[str, tuple],
                          found: Mapping[str, tuple]) -> list[str]:
-    """The checkpoint's tensors against the ones this config exchanges.
-
-    Args:
-        cfg: the new run's config.
-        expected: name -> shape of the tensors ``cfg`` exchanges.
-        found: name -> shape of the checkpoint's tensors.
-
-    Returns:
-        One message counting the missing, extra and reshaped tensors (the first three
-        of each), or none when the two agree.
-    """
+    """The checkpoint's tensors (``found``, name -> shape) against those ``cfg`` exchanges
+    (``expected``): one message counting missing, extra and reshaped ones, or none."""
     if dict(expected) == dict(found):
         return []
     missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
@@ -91,31 +71,11 @@ def resume_tensor_errors(cfg: AppConfig, expected: Mapping[str, tuple],
             f"{shapes[:3]}); must be the folder of a run with the same model and strategy"]
 
 
-def run_config_of(folder: Path) -> dict[str, Any]:
-    """The latest accepted run config of a run folder.
-
-    Args:
-        folder: a run's output folder.
-
-    Returns:
-        Run-config keys and values: the last entry of ``configs.json``.
-
-    Raises:
-        OSError, ValueError: the file cannot be read as JSON.
-    """
-    return json.loads((folder / CONFIG_HISTORY).read_text())[-1]["config"]
-
-
 def validate_server(cfg: AppConfig) -> None:
-    """The server's checks beyond ``AppConfig.from_run_config``: the folders it creates or
-    writes into (``outputs-dir``, ``resume-from``) and ``resume-from``'s run, which clients
-    never see.
-
-    Args:
-        cfg: the new run's config.
+    """The server's checks beyond ``from_run_config``: the folder it writes, then
+    ``resume-from``'s run (clients never see either).
 
     Raises:
-        ConfigError: listing every ``server_path_errors`` and ``resume_errors`` message.
+        ConfigError: listing every ``server_path_errors`` or else ``resume_errors`` message.
     """
-    paths = server_path_errors(cfg.outputs_dir, cfg.resume_from)
-    raise_errors(paths or resume_errors(cfg))
+    raise_errors(server_path_errors(cfg.outputs_dir, cfg.resume_from) or resume_errors(cfg))
