@@ -12,21 +12,12 @@ from typing import Any
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path to write ``path``'s new content to; it replaces ``path`` when the
-    block ends without an error, and is removed when it raises.
+    """A temporary path beside ``path`` (``.<name>.<pid>.tmp``) that replaces ``path`` when
+    the block ends without error and is removed otherwise (OSError: cannot write or move).
 
-    The temporary file sits in the same folder (``os.replace`` is atomic only within one
-    file system) and is named per process, so processes that build the same cache file at
-    once never write into each other's temporary file. The folder must exist.
-
-    Args:
-        path: the file to (re)write.
-
-    Yields:
-        The temporary path, ``.<name>.<pid>.tmp`` beside ``path``.
-
-    Raises:
-        OSError: the temporary file cannot be written or moved into place.
+    Same folder, as ``os.replace`` is atomic only within one file system; named per process,
+    so processes building the same cache file never share a temporary file. The folder must
+    exist.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -37,29 +28,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Replace a file's content atomically (see ``atomic_path``).
-
-    Args:
-        path: the file (its folder must exist).
-        text: the new content, written as UTF-8.
-
-    Raises:
-        OSError: as ``atomic_path`` raises.
-    """
+    """Replace a file's content with UTF-8 ``text`` atomically (``atomic_path``)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
 def write_json(path: Path, data: Any, indent: int | None = 2) -> None:
-    """Replace a file with JSON atomically (see ``atomic_path``).
-
-    Args:
-        path: the file (its folder must exist).
-        data: what to write, then a trailing newline.
-        indent: JSON indentation (None: one line).
-
-    Raises:
-        OSError: as ``atomic_path`` raises.
-        TypeError: ``data`` holds a value JSON cannot encode.
-    """
+    """Replace a file with ``data`` as JSON and a newline, atomically (TypeError: not JSON)."""
     write_text(path, json.dumps(data, indent=indent) + "\n")

@@ -1,32 +1,5 @@
-"""Every key that crosses the wire or lands in an output file, named once.
-
-Keys are kebab-case, as Flower's run config and metric names are. Output files and their
-columns are described in ``fedvit.schema``.
-
-**A reply's timestamps.** Every ok reply carries, in its ``metrics`` record, the wall-clock
-times (``time.time()``, seconds since the epoch, on the node's own clock) at which its
-message passed each step on the node, in this order:
-
-=================== ==========================================================================
-key                  the moment
-=================== ==========================================================================
-``t-process-start``  the OS created the process serving the message (``fedvit.startup``)
-``t-mod-in``         the client mod received the message (Flower's runtime is done with it)
-``t-handler-in``     the handler started (after the mod's byte count / emulated download)
-``t-task-built``     the model and data loaders exist (cached after a process's first message)
-``t-compute-start``  the received tensors are decoded and loaded into the model
-``t-compute-end``    local training (and evaluation) finished
-``t-handler-out``    the reply's tensors are encoded (the handler returns)
-``t-mod-out``        the mod hands the reply back to Flower (after its byte count / emulated
-                     upload)
-=================== ==========================================================================
-
-plus ``fresh-process`` (1 when this message is the first the process served, so its
-start-up was paid for this message; 0 otherwise) and the seconds the mod spent on its own
-byte counting (``time-books``) and sleeping an emulated link (``time-transfer``).
-``server_app.timeline`` turns these, with the server's push and pull times, into a round's
-phase table.
-"""
+"""Every key that crosses the wire or lands in an output file, named once (kebab-case, as
+Flower's run config and metric names); output columns are in ``fedvit.schema``."""
 
 from __future__ import annotations
 
@@ -34,9 +7,7 @@ from __future__ import annotations
 METRICS = "metrics"  # the one MetricRecord of every reply
 CONFIG = "config"  # the ConfigRecord of every instruction (FedAvg's)
 ARRAYS = "arrays"  # the ArrayRecord of the exchanged tensors (FedAvg's ``arrayrecord_key``)
-# pack-tensors: the one key of a packed ArrayRecord is this prefix + its JSON index
-# (``fedvit.wire.packing``)
-PACKED_PREFIX = "packed:"
+PACKED_PREFIX = "packed:"  # + JSON index: a packed ArrayRecord's one key (fedvit.wire.packing)
 
 # ------------------------------------------------------- what an instruction's config holds
 SERVER_ROUND = "server-round"  # set by FedAvg
@@ -64,38 +35,30 @@ WIRE_COSTS = "wire-costs"
 WIRE_COST_KEYS = ("call-s", "pull-object-bytes", "push-object-bytes")
 NUM_THREADS = "num-threads"  # node config: a deployment's torch threads per SuperNode
 
-# Timestamps (see the table above).
-PROCESS_START = "t-process-start"
-MOD_IN = "t-mod-in"
-HANDLER_IN = "t-handler-in"
-TASK_BUILT = "t-task-built"
-COMPUTE_START = "t-compute-start"
-COMPUTE_END = "t-compute-end"
-HANDLER_OUT = "t-handler-out"
-MOD_OUT = "t-mod-out"
+# Every ok reply's metrics: when its message passed each step on the node, in this order
+# (``time.time()`` on the node's clock); ``server_app.timeline`` builds the phase table from them.
+PROCESS_START = "t-process-start"  # the OS created the process serving it (fedvit.startup)
+MOD_IN = "t-mod-in"  # the client mod received it (Flower's runtime is done with it)
+HANDLER_IN = "t-handler-in"  # the handler started (after the mod's books / emulated download)
+TASK_BUILT = "t-task-built"  # model and loaders exist (cached after a process's first message)
+COMPUTE_START = "t-compute-start"  # the received tensors are decoded and loaded
+COMPUTE_END = "t-compute-end"  # local training (and evaluation) finished
+HANDLER_OUT = "t-handler-out"  # the reply's tensors are encoded
+MOD_OUT = "t-mod-out"  # the mod hands the reply back (after its books / emulated upload)
 STAMPS = (PROCESS_START, MOD_IN, HANDLER_IN, TASK_BUILT, COMPUTE_START, COMPUTE_END,
           HANDLER_OUT, MOD_OUT)
-FRESH = "fresh-process"
+FRESH = "fresh-process"  # 1: the message was its process's first (start-up paid for it)
 BOOKS_S = "time-books"  # the mod's byte counting, both directions
 TRANSFER_S = "time-transfer"  # the mod's emulated link sleeps, both directions
-# What the client mod adds to a reply after it measured the reply's bytes.
-MOD_STAMPS = (PROCESS_START, FRESH, BOOKS_S, TRANSFER_S, MOD_IN, MOD_OUT)
 # Every key the client mod adds after it measured the reply: the report's own bytes.
-REPORT_KEYS = (*BYTES_KEYS, *MOD_STAMPS)
+REPORT_KEYS = (*BYTES_KEYS, PROCESS_START, FRESH, BOOKS_S, TRANSFER_S, MOD_IN, MOD_OUT)
 # Per-phase seconds of local compute reported by the handler (``time-<phase>``).
 COMPUTE_PHASES = ("data", "forward", "backward", "optimizer", "eval")
 TIME_TRAIN = "time-train"  # the whole of local training
 
 
 def time_key(phase: str) -> str:
-    """The reply metric (and ``nodes`` column) of a compute phase's seconds: ``time-<phase>``.
-
-    Args:
-        phase: one of ``COMPUTE_PHASES`` or ``client-other``.
-
-    Returns:
-        ``"time-" + phase``.
-    """
+    """The reply metric and ``nodes`` column of a compute phase's (or ``client-other``'s) s."""
     return f"time-{phase}"
 
 

@@ -1,9 +1,7 @@
-"""The output schema: every file a run writes, and every column or key it holds.
+"""The output schema: every file a run writes and every column or key it holds (kebab-case).
 
-One naming style: kebab-case, as the run config. The tables (``<stem>.csv`` and
-``<stem>.json``, the same rows) are checked against ``TABLES`` when they are written
-(``server_app.results.ResultsWriter``), and docs/results.md "Output files" is generated from this
-module (``markdown()``; a test keeps the two equal).
+Tables (``<stem>.csv`` and ``.json``, the same rows) are checked against ``TABLES`` when
+written; docs/results.md "Output files" is ``markdown()`` (a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -151,40 +149,22 @@ def column(field_name: str) -> str:
 
 
 def dataclass_row(obj: Any, leave_out: Iterable[str] = ()) -> dict[str, Any]:
-    """A dataclass instance as an output row: its fields under their column names, in
-    order, except those named in ``leave_out`` (field names).
-
-    Raises:
-        TypeError: ``obj`` is not a dataclass instance.
-    """
+    """A dataclass instance's fields under their column names, in order, less ``leave_out``
+    (field names). Raises TypeError for a non-dataclass."""
     skip = set(leave_out)
     return {column(f.name): getattr(obj, f.name) for f in dataclasses.fields(obj)
             if f.name not in skip}
 
 
 def field_values(row: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
-    """The inverse of ``dataclass_row`` for ``names`` (field names): each field's value from
-    its column, for the fields ``row`` holds.
-
-    Returns:
-        {field name: value} for every column found (a missing one is left to the dataclass:
-        its default, or its ``TypeError``).
-    """
+    """Inverse of ``dataclass_row``: {field name: value} for the ``names`` whose column ``row``
+    holds (a missing one is left to the dataclass's default or ``TypeError``)."""
     return {name: row[column(name)] for name in names if column(name) in row}
 
 
 def columns(stem: str) -> list[str]:
-    """A table's columns in order, ``<row>`` expanded over ``keys.TABLE_ROWS``.
-
-    Args:
-        stem: one of ``keys.TABLES``.
-
-    Returns:
-        The column names.
-
-    Raises:
-        KeyError: ``stem`` is not a table of the schema.
-    """
+    """Table ``stem``'s columns in order, ``<row>`` expanded over ``keys.TABLE_ROWS``
+    (KeyError: no such table)."""
     out: list[str] = []
     for name, _ in TABLES[stem]:
         out += [name.replace(_ROW, row) for row in k.TABLE_ROWS] if _ROW in name else [name]
@@ -192,8 +172,7 @@ def columns(stem: str) -> list[str]:
 
 
 def markdown() -> str:
-    """docs/results.md's "Output files" tables: one per table and one for ``summary.json``, in the
-    schema's order (``<row>`` stands for each of ``keys.TABLE_ROWS``)."""
+    """docs/results.md's "Output files": a table per output table, then ``summary.json``'s."""
     parts = []
     for title, cols in [*((f"{stem}.csv, {stem}.json", c) for stem, c in TABLES.items()),
                         (k.SUMMARY_FILE, SUMMARY)]:
