@@ -12,13 +12,9 @@ from typing import Any
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` (``.<name>.<pid>.tmp``) that replaces ``path`` when
-    the block ends without error and is removed otherwise (OSError: cannot write or move).
-
-    Same folder, as ``os.replace`` is atomic only within one file system; named per process,
-    so processes building the same cache file never share a temporary file. The folder must
-    exist.
-    """
+    """A temporary path ``.<name>.<pid>.tmp`` beside ``path`` (atomic ``os.replace`` needs one
+    file system; per process, so concurrent builders never share it) that replaces ``path``
+    when the block ends without error, else is removed. The folder must exist."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp

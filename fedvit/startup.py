@@ -1,8 +1,5 @@
-"""When this process started, on the wall clock, from the OS's own record.
-
-So a ClientApp's start-up counts the interpreter and every import. Standard library only: it
-is imported before torch.
-"""
+"""When this process started, from the OS's record, so a ClientApp's start-up counts the
+interpreter and every import. Standard library only: it is imported before torch."""
 
 from __future__ import annotations
 
@@ -12,14 +9,9 @@ from functools import lru_cache
 
 
 def process_start_time(pid: int | str = "self") -> float:
-    """When process ``pid`` started, in s since the epoch (``time.time()``'s scale).
-
-    Linux keeps the start as clock ticks since boot on ``CLOCK_BOOTTIME`` (``/proc/<pid>/stat``
-    field 22, proc(5)), so the value is up to one tick (10 ms at ``CLK_TCK`` = 100) early.
-
-    Raises:
-        OSError: no ``/proc`` (not Linux) or no such process.
-    """
+    """When process ``pid`` started, in s since the epoch; up to one tick (10 ms at
+    ``CLK_TCK`` = 100) early, as Linux keeps it as ticks since boot on ``CLOCK_BOOTTIME``
+    (``/proc/<pid>/stat`` field 22, proc(5)). OSError: not Linux, or no such process."""
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
     # The command name (field 2) is in parentheses and may hold spaces: split after it.

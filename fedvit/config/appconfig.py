@@ -1,8 +1,5 @@
-"""The run config, read once into one typed, validated object.
-
-Every default lives in pyproject.toml ``[tool.flwr.app.config]``; nothing else reads
-``context.run_config``. The rules are in ``fedvit.config.rules`` and ``.paths``; the checks
-against a run folder to resume in ``.resume``.
+"""The run config, read once into one typed, validated object (rules: ``.rules``, ``.paths``,
+``.resume``). Every default lives in pyproject.toml; nothing else reads ``context.run_config``.
 """
 
 from __future__ import annotations

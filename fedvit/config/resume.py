@@ -1,8 +1,4 @@
-"""Resuming a run: ``resume-from`` checked against the run folder it names (server only).
-
-The folder must hold a checkpoint, its config must agree with the new one outside
-``RESUMABLE_KEYS``, and its tensors must be the ones the new config exchanges.
-"""
+"""Resuming a run: ``resume-from`` checked against the run folder it names (server only)."""
 
 from __future__ import annotations
 
@@ -19,20 +15,14 @@ from fedvit.keys import CHECKPOINT_STATE, CHECKPOINT_TENSORS, CONFIG_HISTORY
 RESUMABLE_KEYS = frozenset({
     "num-server-rounds", "outputs-dir", "run-name", "resume-from", "node-wait-s",
     "round-timeout-s", "device", "compile", "eval-batch-size", "fraction-evaluate",
-    "evaluate-in-train", "pack-tensors",
-    "link-down-mbps", "link-up-mbps", "link-latency-ms", "link-profile", "link-emulate",
-    "deploy-pickup-s", "deploy-startup-s", "deploy-return-s",
-})
+    "evaluate-in-train", "pack-tensors", "link-down-mbps", "link-up-mbps", "link-latency-ms",
+    "link-profile", "link-emulate", "deploy-pickup-s", "deploy-startup-s", "deploy-return-s"})
 
 
 def resume_errors(cfg: AppConfig) -> list[str]:
     """``resume-from``'s folder must hold a checkpoint, keep every key outside
-    ``RESUMABLE_KEYS`` (compared with the last entry of its ``configs.json``), and have
-    completed fewer than ``num-server-rounds`` rounds.
-
-    Raises:
-        OSError, ValueError: the folder's checkpoint or config files cannot be read.
-    """
+    ``RESUMABLE_KEYS`` (its ``configs.json``'s last entry) and have done fewer than
+    ``num-server-rounds`` rounds. Raises OSError, ValueError: its files are unreadable."""
     if not cfg.resume_from:
         return []
     folder = resolve_path(cfg.resume_from)
@@ -72,10 +62,6 @@ def resume_tensor_errors(cfg: AppConfig, expected: Mapping[str, tuple],
 
 
 def validate_server(cfg: AppConfig) -> None:
-    """The server's checks beyond ``from_run_config``: the folder it writes, then
-    ``resume-from``'s run (clients never see either).
-
-    Raises:
-        ConfigError: listing every ``server_path_errors`` or else ``resume_errors`` message.
-    """
+    """The server's checks beyond ``from_run_config`` (ConfigError): the folder it writes,
+    then ``resume-from``'s run; clients never see either."""
     raise_errors(server_path_errors(cfg.outputs_dir, cfg.resume_from) or resume_errors(cfg))

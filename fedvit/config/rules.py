@@ -1,8 +1,5 @@
-"""What each run-config key may be: single-key rules and rules across keys.
-
-Each message names the key, its value and what is allowed. The rules that need a built model
-are ``fedvit.model.backbone.model_errors``; those that read a run folder ``.resume``'s.
-"""
+"""What each run-config key may be; each message names the key, its value and what is allowed.
+Rules needing a built model: ``fedvit.model.backbone.model_errors``; a run folder: ``.resume``."""
 
 from __future__ import annotations
 
@@ -10,6 +7,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from contextlib import suppress
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -38,16 +36,13 @@ def _one_of(*choices: str) -> Rule:
 
 def _is_codec(spec: str) -> bool:
     try:
-        CodecSpec.parse(spec)
+        return CodecSpec.parse(spec) is not None
     except ValueError:
         return False
-    return True
 
 
 _INT_1: Rule = (lambda x: x >= 1, "an integer >= 1")
 _POSITIVE: Rule = (lambda x: x > 0, "a number > 0")
-_SECONDS: Rule = (lambda x: x >= 0, "a number of seconds >= 0")
-_TIMEOUT: Rule = (lambda x: x > 0, "a number of seconds > 0")
 _CODECS = "a codec: none, fp16, bf16, int8[:block], int4[:block]"
 # One rule per single-key check; checked in AppConfig's field order.
 RULES: dict[str, Rule] = {
@@ -78,11 +73,13 @@ RULES: dict[str, Rule] = {
     "link-up-mbps": (lambda x: x > 0, "a number > 0 (Mbit/s)"),
     "link-latency-ms": (lambda x: x >= 0, "a number >= 0 (ms)"),
     "link-profile": _one_of("uniform", "heterogeneous"),
-    **dict.fromkeys(("deploy-pickup-s", "deploy-startup-s", "deploy-return-s"), _SECONDS),
+    **dict.fromkeys(("deploy-pickup-s", "deploy-startup-s", "deploy-return-s"),
+                    (lambda x: x >= 0, "a number of seconds >= 0")),
     "outputs-dir": (lambda x: bool(x.strip()), "a non-empty folder path"),
     "run-name": (lambda x: "/" not in x and x not in (".", ".."),
                  "'' or a folder name without '/'"),
-    **dict.fromkeys(("node-wait-s", "round-timeout-s"), _TIMEOUT),
+    **dict.fromkeys(("node-wait-s", "round-timeout-s"),
+                    (lambda x: x > 0, "a number of seconds > 0")),
 }
 
 
@@ -191,25 +188,21 @@ def timm_vit_names() -> frozenset[str]:
     """
     from importlib import metadata, util
 
-    spec = util.find_spec("timm")
-    if spec is None or not spec.submodule_search_locations:
-        import timm  # not installed: fail as the import does
-
-        return frozenset(timm.list_models(module="vision_transformer"))
-    source = Path(spec.submodule_search_locations[0]) / "models" / "vision_transformer.py"
-    st = source.stat()
-    key = json.dumps([metadata.version("timm"), str(source), st.st_size, st.st_mtime_ns])
-    path = cache_dir() / "timm" / f"vit-names-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-    try:
-        return frozenset(json.loads(path.read_text()))
-    except (OSError, ValueError):
-        pass
+    path = None
+    spec = util.find_spec("timm")  # None: not installed, and the import below fails as it does
+    if spec is not None and spec.submodule_search_locations:
+        source = Path(spec.submodule_search_locations[0]) / "models" / "vision_transformer.py"
+        st = source.stat()
+        key = json.dumps([metadata.version("timm"), str(source), st.st_size, st.st_mtime_ns])
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        path = cache_dir() / "timm" / f"vit-names-{digest}.json"
+        with suppress(OSError, ValueError):
+            return frozenset(json.loads(path.read_text()))
     import timm
 
     names = sorted(timm.list_models(module="vision_transformer"))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text(path, json.dumps(names))
-    except OSError:
-        pass
+    if path is not None:
+        with suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(path, json.dumps(names))
     return frozenset(names)
