@@ -84,13 +84,9 @@ class AppConfig:
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> AppConfig:
-        """Validate a run config; missing keys take pyproject.toml's defaults
-        (``run_simulation`` hands apps an empty run config). Cached per distinct run config
-        and process, as clients call this per message.
-
-        Raises:
-            ConfigError: listing every unknown key, wrongly typed value and broken rule.
-        """
+        """Validate a run config (ConfigError lists every unknown key, wrong type and broken
+        rule); missing keys take pyproject.toml's defaults, as ``run_simulation`` passes none.
+        Cached per distinct run config and process: clients call this per message."""
         return _validated(cls, tuple(sorted(dict(run_config).items())))
 
     @cached_property

@@ -90,27 +90,19 @@ def rule_errors(v: dict[str, Any]) -> list[str]:
     is left out (already reported) and the rules needing it are skipped.
     """
     keyed = {field.replace("_", "-"): value for field, value in v.items()}
-    relative = {key for key in PATH_KEYS
-                if isinstance(keyed.get(key), str) and is_relative_path(key, keyed[key])}
-    errors = [
-        f"'{key}' = {show(keyed[key])} is not allowed: a relative path is taken from "
-        "another folder under `flwr run` (the app's install folder) than in-process; "
-        f"must be {PATH_KEYS[key]}: pass an absolute path or ~/..."
-        for key in PATH_KEYS if key in relative
-    ]
+    relative = [key for key in PATH_KEYS
+                if isinstance(keyed.get(key), str) and is_relative_path(key, keyed[key])]
+    errors = [f"'{key}' = {show(keyed[key])} is not allowed: a relative path is taken from "
+              "another folder under `flwr run` (the app's install folder) than in-process; "
+              f"must be {PATH_KEYS[key]}: pass an absolute path or ~/..." for key in relative]
     errors += [f"'{key}' = {show(value)} is not allowed: must be {RULES[key][1]}"
                for key, value in keyed.items()
                if key in RULES and key not in relative and not RULES[key][0](value)]
-    return errors + _cross_key_errors(v, weights_relative="weights-path" in relative)
-
-
-def _cross_key_errors(v: dict[str, Any], weights_relative: bool) -> list[str]:
-    errors = []
     if v.get("patch_size", 0) > 0 and "img_size" in v and v["img_size"] % v["patch_size"]:
         errors.append(f"'img-size' = {v['img_size']} is not allowed with 'patch-size' = "
                       f"{v['patch_size']}: must be a multiple of the patch size")
     wp = v.get("weights_path")
-    if (wp and wp != PUBLIC_PRETRAIN and not weights_relative
+    if (wp and wp != PUBLIC_PRETRAIN and "weights-path" not in relative
             and not (resolve_path(wp).is_file() and os.access(resolve_path(wp), os.R_OK))):
         errors.append(f"'weights-path' = {show(wp)} is not allowed: no such file this process "
                       f"can read ({resolve_path(wp)}); must be '', '{PUBLIC_PRETRAIN}', or an "
