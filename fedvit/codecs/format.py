@@ -1,24 +1,19 @@
 """The codecs' wire format: one tensor to flat 1-D arrays (``encode_tensor``) and back.
 
-For every tensor ``K``: ``K::meta`` uint32 ``[VERSION, codec, dtype, aux, ndim, *shape]``,
-``codec`` indexing ``CODECS``, ``dtype`` indexing :data:`DTYPES`, ``aux`` the block size
-(int8/int4), the index encoding (topk, :data:`INDEX_ENCODINGS`), else 0. Then, with ``n``
-elements and ``B = ceil(n / block)`` blocks of the C-order flattened tensor:
+Tensor ``K`` of ``n`` elements (C order), blocks of ``aux`` elements, becomes ``K::meta``
+uint32 ``[VERSION, CODECS index, DTYPES index, aux, ndim, *shape]`` (``aux``: the block size
+for int8/int4, the ``INDEX_ENCODINGS`` index for topk, else 0) and:
 
-========  ===========================================================================
-none      ``K::val`` float32[n]
-fp16      ``K::val`` float16[n] (round to nearest even; |x| > 65504 becomes ±inf)
-bf16      ``K::val`` uint16[n], bfloat16 bit patterns (round to nearest even)
-int8      ``K::q`` int8[n] in [-127, 127]; ``K::scale`` float16[B], ≥ max|block| / 127
-int4      ``K::q`` uint8[ceil(n/2)]: q + 8 (q in [-7, 7]), element 2i in the low nibble
-          and 2i+1 in the high one; ``K::scale`` float16[B], ≥ max|block| / 7
-topk      ``K::val`` float16[k], ``k = ceil(fraction × n)`` largest |x| in index order;
-          ``K::idx`` the gaps ``idx[i] - idx[i-1] - 1`` (``idx[-1] = -1``) as the narrowest
-          of uint8/uint16/uint32[k], or a uint8[ceil(n/8)] ``np.packbits`` bitmap, if smaller
-========  ===========================================================================
+- none: ``K::val`` float32[n]; fp16: float16[n] (nearest even; |x| > 65504 becomes ±inf);
+  bf16: uint16[n] bfloat16 bit patterns (nearest even).
+- int8: ``K::q`` int8[n] in [-127, 127]; int4: ``K::q`` uint8[ceil(n/2)] of q + 8 (q in
+  [-7, 7]), element 2i in the low nibble. Both: ``K::scale`` float16[ceil(n/aux)] >=
+  max|block| / qmax, rounded *up* so every value fits (error <= scale / 2).
+- topk: ``K::val`` float16[k] of the ``k = ceil(fraction × n)`` largest |x| in index order;
+  ``K::idx`` the gaps ``idx[i] - idx[i-1] - 1`` (``idx[-1] = -1``) in the narrowest of
+  uint8/16/32[k], or a uint8[ceil(n/8)] ``np.packbits`` bitmap if smaller.
 
-Scales are rounded *up* to float16, so every value fits and the error is at most
-``scale / 2``. Anything malformed raises :class:`CodecError` naming the key.
+Anything malformed raises :class:`CodecError` naming the key.
 """
 
 from __future__ import annotations
@@ -46,11 +41,9 @@ class CodecError(ValueError):
 
 
 def encode_tensor(key: str, tensor: np.ndarray, spec: CodecSpec) -> Parts:
-    """``{K::meta, K::<part>...}`` of one tensor under a validated spec.
-
-    Raises ValueError: a dtype not in ``DTYPES``, a size or dimension above 2**32 - 1,
-    non-finite values for int8/int4/topk, or a block max beyond a float16 scale.
-    """
+    """``{K::meta, K::<part>...}`` of one tensor under a validated spec. ValueError: a dtype
+    not in ``DTYPES``, a size or dimension above 2**32 - 1, non-finite values for
+    int8/int4/topk, or a block max beyond a float16 scale."""
     arr = np.asarray(tensor)
     if arr.dtype not in DTYPES:
         raise ValueError(f"tensor {key!r} has dtype {arr.dtype}; codecs take "
@@ -59,13 +52,10 @@ def encode_tensor(key: str, tensor: np.ndarray, spec: CodecSpec) -> Parts:
         raise ValueError(f"tensor {key!r} of shape {arr.shape} is too large to encode")
     x = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)
     if spec.name in ("int8", "int4", "topk") and not np.isfinite(x).all():
-        raise ValueError(f"tensor {key!r} has non-finite values; {spec.name} needs "
-                         "finite ones")
+        raise ValueError(f"tensor {key!r} has non-finite values; {spec.name} needs finite ones")
     aux = spec.block_size if spec.name in QMAX else 0
-    if spec.name == "none":
-        parts = {"val": x.copy()}
-    elif spec.name == "fp16":
-        parts = {"val": x.astype(np.float16)}
+    if spec.name in ("none", "fp16"):
+        parts = {"val": x.astype(_PLAIN[spec.name])}  # a copy, also for float32
     elif spec.name == "bf16":
         bits = x.view(np.uint32).astype(np.uint64)
         rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
@@ -88,11 +78,8 @@ def encode_tensor(key: str, tensor: np.ndarray, spec: CodecSpec) -> Parts:
 
 def decode_tensor(key: str, parts: Parts, restore_dtype: bool = False) -> np.ndarray:
     """One tensor, original shape, float32 (or its original dtype), from its parts by name
-    (``meta``, ``val``, ``q``, ``scale``, ``idx``).
-
-    Raises CodecError: a missing, extra or malformed part, an unknown version, codec, dtype
-    or index encoding, or out-of-range indices.
-    """
+    (``meta``, ``val``, ``q``, ``scale``, ``idx``). CodecError: a missing, extra or malformed
+    part, an unknown version, codec, dtype or index encoding, or out-of-range indices."""
     codec, dtype, aux, shape = _read_meta(key, parts)
     n = math.prod(shape)
     expected = _layout(key, codec, aux, n)

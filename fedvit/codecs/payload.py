@@ -17,11 +17,7 @@ from fedvit.codecs.spec import CodecSpec
 
 def encode(spec: str | CodecSpec, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``{<name>::<part>: 1-D array}``, tensor by tensor in input order, ``::meta`` first.
-
-    ``spec`` may be a bare codec name (default knobs). Raises ValueError: a spec not allowed,
-    a dtype other than float32/float16/float64, a tensor too large, or non-finite values for
-    int8/int4/topk.
-    """
+    ``spec`` may be a bare codec name (default knobs). ValueError: as ``encode_tensor``."""
     spec = (CodecSpec(spec) if isinstance(spec, str) else spec).validate()
     out: dict[str, np.ndarray] = {}
     for key, tensor in tensors.items():
@@ -31,10 +27,7 @@ def encode(spec: str | CodecSpec, tensors: dict[str, np.ndarray]) -> dict[str, n
 
 def decode(encoded: dict[str, np.ndarray], restore_dtype: bool = False) -> dict[str, np.ndarray]:
     """``{name: array}`` of an encoded payload (any key order), original shapes, float32
-    (or the original dtype), in the order names first occur.
-
-    Raises CodecError: a key without ``::`` or a malformed tensor.
-    """
+    (or the original dtype). CodecError: a key without ``::`` or a malformed tensor."""
     groups: dict[str, dict[str, np.ndarray]] = {}
     for name, value in encoded.items():
         key, sep, part = name.rpartition(SEP)
@@ -72,10 +65,8 @@ class ErrorFeedback:
         return out
 
     def update(self, sent_input: dict[str, np.ndarray], decoded: dict[str, np.ndarray]) -> None:
-        """Residual = what ``compensate`` gave the encoder − what the receiver decoded.
-
-        Raises ValueError: ``decoded`` lacks a tensor of ``sent_input``.
-        """
+        """Residual = what ``compensate`` gave the encoder − what the receiver decoded
+        (ValueError when ``decoded`` lacks one of its tensors)."""
         missing = sorted(set(sent_input) - set(decoded))
         if missing:
             raise ValueError(f"decoded tensors lack {missing[0]!r}")

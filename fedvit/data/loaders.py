@@ -22,15 +22,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedvit.config.appconfig import AppConfig, ConfigError
 from fedvit.config.paths import EMBEDDED_DATASET, cache_dir, resolve_path
-from fedvit.data.partitions import (
-    DIGITS_PUBLIC_FRACTION,
-    DIGITS_SPLIT_SEED,
-    DIGITS_TEST_FRACTION,
-    Columns,
-    central_test_set,
-    client_splits,
-    dataset_columns,
-)
+from fedvit.data import partitions
+from fedvit.data.partitions import Columns, central_test_set, client_splits, dataset_columns
 from fedvit.files import atomic_path
 
 if TYPE_CHECKING:
@@ -96,11 +89,9 @@ def materialise(ds: Dataset, cols: Columns, img_size: int) -> Materialised:
     """Every image of ``ds`` resized once (not normalised); raises as ``to_rgb``."""
     to_pixels = pixels(img_size, cols.image)
     images = [to_pixels(im) for im in ds[cols.image]]
-    return Materialised(
-        torch.stack(images) if images else torch.empty(0, 3, img_size, img_size,
-                                                       dtype=torch.uint8),
-        torch.tensor(ds[cols.label], dtype=torch.long),
-    )
+    empty = torch.empty(0, 3, img_size, img_size, dtype=torch.uint8)
+    return Materialised(torch.stack(images) if images else empty,
+                        torch.tensor(ds[cols.label], dtype=torch.long))
 
 
 def normalise(images: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
@@ -110,16 +101,8 @@ def normalise(images: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
     return x.sub_(torch.tensor(mean).view(-1, 1, 1)).div_(torch.tensor(std).view(-1, 1, 1))
 
 
-def make_loader(
-    data: Dataset | Materialised,
-    cols: Columns,
-    cfg: AppConfig,
-    mean: tuple,
-    std: tuple,
-    shuffle: bool,
-    batch_size: int,
-    seed: int = 0,
-) -> DataLoader:
+def make_loader(data: Dataset | Materialised, cols: Columns, cfg: AppConfig, mean: tuple,
+                std: tuple, shuffle: bool, batch_size: int, seed: int = 0) -> DataLoader:
     """Batches of normalised images ``(B, 3, S, S)`` float32 and labels ``(B,)`` int64.
 
     A split that ``fits_in_memory`` is materialised first (transformed once, not every
@@ -165,12 +148,10 @@ def client_data(cfg: AppConfig, partition_id: int, num_partitions: int) -> Clien
 
     Raises ConfigError: as ``fedvit.data.partitions.client_splits`` (on a cache miss).
     """
-    def build() -> tuple[dict[str, Dataset], Columns]:
-        splits = client_splits(cfg, partition_id, num_partitions)
-        return {"train": splits["train"], "val": splits["val"]}, dataset_columns(cfg)
-
     splits, cols = _cached(cfg, partition_cache_path(cfg, partition_id, num_partitions),
-                           {"train": "train-", "val": "val-"}, build)
+                           {"train": "train-", "val": "val-"},
+                           lambda: (client_splits(cfg, partition_id, num_partitions),
+                                    dataset_columns(cfg)))
     return ClientData(splits["train"], splits["val"], cols)
 
 
@@ -197,12 +178,10 @@ def _cached(cfg: AppConfig, path: Path | None, prefixes: dict[str, str],
     if path is None or not fits_in_memory(sum(map(len, splits.values())), cfg.img_size):
         return dict(splits), cols
     data = {s: materialise(ds, cols, cfg.img_size) for s, ds in splits.items()}
-    tensors: dict = {}
-    for s, p in prefixes.items():
-        tensors |= {p + "images": data[s].images, p + "labels": data[s].labels}
+    out = {p + k: getattr(data[s], k) for s, p in prefixes.items() for k in ("images", "labels")}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        torch.save({**tensors, "columns": [cols.image, cols.label, cols.num_classes]}, tmp)
+        torch.save({**out, "columns": [cols.image, cols.label, cols.num_classes]}, tmp)
     return dict(data), cols
 
 
@@ -223,7 +202,8 @@ def _cache_path(cfg: AppConfig, what: dict) -> Path | None:
     change under the same name)."""
     if cfg.dataset == EMBEDDED_DATASET:
         source: dict = {"embedded": cfg.dataset, "split": [
-            DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, DIGITS_PUBLIC_FRACTION]}
+            partitions.DIGITS_SPLIT_SEED, partitions.DIGITS_TEST_FRACTION,
+            partitions.DIGITS_PUBLIC_FRACTION]}
     else:
         root = resolve_path(cfg.dataset)
         if not (root.is_absolute() and root.is_dir()):

@@ -48,21 +48,14 @@ def digits_splits() -> DatasetDict:
 
     bunch = load_digits()
     pixels = np.clip(bunch.images * 16, 0, 255).astype(np.uint8)  # 0..16 -> 0..255
-    features = Features(
-        {"image": Image(), "label": ClassLabel(names=[str(d) for d in range(10)])}
-    )
-    full = Dataset.from_dict(
-        {"image": [PILImage.fromarray(p, mode="L") for p in pixels],
-         "label": bunch.target.tolist()},
-        features=features,
-    )
-    first = full.train_test_split(
-        test_size=DIGITS_TEST_FRACTION, seed=DIGITS_SPLIT_SEED, stratify_by_column="label"
-    )
+    features = Features({"image": Image(), "label": ClassLabel(names=list("0123456789"))})
+    full = Dataset.from_dict({"image": [PILImage.fromarray(p, mode="L") for p in pixels],
+                              "label": bunch.target.tolist()}, features=features)
+    first = full.train_test_split(test_size=DIGITS_TEST_FRACTION, seed=DIGITS_SPLIT_SEED,
+                                  stratify_by_column="label")
     second = first["train"].train_test_split(
         test_size=DIGITS_PUBLIC_FRACTION / (1 - DIGITS_TEST_FRACTION), seed=DIGITS_SPLIT_SEED,
-        stratify_by_column="label",
-    )
+        stratify_by_column="label")
     return DatasetDict(train=second["train"], public=second["test"], test=first["test"])
 
 
@@ -74,10 +67,8 @@ def columns_of(ds: Dataset) -> Columns:
     images = [k for k, f in ds.features.items() if isinstance(f, Image)]
     labels = [k for k, f in ds.features.items() if isinstance(f, ClassLabel)]
     if not images or not labels:
-        raise ConfigError(
-            f"'dataset' has columns {dict(ds.features)}: need one Image column and one "
-            "ClassLabel column"
-        )
+        raise ConfigError(f"'dataset' has columns {dict(ds.features)}: need one Image column "
+                          "and one ClassLabel column")
     label = ([k for k in PREFERRED_LABELS if k in labels] or labels)[0]
     return Columns(image=images[0], label=label, num_classes=ds.features[label].num_classes)
 
@@ -99,10 +90,8 @@ def _partitioned(cfg: AppConfig, num_partitions: int) -> tuple[Partitioner, Data
             fds = FederatedDataset(dataset=source, partitioners={"train": 1}, seed=cfg.seed)
             train, test = fds.load_split("train"), fds.load_split("test")
         except Exception as err:  # network, missing dataset, missing split
-            raise ConfigError(
-                f"'dataset' = {cfg.dataset!r} could not be loaded with a 'train' and a 'test' "
-                f"split ({type(err).__name__}: {err})"
-            ) from err
+            raise ConfigError(f"'dataset' = {cfg.dataset!r} could not be loaded with a 'train' "
+                              f"and a 'test' split ({type(err).__name__}: {err})") from err
     cols = columns_of(train)
     if cfg.partitioner == "iid":
         partitioner: Partitioner = IidPartitioner(num_partitions=num_partitions)
@@ -131,16 +120,13 @@ def client_splits(cfg: AppConfig, partition_id: int, num_partitions: int) -> Dat
     than 2 examples, a ``val-fraction`` that leaves a side empty, a dataset not loadable.
     """
     if not 0 <= partition_id < num_partitions:
-        raise ConfigError(
-            f"node config 'partition-id' = {partition_id} is not allowed: must be in "
-            f"[0, {num_partitions}) for 'num-partitions' = {num_partitions}"
-        )
+        raise ConfigError(f"node config 'partition-id' = {partition_id} is not allowed: must "
+                          f"be in [0, {num_partitions}) for 'num-partitions' = {num_partitions}")
     part = _partitioned(cfg, num_partitions)[0].load_partition(partition_id)
     if len(part) < 2:
-        raise ConfigError(
-            f"partition {partition_id} of {num_partitions} holds {len(part)} examples: "
-            "too few to split; use fewer partitions or a larger 'dirichlet-alpha'"
-        )
+        raise ConfigError(f"partition {partition_id} of {num_partitions} holds {len(part)} "
+                          "examples: too few to split; use fewer partitions or a larger "
+                          "'dirichlet-alpha'")
     check_val_split(cfg.val_fraction, len(part), partition_id, num_partitions)
     from datasets import DatasetDict
 
