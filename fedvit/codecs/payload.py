@@ -1,16 +1,7 @@
 """Lossy codecs for the tensors exchanged each round, with exact byte accounting.
 
-``encode`` turns ``{key: float array}`` into a flat ``{str: np.ndarray}`` dict that is
-shipped as-is (e.g. as the arrays of a Flower ``ArrayRecord``) and that ``decode`` turns back
-into float32 arrays of the original shapes, needing nothing else. Because the encoded arrays
-*are* what travels, the encoded size is simply ``encoded_bytes(enc) = Σ arr.nbytes`` (the
-same Σ itemsize × elements that :func:`fedvit.wire.measure.tensor_bytes` counts): headers, scales
-and indices included. The wire format is ``fedvit.codecs.format``'s; the spec of a codec
-(``CodecSpec``) is ``fedvit.codecs.spec``'s.
-
-Top-k drops mass; :class:`ErrorFeedback` keeps it as a residual that is added to the next
-round's input, so over rounds ``Σ decoded + residual == Σ inputs`` (up to the float32
-rounding of ``input + residual``; the float16 rounding of sent values lands in the residual).
+The encoded arrays are what travels (the arrays of an ``ArrayRecord``), so a payload weighs
+``Σ arr.nbytes``, headers, scales and indices included. Wire format: ``fedvit.codecs.format``.
 """
 
 from __future__ import annotations
@@ -25,19 +16,8 @@ from fedvit.codecs.spec import CodecSpec
 
 
 def encode(spec: str | CodecSpec, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Encode every tensor with ``spec`` (format: ``fedvit.codecs.format``).
-
-    Args:
-        spec: a codec spec, or a bare codec name (its default knobs).
-        tensors: ``{name: array}``, any shapes, float32/float16/float64.
-
-    Returns:
-        ``{<name>::<part>: 1-D array}``, tensor by tensor in input order, ``::meta`` first.
-
-    Raises:
-        ValueError: a spec that is not allowed, another dtype, a tensor too large, or
-            non-finite values for int8/int4/topk.
-    """
+    """``{<name>::<part>: 1-D array}``, tensor by tensor in input order, ``::meta`` first.
+    ``spec`` may be a bare codec name (default knobs). ValueError: as ``encode_tensor``."""
     spec = (CodecSpec(spec) if isinstance(spec, str) else spec).validate()
     out: dict[str, np.ndarray] = {}
     for key, tensor in tensors.items():
@@ -46,20 +26,8 @@ def encode(spec: str | CodecSpec, tensors: dict[str, np.ndarray]) -> dict[str, n
 
 
 def decode(encoded: dict[str, np.ndarray], restore_dtype: bool = False) -> dict[str, np.ndarray]:
-    """The tensors of an encoded payload.
-
-    Args:
-        encoded: what ``encode`` returned (in any order).
-        restore_dtype: give each tensor its original dtype instead of float32.
-
-    Returns:
-        ``{name: array}`` in the order the names first occur, original shapes, float32
-        (or the original dtype).
-
-    Raises:
-        CodecError: a key without ``::``, or a malformed tensor (see
-            ``fedvit.codecs.format.decode_tensor``).
-    """
+    """``{name: array}`` of an encoded payload (any key order), original shapes, float32
+    (or the original dtype). CodecError: a key without ``::`` or a malformed tensor."""
     groups: dict[str, dict[str, np.ndarray]] = {}
     for name, value in encoded.items():
         key, sep, part = name.rpartition(SEP)
@@ -70,14 +38,7 @@ def decode(encoded: dict[str, np.ndarray], restore_dtype: bool = False) -> dict[
 
 
 def encoded_bytes(encoded: dict[str, np.ndarray]) -> int:
-    """What a payload weighs.
-
-    Args:
-        encoded: what ``encode`` returned (or any dict of arrays).
-
-    Returns:
-        Bytes: Σ itemsize × elements over all arrays, headers included.
-    """
+    """Bytes of a payload: Σ itemsize × elements over all arrays, headers included."""
     return sum(np.asarray(arr).nbytes for arr in encoded.values())
 
 
@@ -85,29 +46,15 @@ class ErrorFeedback:
     """Residual memory for lossy (top-k) uploads.
 
     Each round: ``c = ef.compensate(x)``; ``d = decode(encode(spec, c))``; ``ef.update(c, d)``.
-    The residual ``c - d`` is exactly what was not delivered (all of a dropped entry, the
-    float16 rounding of a sent one), computed exactly in float32, so ``d + residual == c``.
-
-    Args:
-        residual: ``{name: array}`` carried over (stored as float32), or None for none.
+    The float32 residual ``c - d`` is what was not delivered (all of a dropped entry, the
+    float16 rounding of a sent one), so over rounds ``Σ decoded + residual == Σ inputs``.
     """
 
     def __init__(self, residual: dict[str, np.ndarray] | None = None) -> None:
         self.residual = {k: np.asarray(v, dtype=np.float32) for k, v in (residual or {}).items()}
 
     def compensate(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """This round's input plus what earlier rounds did not deliver.
-
-        Args:
-            tensors: ``{name: array}`` to send.
-
-        Returns:
-            ``tensors + residual`` in float32 (new arrays; a tensor without a residual is
-            copied unchanged).
-
-        Raises:
-            ValueError: a residual's shape differs from its tensor's.
-        """
+        """``tensors + residual`` as new float32 arrays; ValueError on a shape mismatch."""
         out = {}
         for key, value in tensors.items():
             x = np.asarray(value, dtype=np.float32)
@@ -118,15 +65,8 @@ class ErrorFeedback:
         return out
 
     def update(self, sent_input: dict[str, np.ndarray], decoded: dict[str, np.ndarray]) -> None:
-        """Residual = what was fed to the encoder − what the receiver decoded (float32).
-
-        Args:
-            sent_input: what ``compensate`` returned and was encoded.
-            decoded: the receiver's ``decode`` of it.
-
-        Raises:
-            ValueError: ``decoded`` lacks a tensor of ``sent_input``.
-        """
+        """Residual = what ``compensate`` gave the encoder − what the receiver decoded
+        (ValueError when ``decoded`` lacks one of its tensors)."""
         missing = sorted(set(sent_input) - set(decoded))
         if missing:
             raise ValueError(f"decoded tensors lack {missing[0]!r}")
@@ -134,66 +74,27 @@ class ErrorFeedback:
                          for k, v in sent_input.items()}
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """The residuals, e.g. for an ``ArrayRecord`` in ``context.state``.
-
-        Returns:
-            ``{name: array}``, float32 copies.
-        """
+        """Float32 copies of the residuals (e.g. for ``context.state``)."""
         return {k: v.copy() for k, v in self.residual.items()}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ErrorFeedback:
-        """The memory from stored residuals.
-
-        Args:
-            arrays: what ``to_arrays`` gave (stored as float32).
-
-        Returns:
-            The error-feedback memory.
-        """
+        """The memory from what ``to_arrays`` gave."""
         return cls(arrays)
 
 
 def is_encoded(keys: Iterable[str]) -> bool:
-    """Whether a record's keys are an encoded payload.
-
-    Args:
-        keys: the record's keys.
-
-    Returns:
-        True when a key is a ``<name>::meta`` header.
-    """
+    """Whether a record's keys are an encoded payload (a ``<name>::meta`` header)."""
     return any(k.endswith(SEP + "meta") for k in keys)
 
 
 def encode_record(spec: CodecSpec, tensors: dict[str, np.ndarray]) -> ArrayRecord:
-    """An ArrayRecord carrying an encoded payload.
-
-    Args:
-        spec: the codec.
-        tensors: ``{name: array}``, float32/float16/float64.
-
-    Returns:
-        The record of ``encode(spec, tensors)``'s arrays.
-
-    Raises:
-        ValueError: as ``encode`` raises.
-    """
+    """An ArrayRecord of ``encode(spec, tensors)``'s arrays; raises as ``encode``."""
     return ArrayRecord({k: Array.from_numpy_ndarray(np.ascontiguousarray(v))
                         for k, v in encode(spec, tensors).items()})
 
 
 def record_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """The float arrays a record carries.
-
-    Args:
-        record: an encoded payload (``is_encoded``) or plain tensors.
-
-    Returns:
-        ``{name: array}``: decoded (float32) if encoded, as they are otherwise.
-
-    Raises:
-        CodecError: as ``decode`` raises.
-    """
+    """A record's float arrays: decoded (float32) if ``is_encoded``, else as they are."""
     arrays = {k: v.numpy() for k, v in record.items()}
     return decode(arrays) if is_encoded(arrays) else arrays

@@ -1,8 +1,6 @@
-"""Which codec, and its knobs: the parsed form of ``codec-down`` and ``codec-up``.
+"""The parsed form of ``codec-down`` and ``codec-up``: which codec, and its knobs.
 
-Standard library only: the run config parses its codec specs with it
-(``AppConfig.down_codec``/``up_codec``), and the codecs themselves live in
-``fedvit.codecs.payload`` (encode/decode) and ``fedvit.codecs.format`` (the wire format).
+Standard library only, so the run config can parse codec specs cheaply.
 """
 
 from __future__ import annotations
@@ -18,15 +16,11 @@ U32_MAX = 2**32 - 1  # the wire format's header words are uint32
 
 @dataclass(frozen=True)
 class CodecSpec:
-    """Which codec, and its knobs (``block_size``: int8/int4, ``topk_fraction``: topk).
+    """A codec (one of ``CODECS``) and its knobs.
 
-    The default block of 128 elements is what keeps int8 under 25.5 % and int4 under 13 %
-    of fp32 for a ViT-B LoRA update: a float16 scale per 64 elements costs 1/32 byte each.
-
-    Args:
-        name: one of ``CODECS``.
-        block_size: elements per float16 scale (int8, int4; even for int4).
-        topk_fraction: share of each tensor's elements sent, in (0, 1] (topk).
+    ``block_size``: elements per float16 scale (int8, int4; even for int4). The default 128
+    costs 1/64 byte an element, which keeps int8 under 25.5 % and int4 under 13 % of fp32.
+    ``topk_fraction``: share of each tensor's elements sent, in (0, 1] (topk).
     """
 
     name: str
@@ -34,15 +28,7 @@ class CodecSpec:
     topk_fraction: float = 0.1
 
     def validate(self) -> CodecSpec:
-        """Check the fields.
-
-        Returns:
-            ``self``.
-
-        Raises:
-            ValueError: a field is not allowed; the message names it, its value and what
-                is allowed.
-        """
+        """``self``; ValueError naming the field, its value and what is allowed."""
         if self.name not in CODECS:
             raise ValueError(f"CodecSpec.name={self.name!r} is not allowed: use one of {CODECS}")
         bs = self.block_size
@@ -60,19 +46,8 @@ class CodecSpec:
 
     @classmethod
     def parse(cls, text: str) -> CodecSpec:
-        """A spec from its run-config spelling.
-
-        Args:
-            text: ``"none"``, ``"fp16"``, ``"bf16"``, ``"int8"``, ``"int4:64"`` (block
-                size), ``"topk:0.05"`` (fraction).
-
-        Returns:
-            The validated spec (defaults for the knobs not given).
-
-        Raises:
-            ValueError: an unknown codec, a bad argument, or an argument the codec does
-                not take.
-        """
+        """A validated spec from e.g. ``"fp16"``, ``"int4:64"`` (block size) or
+        ``"topk:0.05"`` (fraction); ValueError for anything else."""
         name, _, arg = text.strip().partition(":")
         name = name.strip()
         if not arg:
@@ -89,14 +64,6 @@ class CodecSpec:
 
 
 def topk_count(n: int, fraction: float) -> int:
-    """How many elements top-k sends of a tensor.
-
-    Args:
-        n: the tensor's number of elements.
-        fraction: ``topk_fraction``, read as the decimal it prints as.
-
-    Returns:
-        ``ceil(fraction × n)`` in exact decimal arithmetic (so 0.1 × 30 is 3, not 4 from
-        binary rounding).
-    """
+    """Elements top-k sends of ``n``: ``ceil(fraction × n)`` with ``fraction`` read as the
+    decimal it prints as (so 0.1 × 30 is 3, not 4 from binary rounding)."""
     return math.ceil(Fraction(repr(float(fraction))) * n)
