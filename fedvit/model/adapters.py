@@ -1,8 +1,6 @@
-"""A peft LoRA model's exchanged state, by peft's own helpers, and FFA-LoRA's rule.
-
-The tensors travel under the model's state-dict names (``...qkv.lora_A.default.weight``);
-peft's helpers use others (``...qkv.lora_A.weight``): the two are matched by tensor identity.
-"""
+"""A peft LoRA model's exchanged state, by peft's own helpers, and FFA-LoRA's rule. Tensors
+travel under state-dict names (``...qkv.lora_A.default.weight``), matched by tensor identity to
+peft's (``...qkv.lora_A.weight``)."""
 
 from __future__ import annotations
 

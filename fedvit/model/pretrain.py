@@ -47,8 +47,7 @@ def recipe(cfg: AppConfig) -> dict:
 
 
 def backbone_path(cfg: AppConfig) -> Path:
-    """``$FEDVIT_CACHE/<model>-digits-public-<img-size>px-<recipe digest>.safetensors``
-    (it may not exist yet)."""
+    """``$FEDVIT_CACHE/<model>-digits-public-<img-size>px-<recipe digest>.safetensors``."""
     key = hashlib.sha256(json.dumps(recipe(cfg), sort_keys=True).encode()).hexdigest()[:12]
     return cache_dir() / f"{cfg.model_name}-digits-public-{cfg.img_size}px-{key}.safetensors"
 
@@ -69,11 +68,8 @@ def public_backbone(cfg: AppConfig) -> Path:
 
 def build(cfg: AppConfig, path: Path) -> dict[str, float]:
     """Pretrain a plain fp32 ViT from a random init on the CPU (only ``cfg``'s recipe keys
-    count); write its headless state atomically to ``path``, the recipe as metadata.
-
-    Returns ``{"public-accuracy": fraction, "train-loss": mean loss, "seconds": wall time}``;
-    raises ``ConfigError`` when the ViT cannot be built at the configured sizes.
-    """
+    count); write its headless state atomically to ``path``, the recipe as metadata. Returns
+    ``{"public-accuracy", "train-loss", "seconds"}``; ``ConfigError``: not buildable."""
     from safetensors.torch import save_file
 
     t0 = time.perf_counter()

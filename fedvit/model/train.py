@@ -111,9 +111,8 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0) -> to
 
 
 def compile_model(model: nn.Module) -> nn.Module:
-    """``model.compile(dynamic=True)`` in place, for ``compile`` = true: names and exchanged
-    tensors stay; one graph per mode for every batch size (an epoch's smaller last batch does
-    not compile another), compiled at the first call in each mode. Returns ``model``."""
+    """``model.compile(dynamic=True)`` in place (names stay): one graph per mode, compiled at
+    its first call, for every batch size (an epoch's smaller last batch compiles no other)."""
     model.compile(dynamic=True)
     return model
 
