@@ -179,7 +179,8 @@ def save_checked(model: nn.Module, cfg: AppConfig, num_classes: int, path: Path)
             "state": [(name, kinds.get(name, "buffer")) for name in state]}
     example = torch.randn(2, 3, cfg.img_size, cfg.img_size,
                           generator=torch.Generator().manual_seed(0))
-    batch = ({0: torch.export.Dim("batch")},)  # any batch size
+    batch = torch.export.ShapesCollection()
+    batch[example] = {0: torch.export.Dim("batch")}  # any batch size
     with torch.random.fork_rng(devices=[]), ExitStack() as files:
         tmp = files.enter_context(atomic_path(path))
         save_file({k: v.detach().clone() for k, v in state.items()}, tmp,
