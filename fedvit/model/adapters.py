@@ -1,14 +1,6 @@
-"""A peft LoRA model's exchanged state, by peft's own helpers, and FFA-LoRA's rule.
-
-What a LoRA model exchanges is what ``peft.get_peft_model_state_dict`` returns for its
-adapter (the LoRA matrices and the ``modules_to_save`` head), minus ``lora_A`` under
-FFA-LoRA (``lora-aggregation = "ffa"``: A stays at its shared seeded init, so it is
-neither trained nor sent). The tensors travel under the model's own state-dict names
-(``...qkv.lora_A.default.weight``, ``...head.modules_to_save.default.weight``), which
-peft's helper renames (``...qkv.lora_A.weight``, ``...head.weight``): the two are matched
-by tensor, not by rewriting names, and loading goes back through
-``peft.set_peft_model_state_dict``.
-"""
+"""A peft LoRA model's exchanged state, by peft's own helpers, and FFA-LoRA's rule. Tensors
+travel under state-dict names (``...qkv.lora_A.default.weight``), matched by tensor identity to
+peft's (``...qkv.lora_A.weight``)."""
 
 from __future__ import annotations
 
@@ -19,12 +11,7 @@ from fedvit.keys import LORA_A as FFA_FROZEN  # FFA-LoRA freezes, and does not e
 
 
 def freeze_ffa(model: PeftModel) -> None:
-    """Make ``model`` FFA-LoRA: freeze every ``lora_A`` and mark the model, so that
-    ``adapter_state`` leaves them out.
-
-    Args:
-        model: a fresh peft LoRA model (``fedvit.model.build.wrap_lora``).
-    """
+    """Make a fresh LoRA model FFA-LoRA: freeze every ``lora_A``; ``adapter_state`` drops them."""
     for name, param in model.named_parameters():
         if FFA_FROZEN in name:
             param.requires_grad_(False)
@@ -32,30 +19,15 @@ def freeze_ffa(model: PeftModel) -> None:
 
 
 def adapter_state(model: PeftModel) -> dict[str, torch.Tensor]:
-    """The tensors a LoRA model exchanges.
-
-    Args:
-        model: a peft LoRA model.
-
-    Returns:
-        ``{state-dict name: tensor}`` in state-dict order: peft's adapter state dict
-        under the model's own names, without ``lora_A`` under FFA-LoRA. The tensors are
-        detached and share memory with the model.
-    """
+    """``{state-dict name: tensor}`` a LoRA model exchanges, in state-dict order: peft's adapter
+    state dict (LoRA matrices and the head), without ``lora_A`` under FFA-LoRA; detached,
+    sharing memory with the model."""
     return {name: tensor for name, (_, tensor) in _peft_names(model).items()}
 
 
 def load_adapter_state(model: PeftModel, state: dict[str, torch.Tensor]) -> None:
-    """Load exchanged tensors with ``peft.set_peft_model_state_dict``.
-
-    Args:
-        model: a peft LoRA model.
-        state: ``{state-dict name: tensor}``, names among ``adapter_state``'s.
-
-    Raises:
-        KeyError: a name that is not exchanged.
-        RuntimeError: a tensor's shape does not fit, or peft did not load a tensor.
-    """
+    """Load exchanged tensors with ``peft.set_peft_model_state_dict``; ``KeyError``: a name not
+    exchanged; ``RuntimeError``: a shape does not fit, or peft did not load a tensor."""
     names = _peft_names(model)
     result = set_peft_model_state_dict(model, {names[k][0]: v for k, v in state.items()})
     if result.unexpected_keys:

@@ -1,39 +1,23 @@
-"""The plain timm ViT: built at the configured sizes, weights files loaded into it, and the
-rules only the built model can check.
-
-timm is imported inside the functions that build: a process that loads its model from the
-cache (``fedvit.model.cache``) never imports it.
+"""The plain timm ViT: built, loaded from weights files, and checked against the rules only the
+built model can show. timm is imported inside functions: a model-cache hit never imports it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from fedvit.config.appconfig import AppConfig, ConfigError, raise_errors
+from fedvit.config.appconfig import AppConfig, ConfigError
 from fedvit.config.rules import FITTING_WEIGHTS, target_modules
 from fedvit.model.tensors import HEAD
 
 
 def create_vit(cfg: AppConfig, num_classes: int, pretrained: bool | None = None) -> nn.Module:
-    """The plain timm ViT at the configured image and patch size, seeded with ``seed``.
-
-    Args:
-        cfg: ``model-name``, ``img-size``, ``patch-size``, ``seed``, ``pretrained``.
-        num_classes: the classifier's outputs.
-        pretrained: hub weights or not; None: as ``cfg.pretrained`` says.
-
-    Returns:
-        A timm ``VisionTransformer``, taking ``(B, 3, img-size, img-size)`` float32 and
-        giving ``(B, num_classes)`` logits.
-
-    Raises:
-        ConfigError: timm cannot build the model at these sizes, or hub weights cannot
-            be loaded.
-    """
+    """timm's ``model-name`` at ``img-size``/``patch-size``, seeded with ``seed``, hub weights
+    if ``pretrained`` (None: ``cfg.pretrained``): float32 ``(B, 3, img-size, img-size)`` ->
+    ``(B, num_classes)``. ``ConfigError``: not buildable at these sizes, or no hub weights."""
     import timm
 
     kwargs: dict = {"num_classes": num_classes, "img_size": cfg.img_size}
@@ -55,56 +39,30 @@ def create_vit(cfg: AppConfig, num_classes: int, pretrained: bool | None = None)
         ) from err
 
 
-def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a weights file.
-
-    Args:
-        path: ``.safetensors``, or a torch checkpoint (``.pth``/``.pt``/``.bin``), whose
-            state dict may sit under ``state_dict``, ``model`` or ``module``.
-
-    Returns:
-        ``{name: tensor}`` on the CPU, dtypes as stored.
-
-    Raises:
-        OSError, RuntimeError, pickle.UnpicklingError: the file cannot be read (torch
-            files are read with ``weights_only=True``).
-    """
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "module"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    return dict(obj)
-
-
 def load_backbone_weights(model: nn.Module, path: Path, source: str) -> None:
-    """Load a weights file into a timm ViT; only the classifier head may be left out (or
-    be of another size: it is then skipped).
-
-    Position and patch embeddings are resampled to the model's sizes (timm's own filter).
-
-    Args:
-        model: a plain timm ViT (``create_vit``).
-        path: the weights file (``read_weights_file``).
-        source: how the messages name the file, e.g. ``"'weights-path'"``.
-
-    Raises:
-        ConfigError: the file cannot be read or does not fit the model.
+    """Load ``.safetensors`` or a torch checkpoint (``weights_only``; the state dict may sit
+    under ``state_dict``, ``model`` or ``module``) into a timm ViT, embeddings resampled by
+    timm's filter; only the head may be missing or of another size (then skipped).
+    ``ConfigError`` naming ``source`` (e.g. ``"'weights-path'"``): unreadable, or does not fit.
     """
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     try:
-        state = checkpoint_filter_fn(read_weights_file(path), model)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            for key in ("state_dict", "model", "module"):
+                if isinstance(state, dict) and isinstance(state.get(key), dict):
+                    state = state[key]
+        state = checkpoint_filter_fn(dict(state), model)
     except Exception as err:
         raise ConfigError(f"{source} = {str(path)!r} cannot be read: {err}") from err
     own = model.state_dict()
-    state = {
-        k: v for k, v in state.items()
-        if not (k.startswith(HEAD + ".") and k in own and own[k].shape != v.shape)
-    }
+    state = {k: v for k, v in state.items()
+             if not (k.startswith(HEAD + ".") and k in own and own[k].shape != v.shape)}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:
@@ -115,46 +73,17 @@ def load_backbone_weights(model: nn.Module, path: Path, source: str) -> None:
         raise ConfigError(
             f"{source} = {str(path)!r} does not fit the model: missing {len(missing)} "
             f"tensors {missing[:3]}, unexpected {len(unexpected)} {list(unexpected)[:3]}; "
-            f"{FITTING_WEIGHTS}"
-        )
+            f"{FITTING_WEIGHTS}")
 
 
-def check_model(cfg: AppConfig, model: nn.Module) -> None:
-    """Check what only the built ViT can show (``model_errors``).
-
-    Args:
-        cfg: the run config it was built from.
-        model: the plain timm ViT (``create_vit``).
-
-    Raises:
-        ConfigError: listing every violation.
-    """
-    pe = model.patch_embed
-    raise_errors(model_errors(
-        cfg, tuple(pe.patch_size), tuple(pe.img_size) if pe.img_size else (0, 0),
-        {full.rsplit(".", 1)[-1] for full in adaptable_linears(model)}))
-
-
-def model_errors(cfg: AppConfig, patch_size: tuple[int, int], img_size: tuple[int, int],
-                 linear_names: Iterable[str]) -> list[str]:
-    """Rule violations only the resolved model can show (the server checks them before it
-    writes anything).
-
-    A size the model would crop (a strided convolution drops the remainder) or pad
-    (``dynamic_img_pad``) is an error too: ``img-size`` must be a multiple of the patch.
-
-    Args:
-        cfg: the run config.
-        patch_size: the model's (height, width) patch in pixels (``patch-size`` = 0 means
-            the model's own).
-        img_size: the (height, width) input it was built for, pixels.
-        linear_names: its linear layers' short names (the LoRA targets it offers).
-
-    Returns:
-        One message per violation (none: all is well).
-    """
+def model_errors(cfg: AppConfig, model: nn.Module) -> list[str]:
+    """One message per rule the built plain ViT breaks: ``img-size`` must be the size it was
+    built for and a multiple of its patch (else the patch convolution crops, or
+    ``dynamic_img_pad`` pads, the input); ``lora-target-modules`` must name its linears."""
     errors = []
-    ph, pw = patch_size
+    pe = model.patch_embed
+    ph, pw = tuple(pe.patch_size)
+    img_size = tuple(pe.img_size) if pe.img_size else (0, 0)
     patch = (f"'patch-size' = {cfg.patch_size}" if cfg.patch_size
              else f"'patch-size' = 0 (the model's own patch size, {ph})")
     if img_size != (cfg.img_size, cfg.img_size):
@@ -169,22 +98,14 @@ def model_errors(cfg: AppConfig, patch_size: tuple[int, int], img_size: tuple[in
             f"{cfg.model_name!r}: the model would crop or pad the input; must be a "
             f"multiple of {ph}, e.g. {lo} or {lo + ph}")
     if cfg.strategy == "fedlora":
-        errors += lora_target_errors(cfg, linear_names)
+        errors += lora_target_errors(cfg, adaptable_linears(model))
     return errors
 
 
-def lora_target_errors(cfg: AppConfig, linear_names: Iterable[str]) -> list[str]:
-    """``lora-target-modules`` against the model's linear layers.
-
-    Args:
-        cfg: the run config.
-        linear_names: the model's linear layers' short names (``adaptable_linears``).
-
-    Returns:
-        One message naming the targets that are not among them, the classifier head
-        told apart (it is linear, but trained whole); none when all are.
-    """
-    names = set(linear_names)
+def lora_target_errors(cfg: AppConfig, linear: list[str]) -> list[str]:
+    """At most one message: the targets not among the ``linear`` layers (full names), the head
+    told apart (it is linear, but trained whole)."""
+    names = {full.rsplit(".", 1)[-1] for full in linear}
     targets = target_modules(cfg.lora_target_modules)
     head = [t for t in targets if t == HEAD or t.startswith(HEAD + ".")]
     unknown = [t for t in targets if t not in names and t not in head]
@@ -199,13 +120,6 @@ def lora_target_errors(cfg: AppConfig, linear_names: Iterable[str]) -> list[str]
 
 
 def adaptable_linears(model: nn.Module) -> list[str]:
-    """The linear layers LoRA may adapt (the head is trained in full).
-
-    Args:
-        model: a plain timm ViT.
-
-    Returns:
-        Their full module names, in module order.
-    """
+    """Full names, in module order, of the linear layers LoRA may adapt (not the head)."""
     return [n for n, m in model.named_modules()
             if isinstance(m, nn.Linear) and n != HEAD and not n.startswith(HEAD + ".")]

@@ -1,9 +1,5 @@
-"""The model a strategy trains: the plain timm ViT (``fedavg``) or the same ViT with peft
-LoRA adapters (``fedlora``), and the answer to "which tensors travel".
-
-The client, the server, the size report and the tests all ask this module (or the
-torch-only ``fedvit.model.tensors``, whose answers it re-exports) which tensors a strategy
-exchanges instead of re-deriving it.
+"""The model a strategy trains: a timm ViT (``fedavg``) or it with peft LoRA (``fedlora``).
+Re-exports ``fedvit.model.tensors``' answers (which tensors travel), so no caller re-derives them.
 """
 
 from __future__ import annotations
@@ -16,14 +12,8 @@ from torch import nn
 from fedvit.config.appconfig import AppConfig, raise_errors
 from fedvit.config.paths import PUBLIC_PRETRAIN, resolve_path
 from fedvit.config.rules import target_modules
+from fedvit.model import backbone
 from fedvit.model.adapters import freeze_ffa
-from fedvit.model.backbone import (
-    adaptable_linears,
-    check_model,
-    create_vit,
-    load_backbone_weights,
-    lora_target_errors,
-)
 from fedvit.model.pretrain import public_backbone
 from fedvit.model.tensors import (  # noqa: F401  (re-exported: the torch-only answers)
     HEAD,
@@ -37,60 +27,30 @@ from fedvit.model.tensors import (  # noqa: F401  (re-exported: the torch-only a
 
 
 def build_model(cfg: AppConfig, num_classes: int) -> nn.Module:
-    """The model a strategy trains: a plain ViT (``fedavg``) or a LoRA-wrapped one.
-
-    Everything is seeded, so the frozen backbone and the initial adapters are
-    bit-identical on the server and on every client. A weights file (or the public
-    backbone, built first if missing) replaces the backbone; the head is then a fresh,
-    seeded one for this task.
-
-    Args:
-        cfg: the run config (model, weights, LoRA and seed keys).
-        num_classes: the classifier's outputs.
-
-    Returns:
-        A timm ViT or a ``peft.PeftModel`` around one, on the CPU, float32, taking
-        ``(B, 3, img-size, img-size)`` normalised images and giving ``(B, num_classes)``
-        logits.
-
-    Raises:
-        ConfigError: the model cannot be built at these sizes, the weights do not fit,
-            or a rule only the built model can check is broken (``model_errors``).
-    """
-    model = create_vit(cfg, num_classes)
-    check_model(cfg, model)
+    """A plain or LoRA-wrapped ViT on the CPU, float32, ``(B, 3, img-size, img-size)``
+    images -> ``(B, num_classes)``; seeded, so bit-identical on server and clients. A weights
+    file (or the public backbone, built if missing) replaces the backbone, with a fresh seeded
+    head. ``ConfigError``: as ``create_vit``/``load_backbone_weights``, or ``model_errors``."""
+    model = backbone.create_vit(cfg, num_classes)
+    raise_errors(backbone.model_errors(cfg, model))
     if cfg.weights_path:
         if cfg.weights_path == PUBLIC_PRETRAIN:
             path, source = public_backbone(cfg), "'weights-path' (public pretraining)"
         else:
             path, source = resolve_path(cfg.weights_path), "'weights-path'"
-        load_backbone_weights(model, path, source)
+        backbone.load_backbone_weights(model, path, source)
         torch.manual_seed(cfg.seed)
-        model.reset_classifier(num_classes)  # a fresh, seeded head for this task
-    if cfg.strategy == "fedavg":
-        return model
-    return wrap_lora(model, cfg)
+        model.reset_classifier(num_classes)
+    return model if cfg.strategy == "fedavg" else wrap_lora(model, cfg)
 
 
 def wrap_lora(model: nn.Module, cfg: AppConfig, fused: bool = True) -> PeftModel:
-    """peft LoRA on the target modules; adapters and the head are the only trainables
-    (FFA-LoRA: ``lora_A`` frozen too, ``fedvit.model.adapters.freeze_ffa``).
-
-    Args:
-        model: a plain timm ViT (consumed: peft wraps it in place).
-        cfg: ``lora-r``, ``lora-alpha``, ``lora-dropout``, ``lora-target-modules``,
-            ``lora-aggregation``, ``seed`` (the adapters' init).
-        fused: use ``FusedLoraLinear``'s forward; False keeps peft's own (benchmarks).
-
-    Returns:
-        The peft model.
-
-    Raises:
-        ConfigError: a target module is not a linear layer of the model.
-    """
+    """peft LoRA (seeded) on ``lora-target-modules`` of a plain ViT (wrapped in place); only
+    adapters and head train (FFA-LoRA: not ``lora_A``). ``fused``: ``FusedLoraLinear``'s
+    forward, else peft's (benchmarks). ``ConfigError``: a target is not a linear layer."""
     targets = target_modules(cfg.lora_target_modules)
-    linear = adaptable_linears(model)
-    raise_errors(lora_target_errors(cfg, {full.rsplit(".", 1)[-1] for full in linear}))
+    linear = backbone.adaptable_linears(model)
+    raise_errors(backbone.lora_target_errors(cfg, linear))
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -109,28 +69,15 @@ def wrap_lora(model: nn.Module, cfg: AppConfig, fused: bool = True) -> PeftModel
 
 
 class FusedLoraLinear(PeftLoraLinear):
-    """peft's LoRA linear layer with a leaner forward for plain LoRA.
-
-    peft computes ``base(x) + B(A(x)) * s`` as five operations, two of them full passes
-    over the output (the scaling and the sum). This computes the same with two matrix
-    products and one ``addmm`` that scales and adds in the same kernel; on a small ViT the
-    saved passes are a visible share of the step. In evaluation (eval mode, no autograd) it
-    folds the adapter into the weight instead, ``W + s·B·A`` (out × in, no per-token work),
-    so evaluating a LoRA model costs what evaluating the plain ViT does; the stored weights
-    are never touched. Anything else (merged or disabled adapters, several adapters,
-    adapter biases, DoRA and other variants) goes through peft's own forward.
-    Parameter names and state dicts are peft's.
+    """peft's LoRA linear layer (same names and state dict) with a leaner forward for plain
+    LoRA. Training: ``base(x) + B(A(x))·s`` as two matmuls and one ``addmm`` that scales and
+    adds in one kernel (peft: five operations, two full passes over the output). Eval mode
+    without autograd: ``W + s·B·A`` folded into the weight (stored weights untouched), costing
+    what the plain ViT does. Merged, disabled or several adapters, biases, DoRA and other
+    variants run peft's forward.
     """
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """The adapted layer, as peft's forward computes it.
-
-        Args:
-            x: ``(..., in_features)``.
-
-        Returns:
-            ``(..., out_features)``.
-        """
         active = self.active_adapters
         if (args or kwargs or self.disable_adapters or self.merged or len(active) != 1
                 or active[0] not in self.lora_A or active[0] in self.lora_variant

@@ -1,10 +1,7 @@
-"""The offline default's frozen backbone: central pretraining on the public digits split.
-
-Hub weights cannot be downloaded everywhere, and LoRA on a randomly initialised frozen
-backbone learns little. So, as a server holding public data would, we pretrain the ViT
-centrally on digits' ``public`` split, which no client ever sees, then drop its head.
-The result is deterministic for a given recipe (model, sizes, seed) and cached under
-``$FEDVIT_CACHE`` (default ``~/.cache/fedvit``); ``fedvit-pretrain`` builds it by hand.
+"""The offline default's frozen backbone: the ViT pretrained centrally on digits' ``public``
+split (which no client sees), head dropped, since hub weights are not reachable everywhere and
+LoRA on a random frozen backbone learns little. Deterministic per recipe; cached under
+``$FEDVIT_CACHE``; ``fedvit-pretrain`` builds it by hand.
 """
 
 from __future__ import annotations
@@ -23,14 +20,8 @@ from flwr.common.logger import log
 
 from fedvit.config.appconfig import AppConfig
 from fedvit.config.paths import cache_dir
+from fedvit.data import partitions
 from fedvit.data.loaders import make_loader
-from fedvit.data.partitions import (
-    DIGITS_PUBLIC_FRACTION,
-    DIGITS_SPLIT_SEED,
-    DIGITS_TEST_FRACTION,
-    columns_of,
-    digits_splits,
-)
 from fedvit.files import atomic_path
 from fedvit.model.backbone import create_vit
 from fedvit.model.tensors import HEAD, input_stats
@@ -44,56 +35,26 @@ BATCH_SIZE = 32
 
 
 def recipe(cfg: AppConfig) -> dict:
-    """Everything the pretrained weights depend on (written into the file's metadata).
-
-    Args:
-        cfg: the run config (model, sizes and seed are read).
-
-    Returns:
-        A JSON-able dict: recipe version, model keys, training knobs, the public split.
-    """
+    """Everything the pretrained weights depend on (JSON-able; the file's metadata)."""
     return {
-        "version": RECIPE_VERSION,
-        "model-name": cfg.model_name,
-        "img-size": cfg.img_size,
-        "patch-size": cfg.patch_size,
-        "seed": cfg.seed,
-        "epochs": EPOCHS,
-        "learning-rate": LEARNING_RATE,
-        "batch-size": BATCH_SIZE,
-        "weight-decay": WEIGHT_DECAY,
+        "version": RECIPE_VERSION, "model-name": cfg.model_name, "img-size": cfg.img_size,
+        "patch-size": cfg.patch_size, "seed": cfg.seed, "epochs": EPOCHS,
+        "learning-rate": LEARNING_RATE, "batch-size": BATCH_SIZE, "weight-decay": WEIGHT_DECAY,
         "schedule": "one-cycle",
-        "public-split": [DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, DIGITS_PUBLIC_FRACTION],
+        "public-split": [partitions.DIGITS_SPLIT_SEED, partitions.DIGITS_TEST_FRACTION,
+                         partitions.DIGITS_PUBLIC_FRACTION],
     }
 
 
 def backbone_path(cfg: AppConfig) -> Path:
-    """Where the public backbone of a recipe is cached (it may not exist yet).
-
-    Args:
-        cfg: the run config (its ``recipe``).
-
-    Returns:
-        ``$FEDVIT_CACHE/<model>-digits-public-<img-size>px-<recipe digest>.safetensors``.
-    """
+    """``$FEDVIT_CACHE/<model>-digits-public-<img-size>px-<recipe digest>.safetensors``."""
     key = hashlib.sha256(json.dumps(recipe(cfg), sort_keys=True).encode()).hexdigest()[:12]
     return cache_dir() / f"{cfg.model_name}-digits-public-{cfg.img_size}px-{key}.safetensors"
 
 
 def public_backbone(cfg: AppConfig) -> Path:
-    """The cached backbone file, built first if missing (one builder at a time: a lock
-    file beside it).
-
-    Args:
-        cfg: the run config.
-
-    Returns:
-        The path of the headless backbone's ``.safetensors`` file.
-
-    Raises:
-        ConfigError: the ViT cannot be built at the configured sizes.
-        OSError: the cache folder cannot be written.
-    """
+    """``backbone_path``, built first if missing (one builder at a time: a lock file beside it);
+    ``ConfigError`` as ``build``, ``OSError``: the cache folder cannot be written."""
     path = backbone_path(cfg)
     if path.is_file():
         return path
@@ -106,25 +67,15 @@ def public_backbone(cfg: AppConfig) -> Path:
 
 
 def build(cfg: AppConfig, path: Path) -> dict[str, float]:
-    """Pretrain on digits' public split on the CPU and write the headless backbone.
-
-    Args:
-        cfg: the run config (its recipe keys; strategy, device, precision and weights
-            are overridden: plain fp32 ViT on the CPU from a random init).
-        path: the ``.safetensors`` file to write (atomically), with the recipe as metadata.
-
-    Returns:
-        ``{"public-accuracy": fraction, "train-loss": mean loss, "seconds": wall time}``.
-
-    Raises:
-        ConfigError: the ViT cannot be built at the configured sizes.
-    """
+    """Pretrain a plain fp32 ViT from a random init on the CPU (only ``cfg``'s recipe keys
+    count); write its headless state atomically to ``path``, the recipe as metadata. Returns
+    ``{"public-accuracy", "train-loss", "seconds"}``; ``ConfigError``: not buildable."""
     from safetensors.torch import save_file
 
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    public = digits_splits()["public"]
-    cols = columns_of(public)
+    public = partitions.digits_splits()["public"]
+    cols = partitions.columns_of(public)
     pcfg = dataclasses.replace(cfg, strategy="fedavg", device="cpu", precision="fp32",
                                weights_path="", pretrained=False)
     model = create_vit(pcfg, cols.num_classes)
@@ -148,26 +99,14 @@ def build(cfg: AppConfig, path: Path) -> dict[str, float]:
 
 
 class Progress:
-    """``on_epoch`` callback: logs epoch, loss and the time left (from the mean epoch so far)
-    at the first and last epoch and at most every ``every_s`` seconds between.
-
-    Args:
-        epochs: how many epochs the run has.
-        what: what is trained, for the log line.
-        every_s: the least seconds between two log lines (first and last always log).
-    """
+    """``on_epoch(epoch, loss)`` callback: logs a ``progress_line`` at the first and last epoch
+    and at most every ``every_s`` seconds between."""
 
     def __init__(self, epochs: int, what: str, every_s: float = 5.0) -> None:
         self.epochs, self.what, self.every_s = epochs, what, every_s
         self.t0 = self.last = time.perf_counter()
 
     def __call__(self, epoch: int, loss: float) -> None:
-        """Log an epoch if it is time to.
-
-        Args:
-            epoch: the epoch just done, 1-based.
-            loss: its mean loss.
-        """
         now = time.perf_counter()
         if epoch in (1, self.epochs) or now - self.last >= self.every_s:
             self.last = now
@@ -176,18 +115,7 @@ class Progress:
 
 
 def progress_line(what: str, epoch: int, epochs: int, loss: float, elapsed_s: float) -> str:
-    """One progress line.
-
-    Args:
-        what: what is trained.
-        epoch: the epoch just done, 1-based.
-        epochs: how many epochs the run has.
-        loss: that epoch's mean loss.
-        elapsed_s: seconds since training started.
-
-    Returns:
-        ``'<what>: epoch 10/100, loss 1.2346, 54 s left'`` (time left: the epochs to go
-        at the mean epoch time so far).
-    """
+    """``'<what>: epoch 10/100, loss 1.2346, 54 s left'``: epochs to go at the mean epoch time
+    so far (``epoch`` is 1-based)."""
     left = elapsed_s / epoch * (epochs - epoch)
     return f"{what}: epoch {epoch}/{epochs}, loss {loss:.4f}, {left:.0f} s left"

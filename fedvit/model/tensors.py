@@ -1,12 +1,6 @@
-"""Which tensors travel, the backbone's fingerprint and the input statistics.
-
-One answer for a model built with timm and peft (``fedvit.model.build``) and for the same model
-loaded from the model cache (``fedvit.model.cache.ExportedModel``). A built model is
-answered with its libraries' own helpers: peft's adapter state dict
-(``fedvit.model.adapters``) and timm's data config. A cached model carries the answers recorded
-from those helpers when it was exported, so a ClientApp process that loads it never imports
-timm or peft (a built model exists only once they are imported, so asking about one costs
-nothing more). ``fedvit.model.build`` re-exports these functions.
+"""Which tensors travel, the backbone's fingerprint, the input statistics (torch only): asked of
+a timm/peft build, peft's and timm's helpers answer; an ``ExportedModel`` (model cache) carries
+their answers recorded at export, so a process that loads it never imports timm or peft.
 """
 
 from __future__ import annotations
@@ -21,14 +15,7 @@ from fedvit.keys import HEAD
 
 
 def is_lora(model: nn.Module) -> bool:
-    """Whether ``model`` is a peft LoRA model (built, or loaded from the model cache).
-
-    Args:
-        model: a model ``fedvit.model.build.build_model`` built, or an ``ExportedModel``.
-
-    Returns:
-        True for a LoRA model (``fedlora``), False for a plain ViT (``fedavg``).
-    """
+    """Whether ``model`` (built, or an ``ExportedModel``) is a peft LoRA model (``fedlora``)."""
     lora = getattr(model, "fedvit_lora", None)  # set by fedvit.model.cache.ExportedModel
     if lora is not None:
         return bool(lora)
@@ -37,19 +24,9 @@ def is_lora(model: nn.Module) -> bool:
 
 
 def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors a strategy exchanges, under the names they travel with.
-
-    A plain ViT (``fedavg``) exchanges its whole state dict; a LoRA model its adapter state
-    (``fedvit.model.adapters.adapter_state``: peft's adapter state dict, FFA-LoRA's frozen
-    ``lora_A`` left out); a cached model the names recorded from its build.
-
-    Args:
-        model: as for ``is_lora``.
-
-    Returns:
-        ``{state-dict name: tensor}`` in state-dict order; the tensors are detached and
-        share memory with the model (dtype and device as they are).
-    """
+    """``{state-dict name: tensor}`` a strategy exchanges, in state-dict order, detached and
+    sharing memory with the model: a plain ViT's whole state dict, a LoRA model's
+    ``adapter_state``, a cached model's names recorded from its build."""
     names = getattr(model, "fedvit_exchanged", None)  # set by fedvit.model.cache.ExportedModel
     if names is not None:
         state = model.state_dict()
@@ -62,16 +39,8 @@ def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_exchanged(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load exchanged tensors into ``model`` (copied into its own tensors).
-
-    Args:
-        model: as for ``is_lora``.
-        state: ``{name: tensor}`` with exactly the names ``exchanged_state`` gives.
-
-    Raises:
-        ValueError: the names are not exactly the exchanged ones.
-        RuntimeError: a tensor's shape does not fit.
-    """
+    """Copy exchanged tensors into ``model``; ``ValueError``: the names are not exactly
+    ``exchanged_state``'s; ``RuntimeError``: a shape does not fit."""
     expected = set(exchanged_state(model))
     missing, extra = expected - set(state), set(state) - expected
     if missing or extra:
@@ -88,28 +57,14 @@ def load_exchanged(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """Parameter counts.
-
-    Args:
-        model: any model.
-
-    Returns:
-        (all parameters, trainable parameters), in elements.
-    """
+    """(all, trainable) parameters, in elements."""
     params = list(model.parameters())
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
 def backbone_fingerprint(model: nn.Module) -> str:
-    """A digest of the frozen backbone: every tensor that is neither head nor exchanged
-    (so a frozen FFA ``lora_A`` counts, a trained adapter does not).
-
-    Args:
-        model: as for ``is_lora``.
-
-    Returns:
-        16 hex digits of SHA-256 over the names and bytes, in name order.
-    """
+    """16 hex digits of SHA-256 over the names and bytes, in name order, of every tensor that
+    is neither head nor exchanged (a frozen FFA ``lora_A`` counts, a trained adapter not)."""
     exchanged = set(exchanged_state(model)) if is_lora(model) else set()
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -121,16 +76,9 @@ def backbone_fingerprint(model: nn.Module) -> str:
 
 
 def input_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The per-channel (mean, std) the ViT's inputs are normalised with: timm's
-    ``resolve_model_data_config`` of the built ViT, or what a cached model recorded.
-
-    Args:
-        model: as for ``is_lora``.
-
-    Returns:
-        (mean, std), one float per input channel, on the [0, 1] pixel scale.
-    """
-    stats = getattr(model, "fedvit_input_stats", None)  # an ExportedModel carries its own
+    """Per-channel (mean, std) on the [0, 1] pixel scale the inputs are normalised with:
+    timm's ``resolve_model_data_config`` of the built ViT, or what a cached model recorded."""
+    stats = getattr(model, "fedvit_input_stats", None)
     if stats is None:
         from timm.data import resolve_model_data_config  # timm is imported already
 
