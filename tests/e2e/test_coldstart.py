@@ -38,7 +38,7 @@ NOT_MODEL_KEYS = {
     "precision", "device", "compile", "codec-down", "codec-up", "dataset", "partitioner",
     "dirichlet-alpha", "val-fraction", "link-down-mbps", "link-up-mbps", "link-latency-ms",
     "link-profile", "link-emulate", "outputs-dir", "run-name", "resume-from", "node-wait-s",
-    "round-timeout-s", "deploy-pickup-s", "deploy-startup-s", "deploy-return-s",
+    "round-timeout-s", "deploy-pickup-s", "deploy-startup-s", "deploy-return-s", "pack-tensors",
 }
 HEAVY = ("datasets", "flwr_datasets", "sklearn", "torchvision", "timm", "peft",
          "transformers", "torch._dynamo")
