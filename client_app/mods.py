@@ -14,18 +14,9 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from client_app.task import partition_of
+from fedvit import keys
 from fedvit.config.appconfig import AppConfig
-from fedvit.keys import (
-    ARRAYS,
-    BOOKS_S,
-    BYTES_KEYS,
-    FRESH,
-    METRICS,
-    MOD_IN,
-    MOD_OUT,
-    PROCESS_START,
-    TRANSFER_S,
-)
+from fedvit.keys import ARRAYS, METRICS
 from fedvit.startup import process_start_time
 from fedvit.wire.links import Link, node_link
 from fedvit.wire.measure import message_size, tensor_bytes
@@ -57,9 +48,11 @@ def bandwidth_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
     if link:
         transfer_s += _sleep(link.up_s(up_msg, up_objects))
     metrics: MetricRecord = reply.content[METRICS]
-    metrics.update(zip(BYTES_KEYS, (down_tensor, down_msg, up_tensor, up_msg), strict=True))
-    metrics.update({PROCESS_START: process_start_time(), FRESH: int(fresh), BOOKS_S: books_s,
-                    TRANSFER_S: transfer_s, MOD_IN: t_in, MOD_OUT: time.time()})
+    metrics.update(zip(keys.BYTES_KEYS, (down_tensor, down_msg, up_tensor, up_msg),
+                       strict=True))
+    metrics.update({keys.PROCESS_START: process_start_time(), keys.FRESH: int(fresh),
+                    keys.BOOKS_S: books_s, keys.TRANSFER_S: transfer_s, keys.MOD_IN: t_in,
+                    keys.MOD_OUT: time.time()})
     return reply
 
 

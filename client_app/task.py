@@ -36,10 +36,8 @@ def partition_of(node_config: dict) -> tuple[int, int]:
     try:
         return int(node_config[PARTITION_ID]), int(node_config[NUM_PARTITIONS])
     except (KeyError, TypeError, ValueError) as err:
-        raise ConfigError(
-            f"node config {dict(node_config)} is not allowed: must set integer "
-            "'partition-id' and 'num-partitions'"
-        ) from err
+        raise ConfigError(f"node config {dict(node_config)} is not allowed: must set integer "
+                          "'partition-id' and 'num-partitions'") from err
 
 
 def node_threads(node_config: dict) -> int | None:
@@ -116,10 +114,9 @@ def check_backbone(task: LocalTask, config: ConfigRecord) -> None:
         return
     ours = backbone_fingerprint(task.model)
     if ours != expected:
-        raise BackboneMismatch(
-            f"frozen backbone fingerprint {ours} differs from the server's {expected}: "
-            "same 'model-name', 'img-size', 'patch-size', 'seed' and weights file needed"
-        )
+        raise BackboneMismatch(f"frozen backbone fingerprint {ours} differs from the server's "
+                               f"{expected}: same 'model-name', 'img-size', 'patch-size', "
+                               "'seed' and weights file needed")
 
 
 def outgoing(cfg: AppConfig, local: dict[str, torch.Tensor], received: dict[str, np.ndarray],

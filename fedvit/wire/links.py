@@ -239,14 +239,12 @@ def node_link(cfg: AppConfig, node_config: Mapping, partition_id: int) -> Link:
         ConfigError: a node-config link value that is not a number > 0 (latency >= 0),
             or a ``link-real`` that is not a bool.
     """
+    values = [cfg.link_down_mbps, cfg.link_up_mbps, cfg.link_latency_ms]
     if cfg.link_profile == "heterogeneous":
         rng = np.random.default_rng([cfg.seed, partition_id])
-        down, up = (float(10 ** rng.uniform(-1, 0)) for _ in range(2))
-        base = Link(cfg.link_down_mbps * down, cfg.link_up_mbps * up,
-                    cfg.link_latency_ms * float(rng.uniform(0.5, 2.0)))
-    else:
-        base = Link(cfg.link_down_mbps, cfg.link_up_mbps, cfg.link_latency_ms)
-    values = list((base.down_mbps, base.up_mbps, base.latency_ms))
+        scales = [float(10 ** rng.uniform(-1, 0)) for _ in range(2)]
+        values = [v * f for v, f in zip(values, [*scales, float(rng.uniform(0.5, 2.0))],
+                                        strict=True)]
     for i, key in enumerate(LINK_KEYS):
         if key in node_config:
             try:
