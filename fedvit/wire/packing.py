@@ -26,6 +26,12 @@ class PackingError(ValueError):
     """A packed record that cannot be unpacked, or tensors that cannot be packed."""
 
 
+def _check_dtype(name: str, dtype: np.dtype) -> None:
+    if dtype.kind not in ALLOWED_KINDS or dtype.fields is not None:
+        raise PackingError(f"tensor {name!r} has dtype {dtype.str}: only bool, integer, "
+                           "float and complex tensors are packed")
+
+
 def is_packed(record: ArrayRecord) -> bool:
     """Whether ``record``'s only key starts with ``fedvit.keys.PACKED_PREFIX``."""
     return len(record) == 1 and next(iter(record.keys())).startswith(PACKED_PREFIX)
@@ -40,9 +46,7 @@ def pack(tensors: Mapping[str, np.ndarray]) -> ArrayRecord:
     """
     arrays = {name: np.asarray(t) for name, t in tensors.items()}
     for name, arr in arrays.items():
-        if arr.dtype.kind not in ALLOWED_KINDS or arr.dtype.fields is not None:
-            raise PackingError(f"tensor {name!r} has dtype {arr.dtype}: only bool, integer, "
-                               "float and complex tensors can be packed")
+        _check_dtype(name, arr.dtype)
     index = [[name, arr.dtype.str, list(arr.shape)] for name, arr in arrays.items()]
     buffer = np.concatenate([np.empty(0, np.uint8)] + [
         np.ascontiguousarray(arr).reshape(-1).view(np.uint8) for arr in arrays.values()])
@@ -117,8 +121,6 @@ def _index(text: str) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
         except (TypeError, ValueError) as err:
             raise PackingError(f"tensor {name!r} has dtype {dtype_text!r}, which numpy "
                                "does not know") from err
-        if dtype.kind not in ALLOWED_KINDS or dtype.fields is not None:
-            raise PackingError(f"tensor {name!r} has dtype {dtype_text!r}: only bool, "
-                               "integer, float and complex tensors are packed")
+        _check_dtype(name, dtype)
         entries.append((name, dtype, tuple(shape)))
     return entries
