@@ -58,11 +58,8 @@ def _prepare(
 ) -> tuple[AppConfig, LocalTask, int, dict[str, np.ndarray], torch.optim.Optimizer | None]:
     """Config, the local task with the received (decoded) tensors loaded, those tensors,
     and for ``train`` a fresh AdamW. Stamps the task built (the first optimizer imports
-    ``torch._dynamo``, ~1 s of start-up, not compute) and the tensors loaded.
-
-    Raises:
-        ConfigError: the run or node config refused here, prefixed ``CONFIG_REFUSED``.
-    """
+    ``torch._dynamo``, ~1 s of start-up, not compute) and the tensors loaded. A run or
+    node config refused here raises ConfigError prefixed ``CONFIG_REFUSED``."""
     try:
         cfg = AppConfig.from_run_config(context.run_config)
         task, pid = node_task(cfg, context.node_config)

@@ -44,10 +44,7 @@ def node_threads(node_config: dict) -> int | None:
     """The node config's ``num-threads`` (an integer >= 1), or None: a deployment's
     launchers give each SuperNode cores // SuperNodes, else SuperNodes sharing a host
     oversubscribe it; simulation sets none (Ray's ``OMP_NUM_THREADS`` holds).
-
-    Raises:
-        ConfigError: the value is not an integer >= 1.
-    """
+    ConfigError for a value that is not an integer >= 1."""
     if NUM_THREADS not in node_config:
         return None
     value = node_config[NUM_THREADS]
@@ -89,11 +86,8 @@ def local_task(cfg: AppConfig, partition_id: int, num_partitions: int) -> LocalT
 
 
 def node_task(cfg: AppConfig, node_config: dict) -> tuple[LocalTask, int]:
-    """This node's task and partition id; sets torch's threads to ``num-threads``.
-
-    Raises:
-        ConfigError: a node config or run config this partition cannot work with.
-    """
+    """This node's task and partition id; sets torch's threads to ``num-threads``
+    (ConfigError for a node or run config this partition cannot work with)."""
     pid, num = partition_of(node_config)
     threads = node_threads(node_config)
     task = local_task(cfg, pid, num)

@@ -1,8 +1,6 @@
-"""Bandwidth books for any strategy (a wrapper): every message sent and received, measured
-and cross-checked against the figures each client's ``bandwidth_mod`` reports in its reply.
-Messages the inner strategies send themselves while configuring (seeded sampling's
-``query``) go through a ``BookingGrid`` and are booked under their message type as phase.
-"""
+"""Bandwidth books for any strategy (a wrapper): every message measured and cross-checked
+with each client's ``bandwidth_mod`` report, the inner strategies' own messages (seeded
+sampling's ``query``) included through a ``BookingGrid``."""
 
 from __future__ import annotations
 
@@ -114,11 +112,8 @@ class BookingGrid:
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> list[Message]:
-        """Book the messages, send them, book and return the replies.
-
-        Raises:
-            ValueError: the messages are of more than one type.
-        """
+        """Book the messages, send them, book and return the replies (ValueError for
+        messages of more than one type)."""
         messages = list(messages)
         phases = {m.metadata.message_type for m in messages}
         if len(phases) > 1:

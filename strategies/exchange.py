@@ -1,12 +1,7 @@
-"""What crosses the wire, for any strategy (a wrapper): encode down, decode and check up.
-
-The global tensors go down encoded with ``codec-down``, then packed with ``pack-tensors``
-(``fedvit.wire.packing``). Clients send their update (local - received) encoded with
-``codec-up``, or their tensors as they are for ``none``. Each train reply is unpacked,
-decoded and checked against the round's global tensors; one that fails (wrong layout,
-malformed packing, other keys, shapes or dtypes, NaN/Inf) is rejected with a logged reason
-and left out of the aggregate, and the round goes on with the others.
-"""
+"""What crosses the wire, for any strategy (a wrapper): the global tensors go down encoded
+(``codec-down``) and packed (``pack-tensors``); each train reply (tensors, or an update
+encoded with ``codec-up``) is unpacked, decoded and checked, and one that fails is rejected
+with a logged reason and left out of the aggregate."""
 
 from __future__ import annotations
 
@@ -32,15 +27,9 @@ class RejectedReply(ValueError):
 
 
 class ExchangeCodecs(StrategyWrapper):
-    """Encodes what goes down, decodes and checks what comes up, and hands the inner
-    strategy the accepted train replies ordered by partition (errors last), so the
-    aggregate does not depend on arrival order. ``self.rejections``: every rejected reply
-    as ``{"round", "node-id", "reason"}``.
-
-    Args:
-        arrayrecord_key: the ArrayRecord of a reply that holds the tensors.
-        pack: send the tensors packed and take only packed replies (``pack-tensors``).
-    """
+    """Hands the inner strategy the accepted train replies ordered by partition (errors
+    last), so the aggregate does not depend on arrival order. ``self.rejections``: every
+    rejected reply as ``{"round", "node-id", "reason"}``."""
 
     def __init__(self, strategy: Strategy, codec_down: CodecSpec, codec_up: CodecSpec,
                  arrayrecord_key: str, pack: bool) -> None:
@@ -108,11 +97,8 @@ class ExchangeCodecs(StrategyWrapper):
 
 
 def check(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
-    """Same keys, shapes and dtypes as ``reference``, and only finite values.
-
-    Raises:
-        RejectedReply: naming the first thing that differs.
-    """
+    """Same keys, shapes and dtypes as ``reference``, only finite values, or
+    ``RejectedReply`` naming the first thing that differs."""
     missing, extra = sorted(set(reference) - set(arrays)), sorted(set(arrays) - set(reference))
     if missing or extra:
         raise RejectedReply(f"{len(missing)} tensors missing {missing[:2]}, {len(extra)} "

@@ -13,12 +13,8 @@ from strategies.wrapper import StrategyWrapper
 
 
 class RoundOffset(StrategyWrapper):
-    """Hands every hook below ``server_round + offset``. Outermost, so every add-on and the
-    ``server-round`` FedAvg writes into the messages' config count on from a resumed round.
-
-    Args:
-        offset: rounds already done (a resumed run's checkpoint round); 0 for a new run.
-    """
+    """Hands every hook below ``server_round + offset`` (rounds already done). Outermost,
+    so every add-on and FedAvg's ``server-round`` in the config count on after a resume."""
 
     def __init__(self, strategy: Strategy, offset: int = 0) -> None:
         super().__init__(strategy)

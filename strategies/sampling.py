@@ -1,12 +1,7 @@
-"""Seeded node sampling: a round's sample depends on ``seed``, the round and the partitions
-the connected nodes hold, never on node ids (Flower draws them at random) or on Flower's
-unseeded ``random.sample``.
-
-Only a node knows its partition (node config): when a round must choose (a fraction below
-1), the sampler first sends each node it does not know yet one small ``query`` message,
-through the grid it is handed (inside ``BandwidthTracking`` they are booked, phase
-``query``). A run that samples every node sends no query.
-"""
+"""Seeded node sampling: a round's sample depends on ``seed``, the round and the nodes'
+partitions, never on node ids (Flower draws them at random). Only a node knows its
+partition: a round that must choose first sends each unknown node one ``query`` message
+through the grid it is handed (booked inside ``BandwidthTracking``)."""
 
 from __future__ import annotations
 
@@ -31,19 +26,11 @@ class TooFewPartitions(RuntimeError):
 
 class SeededSampling(StrategyWrapper):
     """Chooses each round's nodes with ``random.Random(f"{seed}:{phase}:{round}")`` over
-    the nodes ordered by partition and drops the inner strategy's messages to the others.
-    The inner strategy must send to every node offered (FedAvg with both fractions 1.0);
-    the fractions live here. ``self.partitions``: node id -> partition id.
-
-    Args:
-        fraction_train: share of the connected nodes that train, in (0, 1].
-        fraction_evaluate: share that evaluate, in [0, 1]; 0 sends no evaluate message.
-        min_nodes: fewest nodes a round samples, and fewest with a known partition.
-        query_timeout_s: seconds to wait for the partition replies; ``None`` waits for all.
-
-    Raises:
-        ValueError: the inner strategy samples itself (a fraction other than 1.0).
-    """
+    the nodes ordered by partition (``self.partitions``: node id -> partition) and drops
+    the inner strategy's messages to the others. The fractions (train in (0, 1], evaluate
+    in [0, 1], 0: off) live here; ``min_nodes`` is the fewest a round samples;
+    ``query_timeout_s`` None waits for every partition reply. Raises ValueError where the
+    inner strategy samples itself (a fraction other than 1.0)."""
 
     def __init__(self, strategy: Strategy, *, fraction_train: float,
                  fraction_evaluate: float, min_nodes: int, seed: int,

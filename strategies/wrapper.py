@@ -1,9 +1,6 @@
-"""The base of every strategy add-on: a ``Strategy`` that holds another and delegates, in
-the style of Flower's DP wrappers (``flwr.serverapp.strategy.dp_fixed_clipping``).
-
-An add-on overrides ``configure``/``aggregate`` (both phases, ``phase`` a ``MessageType``)
-or a single hook; stacked by ``strategies.factory.build_strategy``.
-"""
+"""The base of every strategy add-on, in the style of Flower's DP wrappers: it holds a
+``Strategy`` and delegates; an add-on overrides ``configure``/``aggregate`` (both phases,
+``phase`` a ``MessageType``) or single hooks."""
 
 from __future__ import annotations
 

@@ -44,11 +44,8 @@ class WireCosts:
 
     @classmethod
     def from_dict(cls, values: Mapping, source: str = "default") -> WireCosts:
-        """The costs ``as_dict`` wrote (e.g. among a ``phases`` row's columns).
-
-        Raises:
-            ValueError: a key is missing or its value is not a number >= 0.
-        """
+        """The costs ``as_dict`` wrote (e.g. in a ``phases`` row); ValueError for a key
+        missing or not a number >= 0."""
         for key in WIRE_COST_KEYS:
             value = values.get(key)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
@@ -95,27 +92,18 @@ class Link:
 
     @classmethod
     def from_metrics(cls, metrics: Mapping) -> Link:
-        """The link ``as_metrics`` wrote (no ``link-real``: not real).
-
-        Raises:
-            KeyError: a ``LINK_KEYS`` key is missing.
-        """
+        """The link ``as_metrics`` wrote (no ``link-real``: not real; KeyError for a
+        missing ``LINK_KEYS`` key)."""
         return cls(*(float(metrics[k]) for k in LINK_KEYS), bool(metrics.get(LINK_REAL, 0)))
 
 
 @dataclass(frozen=True)
 class LinkCurve:
-    """One node's link over time, piecewise constant: ``links[i]`` holds from ``times[i]``
-    seconds (ascending, the first 0) to ``times[i + 1]``, the last for ever.
-
-    A message sent at ``t`` waits the latency in force at ``t``, then moves object by object
-    (``object_seconds``'s rule), its bytes' time integrated over the rate curve. Where no
-    change falls inside the message, this is ``Link.down_s``/``up_s`` exactly.
-
-    Raises:
-        ValueError: no segment, a length mismatch, a first time other than 0, or times
-            not strictly ascending.
-    """
+    """One node's link over time: ``links[i]`` holds from ``times[i]`` s (strictly
+    ascending from 0, else ValueError) to ``times[i + 1]``, the last for ever. A message
+    sent at ``t`` waits the latency in force at ``t``, then moves by ``object_seconds``'s
+    rule, its bytes' time integrated over the rates: ``Link.down_s``/``up_s`` where no
+    change falls inside it."""
 
     times: tuple[float, ...]
     links: tuple[Link, ...]
@@ -234,10 +222,7 @@ def node_link(cfg: AppConfig, node_config: Mapping, partition_id: int) -> Link:
     """This node's link: each ``link-*`` node-config value, else the run config's profile
     (``heterogeneous``, seeded by ``seed`` and ``partition_id``: rates log-uniform between
     a tenth of the configured value and it, latency uniform in half to twice it).
-
-    Raises:
-        ConfigError: a node-config link value that is not a number > 0 (latency >= 0),
-            or a ``link-real`` that is not a bool.
+    ConfigError for a node-config value not > 0 (latency >= 0) or a non-bool ``link-real``.
     """
     values = [cfg.link_down_mbps, cfg.link_up_mbps, cfg.link_latency_ms]
     if cfg.link_profile == "heterogeneous":

@@ -1,13 +1,7 @@
-"""The packed layout (run-config key ``pack-tensors``): every tensor of a message in one
-``Array``, so a message of tensors that fit one 5 MiB chunk is 6 objects (message, record
-dict, config/metrics record, ArrayRecord, Array, chunk) instead of two more per tensor::
-
-    ArrayRecord({"packed:" + JSON [[name, dtype, shape], ...]: Array(uint8[Σ nbytes])})
-
-Each tensor's raw bytes (C order, its own ``dtype.str``, e.g. ``"<f4"``) follow one another
-without padding; the index travels as the key, inside the ArrayRecord object. Tensor bytes
-equal the unpacked ones exactly; ``unpack(pack(t))`` is bit-exact, same names and order.
-"""
+"""The packed layout (``pack-tensors``): a message's tensors in one ``Array`` (6 objects
+where they fit a 5 MiB chunk, not two per tensor): ``ArrayRecord({"packed:" + JSON [[name,
+dtype.str, shape], ...]: uint8[Σ nbytes]})``, raw C-order bytes without padding, the index
+as key. Tensor bytes are the unpacked ones'; ``unpack(pack(t))`` is bit-exact."""
 
 from __future__ import annotations
 
@@ -38,12 +32,8 @@ def is_packed(record: ArrayRecord) -> bool:
 
 
 def pack(tensors: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """The packed record of ``tensors`` (in travel order; dtypes of kind bool, integer,
-    float or complex).
-
-    Raises:
-        PackingError: a tensor of another dtype (object, string, structured, ...).
-    """
+    """The packed record of ``tensors`` (in travel order); PackingError for a dtype not
+    of kind bool, integer, float or complex."""
     arrays = {name: np.asarray(t) for name, t in tensors.items()}
     for name, arr in arrays.items():
         _check_dtype(name, arr.dtype)
@@ -56,13 +46,9 @@ def pack(tensors: Mapping[str, np.ndarray]) -> ArrayRecord:
 
 def unpack(record: ArrayRecord) -> dict[str, np.ndarray]:
     """``{name: array}`` of a packed record, in packed order: new, writable arrays.
-
-    Raises:
-        PackingError: not one packed entry, a buffer that is not 1-D uint8, an index that
-            is not a JSON list of ``[name, dtype, shape]`` (unique names, dtypes of kind
-            bool/integer/float/complex, shapes of ints >= 0), or an index whose sizes do
-            not add up to the buffer's length.
-    """
+    PackingError for not one packed entry, a buffer not 1-D uint8, an index not a JSON list
+    of ``[name, dtype, [dims >= 0]]`` with unique names and packable dtypes, or sizes that
+    do not add up to the buffer's."""
     if not is_packed(record):
         raise PackingError(f"not a packed record: {len(record)} entries "
                            f"{[k[:40] for k in list(record.keys())[:3]]}; expected one "
