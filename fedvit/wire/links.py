@@ -85,10 +85,8 @@ class Link:
 
     def as_metrics(self) -> dict[str, float]:
         """``{LINK_KEYS...: value, "link-real": 0.0 or 1.0}``, a reply's metrics."""
-        out = dict(zip(LINK_KEYS, (self.down_mbps, self.up_mbps, self.latency_ms),
-                       strict=True))
-        out[LINK_REAL] = float(self.real)
-        return out
+        values = (self.down_mbps, self.up_mbps, self.latency_ms, float(self.real))
+        return dict(zip((*LINK_KEYS, LINK_REAL), values, strict=True))
 
     @classmethod
     def from_metrics(cls, metrics: Mapping) -> Link:
