@@ -10,14 +10,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_app.mods import WIRE_MODS
-from client_app.task import (
-    LocalTask,
-    check_backbone,
-    local_task,
-    node_threads,
-    outgoing,
-    partition_of,
-)
+from client_app.task import LocalTask, check_backbone, node_task, outgoing, partition_of
 from fedvit import keys
 from fedvit.codecs.payload import record_arrays
 from fedvit.config.appconfig import AppConfig, ConfigError
@@ -41,14 +34,9 @@ def train(msg: Message, context: Context) -> Message:
     task.train.generator.manual_seed(cfg.seed + server_round)  # same order on a resume
     stats = train_epochs(task.model, task.train, cfg.local_epochs, cfg.learning_rate,
                          cfg.torch_device, cfg.use_bf16, optimizer=optimizer)
-    metrics = {
-        keys.NUM_EXAMPLES: stats.num_examples,
-        keys.TRAIN_LOSS: stats.loss,
-        keys.TIME_TRAIN: stats.wall_s,
-        keys.EXAMPLES_PER_S: stats.examples_per_s,
-        **{keys.time_key(phase): s for phase, s in stats.phases.items()},
-        **val,
-    }
+    metrics = {keys.NUM_EXAMPLES: stats.num_examples, keys.TRAIN_LOSS: stats.loss,
+               keys.TIME_TRAIN: stats.wall_s, keys.EXAMPLES_PER_S: stats.examples_per_s,
+               **{keys.time_key(phase): s for phase, s in stats.phases.items()}, **val}
     stamps[COMPUTE_END] = time.time()
     arrays = outgoing(cfg, exchanged_state(task.model), received, context)
     return _reply(msg, context, cfg, pid, stamps, metrics, arrays)
@@ -69,27 +57,14 @@ def _prepare(
     msg: Message, context: Context, stamps: dict[str, float], train: bool = False
 ) -> tuple[AppConfig, LocalTask, int, dict[str, np.ndarray], torch.optim.Optimizer | None]:
     """Config, the local task with the received (decoded) tensors loaded, those tensors,
-    and for ``train`` a fresh optimizer (each round starts AdamW anew).
-
-    Sets torch's intra-op threads from the node config's ``num-threads`` when it has one
-    (a deployment's thread budget per SuperNode); stamps the task built (model, loaders,
-    optimizer: a process's first optimizer imports ``torch._dynamo``, about 1 s, which is
-    start-up work, not compute) and the tensors loaded into ``stamps``.
-
-    Raises:
-        ConfigError: the run or node config is refused here (e.g. a ``val-fraction`` that
-            leaves this partition nothing to train on); the message starts with
-            ``fedvit.keys.CONFIG_REFUSED``.
-    """
+    and for ``train`` a fresh AdamW. Stamps the task built (the first optimizer imports
+    ``torch._dynamo``, ~1 s of start-up, not compute) and the tensors loaded. A run or
+    node config refused here raises ConfigError prefixed ``CONFIG_REFUSED``."""
     try:
         cfg = AppConfig.from_run_config(context.run_config)
-        pid, num = partition_of(context.node_config)
-        threads = node_threads(context.node_config)
-        task = local_task(cfg, pid, num)
+        task, pid = node_task(cfg, context.node_config)
     except ConfigError as err:  # marked, so the server knows a config the nodes refuse
         raise ConfigError(f"{keys.CONFIG_REFUSED} {err}") from err
-    if threads and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
     optimizer = (make_optimizer(task.model.to(cfg.torch_device), cfg.learning_rate)
                  if train else None)
     stamps[TASK_BUILT] = time.time()
@@ -111,8 +86,7 @@ def _val_metrics(cfg: AppConfig, task: LocalTask, prefix: str) -> dict:
 
 def _reply(msg: Message, context: Context, cfg: AppConfig, pid: int, stamps: dict[str, float],
            metrics: dict, arrays: ArrayRecord | None = None) -> Message:
-    """The reply: metrics plus this message's timestamps on the node (``fedvit.keys``)
-    and the node's link."""
+    """The reply: metrics, the node's stamps (``fedvit.keys``) and its link."""
     metrics.setdefault(keys.time_key("eval"), 0.0)
     metrics.update(node_link(cfg, context.node_config, pid).as_metrics())
     metrics[keys.PARTITION_ID] = pid

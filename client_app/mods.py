@@ -1,18 +1,8 @@
-"""Client mods: measure what crosses the wire, both directions, every message.
-
-``bandwidth_mod`` measures the incoming message and the outgoing reply (tensor bytes and
-whole-message bytes, see ``fedvit.wire.measure``) and writes the four figures into the reply's one
-MetricRecord (``metrics``), so they travel to the server inside the reply.
-
-It also stamps the message's way through the node (``t-*`` keys, ``fedvit.keys``): when
-the mod got it, when it handed the reply back, the process's start and whether this
-message is the first the process served, and the seconds of its own byte counting and
-emulated link.
-
-The report's own bytes: the up figures are measured *before* the mod's keys
-(``fedvit.wire.measure.REPORT_KEYS``) are added. The server measures the reply as received (report
-included) and again with those keys removed; the latter must equal the client's
-``bytes-up-msg`` and the difference is booked as report overhead. So the books stay exact.
+"""Client mods: ``bandwidth_mod`` measures every message in and reply out
+(``fedvit.wire.measure``) and stamps its way through the node (``t-*`` keys), inside the
+reply's ``metrics``; ``packing_mod`` unpacks and packs (``pack-tensors``). The up figures
+are measured before the mod's keys (``REPORT_KEYS``) are added, so the server can book the
+report's own bytes exactly.
 """
 
 from __future__ import annotations
@@ -24,33 +14,22 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from client_app.task import partition_of
+from fedvit import keys
 from fedvit.config.appconfig import AppConfig
-from fedvit.keys import (
-    ARRAYS,
-    BOOKS_S,
-    BYTES_KEYS,
-    FRESH,
-    METRICS,
-    MOD_IN,
-    MOD_OUT,
-    PROCESS_START,
-    TRANSFER_S,
-)
+from fedvit.keys import ARRAYS, METRICS
 from fedvit.startup import process_start_time
 from fedvit.wire.links import Link, node_link
 from fedvit.wire.measure import message_size, tensor_bytes
 from fedvit.wire.packing import is_packed, pack_record, unpack_record
 
-# Messages this process has served: Flower 1.41's deployment runs each message in a fresh
-# process (so always 0 there); a simulation's Ray worker serves many.
+# Messages this process served: deployment runs each message in a fresh process (Flower
+# 1.41), a simulation's Ray worker serves many.
 _served = {"messages": 0}
 
 
 def bandwidth_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Measure the message in and the reply out; report both inside the reply.
-
-    With ``link-emulate``, also sleep for the downlink transfer before the handler and for
-    the uplink transfer after it, so the wall clock follows this node's link.
+    """Measure the message in and the reply out; report both inside the reply. With
+    ``link-emulate``, sleep each transfer's time, so the wall clock follows the node's link.
     """
     t_in = time.time()
     fresh = _served["messages"] == 0
@@ -69,18 +48,16 @@ def bandwidth_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
     if link:
         transfer_s += _sleep(link.up_s(up_msg, up_objects))
     metrics: MetricRecord = reply.content[METRICS]
-    metrics.update(zip(BYTES_KEYS, (down_tensor, down_msg, up_tensor, up_msg), strict=True))
-    metrics[PROCESS_START] = process_start_time()
-    metrics[FRESH] = int(fresh)
-    metrics[BOOKS_S] = books_s
-    metrics[TRANSFER_S] = transfer_s
-    metrics[MOD_IN] = t_in
-    metrics[MOD_OUT] = time.time()
+    metrics.update(zip(keys.BYTES_KEYS, (down_tensor, down_msg, up_tensor, up_msg),
+                       strict=True))
+    metrics.update({keys.PROCESS_START: process_start_time(), keys.FRESH: int(fresh),
+                    keys.BOOKS_S: books_s, keys.TRANSFER_S: transfer_s, keys.MOD_IN: t_in,
+                    keys.MOD_OUT: time.time()})
     return reply
 
 
 def _sleep(seconds: float) -> float:
-    """Sleep ``seconds``; return the seconds actually slept."""
+    """Sleep ``seconds``; return the seconds slept."""
     t0 = time.time()
     time.sleep(seconds)
     return time.time() - t0
@@ -94,15 +71,9 @@ def _emulated_link(context: Context) -> Link | None:
 
 
 def packing_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Unpack a packed message's tensors for the handler and pack its reply's alike.
-
-    A message without tensors (a query) and its reply pass as they are; so does a reply
-    whose handler failed.
-
-    Raises:
-        fedvit.wire.packing.PackingError: the message's packed record is malformed (Flower
-            sends the server an error reply naming it).
-    """
+    """Unpack a packed message's tensors for the handler and pack its reply's alike; a
+    message without tensors and an error reply pass as they are. A malformed packed record
+    raises ``PackingError`` (the server gets an error reply naming it)."""
     record = msg.content.array_records.get(ARRAYS)
     packed = record is not None and is_packed(record)
     if packed:  # a new message: the one received stays as it crossed the wire

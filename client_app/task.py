@@ -36,24 +36,15 @@ def partition_of(node_config: dict) -> tuple[int, int]:
     try:
         return int(node_config[PARTITION_ID]), int(node_config[NUM_PARTITIONS])
     except (KeyError, TypeError, ValueError) as err:
-        raise ConfigError(
-            f"node config {dict(node_config)} is not allowed: must set integer "
-            "'partition-id' and 'num-partitions'"
-        ) from err
-
-
+        raise ConfigError(f"node config {dict(node_config)} is not allowed: must set integer "
+                          "'partition-id' and 'num-partitions'") from err
 
 
 def node_threads(node_config: dict) -> int | None:
-    """The node config's ``num-threads`` (an integer >= 1), or None where it is not set.
-
-    A deployment gives each SuperNode its share of the host's cores (the launchers write
-    cores // SuperNodes); without it, torch uses every core, and two SuperNodes on one
-    host oversubscribe it. Simulation sets none: Ray's ``OMP_NUM_THREADS`` per actor holds.
-
-    Raises:
-        ConfigError: the value is not an integer >= 1.
-    """
+    """The node config's ``num-threads`` (an integer >= 1), or None: a deployment's
+    launchers give each SuperNode cores // SuperNodes, else SuperNodes sharing a host
+    oversubscribe it; simulation sets none (Ray's ``OMP_NUM_THREADS`` holds).
+    ConfigError for a value that is not an integer >= 1."""
     if NUM_THREADS not in node_config:
         return None
     value = node_config[NUM_THREADS]
@@ -66,9 +57,8 @@ def node_threads(node_config: dict) -> int | None:
 
 @lru_cache(maxsize=2)
 def _model(cfg: AppConfig, num_classes: int) -> nn.Module:
-    """``fedvit.model.build.build_model``'s model; from the model cache when it is there, so a
-    fresh process needs neither timm nor peft (see ``fedvit.model.cache``); with
-    ``compile``, compiled in place (``fedvit.model.train.compile_model``)."""
+    """The model, from the model cache (``fedvit.model.cache``: a fresh process needs
+    neither timm nor peft); compiled in place with ``compile``."""
     model = cached_model(cfg, num_classes)
     return compile_model(model) if cfg.compile else model
 
@@ -89,10 +79,21 @@ def _data(cfg: AppConfig, partition_id: int, num_partitions: int
 
 
 def local_task(cfg: AppConfig, partition_id: int, num_partitions: int) -> LocalTask:
-    """The cached task of this partition. The model is shared by the partitions a worker
-    serves; every message loads the exchanged tensors into it before use."""
+    """The cached task of this partition; the partitions a worker serves share the model
+    (each message loads its tensors into it)."""
     train, val, num_classes = _data(cfg, partition_id, num_partitions)
     return LocalTask(_model(cfg, num_classes), train, val)
+
+
+def node_task(cfg: AppConfig, node_config: dict) -> tuple[LocalTask, int]:
+    """This node's task and partition id; sets torch's threads to ``num-threads``
+    (ConfigError for a node or run config this partition cannot work with)."""
+    pid, num = partition_of(node_config)
+    threads = node_threads(node_config)
+    task = local_task(cfg, pid, num)
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return task, pid
 
 
 class BackboneMismatch(RuntimeError):
@@ -100,25 +101,22 @@ class BackboneMismatch(RuntimeError):
 
 
 def check_backbone(task: LocalTask, config: ConfigRecord) -> None:
-    """Refuse to work on a backbone other than the server's (``fedlora`` sends its
-    fingerprint in the config). Checked every round, so a backbone that training changed
-    would be caught too."""
+    """Refuse a backbone other than the server's (``fedlora`` sends its fingerprint),
+    every round, so one that training changed is caught too."""
     expected = config.get(BACKBONE)
     if expected is None:
         return
     ours = backbone_fingerprint(task.model)
     if ours != expected:
-        raise BackboneMismatch(
-            f"frozen backbone fingerprint {ours} differs from the server's {expected}: "
-            "same 'model-name', 'img-size', 'patch-size', 'seed' and weights file needed"
-        )
+        raise BackboneMismatch(f"frozen backbone fingerprint {ours} differs from the server's "
+                               f"{expected}: same 'model-name', 'img-size', 'patch-size', "
+                               "'seed' and weights file needed")
 
 
 def outgoing(cfg: AppConfig, local: dict[str, torch.Tensor], received: dict[str, np.ndarray],
              context: Context) -> ArrayRecord:
-    """What this client sends up: its tensors as they are (``codec-up`` = none), or its
-    update (local - received) encoded with ``codec-up``. For top-k, error feedback keeps
-    what was not sent in ``context.state`` and adds it to the next round's update."""
+    """The tensors as they are (``codec-up`` none), or the update (local - received)
+    encoded; top-k's error feedback keeps what was not sent in ``context.state``."""
     spec = cfg.up_codec
     if spec.name == "none":
         return ArrayRecord(local)

@@ -1,5 +1,4 @@
-"""Strategies: what is exchanged and how it is aggregated, with add-ons stacked around it
-(``strategies.factory``): bandwidth books, round timing, codecs, seeded sampling."""
+"""Strategies and the add-ons stacked around them (``strategies.factory``)."""
 
 from __future__ import annotations
 

@@ -1,94 +1,54 @@
-"""Bandwidth books for any message-API strategy: a wrapper that measures every message.
-
-``configure_*`` measures what the server sends to each node, ``aggregate_*`` what it
-receives from each; both are cross-checked against the figures each client's
-``bandwidth_mod`` reports inside its reply. Messages the inner strategies send themselves
-while configuring a round (seeded sampling's ``query`` messages) go through a
-``BookingGrid`` and are booked the same way, under their message type as phase.
-"""
+"""Bandwidth books for any strategy (a wrapper): every message measured and cross-checked
+with each client's ``bandwidth_mod`` report, the inner strategies' own messages (seeded
+sampling's ``query``) included through a ``BookingGrid``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from logging import ERROR
+from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedvit.keys import (
-    BYTES_DOWN_MSG,
-    BYTES_DOWN_TENSOR,
-    BYTES_UP_MSG,
-    BYTES_UP_TENSOR,
-    METRICS,
-    REPORT_KEYS,
-)
+from fedvit.keys import BYTES_KEYS, METRICS, REPORT_KEYS
 from fedvit.wire.measure import message_bytes, message_size, tensor_bytes, without_keys
 from strategies.books import BookRow, Books
 from strategies.wrapper import StrategyWrapper
 
 
 class BandwidthTracking(StrategyWrapper):
-    """Books every message the inner strategy sends and receives, in ``self.books``.
-
-    Place it outside ``RoundTiming``, so the books' own measuring is not counted as the
-    round's configure or aggregation time.
-
-    Args:
-        strategy: the inner strategy.
-    """
+    """Books every message the inner strategy sends and receives in ``self.books``. Placed
+    outside ``RoundTiming``, so its measuring is not counted as configure/aggregate time."""
 
     def __init__(self, strategy: Strategy) -> None:
         super().__init__(strategy)
         self.books = Books()
         self._sent: dict[tuple[int, str, int], BookRow] = {}
-        # The sent messages' metadata, to which the grid writes each message's id on push.
+        # The sent messages' metadata, where the grid writes each message's id on push.
         self._sent_meta: dict[tuple[int, str], list[Metadata]] = {}
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        messages = list(self.strategy.configure_train(
-            server_round, arrays, config, BookingGrid(grid, self, server_round)))
-        self.book_sent(server_round, MessageType.TRAIN, messages)
+    def configure(self, phase: str, server_round: int, arrays: ArrayRecord,
+                  config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        view = BookingGrid(grid, self, server_round)
+        messages = list(super().configure(phase, server_round, arrays, config, view))
+        self.book_sent(server_round, phase, messages)
         return messages
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        messages = list(self.strategy.configure_evaluate(
-            server_round, arrays, config, BookingGrid(grid, self, server_round)))
-        self.book_sent(server_round, MessageType.EVALUATE, messages)
-        return messages
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate(self, phase: str, server_round: int, replies: Iterable[Message]) -> Any:
         replies = list(replies)
-        self.book_received(server_round, MessageType.TRAIN, replies)
-        return self.strategy.aggregate_train(server_round, replies)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        replies = list(replies)
-        self.book_received(server_round, MessageType.EVALUATE, replies)
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        self.book_received(server_round, phase, replies)
+        return super().aggregate(phase, server_round, replies)
 
     def resume(self, rows: list[BookRow]) -> None:
         """Start the books with a checkpoint's rows."""
         self.books = Books(list(rows))
 
     def book_sent(self, server_round: int, phase: str, messages: list[Message]) -> None:
-        """Book one ``down`` row per message (before the grid pushes them).
-
-        Args:
-            server_round: the round the messages belong to.
-            phase: ``train``, ``evaluate`` or ``query``.
-            messages: the instructions, one per destination node.
-        """
+        """One ``down`` row per message (``phase``: train, evaluate or query), before the
+        grid pushes them."""
         self._sent_meta[(server_round, phase)] = [msg.metadata for msg in messages]
         for msg in messages:
             nbytes, objects = message_size(msg)
@@ -98,14 +58,8 @@ class BandwidthTracking(StrategyWrapper):
             self.books.rows.append(row)
 
     def book_received(self, server_round: int, phase: str, replies: list[Message]) -> None:
-        """Book one ``up`` row per node the round's ``phase`` messages went to: the reply
-        (cross-checked against the client's report), its error, or ``no reply``.
-
-        Args:
-            server_round: the round the replies belong to.
-            phase: the phase their instructions were booked under (``book_sent``).
-            replies: the replies the grid returned, in any order.
-        """
+        """One ``up`` row per node the ``book_sent`` messages went to: its reply
+        (cross-checked with the client's report), its error, or ``no reply``."""
         # A reply belongs to the node its instruction went to: the SuperLink itself answers
         # for a node that stopped sending heartbeats, with an error from its own node id.
         sent = self._sent_meta.pop((server_round, phase), [])
@@ -133,55 +87,33 @@ class BandwidthTracking(StrategyWrapper):
 
     def _cross_check(self, up: BookRow, bare_msg: int, report: MetricRecord) -> None:
         down = self._sent.get((up.round, up.phase, up.node_id))
-        server_view = {
-            BYTES_DOWN_TENSOR: down.tensor_bytes if down else None,
-            BYTES_DOWN_MSG: down.message_bytes if down else None,
-            BYTES_UP_TENSOR: up.tensor_bytes,
-            BYTES_UP_MSG: bare_msg,
-        }
-        for key, ours in server_view.items():
+        ours = (down.tensor_bytes if down else None, down.message_bytes if down else None,
+                up.tensor_bytes, bare_msg)
+        for key, value in zip(BYTES_KEYS, ours, strict=True):
             theirs = int(report[key]) if key in report else None
-            if ours != theirs:
+            if value != theirs:
                 text = (f"round {up.round} {up.phase} node {up.node_id}: {key} server "
-                        f"{ours} != client {theirs}")
+                        f"{value} != client {theirs}")
                 self.books.mismatches.append(text)
                 log(ERROR, "BANDWIDTH BOOKS MISMATCH: %s", text)
 
 
 class BookingGrid:
-    """The grid as the strategies inside ``BandwidthTracking`` see it during one
-    ``configure_*`` call: what they send and receive through it is booked in that round,
-    under the messages' type as phase. It offers only ``get_node_ids`` and
-    ``send_and_receive`` (a push or pull of its own would bypass the books).
-
-    Args:
-        grid: the grid the round runs on.
-        tracker: the books to write to.
-        server_round: the round being configured.
+    """The grid as the strategies inside ``BandwidthTracking`` see it during one configure
+    call: what goes through it is booked in that round under the messages' type. It offers
+    only ``get_node_ids`` and ``send_and_receive`` (a push or pull would bypass the books).
     """
 
     def __init__(self, grid: Grid, tracker: BandwidthTracking, server_round: int) -> None:
         self._grid, self._tracker, self._round = grid, tracker, server_round
 
     def get_node_ids(self) -> Iterable[int]:
-        """The grid's connected nodes."""
         return self._grid.get_node_ids()
 
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> list[Message]:
-        """Book the messages, send them, book and return the replies.
-
-        Args:
-            messages: instructions of one message type (the phase they are booked under).
-            timeout: seconds to wait for the replies; ``None`` waits for all.
-
-        Returns:
-            The replies, as the grid returned them.
-
-        Raises:
-            ValueError: the messages are of more than one type.
-        """
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
+                         ) -> list[Message]:
+        """Book the messages, send them, book and return the replies (ValueError for
+        messages of more than one type)."""
         messages = list(messages)
         phases = {m.metadata.message_type for m in messages}
         if len(phases) > 1:

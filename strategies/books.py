@@ -43,15 +43,8 @@ class Books:
     mismatches: list[str] = field(default_factory=list)
 
     def totals(self, server_round: int | None = None, upto: bool = False) -> dict[str, int]:
-        """Bytes per direction and level: one round, all rounds up to one, or all.
-
-        Args:
-            server_round: the round to total; ``None`` for every round.
-            upto: total every round up to and including ``server_round``.
-
-        Returns:
-            ``{"down-tensor", "down-msg", "up-tensor", "up-msg", "report"}`` in bytes.
-        """
+        """``{"down-tensor", "down-msg", "up-tensor", "up-msg", "report"}``, bytes, of
+        ``server_round`` (``upto``: and every round before; ``None``: all rounds)."""
         rows = [r for r in self.rows if server_round is None
                 or (r.round <= server_round if upto else r.round == server_round)]
         out: dict[str, int] = {}
@@ -64,4 +57,3 @@ class Books:
     def as_rows(self) -> list[dict[str, Any]]:
         """Every row of ``books.csv/json``, in the order measured."""
         return [r.as_row() for r in self.rows]
-

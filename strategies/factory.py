@@ -1,32 +1,27 @@
-"""The one place that stacks the strategy add-ons, in one visible order, and a round's path
-through them.
+"""The one place that stacks the strategy add-ons, and a round's path through them.
 
-Flower's ``Strategy.start`` calls the outermost layer; each layer hands the call to the one
-below and the answer comes back up through it. Top to bottom, what each adds::
+Flower's ``Strategy.start`` calls the outermost layer; each hands the call down and the
+answer comes back up through it. Top to bottom, what each adds::
 
-    layer               configure_train / _evaluate          aggregate_train / _evaluate
-    ------------------  -----------------------------------  ----------------------------------
-    RoundOffset         round + offset (a resumed run's      round + offset
-                        rounds count on)
-    StopOnCommonFailure counts the train messages            NodesFailed where every node of a
-                                                             train round failed the same way
-    BandwidthTracking   hands down a BookingGrid (books the  one up row per node sent to: the
-                        sampler's queries); one down row     reply cross-checked with its own
-                        per message that comes back up       report, its error, or no reply
-    RoundTiming         times the call below (configure_s)   keeps each ok reply's report; times
-                                                             the call below (aggregate_s)
-    ExchangeCodecs      encodes the global tensors with      train: unpacks, decodes, checks,
-                        codec-down, then packs them          rejects, orders by partition;
-                        (pack-tensors)                       evaluate: -
-    SeededSampling      the inner strategy addresses every   -
-                        node; queries unknown partitions,
-                        keeps the seeded sample's messages
-    FedAvg | FedLoRA    one message per node offered         examples-weighted mean (FedLoRA:
-                        (server-round into the config)       + the LoRA aggregation error)
+    layer               configure_train / _evaluate         aggregate_train / _evaluate
+    RoundOffset         round + offset (resumed runs)       round + offset
+    StopOnCommonFailure counts the train messages           NodesFailed where every node of
+                                                            a train round failed alike
+    BandwidthTracking   hands down a BookingGrid (books     one up row per node sent to:
+                        the sampler's queries); one down    reply cross-checked with its
+                        row per message coming back up      report, its error, or no reply
+    RoundTiming         times the call below (configure_s) keeps each ok reply's report;
+                                                            times the call (aggregate_s)
+    ExchangeCodecs      encodes with codec-down, then       train: unpacks, decodes, checks,
+                        packs (pack-tensors)                rejects, orders by partition
+    SeededSampling      inner addresses every node; queries -
+                        unknown partitions, keeps the sample
+    FedAvg | FedLoRA    one message per node offered        examples-weighted mean (FedLoRA:
+                        (server-round into the config)      + the LoRA aggregation error)
 
-BandwidthTracking sits outside RoundTiming, so the books' own measuring is not counted as
-configure or aggregation time. Every layer sees the round numbers with the resume offset,
-as the clients do (FedAvg writes them into the messages' config).
+BandwidthTracking sits outside RoundTiming, so the books' measuring is not counted as
+configure or aggregation time. Every layer sees rounds with the resume offset, as the
+clients do (FedAvg writes them into the messages' config).
 """
 
 from __future__ import annotations
@@ -49,17 +44,8 @@ from strategies.wrapper import StrategyWrapper
 
 
 class FedVitStrategy(StrategyWrapper):
-    """The stack ``build_strategy`` returns, and what the server reads of it.
-
-    Run it with Flower's ``Strategy.start``; read ``books``, ``timeline`` and
-    ``rejections`` while and after it runs; ``resume`` before it starts.
-
-    Args:
-        offset: the outermost add-on (the whole stack hangs below it).
-        books: the stack's bandwidth books.
-        timing: the stack's round timing.
-        codecs: the stack's exchange codecs (they keep the rejections).
-    """
+    """The stack ``build_strategy`` returns: run it with ``Strategy.start``; read
+    ``books``, ``timeline`` and ``rejections`` while and after it runs; ``resume`` before."""
 
     def __init__(self, offset: RoundOffset, books: BandwidthTracking, timing: RoundTiming,
                  codecs: ExchangeCodecs) -> None:
@@ -73,7 +59,7 @@ class FedVitStrategy(StrategyWrapper):
 
     @property
     def timeline(self) -> dict[int, RoundLog]:
-        """What each round (resume offset included) looked like to the strategy."""
+        """Each round (resume offset included) as the strategy saw it."""
         return self._timing.timeline
 
     @property
@@ -82,29 +68,16 @@ class FedVitStrategy(StrategyWrapper):
         return self._codecs.rejections
 
     def resume(self, after_round: int, books: list[BookRow], rejections: list[dict]) -> None:
-        """Go on from a checkpoint: rounds count from ``after_round + 1``, and the books and
-        rejections start with the checkpoint's.
-
-        Args:
-            after_round: the last round the checkpoint completed.
-            books: the checkpoint's book rows.
-            rejections: the checkpoint's rejected replies.
-        """
+        """Go on from a checkpoint: rounds count from ``after_round + 1``; the books and
+        rejections start with the checkpoint's."""
         self._offset.resume(after_round)
         self._books.resume(books)
         self._codecs.resume(rejections)
 
 
 def build_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedVitStrategy:
-    """The strategy the config names, with every add-on, stacked in the module's order.
-
-    Args:
-        cfg: the run's config (strategy, fractions, min nodes, codecs, seed, timeout).
-        exchanged_keys: names of the tensors that travel (FedLoRA's adapters and head).
-
-    Returns:
-        The stack, ready for ``start``.
-    """
+    """The strategy ``cfg`` names with every add-on, in the module's order
+    (``exchanged_keys``: the tensors that travel, FedLoRA's adapters and head)."""
     every_node = {  # the sampler chooses the nodes; FedAvg sends to all it is offered
         "fraction_train": 1.0,
         "fraction_evaluate": 1.0,

@@ -13,15 +13,10 @@ from fedvit.keys import LORA_A, LORA_AGG_ERROR_MAX, LORA_AGG_ERROR_MEAN, LORA_B,
 
 
 class FedLoRA(FedAvg):
-    """Exchange and average (weighted by examples) exactly the trainable tensors.
-
-    The server keeps the full model (frozen backbone + adapters) for central evaluation;
-    only ``exchanged_keys`` travel. With both A and B exchanged (``naive``), averaging A and
-    B separately is not averaging the update B·A: each round the aggregated train metrics
-    carry ``lora-agg-error-mean``/``-max`` over adapted layers,
-    ||mean(B)·mean(A) - mean(B·A)|| / ||mean(B·A)|| (Frobenius; means weighted by examples).
-    With ``ffa`` (A frozen, only B exchanged) the aggregate is exact and no error is reported.
-    """
+    """FedAvg of exactly ``exchanged_keys`` (the server keeps the full model for central
+    evaluation). With A and B both exchanged (``naive``), mean(B)·mean(A) is not mean(B·A):
+    the train metrics carry ``lora-agg-error-mean``/``-max`` over adapted layers
+    (``naive_aggregation_errors``). With ``ffa`` (A frozen) the aggregate is exact."""
 
     def __init__(self, exchanged_keys: Iterable[str], **kwargs) -> None:
         super().__init__(**kwargs)
@@ -46,14 +41,10 @@ class FedLoRA(FedAvg):
 
 def naive_aggregation_errors(clients: list[dict[str, np.ndarray]],
                              weights: list[float]) -> list[float]:
-    """Per adapted layer: ||mean(B)·mean(A) - mean(B·A)|| / ||mean(B·A)||.
-
-    It runs in torch, on the ServerApp's own threads. numpy's norm of a layer's product is
-    a BLAS dot, which OpenBLAS runs on two threads above 10,000 elements (test_vit's qkv:
-    12,288); its worker then spins for about 0.1 s of CPU, right when central evaluation
-    starts, and on 2 CPUs that made the evaluation about 1.6x slower (measured under
-    ``run_simulation``: 170 ms -> 105 ms).
-    """
+    """Per adapted layer: ||mean(B)·mean(A) - mean(B·A)|| / ||mean(B·A)|| (Frobenius,
+    means weighted by ``weights``). In torch: numpy's norm is an OpenBLAS dot that spins a
+    second thread for ~0.1 s above 10,000 elements, which slowed the central evaluation
+    after it 1.6x on 2 CPUs (run_simulation: 170 ms -> 105 ms)."""
     w = torch.tensor(weights, dtype=torch.float64)
     w = w / w.sum()
     errors = []

@@ -14,21 +14,10 @@ def averaged(key: str) -> bool:
 
 
 def aggregate_reply_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
-    """The round's aggregate of the replies' metrics.
-
-    Losses and accuracies as Flower's examples-weighted mean, byte counters and
-    ``weighted_by_key`` (examples) summed. Bookkeeping that means something only per node
-    (``partition-id``, the wall-clock ``t-*`` stamps, ``time-*``, link settings,
-    throughput) is not averaged: the strategy keeps it per node (``RoundTiming.timeline``,
-    the books).
-
-    Args:
-        records: the ok replies' contents, each with a MetricRecord ``metrics``.
-        weighted_by_key: the metric holding each reply's number of examples.
-
-    Returns:
-        The aggregated MetricRecord.
-    """
+    """Losses and accuracies as Flower's examples-weighted mean; byte counters and
+    ``weighted_by_key`` (examples) summed. Per-node bookkeeping (``partition-id``, ``t-*``
+    stamps, ``time-*``, links, throughput) is left out: ``RoundTiming`` and the books keep
+    it per node."""
     means = [RecordDict({METRICS: MetricRecord(
         {k: v for k, v in r[METRICS].items() if averaged(k) or k == weighted_by_key})})
         for r in records]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -12,15 +13,8 @@ from strategies.wrapper import StrategyWrapper
 
 
 class RoundOffset(StrategyWrapper):
-    """Hands every hook of the inner strategy ``server_round + offset``.
-
-    Placed outermost, so every add-on below it, and the ``server-round`` that FedAvg writes
-    into the messages' config (what the clients see), count from the resumed round on.
-
-    Args:
-        strategy: the inner strategy.
-        offset: rounds already done (a resumed run's checkpoint round); 0 for a new run.
-    """
+    """Hands every hook below ``server_round + offset`` (rounds already done). Outermost,
+    so every add-on and FedAvg's ``server-round`` in the config count on after a resume."""
 
     def __init__(self, strategy: Strategy, offset: int = 0) -> None:
         super().__init__(strategy)
@@ -30,23 +24,9 @@ class RoundOffset(StrategyWrapper):
         """Count the rounds on from ``after_round`` (a checkpoint's last round)."""
         self.offset = after_round
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
+    def configure(self, phase: str, server_round: int, arrays: ArrayRecord,
+                  config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return super().configure(phase, server_round + self.offset, arrays, config, grid)
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return self.strategy.aggregate_train(server_round + self.offset, replies)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round + self.offset, arrays, config,
-                                                grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round + self.offset, replies)
+    def aggregate(self, phase: str, server_round: int, replies: Iterable[Message]) -> Any:
+        return super().aggregate(phase, server_round + self.offset, replies)

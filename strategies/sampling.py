@@ -1,22 +1,12 @@
-"""Seeded node sampling: a round's sample depends on ``seed``, the round and the partitions
-the connected nodes hold, never on node ids (which Flower draws at random) or on Flower's
-unseeded ``random.sample``.
-
-Which partition a node holds is known only to the node (its node config). When a round
-must choose among the nodes (a fraction below 1), the sampler first asks every node it
-does not know yet with one small ``query`` message; the reply carries ``partition-id``.
-Those messages go through the grid it is handed, which books them when the sampler sits
-inside ``BandwidthTracking`` (phase ``query``), so the books stay exact. A run that samples
-every node sends no query.
-
-The inner strategy addresses every node (``FedAvg`` with both fractions 1.0); the sampler
-keeps the messages to the nodes it chose and drops the others before anything is sent.
-"""
+"""Seeded node sampling: a round's sample depends on ``seed``, the round and the nodes'
+partitions, never on node ids (Flower draws them at random). Only a node knows its
+partition: a round that must choose first sends each unknown node one ``query`` message
+through the grid it is handed (booked inside ``BandwidthTracking``)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from logging import INFO, WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -25,7 +15,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedvit.keys import CONFIG, METRICS, PARTITION_ID, SERVER_ROUND
-from strategies.wrapper import StrategyWrapper
+from strategies.wrapper import EVALUATE, TRAIN, StrategyWrapper
 
 QUERY_PHASE = MessageType.QUERY
 
@@ -35,25 +25,12 @@ class TooFewPartitions(RuntimeError):
 
 
 class SeededSampling(StrategyWrapper):
-    """Chooses each round's nodes: ``random.Random(f"{seed}:{phase}:{round}")`` over the
-    nodes ordered by partition, among the nodes the inner strategy addressed; the messages
-    to the others are dropped.
-
-    Contract with the inner strategy: it sends one message to every node the grid offers
-    (``FedAvg`` with ``fraction_train = fraction_evaluate = 1.0``); the fractions live
-    here. ``self.partitions`` maps node id -> partition id.
-
-    Args:
-        strategy: the inner strategy (sends to every node offered).
-        fraction_train: share of the connected nodes that train, in (0, 1].
-        fraction_evaluate: share that evaluate, in [0, 1]; 0 sends no evaluate message.
-        min_nodes: fewest nodes a round samples, and fewest with a known partition.
-        seed: the run's seed.
-        query_timeout_s: seconds to wait for the partition replies; ``None`` waits for all.
-
-    Raises:
-        ValueError: the inner strategy samples itself (a fraction other than 1.0).
-    """
+    """Chooses each round's nodes with ``random.Random(f"{seed}:{phase}:{round}")`` over
+    the nodes ordered by partition (``self.partitions``: node id -> partition) and drops
+    the inner strategy's messages to the others. The fractions (train in (0, 1], evaluate
+    in [0, 1], 0: off) live here; ``min_nodes`` is the fewest a round samples;
+    ``query_timeout_s`` None waits for every partition reply. Raises ValueError where the
+    inner strategy samples itself (a fraction other than 1.0)."""
 
     def __init__(self, strategy: Strategy, *, fraction_train: float,
                  fraction_evaluate: float, min_nodes: int, seed: int,
@@ -63,58 +40,30 @@ class SeededSampling(StrategyWrapper):
         if own != dict.fromkeys(own, 1.0):
             raise ValueError(f"the strategy below seeded sampling must address every node it "
                              f"is offered (fractions 1.0), not {own}")
-        self.fractions = {MessageType.TRAIN: fraction_train,
-                          MessageType.EVALUATE: fraction_evaluate}
+        self.fractions = {TRAIN: fraction_train, EVALUATE: fraction_evaluate}
         self.min_nodes, self.seed, self.query_timeout_s = min_nodes, seed, query_timeout_s
         self.partitions: dict[int, int] = {}
 
     def summary(self) -> None:
-        """Log the sampling settings, then the inner strategy's summary."""
         log(INFO, "\t├──> Seeded sampling (seed %d): fraction train %.2f | evaluate %.2f, "
             "at least %d nodes; the strategy below addresses every node (its own fractions "
             "read 1.00) and the messages to the nodes not sampled are dropped", self.seed,
-            self.fractions[MessageType.TRAIN], self.fractions[MessageType.EVALUATE],
-            self.min_nodes)
+            self.fractions[TRAIN], self.fractions[EVALUATE], self.min_nodes)
         self.strategy.summary()
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        inner = self.strategy.configure_train
-        return self._seeded(server_round, MessageType.TRAIN, grid,
-                            lambda g: inner(server_round, arrays, config, g))
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        inner = self.strategy.configure_evaluate
-        return self._seeded(server_round, MessageType.EVALUATE, grid,
-                            lambda g: inner(server_round, arrays, config, g))
 
     def sample(self, server_round: int, phase: str, node_ids: list[int],
                size: int) -> list[int]:
-        """``size`` of ``node_ids`` (all with a known partition), ordered by partition;
-        the same partitions for the same seed, phase and round.
-
-        Args:
-            server_round: the round (resume offset included).
-            phase: ``train`` or ``evaluate``.
-            node_ids: candidates, each a key of ``self.partitions``.
-            size: how many to choose, at most ``len(node_ids)``.
-
-        Returns:
-            The chosen node ids, ordered by partition.
-        """
+        """``size`` of ``node_ids`` (each in ``self.partitions``), ordered by partition:
+        the same partitions for the same seed, phase and round."""
         ordered = sorted(node_ids, key=lambda n: (self.partitions[n], n))
         rng = random.Random(f"{self.seed}:{phase}:{server_round}")
-        chosen = rng.sample(range(len(ordered)), size)
-        return [ordered[i] for i in sorted(chosen)]
+        return [ordered[i] for i in sorted(rng.sample(range(len(ordered)), size))]
 
-    def _seeded(self, server_round: int, phase: str, grid: Grid,
-                configure: Callable[[Grid], Iterable[Message]]) -> list[Message]:
+    def configure(self, phase: str, server_round: int, arrays: ArrayRecord,
+                  config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         if self.fractions[phase] == 0.0:
             return []  # this phase is off
-        messages = list(configure(grid))  # one to every node
+        messages = list(super().configure(phase, server_round, arrays, config, grid))
         ids = sorted(m.metadata.dst_node_id for m in messages)
         size = max(int(len(ids) * self.fractions[phase]), self.min_nodes)
         if size >= len(ids):  # every node: nothing to choose

@@ -1,27 +1,25 @@
-"""Round timing for any message-API strategy (a wrapper): the inner strategy's own steps,
-and each reply's client report (compute interval, phases, link), kept per round."""
+"""Round timing for any strategy (a wrapper): the inner strategy's own steps, and each
+reply's client report (compute interval, phases, link), kept per round."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedvit.keys import METRICS
-from strategies.wrapper import StrategyWrapper
-
-T = TypeVar("T")
+from strategies.wrapper import TRAIN, StrategyWrapper
 
 
 @dataclass
 class ClientReport:
-    """One ok reply's timing-relevant metrics (its ``t-*`` stamps, ``fedvit.keys``), and the
-    id of the message it answers (the grid's push and pull times are keyed by it)."""
+    """One ok reply's numeric metrics (its ``t-*`` stamps, ``fedvit.keys``) and the id of
+    the message it answers (the grid's push and pull times are keyed by it)."""
 
     node_id: int
     phase: str
@@ -31,11 +29,10 @@ class ClientReport:
 
 @dataclass
 class RoundLog:
-    """What the strategy saw of one round. Times are the server's wall clock
-    (``time.time()``); ``server`` holds (row, start, end) of each configure and aggregation
-    call."""
+    """What the strategy saw of one round; times are the server's ``time.time()``.
+    ``server``: (row, start, end) of each configure and aggregation call."""
 
-    start: float = 0.0  # wall clock at the round's first configure call
+    start: float = 0.0  # at the round's first configure call
     configure_s: float = 0.0
     aggregate_s: float = 0.0
     clients: list[ClientReport] = field(default_factory=list)
@@ -43,78 +40,43 @@ class RoundLog:
     server: list[tuple[str, float, float]] = field(default_factory=list)
 
 
-_ROWS = {"configure_s": "configure", "aggregate_s": "aggregation"}
-
-
 class RoundTiming(StrategyWrapper):
-    """Times the inner strategy's hooks and keeps each ok reply's report, per round, in
-    ``self.timeline[round]`` (a ``RoundLog``).
-
-    Place it inside ``BandwidthTracking``, so the books' own measuring is not counted as
-    configure or aggregation time.
-
-    Args:
-        strategy: the inner strategy.
-    """
+    """Times the inner strategy's hooks and keeps each ok reply's report in
+    ``self.timeline[round]``. Placed inside ``BandwidthTracking``, so the books' measuring
+    is not counted as configure or aggregation time."""
 
     def __init__(self, strategy: Strategy) -> None:
         super().__init__(strategy)
         self.timeline: dict[int, RoundLog] = {}
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        inner = self.strategy.configure_train
-        return self._timed(server_round, "configure_s",
-                           lambda: list(inner(server_round, arrays, config, grid)))
+    def configure(self, phase: str, server_round: int, arrays: ArrayRecord,
+                  config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        log, t0 = self._log(server_round), time.time()
+        messages = list(super().configure(phase, server_round, arrays, config, grid))
+        self._add(log, "configure", t0)
+        return messages
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        inner = self.strategy.configure_evaluate
-        return self._timed(server_round, "configure_s",
-                           lambda: list(inner(server_round, arrays, config, grid)))
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        self._keep(server_round, MessageType.TRAIN, replies)
-        inner = self.strategy.aggregate_train
-        out = self._timed(server_round, "aggregate_s", lambda: inner(server_round, replies))
-        self._log(server_round).train_metrics = dict(out[1] or {})
+    def aggregate(self, phase: str, server_round: int, replies: Iterable[Message]) -> Any:
+        replies, log = list(replies), self._log(server_round)
+        for msg in replies:
+            if not msg.has_error() and METRICS in msg.content.metric_records:
+                metrics = {k: float(v) for k, v in msg.content[METRICS].items()
+                           if isinstance(v, (int, float))}
+                log.clients.append(ClientReport(msg.metadata.src_node_id, phase, metrics,
+                                                msg.metadata.reply_to_message_id))
+        t0 = time.time()
+        out = super().aggregate(phase, server_round, replies)
+        self._add(log, "aggregation", t0)
+        if phase == TRAIN:
+            log.train_metrics = dict(out[1] or {})
         return out
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        replies = list(replies)
-        self._keep(server_round, MessageType.EVALUATE, replies)
-        inner = self.strategy.aggregate_evaluate
-        return self._timed(server_round, "aggregate_s", lambda: inner(server_round, replies))
 
     def _log(self, server_round: int) -> RoundLog:
-        if server_round not in self.timeline:
-            self.timeline[server_round] = RoundLog(start=time.time())
-        return self.timeline[server_round]
+        return self.timeline.setdefault(server_round, RoundLog(start=time.time()))
 
-    def _timed(self, server_round: int, attr: str, call: Callable[[], T]) -> T:
-        """Run ``call()``, adding its seconds to the round's ``attr`` and its interval to
-        the round's server intervals."""
-        log = self._log(server_round)
-        t0 = time.time()
-        out = call()
-        t1 = time.time()
+    @staticmethod
+    def _add(log: RoundLog, row: str, t0: float) -> None:
+        """Add the call from ``t0`` to now to the round's ``row`` time and intervals."""
+        t1, attr = time.time(), "configure_s" if row == "configure" else "aggregate_s"
         setattr(log, attr, getattr(log, attr) + t1 - t0)
-        log.server.append((_ROWS[attr], t0, t1))
-        return out
-
-    def _keep(self, server_round: int, phase: str, replies: list[Message]) -> None:
-        log = self._log(server_round)
-        for msg in replies:
-            if msg.has_error() or METRICS not in msg.content.metric_records:
-                continue
-            metrics = {k: float(v) for k, v in msg.content[METRICS].items()
-                       if isinstance(v, (int, float))}
-            log.clients.append(ClientReport(msg.metadata.src_node_id, phase, metrics,
-                                            msg.metadata.reply_to_message_id))
+        log.server.append((row, t0, t1))

@@ -1,54 +1,55 @@
-"""The base of every strategy add-on: a ``Strategy`` that holds another and delegates.
-
-In the style of Flower's DP wrappers (``flwr.serverapp.strategy.dp_fixed_clipping``): an
-add-on overrides only the hooks it changes and hands everything else to ``self.strategy``.
-Add-ons are stacked by ``strategies.factory.build_strategy``, in one visible order.
-"""
+"""The base of every strategy add-on, in the style of Flower's DP wrappers: it holds a
+``Strategy`` and delegates; an add-on overrides ``configure``/``aggregate`` (both phases,
+``phase`` a ``MessageType``) or single hooks."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+TRAIN, EVALUATE = MessageType.TRAIN, MessageType.EVALUATE
+
 
 class StrategyWrapper(Strategy):
-    """A strategy that delegates every hook to the strategy it wraps.
-
-    Args:
-        strategy: the inner strategy; its hooks see what this wrapper hands them.
-    """
+    """A strategy that hands every hook to ``self.strategy``."""
 
     def __init__(self, strategy: Strategy) -> None:
         super().__init__()
         self.strategy = strategy
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """The inner strategy's train messages."""
-        return self.strategy.configure_train(server_round, arrays, config, grid)
+    def configure(self, phase: str, server_round: int, arrays: ArrayRecord,
+                  config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Both configure hooks: the inner strategy's messages of ``phase``."""
+        hook = (self.strategy.configure_train if phase == TRAIN
+                else self.strategy.configure_evaluate)
+        return hook(server_round, arrays, config, grid)
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """The inner strategy's aggregate of the train replies."""
-        return self.strategy.aggregate_train(server_round, replies)
+    def aggregate(self, phase: str, server_round: int, replies: Iterable[Message]) -> Any:
+        """Both aggregate hooks: train gives (ArrayRecord | None, MetricRecord | None),
+        evaluate MetricRecord | None."""
+        hook = (self.strategy.aggregate_train if phase == TRAIN
+                else self.strategy.aggregate_evaluate)
+        return hook(server_round, replies)
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """The inner strategy's evaluate messages."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        return self.configure(TRAIN, server_round, arrays, config, grid)
 
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """The inner strategy's aggregate of the evaluate replies."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
+                           config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return self.configure(EVALUATE, server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.aggregate(TRAIN, server_round, replies)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        return self.aggregate(EVALUATE, server_round, replies)
 
     def summary(self) -> None:
-        """Log the inner strategy's summary."""
         self.strategy.summary()

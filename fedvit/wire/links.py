@@ -1,20 +1,8 @@
-"""The network model: each node's downlink, uplink and latency, and transfer times.
+"""The link model: each node's downlink, uplink and latency, and a message's transfer time.
 
-A node's link comes from its node config (``link-down-mbps``, ``link-up-mbps``,
-``link-latency-ms``, set per SuperNode in deployment), else from the run config: the same
-for every node (``link-profile = "uniform"``) or drawn per partition from a seeded
-distribution (``"heterogeneous"``: bandwidths log-uniform between a tenth of the configured
-value and the value, latency uniform between half and twice the configured one).
-
-A link may also change over time (``LinkCurve``: piecewise constant, a replay's trace).
-What a message costs beyond its bytes (per-call handling, per-object framing) is a run's
-property, ``WireCosts`` (``DEFAULT_COSTS`` from the constants below), recorded with every
-round's projection.
-
-A node config may also say ``link-real = true``: its link values describe the link the
-node really sits behind (a real deployment, or the link lab's shaped veths), not a
-hypothetical one. The timeline then counts the node's measured pickup and return net of
-the transfer that link implies (``server_app.timeline``).
+A node's link comes from its node config (``link-*``), else the run config (``link-profile``
+``uniform``, or ``heterogeneous``: seeded per partition). ``link-real = true``: the node
+really sits behind that link, so the timeline nets it out of measured times.
 """
 
 from __future__ import annotations
@@ -29,38 +17,20 @@ import numpy as np
 from fedvit.config.appconfig import AppConfig, ConfigError
 from fedvit.keys import LINK_KEYS, LINK_LATENCY_MS, LINK_REAL, WIRE_COST_KEYS
 
-# What a message costs on a real link beyond its serialised bytes (measured in the link lab,
-# bench/links.py; see docs/link-lab.md):
-# * TCP/IPv4 over Ethernet: a full 1514-byte frame carries 1448 payload bytes (20 IP + 32
-#   TCP with timestamps + 14 Ethernet header bytes);
-# * Flower 1.41 moves a message one object per HTTP call (the message, its records, each
-#   array and each 5 MiB chunk): a pulled object's response adds its HTTP and protobuf
-#   framing, a pushed object's request adds that plus the node's headers.
-# * each object is one call (request and response), two calls in flight at a time
-#   (FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PULLS/PUSHES). One call takes the two ends' handling
-#   (HTTP, the node's request signature, protobuf, the object store: OBJECT_CALL_S), a round
-#   trip of the link's latency (modelled: no netem here) and its bytes' time on the link;
-#   with two in flight an object costs half a call, but never less than its bytes' time,
-#   since the link carries one object's bytes at a time (``object_seconds``).
-FRAME_FACTOR = 1514 / 1448
-PULL_OBJECT_BYTES = 400  # server -> node, per object of a message the node pulls
-PUSH_OBJECT_BYTES = 1300  # node -> server, per object of a reply the node pushes
-OBJECT_CALL_S = 0.017  # one call's handling, seconds: twice the elapsed time per object
-#                        bench/links.py measures on an unshaped link (8.7 ms, fedlora)
+# A message's cost beyond its bytes, measured in the link lab (bench/links.py,
+# docs/link-lab.md). Flower 1.41 moves a message one object per HTTP call (message, records,
+# each array, each 5 MiB chunk), two calls in flight (FLWR_PRIVATE_MAX_CONCURRENT_OBJ_*).
+FRAME_FACTOR = 1514 / 1448  # TCP/IPv4/Ethernet: 1448 payload bytes per 1514-byte frame
+PULL_OBJECT_BYTES = 400  # HTTP + protobuf framing per object a node pulls
+PUSH_OBJECT_BYTES = 1300  # per object a node pushes (its request headers too)
+OBJECT_CALL_S = 0.017  # one call's handling at both ends, s: twice bench/links.py's 8.7 ms
+#                        per object on an unshaped link (fedlora)
 
 
 @dataclass(frozen=True)
 class WireCosts:
-    """What a message costs on a link beyond its serialised bytes: a run's property (the
-    machine's per-call handling, Flower's per-object framing), recorded with each round's
-    projection (``phases`` columns ``call-s``, ``pull-object-bytes``, ``push-object-bytes``).
-
-    Args:
-        call_s: one call's handling at both ends, seconds (two calls in flight).
-        pull_object_bytes: framing bytes per object of a message a node pulls.
-        push_object_bytes: framing bytes per object of a reply a node pushes.
-        source: where the values come from (``default``: the constants above).
-    """
+    """A run's per-call handling (s) and per-object framing (bytes), recorded with each
+    round's projection (``keys.WIRE_COST_KEYS`` columns); ``source``: where they come from."""
 
     call_s: float
     pull_object_bytes: float
@@ -68,18 +38,14 @@ class WireCosts:
     source: str = "default"
 
     def as_dict(self) -> dict[str, float]:
-        """``{"call-s": s, "pull-object-bytes": B, "push-object-bytes": B}``
-        (``keys.WIRE_COST_KEYS``; the source is left out)."""
+        """``{WIRE_COST_KEYS...: value}`` (the source left out)."""
         values = (self.call_s, self.pull_object_bytes, self.push_object_bytes)
         return dict(zip(WIRE_COST_KEYS, values, strict=True))
 
     @classmethod
     def from_dict(cls, values: Mapping, source: str = "default") -> WireCosts:
-        """The costs ``as_dict`` wrote (a ``phases`` row holds them among its columns).
-
-        Raises:
-            ValueError: a key is missing or its value is not a number >= 0.
-        """
+        """The costs ``as_dict`` wrote (e.g. in a ``phases`` row); ValueError for a key
+        missing or not a number >= 0."""
         for key in WIRE_COST_KEYS:
             value = values.get(key)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
@@ -93,14 +59,8 @@ DEFAULT_COSTS = WireCosts(OBJECT_CALL_S, PULL_OBJECT_BYTES, PUSH_OBJECT_BYTES)
 
 @dataclass(frozen=True)
 class Link:
-    """One node's link to the server.
-
-    Args:
-        down_mbps: server -> node rate, megabits (10^6 bit) per second.
-        up_mbps: node -> server rate, megabits per second.
-        latency_ms: one-way latency, milliseconds.
-        real: it is the link the node really has (not a hypothetical one).
-    """
+    """One node's link: rates in megabits (10^6 bit) per second, one-way latency in ms;
+    ``real``: the link the node really has."""
 
     down_mbps: float
     up_mbps: float
@@ -109,87 +69,39 @@ class Link:
 
     def down_s(self, nbytes: int, objects: int = 0, costs: WireCosts = DEFAULT_COSTS
                ) -> float:
-        """Seconds to move a message from the server to the node: latency, then its
-        objects' calls (``object_seconds``); without an object count, latency plus its
-        bytes on the wire at the link's rate.
-
-        Args:
-            nbytes: the message's serialised bytes (``fedvit.wire.measure.message_size``).
-            objects: its objects (0: unknown).
-            costs: per-call handling and per-object framing.
-
-        Returns:
-            Seconds.
-        """
-        wire = wire_bytes(nbytes, objects, costs.pull_object_bytes)
-        return self.latency_ms / 1e3 + object_seconds(wire, objects, self.down_mbps,
-                                                      self.latency_ms, costs)
+        """Seconds to move a message of ``nbytes`` serialised bytes and ``objects``
+        objects (0: unknown, bytes ÷ rate) down: latency, then ``object_seconds``."""
+        return self._transfer_s(nbytes, objects, costs, "down_mbps")
 
     def up_s(self, nbytes: int, objects: int = 0, costs: WireCosts = DEFAULT_COSTS
              ) -> float:
-        """Seconds to move a reply from the node to the server (as ``down_s``, with a
-        pushed object's framing).
+        """Seconds to move a reply up (as ``down_s``, a pushed object's framing)."""
+        return self._transfer_s(nbytes, objects, costs, "up_mbps")
 
-        Args:
-            nbytes: the reply's serialised bytes.
-            objects: its objects (0: unknown).
-            costs: per-call handling and per-object framing.
-
-        Returns:
-            Seconds.
-        """
-        wire = wire_bytes(nbytes, objects, costs.push_object_bytes)
-        return self.latency_ms / 1e3 + object_seconds(wire, objects, self.up_mbps,
+    def _transfer_s(self, nbytes: int, objects: int, costs: WireCosts, rate: str) -> float:
+        wire = wire_bytes(nbytes, objects, _per_object(costs, rate))
+        return self.latency_ms / 1e3 + object_seconds(wire, objects, getattr(self, rate),
                                                       self.latency_ms, costs)
 
     def as_metrics(self) -> dict[str, float]:
-        """The link as a reply's metrics.
-
-        Returns:
-            ``{LINK_KEYS...: value, "link-real": 0.0 or 1.0}``.
-        """
-        out = dict(zip(LINK_KEYS, (self.down_mbps, self.up_mbps, self.latency_ms),
-                       strict=True))
-        out[LINK_REAL] = float(self.real)
-        return out
+        """``{LINK_KEYS...: value, "link-real": 0.0 or 1.0}``, a reply's metrics."""
+        values = (self.down_mbps, self.up_mbps, self.latency_ms, float(self.real))
+        return dict(zip((*LINK_KEYS, LINK_REAL), values, strict=True))
 
     @classmethod
     def from_metrics(cls, metrics: Mapping) -> Link:
-        """The link ``as_metrics`` wrote.
-
-        Args:
-            metrics: a reply's metrics (``link-real`` may be missing: not real).
-
-        Returns:
-            The link.
-
-        Raises:
-            KeyError: a ``LINK_KEYS`` key is missing.
-        """
+        """The link ``as_metrics`` wrote (no ``link-real``: not real; KeyError for a
+        missing ``LINK_KEYS`` key)."""
         return cls(*(float(metrics[k]) for k in LINK_KEYS), bool(metrics.get(LINK_REAL, 0)))
 
 
 @dataclass(frozen=True)
 class LinkCurve:
-    """One node's link over time, piecewise constant: ``links[i]`` holds from ``times[i]``
-    seconds until ``times[i + 1]``; the last holds for ever. A static ``Link`` is the
-    one-segment case (``constant``).
-
-    A message sent at ``t`` waits the latency in force at ``t``, then moves object by object
-    (``object_seconds``: two calls in flight, each object costing the larger of its bytes'
-    time and half a call; at least one call carrying every byte), its bytes' time
-    integrated over the rate curve from when they start: a transfer that straddles a rate
-    change takes the right time. Where no change falls inside the message, this is
-    ``Link.down_s``/``up_s`` exactly.
-
-    Args:
-        times: segment starts, seconds, ascending, the first 0.
-        links: one per segment.
-
-    Raises:
-        ValueError: no segment, a length mismatch, a first time other than 0, or times
-            not strictly ascending.
-    """
+    """One node's link over time: ``links[i]`` holds from ``times[i]`` s (strictly
+    ascending from 0, else ValueError) to ``times[i + 1]``, the last for ever. A message
+    sent at ``t`` waits the latency in force at ``t``, then moves by ``object_seconds``'s
+    rule, its bytes' time integrated over the rates: ``Link.down_s``/``up_s`` where no
+    change falls inside it."""
 
     times: tuple[float, ...]
     links: tuple[Link, ...]
@@ -215,24 +127,19 @@ class LinkCurve:
     def down_s(self, start: float, nbytes: int, objects: int = 0,
                costs: WireCosts = DEFAULT_COSTS) -> float:
         """Seconds to move a message down, sent at ``start`` (as ``Link.down_s``)."""
-        closed = self.at(start).down_s(nbytes, objects, costs)
-        if self._index(start) == self._index(start + closed):
-            return closed
-        return self._walk(start, wire_bytes(nbytes, objects, costs.pull_object_bytes),
-                          objects, "down_mbps", costs)
+        return self._transfer_s(start, nbytes, objects, costs, "down_mbps")
 
     def up_s(self, start: float, nbytes: int, objects: int = 0,
              costs: WireCosts = DEFAULT_COSTS) -> float:
         """Seconds to move a reply up, sent at ``start`` (as ``Link.up_s``)."""
-        closed = self.at(start).up_s(nbytes, objects, costs)
+        return self._transfer_s(start, nbytes, objects, costs, "up_mbps")
+
+    def _transfer_s(self, start: float, nbytes: int, objects: int, costs: WireCosts,
+                    rate: str) -> float:
+        closed = self.at(start)._transfer_s(nbytes, objects, costs, rate)
         if self._index(start) == self._index(start + closed):
             return closed
-        return self._walk(start, wire_bytes(nbytes, objects, costs.push_object_bytes),
-                          objects, "up_mbps", costs)
-
-    def _walk(self, start: float, wire: float, objects: int, rate: str,
-              costs: WireCosts) -> float:
-        """A message across rate changes, object by object (``object_seconds``'s rule)."""
+        wire = wire_bytes(nbytes, objects, _per_object(costs, rate))
         latency = self.at(start).latency_ms / 1e3
         t = start + latency
         if objects <= 0:
@@ -245,8 +152,7 @@ class LinkCurve:
         return max(t - start, latency + floor)
 
     def carry_s(self, t: float, nbytes: float, rate: str = "down_mbps") -> float:
-        """Seconds the link takes to carry ``nbytes`` from ``t``, its rate (``down_mbps``
-        or ``up_mbps``) integrated over the segments."""
+        """Seconds to carry ``nbytes`` from ``t``, the ``rate`` attribute integrated."""
         i, left, t0 = self._index(t), nbytes * 8.0, t
         while True:
             bps = getattr(self.links[i], rate) * 1e6
@@ -259,41 +165,22 @@ class LinkCurve:
             t, i = end, i + 1
 
 
+def _per_object(costs: WireCosts, rate: str) -> float:
+    return costs.pull_object_bytes if rate == "down_mbps" else costs.push_object_bytes
+
+
 def wire_bytes(nbytes: int, objects: int, per_object: float) -> float:
-    """Bytes a message takes on the link.
-
-    Args:
-        nbytes: its serialised bytes.
-        objects: its objects (one HTTP call each).
-        per_object: HTTP framing bytes per object (``WireCosts.pull_object_bytes`` or
-            ``push_object_bytes``).
-
-    Returns:
-        ``nbytes`` in TCP/IP/Ethernet frames (``FRAME_FACTOR``) plus the framing, bytes.
-    """
+    """Bytes on the link: ``nbytes`` in frames (``FRAME_FACTOR``) plus ``per_object``
+    framing bytes for each of ``objects``."""
     return nbytes * FRAME_FACTOR + objects * per_object
 
 
 def object_seconds(wire: float, objects: int, mbps: float, latency_ms: float,
                    costs: WireCosts = DEFAULT_COSTS) -> float:
-    """Seconds to move ``objects`` objects of ``wire`` bytes (on the wire, in all) one call
-    each, two calls in flight, over a link of ``mbps`` and ``latency_ms``.
-
-    A call of an object of average size takes ``costs.call_s`` + a round trip + its bytes'
-    time; an object costs half of that, but at least its bytes' time. Bulk transfers are
-    link-bound (bytes ÷ rate), many small objects call-bound. A message never takes less
-    than one call carrying all its bytes (``one_call_floor``).
-
-    Args:
-        wire: bytes on the wire, all objects together (``wire_bytes``).
-        objects: how many objects (0: bytes ÷ rate only).
-        mbps: the link's rate, megabits per second.
-        latency_ms: its one-way latency, milliseconds.
-        costs: the per-call handling (``call_s``).
-
-    Returns:
-        Seconds.
-    """
+    """Seconds to move ``objects`` objects, ``wire`` bytes in all, one call each, two in
+    flight (0 objects: bytes ÷ rate). A call takes ``costs.call_s`` + a round trip + its
+    object's bytes' time; an object costs half a call but at least its bytes' time (the
+    link carries one at a time); never less than ``one_call_floor``."""
     on_link = wire * 8 / (mbps * 1e6)
     if objects <= 0:
         return on_link
@@ -303,38 +190,25 @@ def object_seconds(wire: float, objects: int, mbps: float, latency_ms: float,
 
 
 def one_call_floor(on_link: float, latency_ms: float, costs: WireCosts = DEFAULT_COSTS) -> float:
-    """Seconds any message takes at least, however its bytes are laid out: one call
-    carrying all of them (handling + round trip + ``on_link``, its bytes' time, s, at
-    ``latency_ms`` one way). It binds where one object holds most bytes (a packed message,
-    ``fedvit.wire.packing``; the other objects' calls overlap with its call, two in flight)."""
+    """Seconds any message takes at least: one call carrying all its bytes (``on_link``
+    seconds). It binds where one object holds most bytes (a packed message)."""
     return costs.call_s + 2 * latency_ms / 1e3 + on_link
 
 
-# A fresh ClientApp process (Flower 1.41 starts one per message while its SuperNode still
-# pulls the message) asks the SuperNode for the message's objects once Flower's runtime is
-# imported and, for an object not there yet, again after 1, 2, 4, 8, 10, 10, ... s (each
-# ±20 %: not modelled; flwr/supercore/inflatable/inflatable_utils.py ``pull_objects``,
-# ``PULL_INITIAL_BACKOFF``, ``PULL_BACKOFF_CAP``). The SuperNode stores a message's objects
-# only once it has pulled them all (flwr/supernode/start_client_internal.py), so the
-# process gets its message at the first ask after the whole download: up to 10 s after it
-# on a slow link. Measured in the link lab (bench/replay.py, veth counters against the
-# processes' stamps): downloads that ended 17.5 s after the process started gave the app
-# its message about 26 s after the start, ones that ended at 33 s about 36 s after it.
+# Flower 1.41 starts a ClientApp process per message while its SuperNode still pulls it;
+# the process asks for the message's objects once its runtime is imported, then again after
+# 1, 2, 4, 8, 10, 10, ... s (±20 %, not modelled; inflatable_utils.pull_objects). The
+# SuperNode stores them only once all are pulled, so the process gets its message at the
+# first ask after the download (link lab, bench/replay.py: downloads ending 17.5 s / 33 s
+# after the process started gave it its message at about 26 s / 36 s).
 PULL_BACKOFF_S = (1.0, 10.0)  # first retry, cap
 FIRST_ASK_S = 0.75  # process start -> its first ask: Flower's runtime imported (bench/coldstart.py)
 
 
 def message_wait_s(download_s: float) -> float:
-    """Seconds from a fresh ClientApp process's start until it has its message, when the
-    download to its SuperNode ends ``download_s`` after that start: the first of the asks
-    at ``FIRST_ASK_S`` + 0, 1, 3, 7, 15, 25, 35, ... s at or after the download's end.
-
-    Args:
-        download_s: the message's download, seconds from the process's start.
-
-    Returns:
-        Seconds (``FIRST_ASK_S`` for a download that ended before the first ask).
-    """
+    """Seconds from a fresh ClientApp process's start until it has its message, the
+    download to its SuperNode ending ``download_s`` after that start: the first ask at
+    ``FIRST_ASK_S`` + 0, 1, 3, 7, 15, 25, 35, ... s not before the download's end."""
     t, step = 0.0, PULL_BACKOFF_S[0]
     while FIRST_ASK_S + t < download_s:
         t += step
@@ -343,29 +217,17 @@ def message_wait_s(download_s: float) -> float:
 
 
 def node_link(cfg: AppConfig, node_config: Mapping, partition_id: int) -> Link:
-    """This node's link: node config first, then the run config's profile.
-
-    Args:
-        cfg: the run config (``link-*`` keys, ``seed``).
-        node_config: the node's config (``link-down-mbps``, ``link-up-mbps``,
-            ``link-latency-ms``, ``link-real``, each optional).
-        partition_id: the node's partition (seeds the heterogeneous draw).
-
-    Returns:
-        The link.
-
-    Raises:
-        ConfigError: a node-config link value that is not a number > 0 (latency >= 0),
-            or a ``link-real`` that is not a bool.
+    """This node's link: each ``link-*`` node-config value, else the run config's profile
+    (``heterogeneous``, seeded by ``seed`` and ``partition_id``: rates log-uniform between
+    a tenth of the configured value and it, latency uniform in half to twice it).
+    ConfigError for a node-config value not > 0 (latency >= 0) or a non-bool ``link-real``.
     """
+    values = [cfg.link_down_mbps, cfg.link_up_mbps, cfg.link_latency_ms]
     if cfg.link_profile == "heterogeneous":
         rng = np.random.default_rng([cfg.seed, partition_id])
-        down, up = (float(10 ** rng.uniform(-1, 0)) for _ in range(2))
-        base = Link(cfg.link_down_mbps * down, cfg.link_up_mbps * up,
-                    cfg.link_latency_ms * float(rng.uniform(0.5, 2.0)))
-    else:
-        base = Link(cfg.link_down_mbps, cfg.link_up_mbps, cfg.link_latency_ms)
-    values = list((base.down_mbps, base.up_mbps, base.latency_ms))
+        scales = [float(10 ** rng.uniform(-1, 0)) for _ in range(2)]
+        values = [v * f for v, f in zip(values, [*scales, float(rng.uniform(0.5, 2.0))],
+                                        strict=True)]
     for i, key in enumerate(LINK_KEYS):
         if key in node_config:
             try:

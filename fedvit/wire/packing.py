@@ -1,27 +1,7 @@
-"""The packed layout of exchanged tensors: one ArrayRecord entry per message instead of one
-per tensor (run-config key ``pack-tensors``).
-
-Flower 1.41 moves a message one object per HTTP call: the message, its record dict, each
-record, each ``Array`` and each of its 5 MiB chunks (``fedvit.wire.links``). Laid out one
-``Array`` per tensor, a message costs two objects per tensor; packed, every tensor of the
-message travels in **one** ``Array``, a flat ``uint8`` buffer holding each tensor's raw
-bytes (C order, its own dtype and byte order) one after another, without padding. The
-index that turns the buffer back into tensors is the entry's key, so it travels inside the
-ArrayRecord object and costs no object of its own::
-
-    ArrayRecord({"packed:" + JSON [[name, dtype, shape], ...]: Array(uint8[Σ nbytes])})
-
-``dtype`` is numpy's ``dtype.str`` (e.g. ``"<f4"``; the bf16 codec's bit patterns travel
-as ``"<u2"``), ``shape`` a list of ints; each tensor's offset is the sum of the sizes
-before it. So a packed message's tensor bytes (``fedvit.wire.measure.tensor_bytes``: Σ itemsize ×
-elements) equal the unpacked one's exactly, and the index counts as message bytes only.
-Packing is lossless: ``unpack(pack(t))`` gives every tensor back bit for bit, same name,
-order, dtype and shape.
-
-Objects of a message whose tensors fit in one chunk: the message, its record dict, its
-config or metrics record, the ArrayRecord, one Array and one chunk: 6, whatever the
-number of tensors (``fedvit.wire.measure.message_size`` counts them).
-"""
+"""The packed layout (``pack-tensors``): a message's tensors in one ``Array`` (6 objects
+where they fit a 5 MiB chunk, not two per tensor): ``ArrayRecord({"packed:" + JSON [[name,
+dtype.str, shape], ...]: uint8[Σ nbytes]})``, raw C-order bytes without padding, the index
+as key. Tensor bytes are the unpacked ones'; ``unpack(pack(t))`` is bit-exact."""
 
 from __future__ import annotations
 
@@ -37,68 +17,38 @@ ALLOWED_KINDS = "biufc"  # bool, signed/unsigned integers, floats, complex: plai
 
 
 class PackingError(ValueError):
-    """A packed record that cannot be unpacked, or tensors that cannot be packed; the
-    message names what is wrong."""
+    """A packed record that cannot be unpacked, or tensors that cannot be packed."""
+
+
+def _check_dtype(name: str, dtype: np.dtype) -> None:
+    if dtype.kind not in ALLOWED_KINDS or dtype.fields is not None:
+        raise PackingError(f"tensor {name!r} has dtype {dtype.str}: only bool, integer, "
+                           "float and complex tensors are packed")
 
 
 def is_packed(record: ArrayRecord) -> bool:
-    """Whether a record is in the packed layout.
-
-    Args:
-        record: an ArrayRecord of a message.
-
-    Returns:
-        True when its only key starts with ``fedvit.keys.PACKED_PREFIX``.
-    """
+    """Whether ``record``'s only key starts with ``fedvit.keys.PACKED_PREFIX``."""
     return len(record) == 1 and next(iter(record.keys())).startswith(PACKED_PREFIX)
 
 
 def pack(tensors: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """The packed record of ``tensors`` (module docstring).
-
-    Args:
-        tensors: ``{name: array}`` in the order they travel; any shape, any dtype of
-            kind bool, integer, float or complex.
-
-    Returns:
-        An ArrayRecord with one entry: key ``PACKED_PREFIX`` + the JSON index, value a
-        1-D uint8 Array of Σ nbytes bytes.
-
-    Raises:
-        PackingError: a tensor of another dtype (object, string, structured, ...).
-    """
+    """The packed record of ``tensors`` (in travel order); PackingError for a dtype not
+    of kind bool, integer, float or complex."""
     arrays = {name: np.asarray(t) for name, t in tensors.items()}
     for name, arr in arrays.items():
-        if arr.dtype.kind not in ALLOWED_KINDS or arr.dtype.fields is not None:
-            raise PackingError(f"tensor {name!r} has dtype {arr.dtype}: only bool, integer, "
-                               "float and complex tensors can be packed")
+        _check_dtype(name, arr.dtype)
     index = [[name, arr.dtype.str, list(arr.shape)] for name, arr in arrays.items()]
-    buffer = np.empty(sum(arr.nbytes for arr in arrays.values()), np.uint8)
-    offset = 0
-    for arr in arrays.values():
-        raw = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
-        buffer[offset:offset + raw.size] = raw
-        offset += raw.size
+    buffer = np.concatenate([np.empty(0, np.uint8)] + [
+        np.ascontiguousarray(arr).reshape(-1).view(np.uint8) for arr in arrays.values()])
     key = PACKED_PREFIX + json.dumps(index, separators=(",", ":"))
     return ArrayRecord({key: Array.from_numpy_ndarray(buffer)})
 
 
 def unpack(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """The tensors of a packed record, checked against its index.
-
-    Args:
-        record: what ``pack`` returned (after the wire).
-
-    Returns:
-        ``{name: array}`` in the packed order: new, writable, aligned arrays of the
-        index's dtypes and shapes.
-
-    Raises:
-        PackingError: not one packed entry, a buffer that is not 1-D uint8, an index that
-            is not a JSON list of ``[name, dtype, shape]`` (unique names, dtypes of kind
-            bool/integer/float/complex, shapes of ints >= 0), or an index whose sizes do
-            not add up to the buffer's length.
-    """
+    """``{name: array}`` of a packed record, in packed order: new, writable arrays.
+    PackingError for not one packed entry, a buffer not 1-D uint8, an index not a JSON list
+    of ``[name, dtype, [dims >= 0]]`` with unique names and packable dtypes, or sizes that
+    do not add up to the buffer's."""
     if not is_packed(record):
         raise PackingError(f"not a packed record: {len(record)} entries "
                            f"{[k[:40] for k in list(record.keys())[:3]]}; expected one "
@@ -123,20 +73,12 @@ def unpack(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def unpack_record(record: ArrayRecord) -> ArrayRecord:
-    """``unpack`` as an ArrayRecord, one Array per tensor (what an unpacked message holds).
-
-    Raises:
-        PackingError: as ``unpack``.
-    """
+    """``unpack`` as an ArrayRecord, one Array per tensor (PackingError as ``unpack``)."""
     return ArrayRecord({k: Array.from_numpy_ndarray(v) for k, v in unpack(record).items()})
 
 
 def pack_record(record: ArrayRecord) -> ArrayRecord:
-    """``pack`` of an ArrayRecord's tensors.
-
-    Raises:
-        PackingError: as ``pack``.
-    """
+    """``pack`` of an ArrayRecord's tensors (PackingError as ``pack``)."""
     return pack({k: v.numpy() for k, v in record.items()})
 
 
@@ -165,8 +107,6 @@ def _index(text: str) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
         except (TypeError, ValueError) as err:
             raise PackingError(f"tensor {name!r} has dtype {dtype_text!r}, which numpy "
                                "does not know") from err
-        if dtype.kind not in ALLOWED_KINDS or dtype.fields is not None:
-            raise PackingError(f"tensor {name!r} has dtype {dtype_text!r}: only bool, "
-                               "integer, float and complex tensors are packed")
+        _check_dtype(name, dtype)
         entries.append((name, dtype, tuple(shape)))
     return entries
