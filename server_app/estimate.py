@@ -17,8 +17,19 @@ from fedvit.config.appconfig import AppConfig
 from fedvit.schema import dataclass_row, field_values
 
 
+class _Row:
+    """A dataclass as a row (kebab-case keys: a checkpoint's, a summary's) and back."""
+
+    def as_row(self) -> dict:
+        return dataclass_row(self)
+
+    @classmethod
+    def from_row(cls, row: dict):
+        return cls(**field_values(row, [f.name for f in dataclasses.fields(cls)]))
+
+
 @dataclass(frozen=True)
-class Estimated:
+class Estimated(_Row):
     """Tensor bytes estimated for the rounds up to ``rounds`` (a checkpoint's)."""
 
     rounds: int = 0
@@ -26,16 +37,9 @@ class Estimated:
     up: int = 0
     up_min: int = 0
 
-    def as_row(self) -> dict:
-        return dataclass_row(self)
-
-    @classmethod
-    def from_row(cls, row: dict) -> Estimated:
-        return cls(**field_values(row, [f.name for f in dataclasses.fields(cls)]))
-
 
 @dataclass(frozen=True)
-class Estimate:
+class Estimate(_Row):
     """Tensor bytes the run should move, computed before its first round.
 
     Exact for every codec but top-k, whose index encoding depends on the values: there
@@ -64,9 +68,7 @@ class Estimate:
         if self.up_min is None:
             object.__setattr__(self, "up_min", self.up)
 
-    def as_dict(self) -> dict:
-        """As ``summary.json`` holds it (inverse: ``from_dict``)."""
-        return dataclass_row(self)
+    as_dict = _Row.as_row  # summary.json's "estimate"
 
     def through(self, server_round: int) -> Estimated:
         """What it estimates for rounds 1 .. ``server_round`` (for the checkpoint)."""
@@ -77,10 +79,6 @@ class Estimate:
                          self.earlier_down + self.down_bytes_per_message * down_msgs * n,
                          self.earlier_up + self.up_bytes_per_message * train * n,
                          self.earlier_up_min + up_min * train * n)
-
-    @classmethod
-    def from_dict(cls, row: dict) -> Estimate:
-        return cls(**field_values(row, [f.name for f in dataclasses.fields(cls)]))
 
     def matches(self, down: int, up: int, rounds: int | None = None) -> bool:
         """Whether measured tensor bytes agree with the estimate of rounds 1 .. ``rounds``

@@ -162,7 +162,7 @@ def estimate_words(e: dict, matches: bool, rounds: int) -> str:
     """The end-of-run words for the estimate of rounds 1 .. ``rounds`` against the
     measurement (top-k uploads: a range); bytes too where a difference could hide in 3
     decimals of a MB."""
-    est = Estimate.from_dict(e).through(rounds)
+    est = Estimate.from_row(e).through(rounds)
     words = "" if rounds == e["rounds"] else f"for rounds 1-{rounds} of {e['rounds']} "
     if est.up_min == est.up:
         words += f"{est.down / MB:.3f} / {est.up / MB:.3f}: " + (

@@ -1,28 +1,17 @@
 """Where a round's time goes: measured second by second, and projected onto links.
 
-Measured: every moment from a round's first configure call to the end of its central
-evaluation goes to the first row of ``PRIORITY`` whose interval covers it (``unexplained``:
-none), so the rows add up to the round's wall time. The server gives configure, ``send``
-(push), aggregation and central-eval; each reply its ``t-*`` stamps (``fedvit.keys``)
-between push and pull: ``pickup`` (push → process start or mod entry: polling, transfer,
-queueing), ``start-up`` (a fresh process's start → mod entry), ``task-build``,
-``deserialise``, the compute rows, ``serialise``, ``books`` and ``transfer`` (the mod's
-byte counting and link sleeps) and ``return`` (mod exit → pull). Compute moments are
-shared among the compute rows by the reported phase seconds, the mod's between ``books``
-and ``transfer`` likewise.
+Measured: each moment from a round's first configure call to its central evaluation's end
+goes to the first ``PRIORITY`` row covering it (``unexplained``: none), so the rows add up
+to the wall time: the server's intervals, and each reply's ``t-*`` stamps (``fedvit.keys``)
+from push to pull (``pickup``: to process start or mod entry; ``start-up``: a fresh
+process's; ... ``return``: mod exit to pull). Compute moments are shared among the compute
+rows by the reported seconds, the mod's between ``books`` and ``transfer`` likewise.
 
-Projected: per phase the critical path (the slowest node's download + work + upload on
-its link, ``fedvit.wire.links``) plus the server's rows. ``projected`` is the run as a
-simulation on those links (no pickup, start-up, return; a first-message task build only
-where measured); ``deployment`` adds pickup, start-up and return: a fresh process's own
-(net of a ``link-real`` link's transfer: Flower 1.41 starts the process while its
-SuperNode still pulls the message, so the download lies inside pickup + start-up and the
-upload inside return), else the run config's ``deploy-*-s``. ``project`` places the round
-on a clock (a ``LinkCurve`` prices each message when it is sent; ``tools.replay`` replays
-rounds through it); a node's device speed divides its compute, deserialise and serialise.
-
-Clock skew: stamps are on the node's clock, push/pull on the server's; a skew of d s moves
-d between ``pickup`` and ``return`` (beyond the round's edges, into ``unexplained``).
+Projected: per phase the critical path (slowest download + work + upload, on its link)
+plus the server's rows; ``projected`` as a simulation on those links, ``deployment`` with
+pickup, start-up and return (a fresh process's own, net of a ``link-real`` link's
+transfer, else ``deploy-*-s``). Stamps are on the node's clock, push/pull on the server's:
+a skew of d s moves d between ``pickup`` and ``return``.
 """
 
 from __future__ import annotations

@@ -44,10 +44,17 @@ class CounterSampler:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> CounterSampler:
-        return self.__enter__()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
 
-    def stop(self) -> None:
-        self.__exit__()
+    def stop(self, *exc) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    __enter__, __exit__ = start, stop
 
     def forget_before(self, t: float) -> None:
         """Drop the samples before wall-clock ``t`` but the last (its interval crosses ``t``):
@@ -56,17 +63,6 @@ class CounterSampler:
             keep = max(0, next((i for i, (ts, _) in enumerate(self.samples) if ts >= t),
                                len(self.samples)) - 1)
             del self.samples[:keep]
-
-    def __enter__(self) -> CounterSampler:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
 
     def _run(self) -> None:
         next_t = time.monotonic()
