@@ -81,7 +81,16 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     recorder = RunRecorder(cfg, run_dir, strategy, timed_grid.times,
                            resumed_record(count_parameters(model), ckpt), done)
     recorder.write_config()
-    _close_on_flower_exit(recorder, timed_grid)
+
+    def on_flower_exit() -> None:
+        """`flwr stop`, Ctrl-C, SIGTERM: Flower runs its exit handlers in the main thread,
+        also where the ServerApp runs in another (simulation); the app's thread then stops
+        at its next grid call or record (``RunEnding``). Once the summary exists (handlers
+        are never removed) this does nothing."""
+        recorder.close(FlowerExit())
+        timed_grid.ending.set()
+
+    add_exit_handler(on_flower_exit, run_before_force_exit=True)
 
     # Start: whatever stops the run from here on leaves summary.json.
     result, stop = Result(arrays=initial), None
@@ -92,14 +101,10 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
             shared = ({BACKBONE: backbone_fingerprint(model)} if cfg.strategy == "fedlora"
                       else {})
             result = strategy.start(
-                grid=timed_grid,
-                initial_arrays=initial,
-                num_rounds=cfg.num_server_rounds - done,
-                timeout=cfg.round_timeout_s,
-                train_config=ConfigRecord(shared),
+                grid=timed_grid, initial_arrays=initial, num_rounds=cfg.num_server_rounds - done,
+                timeout=cfg.round_timeout_s, train_config=ConfigRecord(shared),
                 evaluate_config=ConfigRecord(shared),
-                evaluate_fn=recorder.recording(central_evaluation(model, test_loader, cfg)),
-            )
+                evaluate_fn=recorder.recording(central_evaluation(model, test_loader, cfg)))
         if len(result.arrays) == 0:  # no round aggregated anything: the global is unchanged
             result.arrays = initial
     except BaseException as err:  # Ctrl-C and `flwr stop` too: leave a summary
@@ -127,19 +132,6 @@ def _checkpoint(cfg: AppConfig, model) -> Checkpoint | None:
         cfg, {k: tuple(v.shape) for k, v in exchanged_state(model).items()},
         {k: tuple(a.shape) for k, a in ckpt.arrays.items()}))
     return ckpt
-
-
-def _close_on_flower_exit(recorder: RunRecorder, grid: TimedGrid) -> None:
-    """On `flwr stop`, Ctrl-C, SIGTERM Flower runs its exit handlers in the main thread, also
-    where the ServerApp runs in another (simulation): write the summary there; the app's
-    thread stops at its next grid call or record (``RunEnding``). Handlers are never
-    removed: once the summary exists this one does nothing."""
-
-    def on_flower_exit() -> None:
-        recorder.close(FlowerExit())
-        grid.ending.set()
-
-    add_exit_handler(on_flower_exit, run_before_force_exit=True)
 
 
 def _log_start(cfg: AppConfig, model, initial: ArrayRecord, grid: TimedGrid, run_dir: Path,
