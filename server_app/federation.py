@@ -91,7 +91,6 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
         timed_grid.ending.set()
 
     add_exit_handler(on_flower_exit, run_before_force_exit=True)
-
     # Start: whatever stops the run from here on leaves summary.json.
     result, stop = Result(arrays=initial), None
     try:
@@ -109,7 +108,6 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
             result.arrays = initial
     except BaseException as err:  # Ctrl-C and `flwr stop` too: leave a summary
         stop = err
-
     # Record: the summary, and how the run ended.
     summary = recorder.close(stop)
     if summary["status"] != "complete":

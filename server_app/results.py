@@ -18,8 +18,7 @@ def new_run_dir(cfg: AppConfig) -> Path:
     exists; created, absolute."""
     root = resolve_path(cfg.outputs_dir)
     stamp = cfg.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.strategy}"
-    path = root / stamp
-    n = 1
+    path, n = root / stamp, 1
     while path.exists():
         n += 1
         path = root / f"{stamp}-{n}"

@@ -17,7 +17,7 @@ a skew of d s moves d between ``pickup`` and ``return``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from logging import WARNING
 
 from flwr.common.logger import log
@@ -175,9 +175,8 @@ class NodeTimes:
 
     @classmethod
     def from_row(cls, row: dict) -> NodeTimes:
-        plain = field_values(row, ("round", "phase", "node_id", "partition_id", "fresh",
-                                   "pushed", "pulled", "books_s", "transfer_s", "down_bytes",
-                                   "up_bytes", "down_objects", "up_objects"))
+        plain = field_values(row, [f.name for f in fields(cls)
+                                   if f.name not in ("stamps", "compute", "link")])
         return cls(**plain, stamps={k: row[k] for k in keys.STAMPS},
                    compute={k: row[keys.time_key(k)] for k in COMPUTE_ROWS},
                    link=Link.from_metrics(row))
