@@ -39,12 +39,8 @@ ROUND_TRAIN_METRICS = (keys.TRAIN_LOSS, f"{keys.VAL}-accuracy", keys.LORA_AGG_ER
 
 class RunRecorder:
     """Writes a run's folder (``rounds``, ``books``, ``phases``, ``nodes`` as CSV and JSON,
-    the checkpoint, ``summary.json``) and logs a line per round.
-
-    ``strategy``: ``strategies.build_strategy``'s (its ``books``, ``timeline``,
-    ``rejections``); ``record``: a resumed run's checkpointed rounds, else empty; ``done``:
-    rounds completed before this run started.
-    """
+    the checkpoint, ``summary.json``) from ``strategy``'s books, timeline and rejections,
+    and logs a line per round; ``done``: rounds completed before this run started."""
 
     def __init__(self, cfg: AppConfig, run_dir: Path, strategy, grid_times: GridTimes,
                  record: RunRecord, done: int) -> None:

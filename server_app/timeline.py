@@ -218,12 +218,8 @@ def measured_table(nodes: list[NodeTimes], server: list[tuple[str, float, float]
 
 
 def critical_path(paths: Mapping[int, Mapping[str, float]]) -> int:
-    """The node whose projected path (seconds per row) is longest, the first of equals;
-    the one rule of the timeline and the report's bandwidth curves.
-
-    Raises:
-        ValueError: ``paths`` is empty (a phase without replies).
-    """
+    """The node whose projected path (seconds per row) is longest, the first of equals: the
+    one rule of the timeline and the report's curves. ``ValueError`` if ``paths`` is empty."""
     if not paths:
         raise ValueError("a phase without replies has no critical path")
     return max(paths, key=lambda node: sum(paths[node].values()))
@@ -264,11 +260,8 @@ def round_times(server_round: int, log: RoundLog, books: Books, grid: GridTimes,
                 central_eval: tuple[float, float], fixed: FixedCosts,
                 costs_of: Callable[[list[NodeTimes]], WireCosts] = lambda _: DEFAULT_COSTS
                 ) -> tuple[RoundTimes, list[NodeTimes]]:
-    """Analyse one finished round: its times and each ok reply's ``NodeTimes``.
-
-    ``central_eval``: (start, end), server wall clock; its end closes the round.
-    ``costs_of``: the link model's costs for the round's replies.
-    """
+    """One finished round's times and its ok replies' ``NodeTimes``; ``central_eval``:
+    (start, end), server wall clock, its end closing the round."""
     nodes = [NodeTimes.from_report(server_round, c, grid, books) for c in log.clients]
     costs = costs_of(nodes)
     server = [*log.server, ("central-eval", *central_eval),
