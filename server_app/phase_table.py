@@ -57,17 +57,14 @@ def format_table(tables: dict[str, dict[str, dict[str, float]]],
                  kinds: tuple[str, ...] = KINDS) -> str:
     """The phase table, seconds and share per row, of runs side by side (``tables``: run
     label to ``mean_table``; ``kinds``: its columns)."""
-    head = f"{'phase':<14}" + "".join(
-        f"{label + ' ' + kind[:4]:>24}" for label in tables for kind in kinds)
-    lines = [head]
-    totals = {(lb, k): sum(t[k].values()) for lb, t in tables.items() for k in kinds}
+    lines = [f"{'phase':<14}" + "".join(
+        f"{label + ' ' + kind[:4]:>24}" for label in tables for kind in kinds)]
     for row in (*TABLE_ROWS, "total"):
-        cells = []
-        for label, t in tables.items():
+        cells = ""
+        for t in tables.values():
             for kind in kinds:
-                total = totals[(label, kind)]
+                total = sum(t[kind].values())
                 s = total if row == "total" else t[kind][row]
-                share = 100 * s / total if total else 0.0
-                cells.append(f"{s:>14.3f} s {share:>5.1f} %")
-        lines.append(f"{row:<14}" + "".join(cells))
+                cells += f"{s:>14.3f} s {100 * s / total if total else 0.0:>5.1f} %"
+        lines.append(f"{row:<14}{cells}")
     return "\n".join(lines)
