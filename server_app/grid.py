@@ -66,16 +66,13 @@ class TimedGrid:
         while len(ids := list(self._grid.get_node_ids())) < self._min_nodes:
             self._check_ending()
             if time.monotonic() > deadline:
-                raise TooFewNodes(
-                    f"{len(ids)} nodes connected for {self._wait_s:.0f} s, fewer than "
-                    f"'min-nodes' = {self._min_nodes}: stopping the run"
-                )
+                raise TooFewNodes(f"{len(ids)} nodes connected for {self._wait_s:.0f} s, fewer "
+                                  f"than 'min-nodes' = {self._min_nodes}: stopping the run")
             time.sleep(0.5)
         return ids
 
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> list[Message]:
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
+                         ) -> list[Message]:
         """Push, then pull every ``poll_s`` until all replies are in, ``timeout`` s (None:
         no limit) passed or the nodes owing one left; the replies in the order they came.
         ``RunEnding`` (checked before the push and every poll): Flower's exit handlers ran."""
