@@ -127,15 +127,13 @@ class NodeTimes:
     def path(self, link: Link | LinkCurve, fixed: FixedCosts | None,
              costs: WireCosts = DEFAULT_COSTS, start: float = 0.0, speed: float = 1.0
              ) -> dict[str, float]:
-        """This node's projected path through one phase, seconds per row, on ``link``.
+        """This node's projected path through one phase on ``link``, seconds per row.
 
-        ``fixed`` None: the simulation view; else the deployment view (a fresh process's
-        own pickup, start-up and return, net of its real link's transfer and of the
-        back-off past its download, ``message_wait_s``; other replies ``fixed``).
-        ``start``: when the message is sent on ``link``'s clock (the reply leaves when
-        the download and every row but ``transfer``/``return`` are done). ``speed``
-        divides the compute rows, ``deserialise`` and ``serialise`` (0.5: twice as slow).
-        """
+        ``fixed`` None: the simulation view; else the deployment view (a fresh process's own
+        pickup, start-up, return, net of its real link's transfer and back-off past its
+        download; other replies ``fixed``). ``start``: the send time on ``link``'s clock (the
+        reply leaves when the download and every row but ``transfer``/``return`` are done).
+        ``speed`` divides compute, ``deserialise``, ``serialise`` (0.5: twice as slow)."""
         sec = self.seconds()
         out = {row: sec[row] for row in (*COMPUTE_ROWS, "deserialise", "serialise", "books")}
         if speed != 1.0:

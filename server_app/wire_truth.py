@@ -51,11 +51,8 @@ class WireCounters:
 
     @classmethod
     def from_env(cls) -> WireCounters | None:
-        """The counters the lab's manifest names, or None outside the link lab.
-
-        Raises:
-            ValueError: the manifest cannot be read or names an interface not here.
-        """
+        """The counters the lab's manifest names, None outside the link lab; ``ValueError``
+        if the manifest cannot be read or names an interface not here."""
         path = os.environ.get(LINKLAB_ENV)
         if not path:
             return None
