@@ -1,13 +1,12 @@
-"""Per-round checkpoints: the exchanged global tensors and the books, so a run can resume.
+"""Per-round checkpoints, so a run can resume (``resume-from = <run folder>``).
 
-After every round the server writes ``checkpoint.safetensors`` (the global tensors as they
-travel) and ``checkpoint.json`` (the round, the books' rows, the round and phase rows) into
-the run folder, atomically. ``resume-from = <run folder>`` restarts at the next round and
-goes on writing into that folder.
+After every round the run folder gets, atomically, ``checkpoint.safetensors`` (the global
+tensors as they travel) and ``checkpoint.json`` (the round, the books, the rows so far).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,25 +39,13 @@ def save(run_dir: Path, ckpt: Checkpoint) -> None:
     with atomic_path(run_dir / TENSORS) as tmp:
         save_file({k: v.contiguous() for k, v in ckpt.arrays.to_torch_state_dict().items()},
                   str(tmp))
-    state = {"round": ckpt.round, "books": [r.as_row() for r in ckpt.books],
-             "rounds": ckpt.rounds, "phases": ckpt.phases, "rejections": ckpt.rejections,
-             "nodes": ckpt.nodes, "estimated": ckpt.estimated}
-    write_json(run_dir / STATE, state, indent=None)
+    state = {f.name: getattr(ckpt, f.name) for f in dataclasses.fields(ckpt)[2:]}
+    write_json(run_dir / STATE, {"round": ckpt.round, **state,
+                                 "books": [r.as_row() for r in ckpt.books]}, indent=None)
 
 
 def load(run_dir: Path) -> Checkpoint:
     """The checkpoint of a run folder."""
     state = json.loads((run_dir / STATE).read_text())
-    tensors = load_file(str(run_dir / TENSORS))
-    return Checkpoint(
-        round=state["round"],
-        arrays=ArrayRecord(tensors),
-        books=[BookRow.from_row(r) for r in state["books"]],
-        rounds=state["rounds"],
-        phases=state["phases"],
-        rejections=state["rejections"],
-        nodes=state["nodes"],
-        estimated=state["estimated"],
-    )
-
-
+    return Checkpoint(**{**state, "arrays": ArrayRecord(load_file(str(run_dir / TENSORS))),
+                         "books": [BookRow.from_row(r) for r in state["books"]]})

@@ -1,7 +1,7 @@
 """The bandwidth estimate: (model down + update up) x clients x fraction x rounds.
 
-A resumed run's estimate adds, for the rounds before it, what was estimated when they ran
-(kept in the checkpoint), so every round is estimated under the config it ran with.
+A resumed run adds what the checkpoint estimated for the rounds before it, so every round
+is estimated under the config it ran with.
 """
 
 from __future__ import annotations
@@ -17,8 +17,19 @@ from fedvit.config.appconfig import AppConfig
 from fedvit.schema import dataclass_row, field_values
 
 
+class _Row:
+    """A dataclass as a row (kebab-case keys: a checkpoint's, a summary's) and back."""
+
+    def as_row(self) -> dict:
+        return dataclass_row(self)
+
+    @classmethod
+    def from_row(cls, row: dict):
+        return cls(**field_values(row, [f.name for f in dataclasses.fields(cls)]))
+
+
 @dataclass(frozen=True)
-class Estimated:
+class Estimated(_Row):
     """Tensor bytes estimated for the rounds up to ``rounds`` (a checkpoint's)."""
 
     rounds: int = 0
@@ -26,25 +37,14 @@ class Estimated:
     up: int = 0
     up_min: int = 0
 
-    def as_row(self) -> dict:
-        """As a checkpoint holds it (kebab-case keys)."""
-        return dataclass_row(self)
-
-    @classmethod
-    def from_row(cls, row: dict) -> Estimated:
-        """Inverse of ``as_row``."""
-        return cls(**field_values(row, [f.name for f in dataclasses.fields(cls)]))
-
 
 @dataclass(frozen=True)
-class Estimate:
+class Estimate(_Row):
     """Tensor bytes the run should move, computed before its first round.
 
-    ``up_bytes_per_message`` is exact for every codec but top-k, whose index encoding
-    (the narrowest of gaps or bitmap) depends on the values: there it is the most a
-    message can weigh and ``up_bytes_per_message_min`` the least (equal otherwise).
-    ``earlier`` is what was estimated for the rounds before a resume; ``down``, ``up`` and
-    ``up_min`` include it.
+    Exact for every codec but top-k, whose index encoding depends on the values: there
+    ``up_bytes_per_message`` is the most a message can weigh, ``..._min`` the least.
+    ``down``, ``up``, ``up_min`` include ``earlier_*`` (the rounds before a resume).
     """
 
     down_bytes_per_message: int
@@ -68,9 +68,7 @@ class Estimate:
         if self.up_min is None:
             object.__setattr__(self, "up_min", self.up)
 
-    def as_dict(self) -> dict:
-        """The estimate as ``summary.json`` holds it (kebab-case keys, bytes)."""
-        return dataclass_row(self)
+    as_dict = _Row.as_row  # summary.json's "estimate"
 
     def through(self, server_round: int) -> Estimated:
         """What it estimates for rounds 1 .. ``server_round`` (for the checkpoint)."""
@@ -81,11 +79,6 @@ class Estimate:
                          self.earlier_down + self.down_bytes_per_message * down_msgs * n,
                          self.earlier_up + self.up_bytes_per_message * train * n,
                          self.earlier_up_min + up_min * train * n)
-
-    @classmethod
-    def from_dict(cls, row: dict) -> Estimate:
-        """Inverse of ``as_dict`` (a summary's ``estimate``)."""
-        return cls(**field_values(row, [f.name for f in dataclasses.fields(cls)]))
 
     def matches(self, down: int, up: int, rounds: int | None = None) -> bool:
         """Whether measured tensor bytes agree with the estimate of rounds 1 .. ``rounds``
@@ -100,10 +93,9 @@ def sampled(num_nodes: int, fraction: float, min_nodes: int) -> int:
 
 
 def message_tensor_bytes(arrays: dict[str, np.ndarray], spec: CodecSpec) -> tuple[int, int]:
-    """Tensor bytes of one message carrying ``arrays`` encoded with ``spec``: (least,
-    most). Equal, and exact, for every codec but top-k; for top-k each tensor's index part
-    lies between ``min(k, ceil(n / 8))`` bytes (one-byte gaps) and ``min(4k, ceil(n / 8))``
-    (four-byte gaps or the bitmap; ``fedvit.codecs.format``)."""
+    """(least, most) tensor bytes of one message of ``arrays`` encoded with ``spec``; equal
+    but for top-k, whose index part per tensor lies between ``min(k, ceil(n / 8))`` and
+    ``min(4k, ceil(n / 8))`` bytes (one- or four-byte gaps, or the bitmap)."""
     if spec.name == "none":
         exact = sum(a.nbytes for a in arrays.values())
         return exact, exact
@@ -123,25 +115,14 @@ def message_tensor_bytes(arrays: dict[str, np.ndarray], spec: CodecSpec) -> tupl
 def estimate(arrays: dict[str, np.ndarray], num_nodes: int, cfg: AppConfig,
              earlier: Estimated | None = None) -> Estimate:
     """Train rounds send the model down and the update up to every sampled client;
-    evaluation rounds (``fraction-evaluate`` > 0) send the model down once more.
-
-    Args:
-        arrays: the exchanged tensors.
-        num_nodes: the nodes connected now.
-        cfg: this run's config (its rounds after ``earlier``'s are estimated with it).
-        earlier: what was estimated for the rounds before a resume (None: a new run).
-    """
+    evaluation rounds (``fraction-evaluate`` > 0) send the model down once more. The rounds
+    after ``earlier`` (a resume's; None: a new run) are estimated with ``cfg``."""
     earlier = earlier or Estimated()
     down = message_tensor_bytes(arrays, cfg.down_codec)[1]
     up_least, up = message_tensor_bytes(arrays, cfg.up_codec)
-    train = sampled(num_nodes, cfg.fraction_train, cfg.min_nodes)
-    evaluate = sampled(num_nodes, cfg.fraction_evaluate, cfg.min_nodes)
-    rounds = cfg.num_server_rounds
-    n = rounds - earlier.rounds
-    return Estimate(down, up, num_nodes, train, evaluate, rounds,
-                    down=earlier.down + down * (train + evaluate) * n,
-                    up=earlier.up + up * train * n,
-                    up_bytes_per_message_min=up_least,
-                    up_min=earlier.up_min + up_least * train * n,
-                    earlier_rounds=earlier.rounds, earlier_down=earlier.down,
-                    earlier_up=earlier.up, earlier_up_min=earlier.up_min)
+    est = Estimate(down, up, num_nodes, sampled(num_nodes, cfg.fraction_train, cfg.min_nodes),
+                   sampled(num_nodes, cfg.fraction_evaluate, cfg.min_nodes),
+                   cfg.num_server_rounds, 0, 0, up_least, 0, earlier.rounds, earlier.down,
+                   earlier.up, earlier.up_min)
+    total = est.through(cfg.num_server_rounds)
+    return dataclasses.replace(est, down=total.down, up=total.up, up_min=total.up_min)

@@ -41,7 +41,7 @@ from strategies import Books, RoundLog, build_strategy
 
 @dataclass
 class RunOutcome:
-    """What a finished run leaves: its folder, Flower's Result, the books, the rows."""
+    """What a finished run leaves (also on disk in ``run_dir``)."""
 
     run_dir: Path
     result: Result
@@ -55,28 +55,15 @@ class RunOutcome:
 
 
 def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
-    """Run the federation ``cfg`` describes on ``grid`` and write its results.
-
-    Build: the model, the test set, the strategy and the run folder; every check happens
-    before anything is written. With ``resume-from``, start from that run's checkpoint and
-    go on in its folder. Start: Flower's ``Strategy.start``. Record: after every round the
-    recorder writes the tables and the checkpoint; however the run ends (finished, error,
-    ``flwr stop``, Ctrl-C, SIGTERM) it writes ``summary.json``.
-
-    Args:
-        grid: Flower's Grid (simulation or deployment).
-        cfg: the validated run config.
-
-    Returns:
-        The run's outcome (also on disk in ``run_dir``).
+    """Run the federation ``cfg`` describes on ``grid`` (with ``resume-from``: on from that
+    run's checkpoint, in its folder) and write its results; however it ends (error, ``flwr
+    stop``, Ctrl-C, SIGTERM) ``summary.json`` is written.
 
     Raises:
-        ConfigError: a check of the config against the model or the checkpoint failed
-            (nothing written).
-        RunStopped: the run stopped before its last round, or rounds aggregated nothing
-            (``summary.json`` says why).
+        ConfigError: the config does not fit the model or the checkpoint (nothing written).
+        RunStopped: the run stopped early or rounds aggregated nothing (see the summary).
     """
-    # Build: everything that can fail on the config fails here, before anything is written.
+    # Build: every check of the config fails here, before anything is written.
     validate_resume(cfg)
     test_data, cols = central_test_data(cfg)
     model = build_model(cfg, cols.num_classes)
@@ -94,8 +81,16 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     recorder = RunRecorder(cfg, run_dir, strategy, timed_grid.times,
                            resumed_record(count_parameters(model), ckpt), done)
     recorder.write_config()
-    _close_on_flower_exit(recorder, timed_grid)
 
+    def on_flower_exit() -> None:
+        """`flwr stop`, Ctrl-C, SIGTERM: Flower runs its exit handlers in the main thread,
+        also where the ServerApp runs in another (simulation); the app's thread then stops
+        at its next grid call or record (``RunEnding``). Once the summary exists (handlers
+        are never removed) this does nothing."""
+        recorder.close(FlowerExit())
+        timed_grid.ending.set()
+
+    add_exit_handler(on_flower_exit, run_before_force_exit=True)
     # Start: whatever stops the run from here on leaves summary.json.
     result, stop = Result(arrays=initial), None
     try:
@@ -105,19 +100,14 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
             shared = ({BACKBONE: backbone_fingerprint(model)} if cfg.strategy == "fedlora"
                       else {})
             result = strategy.start(
-                grid=timed_grid,
-                initial_arrays=initial,
-                num_rounds=cfg.num_server_rounds - done,
-                timeout=cfg.round_timeout_s,
-                train_config=ConfigRecord(shared),
+                grid=timed_grid, initial_arrays=initial, num_rounds=cfg.num_server_rounds - done,
+                timeout=cfg.round_timeout_s, train_config=ConfigRecord(shared),
                 evaluate_config=ConfigRecord(shared),
-                evaluate_fn=recorder.recording(central_evaluation(model, test_loader, cfg)),
-            )
+                evaluate_fn=recorder.recording(central_evaluation(model, test_loader, cfg)))
         if len(result.arrays) == 0:  # no round aggregated anything: the global is unchanged
             result.arrays = initial
     except BaseException as err:  # Ctrl-C and `flwr stop` too: leave a summary
         stop = err
-
     # Record: the summary, and how the run ended.
     summary = recorder.close(stop)
     if summary["status"] != "complete":
@@ -131,8 +121,8 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
 
 
 def _checkpoint(cfg: AppConfig, model) -> Checkpoint | None:
-    """``resume-from``'s checkpoint, checked against the tensors ``model`` exchanges
-    (``ConfigError`` if they differ); None for a new run."""
+    """``resume-from``'s checkpoint (``ConfigError`` unless its tensors are those ``model``
+    exchanges), or None."""
     if not cfg.resume_from:
         return None
     ckpt = load_checkpoint(resolve_path(cfg.resume_from))
@@ -142,30 +132,14 @@ def _checkpoint(cfg: AppConfig, model) -> Checkpoint | None:
     return ckpt
 
 
-def _close_on_flower_exit(recorder: RunRecorder, grid: TimedGrid) -> None:
-    """`flwr stop`, Ctrl-C, SIGTERM: Flower's exit runs its handlers in the main thread,
-    also where the ServerApp runs in another (simulation); the summary is written there,
-    and the ServerApp's thread then stops at its next grid call or record (``RunEnding``),
-    so nothing is written after the summary. Handlers are never removed, so this one does
-    nothing once the summary exists."""
-
-    def on_flower_exit() -> None:
-        recorder.close(FlowerExit())
-        grid.ending.set()
-
-    add_exit_handler(on_flower_exit, run_before_force_exit=True)
-
-
 def _log_start(cfg: AppConfig, model, initial: ArrayRecord, grid: TimedGrid, run_dir: Path,
                ckpt: Checkpoint | None):
-    """Log what runs and the bandwidth estimate; return the estimate (it waits for
-    ``min-nodes`` nodes: ``TooFewNodes``). A resumed run's earlier rounds keep what was
-    estimated when they ran (the checkpoint's)."""
+    """Log what runs and return the bandwidth estimate (waits for ``min-nodes``:
+    ``TooFewNodes``; a resume's earlier rounds keep the checkpoint's)."""
     num_nodes = len(grid.get_node_ids())
     earlier = Estimated.from_row(ckpt.estimated) if ckpt else None
     est = estimate({k: v.cpu().numpy() for k, v in exchanged_state(model).items()},
                    num_nodes, cfg, earlier)
-    done = ckpt.round if ckpt else 0
     total, trainable = count_parameters(model)
     log(INFO, "fedvit: %s on %s (%s parameters, %s trainable, %d tensors exchanged, "
         "backbone %s); results in %s", cfg.strategy, cfg.model_name, f"{total:,}",
@@ -173,6 +147,6 @@ def _log_start(cfg: AppConfig, model, initial: ArrayRecord, grid: TimedGrid, run
     log(INFO, "fedvit: estimate (model down + update up) x clients x fraction x rounds: "
         "%.3f MB down + %.3f MB up over %d rounds, %d of %d nodes training",
         est.down / MB, est.up / MB, est.rounds, est.train_clients, num_nodes)
-    if done:
-        log(INFO, "fedvit: resuming %s after round %d", run_dir, done)
+    if ckpt:
+        log(INFO, "fedvit: resuming %s after round %d", run_dir, ckpt.round)
     return est

@@ -1,13 +1,9 @@
-"""A Grid wrapper: times sending and waiting, polls replies promptly, and never waits
-forever for nodes that are gone.
+"""A Grid wrapper: times pushes and pulls, polls promptly, never waits for nodes gone.
 
-* Flower 1.41's ``HttpGrid.send_and_receive`` (every ``flwr run``) sleeps 3 s between two
-  pulls, so a round's wall time is rounded up to the next 3 s; this wrapper uses the same
-  public ``push_messages``/``pull_messages`` API but polls every ``POLL_S``.
-* A message whose destination node has left the federation gets no reply: the wait for it
-  ends as soon as the node is gone (the books then count the failure in its round).
-* FedAvg's node sampling waits forever for ``min_available_nodes``; ``get_node_ids`` here
-  raises ``TooFewNodes`` once fewer than ``min_nodes`` have been connected for ``wait_s``.
+Flower 1.41's ``HttpGrid.send_and_receive`` (every ``flwr run``) sleeps 3 s between pulls,
+rounding a round up to 3 s; this polls every ``POLL_S`` through the same public API. A
+message to a node that left gets no reply: its wait ends when the node is gone. FedAvg's
+sampling waits forever for its nodes; ``get_node_ids`` raises ``TooFewNodes`` instead.
 """
 
 from __future__ import annotations
@@ -30,18 +26,15 @@ class TooFewNodes(RuntimeError):
 
 
 class RunEnding(BaseException):
-    """Flower is ending the run (``flwr stop``, Ctrl-C, SIGTERM ran its exit handlers in
-    another thread): the ServerApp's own thread stops at its next grid call or record."""
+    """Flower's exit handlers ran (``flwr stop``, Ctrl-C, SIGTERM): the ServerApp's thread
+    stops at its next grid call or record."""
 
 
 @dataclass
 class GridTimes:
-    """When messages left and replies arrived, on the server's wall clock (``time.time()``).
-
-    ``pushes[round]``: (start, end) of each ``push_messages`` call; ``pushed[id]``: when the
-    message with that id had been handed to the SuperLink (its push call returned);
-    ``pulled[id]``: when the reply *to* message ``id`` came back from ``pull_messages``.
-    """
+    """Server wall clock (``time.time()``): ``pushes[round]`` (start, end) of each push call;
+    ``pushed[id]`` when message ``id``'s call returned; ``pulled[id]`` when the reply *to*
+    it was pulled."""
 
     pushes: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
     pushed: dict[str, float] = field(default_factory=dict)
@@ -53,16 +46,8 @@ class GridTimes:
 
 
 class TimedGrid:
-    """The grid the strategy runs on: Flower's ``grid`` with ``get_node_ids`` and
-    ``send_and_receive`` as the module says (all that ``Strategy.start`` and the strategies
-    call).
-
-    Args:
-        grid: Flower's Grid.
-        min_nodes: fewest nodes ``get_node_ids`` waits for.
-        wait_s: how long it waits for them.
-        poll_s: seconds between two pulls.
-    """
+    """The grid the strategy runs on: ``get_node_ids`` and ``send_and_receive`` (all that
+    ``Strategy.start`` and the strategies call) as the module says."""
 
     def __init__(self, grid: Grid, min_nodes: int, wait_s: float,
                  poll_s: float = POLL_S) -> None:
@@ -81,26 +66,16 @@ class TimedGrid:
         while len(ids := list(self._grid.get_node_ids())) < self._min_nodes:
             self._check_ending()
             if time.monotonic() > deadline:
-                raise TooFewNodes(
-                    f"{len(ids)} nodes connected for {self._wait_s:.0f} s, fewer than "
-                    f"'min-nodes' = {self._min_nodes}: stopping the run"
-                )
+                raise TooFewNodes(f"{len(ids)} nodes connected for {self._wait_s:.0f} s, fewer "
+                                  f"than 'min-nodes' = {self._min_nodes}: stopping the run")
             time.sleep(0.5)
         return ids
 
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> list[Message]:
-        """Push ``messages``, then pull their replies every ``poll_s`` until all are in,
-        ``timeout`` seconds (None: no limit) have passed, or the nodes still owing one
-        have left; records the push interval and each reply's pull time.
-
-        Returns:
-            The replies pulled, in the order they came.
-
-        Raises:
-            RunEnding: Flower's exit handlers ran (checked before pushing and every poll).
-        """
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
+                         ) -> list[Message]:
+        """Push, then pull every ``poll_s`` until all replies are in, ``timeout`` s (None:
+        no limit) passed or the nodes owing one left; the replies in the order they came.
+        ``RunEnding`` (checked before the push and every poll): Flower's exit handlers ran."""
         self._check_ending()
         messages = list(messages)
         if not messages:

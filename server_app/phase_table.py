@@ -1,9 +1,5 @@
-"""A round's phase table: its rows (``phases.csv/json``), their mean over rounds, and the
-table as text (the log, the report).
-
-``server_app.timeline`` fills it: every second of a round given to one row (``measured``),
-and the round projected on the links (``projected``, ``deployment``).
-"""
+"""A round's phase table (``phases.csv/json``, filled by ``server_app.timeline``), its mean
+over rounds, and the table as text (the log, the report)."""
 
 from __future__ import annotations
 
@@ -16,9 +12,8 @@ from fedvit.wire.links import DEFAULT_COSTS, WireCosts
 
 @dataclass(frozen=True)
 class RoundTimes:
-    """One round's time in seconds: ``measured`` (rows add up to ``wall_s``), and
-    ``projected`` / ``deployment`` on the nodes' links (rows add up to ``*_s``), priced
-    with ``costs`` (the link model's per-call handling and per-object framing)."""
+    """One round's seconds: ``measured`` rows add up to ``wall_s``; ``projected`` and
+    ``deployment`` (on the links, priced with ``costs``) to ``*_s``."""
 
     round: int
     wall_s: float
@@ -33,19 +28,17 @@ class RoundTimes:
 
     @property
     def unexplained_share(self) -> float:
-        """Share of the round's wall time that no interval explains (0..1)."""
         return self.measured["unexplained"] / self.wall_s if self.wall_s > 0 else 0.0
 
     @classmethod
     def from_row(cls, row: dict) -> RoundTimes:
-        """Inverse of ``as_row`` (a resumed run's earlier rounds, a replayed run's)."""
         plain = field_values(row, ("round", "wall_s", "critical_compute_s", "slowest_node",
                                    "projected_s", "deployment_s"))
         tables = {kind: {r: row[f"{kind}-{r}"] for r in TABLE_ROWS} for kind in KINDS}
         return cls(**plain, **tables, costs=WireCosts.from_dict(row))
 
     def as_row(self) -> dict:
-        """A flat row for ``phases.csv/json`` (columns: ``fedvit.schema.PHASES``)."""
+        """A row of ``phases.csv/json`` (``fedvit.schema.PHASES``; inverse ``from_row``)."""
         row = dataclass_row(self, leave_out=(*KINDS, "costs"))
         for kind in KINDS:
             row.update({f"{kind}-{r}": v for r, v in getattr(self, kind).items()})
@@ -62,21 +55,16 @@ def mean_table(rounds: list[RoundTimes]) -> dict[str, dict[str, float]]:
 
 def format_table(tables: dict[str, dict[str, dict[str, float]]],
                  kinds: tuple[str, ...] = KINDS) -> str:
-    """The phase table, seconds and share per row, for one or more runs side by side.
-
-    ``tables`` maps a run label to ``mean_table(...)``; ``kinds`` picks its columns.
-    """
-    head = f"{'phase':<14}" + "".join(
-        f"{label + ' ' + kind[:4]:>24}" for label in tables for kind in kinds)
-    lines = [head]
-    totals = {(lb, k): sum(t[k].values()) for lb, t in tables.items() for k in kinds}
+    """The phase table, seconds and share per row, of runs side by side (``tables``: run
+    label to ``mean_table``; ``kinds``: its columns)."""
+    lines = [f"{'phase':<14}" + "".join(
+        f"{label + ' ' + kind[:4]:>24}" for label in tables for kind in kinds)]
     for row in (*TABLE_ROWS, "total"):
-        cells = []
-        for label, t in tables.items():
+        cells = ""
+        for t in tables.values():
             for kind in kinds:
-                total = totals[(label, kind)]
+                total = sum(t[kind].values())
                 s = total if row == "total" else t[kind][row]
-                share = 100 * s / total if total else 0.0
-                cells.append(f"{s:>14.3f} s {share:>5.1f} %")
-        lines.append(f"{row:<14}" + "".join(cells))
+                cells += f"{s:>14.3f} s {100 * s / total if total else 0.0:>5.1f} %"
+        lines.append(f"{row:<14}{cells}")
     return "\n".join(lines)

@@ -1,5 +1,5 @@
 """Recording a run: after every round its tables, its checkpoint and one log line; at the
-end (however it ends) its ``summary.json``. Nothing else in the ServerApp writes files."""
+end (however it ends) ``summary.json``. Nothing else in the ServerApp writes files."""
 
 from __future__ import annotations
 
@@ -26,13 +26,7 @@ from server_app.estimate import Estimate
 from server_app.grid import GridTimes, RunEnding
 from server_app.phase_table import RoundTimes
 from server_app.results import ResultsWriter
-from server_app.summary import (
-    RunRecord,
-    build_summary,
-    log_summary,
-    stop_line,
-    stop_status,
-)
+from server_app.summary import RunRecord, build_summary, log_summary, stop_line, stop_status
 from server_app.timeline import FixedCosts, NodeTimes, round_times
 from server_app.wire_sampler import CounterSampler
 from server_app.wire_truth import WireCounters
@@ -44,18 +38,9 @@ ROUND_TRAIN_METRICS = (keys.TRAIN_LOSS, f"{keys.VAL}-accuracy", keys.LORA_AGG_ER
 
 
 class RunRecorder:
-    """Writes a run's folder: ``rounds``, ``books``, ``phases``, ``nodes`` (CSV and JSON),
-    the checkpoint and ``summary.json``; and logs a line per round.
-
-    Args:
-        cfg: the run config.
-        run_dir: the run's folder (it exists).
-        strategy: the strategy built by ``strategies.build_strategy``; the recorder reads
-            its ``books``, ``timeline`` and ``rejections``.
-        grid_times: the Grid wrapper's push and pull times.
-        record: what earlier rounds recorded (a resumed run's checkpoint), else empty.
-        done: rounds completed before this run started (0, or a checkpoint's round).
-    """
+    """Writes a run's folder (``rounds``, ``books``, ``phases``, ``nodes`` as CSV and JSON,
+    the checkpoint, ``summary.json``) from ``strategy``'s books, timeline and rejections,
+    and logs a line per round; ``done``: rounds completed before this run started."""
 
     def __init__(self, cfg: AppConfig, run_dir: Path, strategy, grid_times: GridTimes,
                  record: RunRecord, done: int) -> None:
@@ -74,9 +59,8 @@ class RunRecorder:
         self._summary: dict | None = None
 
     def write_config(self) -> None:
-        """A new run writes ``config.json``; every run, resumed or not, appends its config
-        to ``configs.json`` (``after-round``: the rounds completed before it started). A
-        resume never rewrites an earlier config."""
+        """A new run writes ``config.json``; every run appends its config to
+        ``configs.json`` with ``after-round`` (a resume never rewrites an earlier one)."""
         history_path = self.run_dir / CONFIG_HISTORY
         if self.done == 0 and not history_path.exists():
             self.writer.write_json(keys.CONFIG_FILE, self.cfg.to_dict())
@@ -88,10 +72,9 @@ class RunRecorder:
 
     def recording(self, evaluate_fn: Callable[[int, ArrayRecord], MetricRecord]
                   ) -> Callable[[int, ArrayRecord], MetricRecord]:
-        """``evaluate_fn``, timed, with every round after it recorded (``round``): what
-        ``Strategy.start`` is given. Flower counts this run's rounds from 1; the recorded
-        round adds the rounds done before a resume; its round 0 (the initial model) is
-        evaluated but not recorded."""
+        """``evaluate_fn``, timed, each round recorded after it (``Strategy.start``'s).
+        Flower counts this run's rounds from 1 (a resume's done rounds are added); round 0,
+        the initial model, is evaluated but not recorded."""
 
         def evaluate_and_record(loop_round: int, arrays: ArrayRecord) -> MetricRecord:
             if self._summary is not None:  # stopped: no evaluation of a round not recorded
@@ -106,57 +89,40 @@ class RunRecorder:
 
     def round(self, server_round: int, arrays: ArrayRecord, central: MetricRecord,
               central_eval: tuple[float, float]) -> None:
-        """Record one finished round: analyse its time, rewrite the tables, checkpoint.
-        Once the summary is written (the run stopped) nothing more is: ``RunEnding``.
-
-        Args:
-            server_round: the round (resume offset included).
-            arrays: the global tensors after it.
-            central: its central evaluation (``accuracy`` 0..1, ``loss`` nats).
-            central_eval: (start, end) of that evaluation, server wall clock in seconds.
-        """
+        """Record one finished round (``central_eval``: its evaluation's (start, end), wall
+        clock): its times, the tables, the checkpoint. After the summary: ``RunEnding``."""
         with self._closing:  # a stop's summary is written before or after, never during
             if self._summary is not None:
                 raise RunEnding(f"the run was stopped: round {server_round} is not recorded")
-            self._record_round(server_round, arrays, central, central_eval)
-
-    def _record_round(self, server_round: int, arrays: ArrayRecord, central: MetricRecord,
-                      central_eval: tuple[float, float]) -> None:
-        s, rec = self.strategy, self.record
-        log_ = s.timeline[server_round]
-        times, nodes = round_times(server_round, log_, s.books, self.grid_times,
-                                   central_eval, self.fixed,
-                                   lambda nodes: self.wire_costs(server_round, nodes))
-        rec.phases.append(times)
-        rec.nodes.extend(nodes)
-        row = round_row(server_round, central, s.books, times, log_.train_metrics)
-        rec.rounds.append(row)
-        self.writer.write_table(keys.ROUNDS, rec.rounds)
-        self.writer.write_table(keys.BOOKS, s.books.as_rows())
-        self.writer.write_table(keys.PHASES, [p.as_row() for p in rec.phases])
-        self.writer.write_table(keys.NODES, [n.as_row() for n in rec.nodes])
-        save_checkpoint(self.run_dir, Checkpoint(
-            server_round, arrays, s.books.rows, rec.rounds, [p.as_row() for p in rec.phases],
-            s.rejections, [n.as_row() for n in rec.nodes],
-            self.estimate.through(server_round).as_row()))
-        log(INFO, "fedvit: round %d/%d | central acc %.4f loss %.4f | down %.3f MB "
-            "up %.3f MB | cumulative %.3f MB | %.1f s (%.0f %% unexplained), projected "
-            "%.1f s on the links, %.1f s as a deployment",
-            server_round, self.cfg.num_server_rounds, central["accuracy"], central["loss"],
-            row["down-mb"], row["up-mb"], row["cumulative-mb"], row["round-s"],
-            100 * times.unexplained_share, row["projected-round-s"],
-            row["deployment-round-s"])
+            s, rec = self.strategy, self.record
+            log_ = s.timeline[server_round]
+            times, nodes = round_times(server_round, log_, s.books, self.grid_times,
+                                       central_eval, self.fixed,
+                                       lambda nodes: self.wire_costs(server_round, nodes))
+            rec.phases.append(times)
+            rec.nodes.extend(nodes)
+            row = round_row(server_round, central, s.books, times, log_.train_metrics)
+            rec.rounds.append(row)
+            phases, node_rows = [p.as_row() for p in rec.phases], [n.as_row() for n in rec.nodes]
+            self.writer.write_table(keys.ROUNDS, rec.rounds)
+            self.writer.write_table(keys.BOOKS, s.books.as_rows())
+            self.writer.write_table(keys.PHASES, phases)
+            self.writer.write_table(keys.NODES, node_rows)
+            save_checkpoint(self.run_dir, Checkpoint(
+                server_round, arrays, s.books.rows, rec.rounds, phases, s.rejections,
+                node_rows, self.estimate.through(server_round).as_row()))
+            log(INFO, "fedvit: round %d/%d | central acc %.4f loss %.4f | down %.3f MB "
+                "up %.3f MB | cumulative %.3f MB | %.1f s (%.0f %% unexplained), projected "
+                "%.1f s on the links, %.1f s as a deployment",
+                server_round, self.cfg.num_server_rounds, central["accuracy"],
+                central["loss"], row["down-mb"], row["up-mb"], row["cumulative-mb"],
+                row["round-s"], 100 * times.unexplained_share, row["projected-round-s"],
+                row["deployment-round-s"])
 
     def wire_costs(self, server_round: int, nodes: list[NodeTimes]) -> WireCosts:
-        """The per-call handling and per-object framing this round's projection uses (and
-        its ``phases`` row records): in the link lab, measured from the kernel's counters
-        over this run's replies so far (``server_app.calibration``); elsewhere (no
-        counters) ``fedvit.wire.links.DEFAULT_COSTS``.
-
-        Args:
-            server_round: the round.
-            nodes: its ok replies' times, bytes and links.
-        """
+        """The link model's costs for this round's projection: in the link lab measured
+        from the kernel's counters over the run's replies so far (``calibration``), else
+        ``DEFAULT_COSTS``."""
         if self.sampler is None:
             return DEFAULT_COSTS
         push_starts = {end: start for start, end in
@@ -167,23 +133,22 @@ class RunRecorder:
         return calibrate(self.wire_samples)
 
     def close(self, stop: BaseException | None) -> dict:
-        """Write ``summary.json`` once (the first stop seen wins), log it, and return it.
-
-        Args:
-            stop: what ended the run (None: it completed). Called from the run's own
-                thread and from Flower's exit handler, whichever comes first.
-        """
+        """Write ``summary.json`` once (the first caller wins: the run's thread or Flower's
+        exit handler), log it, return it. ``stop``: what ended the run (None: complete)."""
         with self._closing:
             if self._summary is None:
                 if self.sampler is not None:
                     self.sampler.stop()
                 s = self.strategy
                 wire = self.wire.versus_books(s.books, self.record.nodes) if self.wire else None
-                books = self._books_of(stop)
-                if books is s.books and s.books.rows:  # a failed round's rows are shown too
+                books = s.books
+                if stop_status(stop)["status"] == "interrupted":
+                    # Flower ended the run: the recorded rounds' books, not a cut round's.
+                    last = self.record.rounds[-1]["round"] if self.record.rounds else 0
+                    books = Books([r for r in books.rows if r.round <= last], books.mismatches)
+                elif s.books.rows:  # a failed round's rows (its nodes' errors) are shown too
                     self.writer.write_table(keys.BOOKS, s.books.as_rows())
-                summary = build_summary(self.cfg, self.record, books,
-                                        s.rejections,
+                summary = build_summary(self.cfg, self.record, books, s.rejections,
                                         self.estimate, time.perf_counter() - self._t_start,
                                         stop, wire)
                 self.writer.write_json(keys.SUMMARY_FILE, summary)
@@ -193,21 +158,10 @@ class RunRecorder:
                 self._summary = summary
             return self._summary
 
-    def _books_of(self, stop: BaseException | None) -> Books:
-        """The books the summary totals: where Flower ended the run, those of the recorded
-        rounds (what ``books.csv`` and the checkpoint hold), not a round cut short; else
-        every row (``close`` then rewrites ``books.csv`` with them: a round that failed
-        shows its nodes' errors)."""
-        books = self.strategy.books
-        if stop_status(stop)["status"] != "interrupted":
-            return books
-        last = self.record.rounds[-1]["round"] if self.record.rounds else 0
-        return Books([r for r in books.rows if r.round <= last], books.mismatches)
-
 
 def round_row(server_round: int, central: MetricRecord, books, times: RoundTimes,
               train: dict[str, float]) -> dict:
-    """One row of ``rounds.csv`` (columns documented in docs/results.md "Output files")."""
+    """One row of ``rounds.csv`` (``fedvit.schema.ROUNDS``)."""
     this, cum = books.totals(server_round), books.totals(server_round, upto=True)
     return {
         "round": server_round,

@@ -1,7 +1,4 @@
-"""The results writer: a run's folder, rewritten after every round so nothing is lost.
-
-The files and their columns are ``fedvit.schema``'s (docs/results.md "Output files").
-"""
+"""A run's folder and its files (``fedvit.schema``), rewritten after every round."""
 
 from __future__ import annotations
 
@@ -17,12 +14,11 @@ from fedvit.files import atomic_path, write_json
 
 
 def new_run_dir(cfg: AppConfig) -> Path:
-    """``<outputs-dir>/<run-name>``, by default ``<YYYYmmdd-HHMMSS>-<strategy>``; suffixed
-    if it exists; absolute."""
+    """``<outputs-dir>/<run-name or YYYYmmdd-HHMMSS-strategy>``, suffixed ``-2``... if it
+    exists; created, absolute."""
     root = resolve_path(cfg.outputs_dir)
     stamp = cfg.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.strategy}"
-    path = root / stamp
-    n = 1
+    path, n = root / stamp, 1
     while path.exists():
         n += 1
         path = root / f"{stamp}-{n}"
@@ -31,25 +27,18 @@ def new_run_dir(cfg: AppConfig) -> Path:
 
 
 class ResultsWriter:
-    """Writes a run's files; each call rewrites the file it owns (atomically)."""
+    """Writes a run's files; each call rewrites its file atomically."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
 
     def write_json(self, name: str, data: Any) -> None:
-        """Rewrite ``<run_dir>/<name>`` with ``data`` as JSON (atomically)."""
         write_json(self.run_dir / name, data)
 
     def write_table(self, stem: str, rows: list[dict]) -> None:
-        """Rewrite ``<stem>.csv`` and ``<stem>.json`` with the same rows.
-
-        Args:
-            stem: a table of ``fedvit.schema.TABLES``.
-            rows: its rows, each with exactly the schema's columns, in its order.
-
-        Raises:
-            ValueError: a row's columns are not the schema's (nothing is written).
-        """
+        """Rewrite ``<stem>.csv`` and ``<stem>.json`` (``stem``: a ``fedvit.schema.TABLES``
+        table) with ``rows``; ``ValueError`` (nothing written) unless each row has exactly
+        the schema's columns in its order."""
         expected = schema.columns(stem)
         for row in rows:
             if list(row) != expected:

@@ -23,9 +23,8 @@ from strategies.failures import NodesFailed, unaggregated_rounds
 
 @dataclass
 class RunRecord:
-    """What a run has recorded so far, one entry per completed round (a resumed run starts
-    with its checkpoint's): ``rounds`` rows of ``rounds.csv``, ``phases`` each round's
-    times, ``nodes`` each reply's times; ``parameters`` (all, trainable) of the model."""
+    """A run's completed rounds (a resume's start with its checkpoint's): ``rounds.csv``
+    rows, their times, their replies' times; ``parameters``: (all, trainable)."""
 
     parameters: tuple[int, int]
     rounds: list[dict] = field(default_factory=list)
@@ -52,12 +51,8 @@ class RunStopped(RuntimeError):
 
 
 def stop_status(stop: BaseException | None) -> dict[str, str]:
-    """``status`` and ``stop-reason`` of a run that ended with ``stop`` (None: finished).
-
-    ``status`` is ``complete``, ``too-few-nodes``, ``nodes-failed`` (every node failed a
-    round the same way), ``interrupted`` (Ctrl-C, SIGTERM, ``flwr stop``) or ``failed``
-    (any other error, e.g. inside an evaluation).
-    """
+    """``status`` (``complete``, ``too-few-nodes``, ``nodes-failed``, ``interrupted``: Ctrl-C,
+    SIGTERM, ``flwr stop``; ``failed``: any other error) and ``stop-reason``."""
     if stop is None:
         return {"status": "complete", "stop-reason": ""}
     reason = f"{type(stop).__name__}: {stop}" if str(stop) else type(stop).__name__
@@ -71,15 +66,9 @@ def stop_status(stop: BaseException | None) -> dict[str, str]:
 
 
 def run_status(stop: BaseException | None, books: Books, rejections: list[dict]) -> dict:
-    """``stop_status``, where rounds aggregated nothing told as such, and those rounds.
-
-    A run whose train rounds all aggregated nothing (it finished, or every node failed the
-    same way) is ``nothing-aggregated``; one that finished with some such rounds is
-    ``rounds-not-aggregated``. Other stops keep their status.
-
-    Returns:
-        ``{"status", "stop-reason", "unaggregated-rounds"}``.
-    """
+    """``stop_status`` plus ``unaggregated-rounds``: a complete or nodes-failed run whose
+    train rounds all aggregated nothing is ``nothing-aggregated``, a complete one with some
+    such rounds ``rounds-not-aggregated``."""
     out = stop_status(stop)
     empty = unaggregated_rounds(books.rows, rejections)
     trained = {r.round for r in books.rows if r.phase == "train"}
@@ -93,9 +82,9 @@ def run_status(stop: BaseException | None, books: Books, rejections: list[dict])
 
 
 def links(cfg: AppConfig, nodes: list[NodeTimes]) -> dict:
-    """The links the run's projection used: the run config's, unless nodes brought their
-    own (node config: a deployment, the link lab), then ``profile`` = ``node-config``, the
-    latency their mean, and each node's link under ``nodes`` (by partition)."""
+    """The links the projection used: the run config's, or where nodes brought their own
+    (node config) ``profile`` = ``node-config`` and their mean latency; each node's link
+    under ``nodes`` (by partition)."""
     out = {"down-mbps": cfg.link_down_mbps, "up-mbps": cfg.link_up_mbps,
            "latency-ms": cfg.link_latency_ms, "profile": cfg.link_profile}
     own = {n.partition_id: n.link for n in nodes}
@@ -111,27 +100,16 @@ def links(cfg: AppConfig, nodes: list[NodeTimes]) -> dict:
 def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list[dict],
                   est: Estimate | None, wall_s: float, stop: BaseException | None,
                   wire: dict | None) -> dict:
-    """The content of ``summary.json`` (keys documented in docs/results.md "Output files").
-
-    Args:
-        cfg: the run config.
-        run: the rounds recorded so far (a stopped run has fewer than asked for).
-        books: the bandwidth books; bytes are summed over every row.
-        rejections: replies the strategy refused to aggregate.
-        est: the bandwidth estimate computed before round 1 (None if the run stopped
-            earlier).
-        wall_s: seconds since the run started.
-        stop: what ended the run; None for a run that completed.
-        wire: the kernel's byte counters against the books (link lab only), else None.
-
-    Returns:
-        A JSON-ready dict; seconds are floats, bytes ints.
-    """
+    """``summary.json`` (``fedvit.schema``; seconds float, bytes int). ``books``: summed
+    over every row; ``est``: None if the run stopped before round 1; ``stop``: None if it
+    completed; ``wire``: the kernel's counters against the books (link lab), else None."""
     rounds, phases, total, trainable = run.rounds, run.phases, *run.parameters
     t = books.totals()
     status = run_status(stop, books, rejections)
     steady = phases[1:] or phases
+    done = [r["round"] for r in rounds]
     tensor, msg = t["down-tensor"] + t["up-tensor"], t["down-msg"] + t["up-msg"]
+    costs = phases[-1].costs if phases else DEFAULT_COSTS
     return {
         "strategy": cfg.strategy,
         "model-name": cfg.model_name,
@@ -143,11 +121,8 @@ def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list
         "wall-s": wall_s,
         "bytes": t,
         "estimate": est.as_dict() if est else None,
-        "estimate-matches-tensor-bytes": (est.matches(t["down-tensor"], t["up-tensor"],
-                                                      compared_rounds(
-                                                          [r["round"] for r in rounds],
-                                                          status["unaggregated-rounds"]))
-                                          if est else None),
+        "estimate-matches-tensor-bytes": est.matches(t["down-tensor"], t["up-tensor"], (
+            compared_rounds(done, status["unaggregated-rounds"]))) if est else None,
         "framing-overhead-percent": 100 * (msg - tensor) / tensor if tensor else None,
         "report-bytes": t["report"],
         "books-mismatches": books.mismatches,
@@ -164,20 +139,13 @@ def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list
         "deploy-fixed-costs": {"pickup-s": cfg.deploy_pickup_s,
                                "startup-s": cfg.deploy_startup_s,
                                "return-s": cfg.deploy_return_s},
-        WIRE_COSTS: wire_costs(phases),
+        WIRE_COSTS: {**costs.as_dict(), "source": costs.source},  # the last round's
         "links": links(cfg, run.nodes),
         "phase-table": mean_table(steady),
         **status,
-        "completed-rounds": [r["round"] for r in rounds],
+        "completed-rounds": done,
         **({"wire": wire} if wire else {}),
     }
-
-
-def wire_costs(phases: list[RoundTimes]) -> dict:
-    """The link-model costs of the last round's projection, with their ``source``
-    (``DEFAULT_COSTS`` before any round)."""
-    costs = phases[-1].costs if phases else DEFAULT_COSTS
-    return {**costs.as_dict(), "source": costs.source}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -185,17 +153,16 @@ def _mean(values: list[float]) -> float | None:
 
 
 def compared_rounds(completed: list[int], unaggregated: list[int]) -> int:
-    """The last round whose bytes the books hold and the estimate is compared with: the
-    last recorded round, or one that aggregated nothing after it (a run stopped there)."""
+    """The last round the books hold and the estimate is compared with (a stopped run's
+    unaggregated round after its last recorded one counts)."""
     return max(completed + unaggregated, default=0)
 
 
 def estimate_words(e: dict, matches: bool, rounds: int) -> str:
-    """The estimate of rounds 1 .. ``rounds`` as the end-of-run line states it, and how the
-    measurement compares: ``exact match``/``DIFFERENT``, or for top-k uploads (a range of
-    bytes) ``within the range``/``OUTSIDE the range``. Where the numbers printed to 3
-    decimals of a MB could hide a difference, the bytes are printed too."""
-    est = Estimate.from_dict(e).through(rounds)
+    """The end-of-run words for the estimate of rounds 1 .. ``rounds`` against the
+    measurement (top-k uploads: a range); bytes too where a difference could hide in 3
+    decimals of a MB."""
+    est = Estimate.from_row(e).through(rounds)
     words = "" if rounds == e["rounds"] else f"for rounds 1-{rounds} of {e['rounds']} "
     if est.up_min == est.up:
         words += f"{est.down / MB:.3f} / {est.up / MB:.3f}: " + (
@@ -208,7 +175,6 @@ def estimate_words(e: dict, matches: bool, rounds: int) -> str:
 
 
 def log_summary(s: dict, run_dir: Path) -> None:
-    """Log a summary's figures: totals, estimate, framing, wire truth, the phase table."""
     b, e = s["bytes"], s["estimate"]
     log(INFO, "fedvit: finished %d rounds in %.1f s, final central accuracy %s", s["rounds"],
         s["wall-s"], f"{s['final-central-accuracy']:.4f}" if s["rounds"] else "n/a")

@@ -1,66 +1,23 @@
 """Where a round's time goes: measured second by second, and projected onto links.
 
-**Measured.** Every moment of a round, from its first configure call to the end of its
-central evaluation, is given to one row. The server contributes its configure, push
-(``send``), aggregation and central-evaluation intervals; each reply contributes its
-message's way through the node (its ``t-*`` stamps, ``fedvit.keys``) between the server's
-push and the server's pull:
+Measured: each moment from a round's first configure call to its central evaluation's end
+goes to the first ``PRIORITY`` row covering it (``unexplained``: none), so the rows add up
+to the wall time: the server's intervals, and each reply's ``t-*`` stamps (``fedvit.keys``)
+from push to pull (``pickup``: to process start or mod entry; ``start-up``: a fresh
+process's; ... ``return``: mod exit to pull). Compute moments are shared among the compute
+rows by the reported seconds, the mod's between ``books`` and ``transfer`` likewise.
 
-``pickup``       push → the process starts (or, in a process that was already running, the
-                 mod gets the message): SuperNode polling, the message's transfer, queueing
-``start-up``     the process's start → the mod gets the message: interpreter, imports,
-                 Flower's runtime (only for the first message a process serves)
-``task-build``   model and data loaders built (cached after a process's first message)
-``deserialise``  the received tensors decoded and loaded into the model
-compute rows     training and evaluation (data, forward, backward, optimizer, eval, other)
-``serialise``    the reply's tensors encoded
-``books``        the client mod's byte counting
-``transfer``     emulated link sleeps (``link-emulate``)
-``return``       the mod hands the reply back → the server pulls it: the reply's transfer,
-                 SuperNode and Grid polling
-
-Where intervals overlap (several nodes, or a wave of clients waiting behind another), a
-moment counts for the first row of ``PRIORITY`` that covers it, so the rows add up to the
-round's wall time exactly; ``unexplained`` is what no interval covers. The compute rows
-share the moments of compute by the phase seconds the replies report; ``books`` and
-``transfer`` share the mod's moments likewise.
-
-**Projected.** Each phase (train, then evaluate if any) lasts as long as its slowest node's
-path: download + its measured work + upload, with transfer times from the books' message
-bytes and the node's link (``fedvit.wire.links``); plus the server's rows. Two projections:
-
-* ``projected``: the run as a simulation would be on those links (no process start-up,
-  pickup or return; a node's first-message task build only where the run measured it);
-* ``deployment``: the same plus a deployment's fixed costs per message: pickup, start-up
-  (with task build) and return. A reply from a fresh process measured its own (net of its
-  link's transfer where the node config says the link is real, ``link-real``); any other
-  reply gets the run config's ``deploy-pickup-s``, ``deploy-startup-s`` and
-  ``deploy-return-s``. (Flower 1.41 starts the process while its SuperNode still pulls the
-  message, and the process waits for the message before its imports: a real link's download
-  lies inside pickup + start-up, its upload inside return.)
-
-**On a clock.** ``project`` also places a round on a clock (``start``): the train phase's
-messages are sent after the server's ``configure`` and ``send`` rows, each node's reply
-when its download and its work are done, the evaluate phase's messages after the train
-phase's critical path and ``aggregation``; ``central-eval`` closes the round. A message is
-priced when it is sent: on a link that changes over time (``fedvit.wire.links.LinkCurve``, a
-replay's trace) it waits the latency in force then and its bytes are integrated over the
-rate curve; on a static link (the run's own projection, start 0) this is the static
-formula. A per-node device speed divides the node's compute, ``deserialise`` and
-``serialise`` rows (``NodeTimes.path``). ``tools.replay`` replays recorded rounds back to
-back through this same function; the run's own projection is its case of static links,
-speed 1.
-
-Clock skew: client stamps are on the node's clock, push and pull times on the server's.
-Rows inside a node (start-up to serialise) are exact whatever the skew; a skew of d seconds
-moves d between ``pickup`` and ``return`` (and, beyond the round's edges, into
-``unexplained``). On one host there is none.
+Projected: per phase the critical path (slowest download + work + upload, on its link)
+plus the server's rows; ``projected`` as a simulation on those links, ``deployment`` with
+pickup, start-up and return (a fresh process's own, net of a ``link-real`` link's
+transfer, else ``deploy-*-s``). Stamps are on the node's clock, push/pull on the server's:
+a skew of d s moves d between ``pickup`` and ``return``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from logging import WARNING
 
 from flwr.common.logger import log
@@ -74,8 +31,7 @@ from server_app.phase_table import RoundTimes
 from strategies import Books, RoundLog
 from strategies.timing import ClientReport
 
-# A moment covered by several intervals counts for the first of these ("compute" and "mod"
-# are split into their rows afterwards).
+# "compute" and "mod" are split into their rows afterwards.
 PRIORITY = ("configure", "send", "aggregation", "central-eval", "compute", "deserialise",
             "serialise", "mod", "task-build", "start-up", "transfer", "return", "pickup")
 PHASES = ("train", "evaluate")  # in a round's order
@@ -92,9 +48,9 @@ class FixedCosts:
 
 @dataclass(frozen=True)
 class NodeTimes:
-    """One reply's way through its node, in seconds, with its bytes and link.
+    """One reply's way through its node, seconds, with its bytes and link.
 
-    ``pushed`` and ``pulled`` are the server's wall clock; ``stamps`` the node's.
+    ``pushed``/``pulled``: server wall clock; ``stamps``: the node's clock.
     """
 
     round: int
@@ -139,17 +95,12 @@ class NodeTimes:
                    m.get(keys.TRANSFER_S, 0.0), down[0], up[0], down[1], up[1],
                    Link.from_metrics(m))
 
-    @property
-    def _pickup_end(self) -> float:
-        """The process's start if it was started for this message, else the mod's entry."""
-        s = self.stamps
-        return max(s[keys.PROCESS_START], self.pushed) if self.fresh else s[keys.MOD_IN]
-
     def intervals(self) -> list[tuple[str, float, float]]:
         """(row, start, end) of each step, in order; ``compute`` and ``mod`` to be split."""
         s = self.stamps
-        return [("pickup", self.pushed, self._pickup_end),
-                ("start-up", self._pickup_end, s[keys.MOD_IN]),
+        # Pickup ends at the process's start if it was started for this message.
+        woke = max(s[keys.PROCESS_START], self.pushed) if self.fresh else s[keys.MOD_IN]
+        return [("pickup", self.pushed, woke), ("start-up", woke, s[keys.MOD_IN]),
                 ("mod", s[keys.MOD_IN], s[keys.HANDLER_IN]),
                 ("task-build", s[keys.HANDLER_IN], s[keys.TASK_BUILT]),
                 ("deserialise", s[keys.TASK_BUILT], s[keys.COMPUTE_START]),
@@ -168,38 +119,21 @@ class NodeTimes:
         return out
 
     def down_s(self, link: Link, costs: WireCosts = DEFAULT_COSTS) -> float:
-        """Seconds the message takes down ``link``."""
         return link.down_s(self.down_bytes, self.down_objects, costs)
 
     def up_s(self, link: Link, costs: WireCosts = DEFAULT_COSTS) -> float:
-        """Seconds the reply takes up ``link``."""
         return link.up_s(self.up_bytes, self.up_objects, costs)
 
     def path(self, link: Link | LinkCurve, fixed: FixedCosts | None,
              costs: WireCosts = DEFAULT_COSTS, start: float = 0.0, speed: float = 1.0
              ) -> dict[str, float]:
-        """This node's projected path through one phase, per row, on ``link``.
+        """This node's projected path through one phase on ``link``, seconds per row.
 
-        ``fixed`` None: the simulation view (no pickup, start-up, return; a fresh process's
-        task build left out too). Otherwise the deployment view: a fresh process's own
-        pickup, start-up and return (net of its real link's transfer and of the process's
-        back-off past its download, ``fedvit.wire.links.message_wait_s``; the new link's
-        back-off is added to ``start-up``), else ``fixed``.
-
-        Args:
-            link: the node's link, static or over time (``fedvit.wire.links.LinkCurve``).
-            fixed: None, or a deployment's fixed costs per message.
-            costs: per-call handling and per-object framing of the link model.
-            start: when the message is sent, seconds on ``link``'s clock; the reply is
-                sent when the download and the node's work (every row but ``transfer``
-                and ``return``) are done.
-            speed: the node's device speed factor: its compute rows, ``deserialise`` and
-                ``serialise`` take their measured seconds divided by it (0.5: twice as
-                slow).
-
-        Returns:
-            Seconds per row.
-        """
+        ``fixed`` None: the simulation view; else the deployment view (a fresh process's own
+        pickup, start-up, return, net of its real link's transfer and back-off past its
+        download; other replies ``fixed``). ``start``: the send time on ``link``'s clock (the
+        reply leaves when the download and every row but ``transfer``/``return`` are done).
+        ``speed`` divides compute, ``deserialise``, ``serialise`` (0.5: twice as slow)."""
         sec = self.seconds()
         out = {row: sec[row] for row in (*COMPUTE_ROWS, "deserialise", "serialise", "books")}
         if speed != 1.0:
@@ -208,10 +142,8 @@ class NodeTimes:
         if fixed is None:
             out["task-build"] = 0.0 if self.fresh else sec["task-build"]
         elif self.fresh:
-            # Flower 1.41 starts the ClientApp while its SuperNode still pulls the message,
-            # and the process waits for it (asking on a back-off schedule,
-            # ``message_wait_s``) before the imports: the download and the back-off lie
-            # inside pickup + start-up; the upload inside return.
+            # The process asks for its message on a back-off schedule (message_wait_s)
+            # before its imports: download and back-off lie inside pickup + start-up.
             own = self.link if self.link.real else Link(float("inf"), float("inf"), 0.0)
             waits = max(0.0, sec["pickup"] + sec["start-up"]
                         - message_wait_s(self.down_s(own, costs)))
@@ -224,7 +156,7 @@ class NodeTimes:
                         "task-build": 0.0, "return": fixed.return_s})
         curve = link if isinstance(link, LinkCurve) else LinkCurve.constant(link)
         down = curve.down_s(start, self.down_bytes, self.down_objects, costs)
-        if fixed is not None and self.fresh:  # the process's back-off past the download
+        if fixed is not None and self.fresh:  # the new link's back-off past the download
             out["start-up"] += message_wait_s(down) - down
         work = sum(s for row, s in out.items() if row != "return")
         out["transfer"] = down + curve.up_s(start + down + work, self.up_bytes,
@@ -232,8 +164,7 @@ class NodeTimes:
         return out
 
     def as_row(self) -> dict:
-        """A flat row for ``nodes.csv/json`` (columns: ``fedvit.schema.NODES``; inverse:
-        ``from_row``)."""
+        """A flat row of ``nodes.csv/json`` (``fedvit.schema.NODES``; inverse ``from_row``)."""
         row = dataclass_row(self, leave_out=("stamps", "compute", "link"))
         row.update(self.stamps)
         row.update({keys.time_key(k): v for k, v in self.compute.items()})
@@ -242,10 +173,8 @@ class NodeTimes:
 
     @classmethod
     def from_row(cls, row: dict) -> NodeTimes:
-        """Inverse of ``as_row`` (a checkpoint's or a run folder's rows)."""
-        plain = field_values(row, ("round", "phase", "node_id", "partition_id", "fresh",
-                                   "pushed", "pulled", "books_s", "transfer_s", "down_bytes",
-                                   "up_bytes", "down_objects", "up_objects"))
+        plain = field_values(row, [f.name for f in fields(cls)
+                                   if f.name not in ("stamps", "compute", "link")])
         return cls(**plain, stamps={k: row[k] for k in keys.STAMPS},
                    compute={k: row[keys.time_key(k)] for k in COMPUTE_ROWS},
                    link=Link.from_metrics(row))
@@ -253,8 +182,8 @@ class NodeTimes:
 
 def sweep(intervals: Iterable[tuple[str, float, float]], start: float, end: float
           ) -> dict[str, float]:
-    """Seconds of [start, end) per row, each moment given to the first row of ``PRIORITY``
-    that covers it; ``unexplained`` for moments none covers. Sums to ``end - start``."""
+    """Seconds of [start, end) per row by ``PRIORITY``, ``unexplained`` where no interval
+    covers; sums to ``end - start``."""
     spans = [(row, max(a, start), min(b, end)) for row, a, b in intervals]
     spans = [x for x in spans if x[2] > x[1]]
     cuts = sorted({start, end, *(a for _, a, _ in spans), *(b for _, _, b in spans)})
@@ -267,50 +196,28 @@ def sweep(intervals: Iterable[tuple[str, float, float]], start: float, end: floa
     return out
 
 
-def _split(total: float, weights: dict[str, float]) -> dict[str, float]:
-    """``total`` shared in proportion to ``weights`` (evenly if they are all zero)."""
-    norm = sum(weights.values())
-    if norm <= 0:
-        return {k: total / len(weights) for k in weights}
-    return {k: total * w / norm for k, w in weights.items()}
-
-
 def measured_table(nodes: list[NodeTimes], server: list[tuple[str, float, float]],
                    start: float, end: float) -> dict[str, float]:
     """The measured rows of one round (``TABLE_ROWS``), adding up to ``end - start``."""
     swept = sweep([*server, *(i for n in nodes for i in n.intervals())], start, end)
     table = dict.fromkeys(TABLE_ROWS, 0.0)
+    shares = {"compute": {p: sum(n.compute[p] for n in nodes) for p in COMPUTE_ROWS},
+              "mod": {"books": sum(n.books_s for n in nodes),
+                      "transfer": sum(n.transfer_s for n in nodes)}}
     for row, s in swept.items():
-        if row == "compute":
-            weights = {p: sum(n.compute[p] for n in nodes) for p in COMPUTE_ROWS}
-            for p, x in _split(s, weights).items():
-                table[p] += x
-        elif row == "mod":
-            weights = {"books": sum(n.books_s for n in nodes),
-                       "transfer": sum(n.transfer_s for n in nodes)}
-            for p, x in _split(s, weights).items():
-                table[p] += x
-        else:
+        if row not in shares:
             table[row] += s
+            continue
+        weights = shares[row]  # shared in proportion (evenly if all are zero)
+        norm = sum(weights.values())
+        for p, w in weights.items():
+            table[p] += s * w / norm if norm > 0 else s / len(weights)
     return table
 
 
 def critical_path(paths: Mapping[int, Mapping[str, float]]) -> int:
-    """The critical path of one phase: the node whose projected path takes longest.
-
-    The one rule for both the timeline (``project``) and the report's bandwidth curves.
-
-    Args:
-        paths: per node id, its path through the phase, seconds per row
-            (``NodeTimes.path``: its work plus its transfer on its link).
-
-    Returns:
-        The node id whose rows add up to the most seconds (the first of equals, in the
-        mapping's order).
-
-    Raises:
-        ValueError: ``paths`` is empty (a phase without replies has no critical path).
-    """
+    """The node whose projected path (seconds per row) is longest, the first of equals: the
+    one rule of the timeline and the report's curves. ``ValueError`` if ``paths`` is empty."""
     if not paths:
         raise ValueError("a phase without replies has no critical path")
     return max(paths, key=lambda node: sum(paths[node].values()))
@@ -321,27 +228,13 @@ def project(nodes: list[NodeTimes], server: Mapping[str, float],
             costs: WireCosts = DEFAULT_COSTS, start: float = 0.0,
             speed_of: Callable[[NodeTimes], float] | None = None
             ) -> tuple[dict[str, float], dict[str, NodeTimes]]:
-    """A round on links: per phase, the critical path (``critical_path``); plus the
-    server's rows.
+    """A round on links: each phase's critical path plus the server's rows.
 
-    The round starts at ``start`` on the links' clock: the train phase's messages are sent
-    after the server's ``configure`` and ``send`` rows; the evaluate phase's after the
-    train phase's critical path and ``aggregation``; ``central-eval`` closes the round
-    (its length is the sum of the rows, wherever it starts).
-
-    Args:
-        nodes: the round's ok replies.
-        server: seconds per ``SERVER_ROWS`` row.
-        link_of: the link each node is projected on (static, or over time).
-        fixed: None for the simulation view, else a deployment's fixed costs
-            (see ``NodeTimes.path``).
-        costs: per-call handling and per-object framing.
-        start: the round's start, seconds on the links' clock.
-        speed_of: each node's device speed factor (None: 1 for every node).
-
-    Returns:
-        (seconds per ``TABLE_ROWS`` row, the reply on each phase's critical path, by phase;
-        a phase without replies is left out).
+    On the links' clock from ``start``: the train messages leave after ``configure`` and
+    ``send``, the evaluate messages after the train critical path and ``aggregation``.
+    ``server``: seconds per ``SERVER_ROWS`` row; ``fixed``: see ``NodeTimes.path``;
+    ``speed_of`` None: speed 1. Returns (seconds per ``TABLE_ROWS`` row, the critical
+    reply by phase; a phase without replies left out).
     """
     table = dict.fromkeys(TABLE_ROWS, 0.0)
     table.update({k: v for k, v in server.items() if k in SERVER_ROWS})
@@ -365,22 +258,8 @@ def round_times(server_round: int, log: RoundLog, books: Books, grid: GridTimes,
                 central_eval: tuple[float, float], fixed: FixedCosts,
                 costs_of: Callable[[list[NodeTimes]], WireCosts] = lambda _: DEFAULT_COSTS
                 ) -> tuple[RoundTimes, list[NodeTimes]]:
-    """Analyse one finished round.
-
-    Args:
-        server_round: the round.
-        log: what the strategy saw of it (server intervals, the ok replies' metrics).
-        books: the bandwidth books (message bytes per node and direction).
-        grid: the Grid wrapper's push and pull times.
-        central_eval: (start, end) of its central evaluation, server wall clock; the end
-            closes the round.
-        fixed: a deployment's fixed costs for replies that did not measure their own.
-        costs_of: the link model's per-call handling and per-object framing for the
-            round's replies (recorded with the round's times).
-
-    Returns:
-        The round's times, and each reply's ``NodeTimes``.
-    """
+    """One finished round's times and its ok replies' ``NodeTimes``; ``central_eval``:
+    (start, end), server wall clock, its end closing the round."""
     nodes = [NodeTimes.from_report(server_round, c, grid, books) for c in log.clients]
     costs = costs_of(nodes)
     server = [*log.server, ("central-eval", *central_eval),
