@@ -55,7 +55,6 @@ def to_rgb(image: PILImage, column: str) -> PILImage:
     """An image as 8-bit RGB, a 16-bit value ``v`` as ``round(v * 255 / 65535)``; ConfigError:
     a mode outside ``EIGHT_BIT_MODES`` and ``SIXTEEN_BIT_MODES``."""
     from PIL import Image
-
     if image.mode in EIGHT_BIT_MODES:
         return image.convert("RGB")
     if image.mode in SIXTEEN_BIT_MODES:
@@ -72,7 +71,6 @@ def to_rgb(image: PILImage, column: str) -> PILImage:
 def pixels(img_size: int, column: str) -> transforms.Compose:
     """PIL image -> ``(3, img_size, img_size)`` uint8 RGB tensor (``to_rgb``, resize)."""
     from torchvision import transforms
-
     return transforms.Compose([
         transforms.Lambda(lambda im: to_rgb(im, column)),
         transforms.Resize((img_size, img_size)),

@@ -43,7 +43,6 @@ def digits_splits() -> DatasetDict:
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
     from PIL import Image as PILImage
     from sklearn.datasets import load_digits
-
     bunch = load_digits()
     pixels = np.clip(bunch.images * 16, 0, 255).astype(np.uint8)  # 0..16 -> 0..255
     features = Features({"image": Image(), "label": ClassLabel(names=list("0123456789"))})
@@ -61,7 +60,6 @@ def columns_of(ds: Dataset) -> Columns:
     """The first ``Image`` column and the ``ClassLabel`` column (``fine_label`` or ``label``
     when there are several); ConfigError when either is missing."""
     from datasets import ClassLabel, Image
-
     images = [k for k, f in ds.features.items() if isinstance(f, Image)]
     labels = [k for k, f in ds.features.items() if isinstance(f, ClassLabel)]
     if not images or not labels:
@@ -77,7 +75,6 @@ def _partitioned(cfg: AppConfig, num_partitions: int) -> tuple[Partitioner, Data
     the columns; cached per process. A hub/local dataset is shuffled with ``seed`` first."""
     from flwr_datasets import FederatedDataset
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
-
     if cfg.dataset == EMBEDDED_DATASET:
         splits = digits_splits()
         train, test = splits["train"], splits["test"]
@@ -122,7 +119,6 @@ def client_splits(cfg: AppConfig, partition_id: int, num_partitions: int) -> Dat
                           "'dirichlet-alpha'")
     check_val_split(cfg.val_fraction, len(part), partition_id, num_partitions)
     from datasets import DatasetDict
-
     split = part.train_test_split(test_size=cfg.val_fraction, seed=cfg.seed)
     return DatasetDict(train=split["train"], val=split["test"])
 
