@@ -30,8 +30,7 @@ VERSION = 1
 SEP = "::"
 
 _GAP_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32))
-_PLAIN = {"none": np.dtype(np.float32), "fp16": np.dtype(np.float16),
-          "bf16": np.dtype(np.uint16)}
+_PLAIN = {"none": np.dtype(np.float32), "fp16": np.dtype(np.float16), "bf16": np.dtype(np.uint16)}
 _HEADER_WORDS = 5  # VERSION, codec, dtype, aux, ndim; then the shape
 Parts = dict[str, np.ndarray]
 
@@ -41,9 +40,9 @@ class CodecError(ValueError):
 
 
 def encode_tensor(key: str, tensor: np.ndarray, spec: CodecSpec) -> Parts:
-    """``{K::meta, K::<part>...}`` of one tensor under a validated spec. ValueError: a dtype
-    not in ``DTYPES``, a size or dimension above 2**32 - 1, non-finite values for
-    int8/int4/topk, or a block max beyond a float16 scale."""
+    """``{K::meta, K::<part>...}`` of one tensor under a validated spec. ValueError: a dtype not
+    in ``DTYPES``, a size or dimension > 2**32 - 1, non-finite int8/int4/topk values, or a
+    block max beyond a float16 scale."""
     arr = np.asarray(tensor)
     if arr.dtype not in DTYPES:
         raise ValueError(f"tensor {key!r} has dtype {arr.dtype}; codecs take "
@@ -77,14 +76,13 @@ def encode_tensor(key: str, tensor: np.ndarray, spec: CodecSpec) -> Parts:
 
 
 def decode_tensor(key: str, parts: Parts, restore_dtype: bool = False) -> np.ndarray:
-    """One tensor, original shape, float32 (or its original dtype), from its parts by name
-    (``meta``, ``val``, ``q``, ``scale``, ``idx``). CodecError: a missing, extra or malformed
-    part, an unknown version, codec, dtype or index encoding, or out-of-range indices."""
+    """One tensor, original shape, float32 (or original dtype), from its parts by name (``meta``,
+    ``val``, ``q``, ``scale``, ``idx``). CodecError: a missing, extra or malformed part, an
+    unknown version, codec, dtype or index encoding, or out-of-range indices."""
     codec, dtype, aux, shape = _read_meta(key, parts)
     n = math.prod(shape)
     expected = _layout(key, codec, aux, n)
-    extra = sorted(set(parts) - set(expected) - {"meta"})
-    if extra:
+    if extra := sorted(set(parts) - set(expected) - {"meta"}):
         raise CodecError(f"unexpected key {key + SEP + extra[0]!r} for codec {codec!r}")
     for part, (want, count) in expected.items():
         name, arr = key + SEP + part, parts.get(part)
@@ -112,10 +110,9 @@ def decode_tensor(key: str, parts: Parts, restore_dtype: bool = False) -> np.nda
 
 def _quantise(x: np.ndarray, qmax: int, bs: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Block-wise symmetric quantisation: (q int8[n], scale float16[B])."""
-    blocks = -(-x.size // bs)
-    padded = np.zeros(blocks * bs, np.float64)
+    padded = np.zeros(-(-x.size // bs) * bs, np.float64)
     padded[: x.size] = x
-    padded = padded.reshape(blocks, bs)
+    padded = padded.reshape(-1, bs)
     want = np.abs(padded).max(axis=1, initial=0.0) / qmax
     scale = want.astype(np.float16)
     low = scale.astype(np.float64) < want  # round up so that |x| / scale <= qmax
@@ -130,8 +127,7 @@ def _quantise(x: np.ndarray, qmax: int, bs: int, name: str) -> tuple[np.ndarray,
 
 def _encode_topk(x: np.ndarray, fraction: float) -> tuple[Parts, int]:
     """Top-k parts and the index encoding: the smallest, ties to the lower code."""
-    n = x.size
-    k = topk_count(n, fraction)
+    n, k = x.size, topk_count(x.size, fraction)
     idx = np.sort(np.argpartition(-np.abs(x), k - 1)[:k]) if 0 < k < n else np.arange(k)
     gaps = np.diff(idx, prepend=-1) - 1
     widest = int(gaps.max(initial=0))
@@ -162,8 +158,7 @@ def _decode_topk(key: str, parts: Parts, aux: int, n: int) -> np.ndarray:
 
 
 def _read_meta(key: str, parts: Parts) -> tuple[str, np.dtype, int, tuple[int, ...]]:
-    name = key + SEP + "meta"
-    meta = parts.get("meta")
+    name, meta = key + SEP + "meta", parts.get("meta")
     if meta is None:
         raise CodecError(f"missing key {name!r} (has {sorted(key + SEP + p for p in parts)})")
     if meta.dtype != np.uint32 or meta.ndim != 1 or meta.size < _HEADER_WORDS:

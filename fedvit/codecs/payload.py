@@ -1,8 +1,6 @@
-"""Lossy codecs for the tensors exchanged each round, with exact byte accounting.
-
-The encoded arrays are what travels (the arrays of an ``ArrayRecord``), so a payload weighs
-``Σ arr.nbytes``, headers, scales and indices included. Wire format: ``fedvit.codecs.format``.
-"""
+"""Lossy codecs for the tensors exchanged each round, with exact byte accounting: the encoded
+arrays travel as an ``ArrayRecord``'s, so a payload weighs ``Σ arr.nbytes`` (headers, scales,
+indices included). Wire format: ``fedvit.codecs.format``."""
 
 from __future__ import annotations
 
@@ -19,10 +17,7 @@ def encode(spec: str | CodecSpec, tensors: dict[str, np.ndarray]) -> dict[str, n
     """``{<name>::<part>: 1-D array}``, tensor by tensor in input order, ``::meta`` first.
     ``spec`` may be a bare codec name (default knobs). ValueError: as ``encode_tensor``."""
     spec = (CodecSpec(spec) if isinstance(spec, str) else spec).validate()
-    out: dict[str, np.ndarray] = {}
-    for key, tensor in tensors.items():
-        out.update(encode_tensor(key, tensor, spec))
-    return out
+    return {k: v for key, t in tensors.items() for k, v in encode_tensor(key, t, spec).items()}
 
 
 def decode(encoded: dict[str, np.ndarray], restore_dtype: bool = False) -> dict[str, np.ndarray]:
@@ -43,12 +38,10 @@ def encoded_bytes(encoded: dict[str, np.ndarray]) -> int:
 
 
 class ErrorFeedback:
-    """Residual memory for lossy (top-k) uploads.
-
-    Each round: ``c = ef.compensate(x)``; ``d = decode(encode(spec, c))``; ``ef.update(c, d)``.
-    The float32 residual ``c - d`` is what was not delivered (all of a dropped entry, the
-    float16 rounding of a sent one), so over rounds ``Σ decoded + residual == Σ inputs``.
-    """
+    """Residual memory for lossy (top-k) uploads. Each round: ``c = ef.compensate(x)``;
+    ``d = decode(encode(spec, c))``; ``ef.update(c, d)``. The float32 residual ``c - d`` is what
+    was not delivered (a dropped entry, a sent one's float16 rounding), so over rounds
+    ``Σ decoded + residual == Σ inputs``."""
 
     def __init__(self, residual: dict[str, np.ndarray] | None = None) -> None:
         self.residual = {k: np.asarray(v, dtype=np.float32) for k, v in (residual or {}).items()}
@@ -67,8 +60,7 @@ class ErrorFeedback:
     def update(self, sent_input: dict[str, np.ndarray], decoded: dict[str, np.ndarray]) -> None:
         """Residual = what ``compensate`` gave the encoder − what the receiver decoded
         (ValueError when ``decoded`` lacks one of its tensors)."""
-        missing = sorted(set(sent_input) - set(decoded))
-        if missing:
+        if missing := sorted(set(sent_input) - set(decoded)):
             raise ValueError(f"decoded tensors lack {missing[0]!r}")
         self.residual = {k: np.asarray(v, dtype=np.float32) - np.asarray(decoded[k], np.float32)
                          for k, v in sent_input.items()}

@@ -1,7 +1,5 @@
-"""The parsed form of ``codec-down`` and ``codec-up``: which codec, and its knobs.
-
-Standard library only, so the run config can parse codec specs cheaply.
-"""
+"""The parsed form of ``codec-down`` and ``codec-up``: which codec, and its knobs (standard
+library only, so the run config parses codec specs cheaply)."""
 
 from __future__ import annotations
 
@@ -16,12 +14,9 @@ U32_MAX = 2**32 - 1  # the wire format's header words are uint32
 
 @dataclass(frozen=True)
 class CodecSpec:
-    """A codec (one of ``CODECS``) and its knobs.
-
-    ``block_size``: elements per float16 scale (int8, int4; even for int4). The default 128
-    costs 1/64 byte an element, which keeps int8 under 25.5 % and int4 under 13 % of fp32.
-    ``topk_fraction``: share of each tensor's elements sent, in (0, 1] (topk).
-    """
+    """A codec (one of ``CODECS``) and its knobs. ``block_size``: elements per float16 scale
+    (int8, int4; even for int4); 128 costs 1/64 byte an element, keeping int8 under 25.5 % and
+    int4 under 13 % of fp32. ``topk_fraction``: share of each tensor's elements sent, (0, 1]."""
 
     name: str
     block_size: int = 128

@@ -1,10 +1,7 @@
-"""Data as the model sees it: a client's or the server's split -> tensors -> loaders.
-
-Small splits of digits or a local folder are materialised once into uint8 tensors and
-cached under ``$FEDVIT_CACHE/partitions``; a process that finds its split there never
-imports ``datasets``/``flwr_datasets`` (about 4 s; Flower 1.41 deployment starts a ClientApp
-process per message). torchvision (about 1.3 s) is imported inside functions likewise.
-"""
+"""Data as the model sees it: a client's or the server's split -> tensors -> loaders. Small
+splits (digits, a local folder) are cached as uint8 tensors under ``$FEDVIT_CACHE/partitions``:
+a process finding its split there never imports ``datasets``/``flwr_datasets`` (about 4 s; Flower
+1.41 starts a ClientApp process per message); torchvision (1.3 s) is imported lazily too."""
 
 from __future__ import annotations
 
@@ -55,12 +52,9 @@ class Materialised:
 
 
 def to_rgb(image: PILImage, column: str) -> PILImage:
-    """An image as 8-bit RGB; a 16-bit value ``v`` becomes ``round(v * 255 / 65535)``.
-
-    Raises ConfigError: a mode outside ``EIGHT_BIT_MODES`` and ``SIXTEEN_BIT_MODES``.
-    """
+    """An image as 8-bit RGB, a 16-bit value ``v`` as ``round(v * 255 / 65535)``; ConfigError:
+    a mode outside ``EIGHT_BIT_MODES`` and ``SIXTEEN_BIT_MODES``."""
     from PIL import Image
-
     if image.mode in EIGHT_BIT_MODES:
         return image.convert("RGB")
     if image.mode in SIXTEEN_BIT_MODES:
@@ -77,7 +71,6 @@ def to_rgb(image: PILImage, column: str) -> PILImage:
 def pixels(img_size: int, column: str) -> transforms.Compose:
     """PIL image -> ``(3, img_size, img_size)`` uint8 RGB tensor (``to_rgb``, resize)."""
     from torchvision import transforms
-
     return transforms.Compose([
         transforms.Lambda(lambda im: to_rgb(im, column)),
         transforms.Resize((img_size, img_size)),
@@ -87,8 +80,7 @@ def pixels(img_size: int, column: str) -> transforms.Compose:
 
 def materialise(ds: Dataset, cols: Columns, img_size: int) -> Materialised:
     """Every image of ``ds`` resized once (not normalised); raises as ``to_rgb``."""
-    to_pixels = pixels(img_size, cols.image)
-    images = [to_pixels(im) for im in ds[cols.image]]
+    images = list(map(pixels(img_size, cols.image), ds[cols.image]))
     empty = torch.empty(0, 3, img_size, img_size, dtype=torch.uint8)
     return Materialised(torch.stack(images) if images else empty,
                         torch.tensor(ds[cols.label], dtype=torch.long))
@@ -103,12 +95,9 @@ def normalise(images: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
 
 def make_loader(data: Dataset | Materialised, cols: Columns, cfg: AppConfig, mean: tuple,
                 std: tuple, shuffle: bool, batch_size: int, seed: int = 0) -> DataLoader:
-    """Batches of normalised images ``(B, 3, S, S)`` float32 and labels ``(B,)`` int64.
-
-    A split that ``fits_in_memory`` is materialised first (transformed once, not every
-    epoch); a larger one is transformed per batch, with workers and pinned memory on a GPU.
-    ``seed`` seeds the shuffling.
-    """
+    """Batches of normalised images ``(B, 3, S, S)`` float32 and labels ``(B,)`` int64, shuffled
+    with ``seed``. A split that ``fits_in_memory`` is materialised first (transformed once); a
+    larger one is transformed per batch, with workers and pinned memory on a GPU."""
     generator = torch.Generator().manual_seed(seed)
     if not isinstance(data, Materialised) and fits_in_memory(len(data), cfg.img_size):
         data = materialise(data, cols, cfg.img_size)
@@ -127,11 +116,9 @@ def make_loader(data: Dataset | Materialised, cols: Columns, cfg: AppConfig, mea
         return (torch.stack([r["image"] for r in rows]),
                 torch.tensor([r["label"] for r in rows], dtype=torch.long))
 
-    return DataLoader(
-        data.with_transform(apply), batch_size=batch_size, shuffle=shuffle,
-        generator=generator, num_workers=min(4, os.cpu_count() or 1) if cfg.use_cuda else 0,
-        pin_memory=cfg.use_cuda, collate_fn=collate,
-    )
+    return DataLoader(data.with_transform(apply), batch_size=batch_size, shuffle=shuffle,
+                      generator=generator, pin_memory=cfg.use_cuda, collate_fn=collate,
+                      num_workers=min(4, os.cpu_count() or 1) if cfg.use_cuda else 0)
 
 
 @dataclass(frozen=True)
@@ -144,10 +131,8 @@ class ClientData:
 
 
 def client_data(cfg: AppConfig, partition_id: int, num_partitions: int) -> ClientData:
-    """A client's ``train`` and ``val`` splits, from the partition cache when there.
-
-    Raises ConfigError: as ``fedvit.data.partitions.client_splits`` (on a cache miss).
-    """
+    """A client's ``train`` and ``val`` splits, from the partition cache when there; ConfigError:
+    as ``fedvit.data.partitions.client_splits`` (on a cache miss)."""
     splits, cols = _cached(cfg, partition_cache_path(cfg, partition_id, num_partitions),
                            {"train": "train-", "val": "val-"},
                            lambda: (client_splits(cfg, partition_id, num_partitions),
@@ -187,8 +172,8 @@ def _cached(cfg: AppConfig, path: Path | None, prefixes: dict[str, str],
 
 def partition_cache_path(cfg: AppConfig, partition_id: int, num_partitions: int
                          ) -> Path | None:
-    """``$FEDVIT_CACHE/partitions/<key digest>.pt`` of a client's partition (it may not
-    exist yet), or None for a hub dataset."""
+    """``$FEDVIT_CACHE/partitions/<key digest>.pt`` of a client's partition (maybe not there
+    yet), or None for a hub dataset."""
     return _cache_path(cfg, {
         "partitioner": cfg.partitioner, "dirichlet-alpha": cfg.dirichlet_alpha,
         "seed": cfg.seed, "val-fraction": cfg.val_fraction, "img-size": cfg.img_size,

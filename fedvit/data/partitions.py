@@ -1,9 +1,7 @@
 """The datasets (embedded digits, or a hub/local dataset) and their flwr-datasets partitions.
-
-``datasets``, ``flwr_datasets`` and scikit-learn cost about 4 s a process, so they are
-imported inside functions: a process that finds its split in the partition cache
-(``fedvit.data.loaders``) never imports them.
-"""
+``datasets``, ``flwr_datasets`` and scikit-learn (about 4 s a process) are imported inside
+functions: a process finding its split in the partition cache (``fedvit.data.loaders``) never
+imports them."""
 
 from __future__ import annotations
 
@@ -45,7 +43,6 @@ def digits_splits() -> DatasetDict:
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
     from PIL import Image as PILImage
     from sklearn.datasets import load_digits
-
     bunch = load_digits()
     pixels = np.clip(bunch.images * 16, 0, 255).astype(np.uint8)  # 0..16 -> 0..255
     features = Features({"image": Image(), "label": ClassLabel(names=list("0123456789"))})
@@ -63,7 +60,6 @@ def columns_of(ds: Dataset) -> Columns:
     """The first ``Image`` column and the ``ClassLabel`` column (``fine_label`` or ``label``
     when there are several); ConfigError when either is missing."""
     from datasets import ClassLabel, Image
-
     images = [k for k, f in ds.features.items() if isinstance(f, Image)]
     labels = [k for k, f in ds.features.items() if isinstance(f, ClassLabel)]
     if not images or not labels:
@@ -79,7 +75,6 @@ def _partitioned(cfg: AppConfig, num_partitions: int) -> tuple[Partitioner, Data
     the columns; cached per process. A hub/local dataset is shuffled with ``seed`` first."""
     from flwr_datasets import FederatedDataset
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
-
     if cfg.dataset == EMBEDDED_DATASET:
         splits = digits_splits()
         train, test = splits["train"], splits["test"]
@@ -93,12 +88,9 @@ def _partitioned(cfg: AppConfig, num_partitions: int) -> tuple[Partitioner, Data
             raise ConfigError(f"'dataset' = {cfg.dataset!r} could not be loaded with a 'train' "
                               f"and a 'test' split ({type(err).__name__}: {err})") from err
     cols = columns_of(train)
-    if cfg.partitioner == "iid":
-        partitioner: Partitioner = IidPartitioner(num_partitions=num_partitions)
-    else:
-        partitioner = DirichletPartitioner(
-            num_partitions=num_partitions, partition_by=cols.label, alpha=cfg.dirichlet_alpha,
-            min_partition_size=0, self_balancing=True, seed=cfg.seed)
+    partitioner: Partitioner = IidPartitioner(num_partitions) if cfg.partitioner == "iid" else (
+        DirichletPartitioner(num_partitions, cols.label, cfg.dirichlet_alpha, min_partition_size=0,
+                             self_balancing=True, seed=cfg.seed))
     partitioner.dataset = train
     return partitioner, test, cols
 
@@ -115,10 +107,8 @@ def central_test_set(cfg: AppConfig) -> Dataset:
 
 def client_splits(cfg: AppConfig, partition_id: int, num_partitions: int) -> DatasetDict:
     """A client's partition split into ``train`` and ``val`` (``val-fraction``, seeded).
-
-    Raises ConfigError: a partition id outside ``[0, num_partitions)``, a partition of fewer
-    than 2 examples, a ``val-fraction`` that leaves a side empty, a dataset not loadable.
-    """
+    ConfigError: a partition id outside ``[0, num_partitions)``, a partition of < 2 examples,
+    a ``val-fraction`` that leaves a side empty, a dataset not loadable."""
     if not 0 <= partition_id < num_partitions:
         raise ConfigError(f"node config 'partition-id' = {partition_id} is not allowed: must "
                           f"be in [0, {num_partitions}) for 'num-partitions' = {num_partitions}")
@@ -129,13 +119,11 @@ def client_splits(cfg: AppConfig, partition_id: int, num_partitions: int) -> Dat
                           "'dirichlet-alpha'")
     check_val_split(cfg.val_fraction, len(part), partition_id, num_partitions)
     from datasets import DatasetDict
-
     split = part.train_test_split(test_size=cfg.val_fraction, seed=cfg.seed)
     return DatasetDict(train=split["train"], val=split["test"])
 
 
-def check_val_split(val_fraction: float, size: int, partition_id: int,
-                    num_partitions: int) -> None:
+def check_val_split(val_fraction: float, size: int, partition_id: int, num_partitions: int) -> None:
     """ConfigError when ``val-fraction`` leaves a partition of ``size`` nothing to train on:
     ``train_test_split`` validates on ``ceil(val_fraction * size)`` examples."""
     if math.ceil(val_fraction * size) < size:
@@ -144,5 +132,4 @@ def check_val_split(val_fraction: float, size: int, partition_id: int,
         f"'val-fraction' = {val_fraction} is not allowed: partition {partition_id} of "
         f"{num_partitions} holds {size} examples, which leaves none to train on; must be "
         f"a number in (0, 1) that leaves at least one example on each side, here at most "
-        f"{math.floor(1e4 * (size - 1) / size) / 1e4}"
-    )
+        f"{math.floor(1e4 * (size - 1) / size) / 1e4}")

@@ -44,8 +44,7 @@ class WireCosts:
 
     @classmethod
     def from_dict(cls, values: Mapping, source: str = "default") -> WireCosts:
-        """The costs ``as_dict`` wrote (e.g. in a ``phases`` row); ValueError for a key
-        missing or not a number >= 0."""
+        """The costs ``as_dict`` wrote (a ``phases`` row); ValueError: a key missing or < 0."""
         for key in WIRE_COST_KEYS:
             value = values.get(key)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
@@ -67,14 +66,12 @@ class Link:
     latency_ms: float
     real: bool = False
 
-    def down_s(self, nbytes: int, objects: int = 0, costs: WireCosts = DEFAULT_COSTS
-               ) -> float:
-        """Seconds to move a message of ``nbytes`` serialised bytes and ``objects``
-        objects (0: unknown, bytes ÷ rate) down: latency, then ``object_seconds``."""
+    def down_s(self, nbytes: int, objects: int = 0, costs: WireCosts = DEFAULT_COSTS) -> float:
+        """Seconds to move ``nbytes`` serialised bytes in ``objects`` objects (0: unknown,
+        bytes ÷ rate) down: latency, then ``object_seconds``."""
         return self._transfer_s(nbytes, objects, costs, "down_mbps")
 
-    def up_s(self, nbytes: int, objects: int = 0, costs: WireCosts = DEFAULT_COSTS
-             ) -> float:
+    def up_s(self, nbytes: int, objects: int = 0, costs: WireCosts = DEFAULT_COSTS) -> float:
         """Seconds to move a reply up (as ``down_s``, a pushed object's framing)."""
         return self._transfer_s(nbytes, objects, costs, "up_mbps")
 
@@ -90,18 +87,15 @@ class Link:
 
     @classmethod
     def from_metrics(cls, metrics: Mapping) -> Link:
-        """The link ``as_metrics`` wrote (no ``link-real``: not real; KeyError for a
-        missing ``LINK_KEYS`` key)."""
+        """The link ``as_metrics`` wrote (no ``link-real``: not real); KeyError: a key missing."""
         return cls(*(float(metrics[k]) for k in LINK_KEYS), bool(metrics.get(LINK_REAL, 0)))
 
 
 @dataclass(frozen=True)
 class LinkCurve:
-    """One node's link over time: ``links[i]`` holds from ``times[i]`` s (strictly
-    ascending from 0, else ValueError) to ``times[i + 1]``, the last for ever. A message
-    sent at ``t`` waits the latency in force at ``t``, then moves by ``object_seconds``'s
-    rule, its bytes' time integrated over the rates: ``Link.down_s``/``up_s`` where no
-    change falls inside it."""
+    """One node's link over time: ``links[i]`` from ``times[i]`` s (ascending from 0, else
+    ValueError) to ``times[i + 1]``, the last for ever. A message sent at ``t`` waits the
+    latency at ``t``, then moves by ``object_seconds``'s rule over the integrated rates."""
 
     times: tuple[float, ...]
     links: tuple[Link, ...]
@@ -170,8 +164,7 @@ def _per_object(costs: WireCosts, rate: str) -> float:
 
 
 def wire_bytes(nbytes: int, objects: int, per_object: float) -> float:
-    """Bytes on the link: ``nbytes`` in frames (``FRAME_FACTOR``) plus ``per_object``
-    framing bytes for each of ``objects``."""
+    """Bytes on the link: ``nbytes`` in frames plus ``per_object`` bytes per object."""
     return nbytes * FRAME_FACTOR + objects * per_object
 
 
@@ -190,25 +183,23 @@ def object_seconds(wire: float, objects: int, mbps: float, latency_ms: float,
 
 
 def one_call_floor(on_link: float, latency_ms: float, costs: WireCosts = DEFAULT_COSTS) -> float:
-    """Seconds any message takes at least: one call carrying all its bytes (``on_link``
-    seconds). It binds where one object holds most bytes (a packed message)."""
+    """Seconds any message takes at least: one call carrying all ``on_link`` seconds of bytes
+    (binds where one object holds most bytes: a packed message)."""
     return costs.call_s + 2 * latency_ms / 1e3 + on_link
 
 
-# Flower 1.41 starts a ClientApp process per message while its SuperNode still pulls it;
-# the process asks for the message's objects once its runtime is imported, then again after
-# 1, 2, 4, 8, 10, 10, ... s (±20 %, not modelled; inflatable_utils.pull_objects). The
-# SuperNode stores them only once all are pulled, so the process gets its message at the
-# first ask after the download (link lab, bench/replay.py: downloads ending 17.5 s / 33 s
-# after the process started gave it its message at about 26 s / 36 s).
+# Flower 1.41 starts a ClientApp process per message while its SuperNode still pulls it; the
+# process asks for its objects once its runtime is imported, then after 1, 2, 4, 8, 10, 10, ... s
+# (±20 %, not modelled; inflatable_utils.pull_objects), and gets them at the first ask after
+# the whole download (bench/replay.py: downloads ending 17.5 s / 33 s -> about 26 s / 36 s).
 PULL_BACKOFF_S = (1.0, 10.0)  # first retry, cap
 FIRST_ASK_S = 0.75  # process start -> its first ask: Flower's runtime imported (bench/coldstart.py)
 
 
 def message_wait_s(download_s: float) -> float:
-    """Seconds from a fresh ClientApp process's start until it has its message, the
-    download to its SuperNode ending ``download_s`` after that start: the first ask at
-    ``FIRST_ASK_S`` + 0, 1, 3, 7, 15, 25, 35, ... s not before the download's end."""
+    """Seconds from a ClientApp process's start to its message, the download ending
+    ``download_s`` after that start: the first ask at ``FIRST_ASK_S`` + 0, 1, 3, 7, 15, 25, ...
+    s not before the download's end."""
     t, step = 0.0, PULL_BACKOFF_S[0]
     while FIRST_ASK_S + t < download_s:
         t += step
@@ -218,24 +209,21 @@ def message_wait_s(download_s: float) -> float:
 
 def node_link(cfg: AppConfig, node_config: Mapping, partition_id: int) -> Link:
     """This node's link: each ``link-*`` node-config value, else the run config's profile
-    (``heterogeneous``, seeded by ``seed`` and ``partition_id``: rates log-uniform between
-    a tenth of the configured value and it, latency uniform in half to twice it).
-    ConfigError for a node-config value not > 0 (latency >= 0) or a non-bool ``link-real``.
-    """
+    (``heterogeneous``, seeded by ``seed``, ``partition_id``: rates log-uniform in [0.1, 1] ×,
+    latency uniform in [0.5, 2] × the configured). ConfigError: a value not > 0 (latency >= 0),
+    a non-bool ``link-real``."""
     values = [cfg.link_down_mbps, cfg.link_up_mbps, cfg.link_latency_ms]
     if cfg.link_profile == "heterogeneous":
         rng = np.random.default_rng([cfg.seed, partition_id])
-        scales = [float(10 ** rng.uniform(-1, 0)) for _ in range(2)]
-        values = [v * f for v, f in zip(values, [*scales, float(rng.uniform(0.5, 2.0))],
-                                        strict=True)]
+        scales = [float(10 ** rng.uniform(-1, 0)) for _ in range(2)] + [float(rng.uniform(0.5, 2))]
+        values = [v * f for v, f in zip(values, scales, strict=True)]
     for i, key in enumerate(LINK_KEYS):
         if key in node_config:
             try:
                 values[i] = float(node_config[key])
             except (TypeError, ValueError):
                 values[i] = float("nan")
-            low_ok = values[i] >= 0 if key == LINK_LATENCY_MS else values[i] > 0
-            if not low_ok:
+            if not (values[i] >= 0 if key == LINK_LATENCY_MS else values[i] > 0):
                 raise ConfigError(f"node config '{key}' = {node_config[key]!r} is not "
                                   "allowed: must be a number > 0 (latency >= 0)")
     real = node_config.get(LINK_REAL, False)

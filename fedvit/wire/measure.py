@@ -1,8 +1,6 @@
-"""What a message weighs, measured the same way on both sides: its **tensor bytes** (Σ
-itemsize × elements over its ArrayRecords' arrays) and its **message bytes** (every object
-of its tree, as Flower ships it: message, record dict, records, arrays, 5 MiB chunks,
-deflated with headers; duplicates counted each time, so the figure is deterministic).
-"""
+"""What a message weighs, alike on both sides: **tensor bytes** (Σ itemsize × elements of its
+arrays) and **message bytes** (every object of its tree as Flower ships it: message, record
+dict, records, arrays, 5 MiB chunks, deflated with headers; duplicates counted each time)."""
 
 from __future__ import annotations
 
@@ -19,9 +17,8 @@ def tensor_bytes(content: RecordDict) -> int:
 
 
 def message_size(msg: Message | RecordDict) -> tuple[int, int]:
-    """(bytes, objects) of a message's (or its content's) serialised tree: Flower 1.41
-    moves a message one HTTP call per object (``fedvit.wire.links`` prices that). A
-    message has one object more than its content."""
+    """(bytes, objects) of a message's (or content's) serialised tree, one object more for a
+    message: Flower 1.41 moves one HTTP call per object (priced in ``fedvit.wire.links``)."""
     if isinstance(msg, Message):
         kids = [msg.content] if msg.has_content() else []
     elif isinstance(msg, (RecordDict, ArrayRecord)):
@@ -46,6 +43,5 @@ def without_keys(msg: Message, record: str, keys: tuple[str, ...]) -> Message:
     """A copy of ``msg`` (metadata copied, other records shared) without the metrics
     ``keys`` of its MetricRecord ``record`` (KeyError where it has none)."""
     content = RecordDict(dict(msg.content.items()))
-    content[record] = MetricRecord({k: v for k, v in msg.content[record].items()
-                                     if k not in keys})
+    content[record] = MetricRecord({k: v for k, v in msg.content[record].items() if k not in keys})
     return Message(content=content, metadata=copy.deepcopy(msg.metadata))

@@ -32,8 +32,7 @@ def is_packed(record: ArrayRecord) -> bool:
 
 
 def pack(tensors: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """The packed record of ``tensors`` (in travel order); PackingError for a dtype not
-    of kind bool, integer, float or complex."""
+    """The packed record of ``tensors`` (in travel order); PackingError: a dtype not packable."""
     arrays = {name: np.asarray(t) for name, t in tensors.items()}
     for name, arr in arrays.items():
         _check_dtype(name, arr.dtype)
@@ -45,10 +44,9 @@ def pack(tensors: Mapping[str, np.ndarray]) -> ArrayRecord:
 
 
 def unpack(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """``{name: array}`` of a packed record, in packed order: new, writable arrays.
-    PackingError for not one packed entry, a buffer not 1-D uint8, an index not a JSON list
-    of ``[name, dtype, [dims >= 0]]`` with unique names and packable dtypes, or sizes that
-    do not add up to the buffer's."""
+    """``{name: new writable array}`` of a packed record, in packed order. PackingError: not one
+    packed entry, a buffer not 1-D uint8, an index not a JSON list of ``[name, dtype, [dims >=
+    0]]`` with unique names and packable dtypes, or sizes not adding up to the buffer's."""
     if not is_packed(record):
         raise PackingError(f"not a packed record: {len(record)} entries "
                            f"{[k[:40] for k in list(record.keys())[:3]]}; expected one "
@@ -56,11 +54,10 @@ def unpack(record: ArrayRecord) -> dict[str, np.ndarray]:
     key, array = next(iter(record.items()))
     buffer = array.numpy()
     if buffer.dtype != np.uint8 or buffer.ndim != 1:
-        raise PackingError(f"packed buffer has dtype {buffer.dtype} and shape "
-                           f"{buffer.shape}; expected 1-D uint8")
+        raise PackingError(f"packed buffer has dtype {buffer.dtype} and shape {buffer.shape}; "
+                           "expected 1-D uint8")
     entries = _index(key[len(PACKED_PREFIX):])
-    total = sum(dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-                for _, dtype, shape in entries)
+    total = sum(dtype.itemsize * int(np.prod(shape, dtype=np.int64)) for _, dtype, shape in entries)
     if total != buffer.size:
         raise PackingError(f"packed index describes {total} bytes of {len(entries)} tensors, "
                            f"but the buffer holds {buffer.size}")
@@ -83,7 +80,6 @@ def pack_record(record: ArrayRecord) -> ArrayRecord:
 
 
 def _index(text: str) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
-    """The parsed, checked index (``unpack``'s rules)."""
     try:
         raw = json.loads(text)
     except ValueError as err:
