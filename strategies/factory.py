@@ -28,19 +28,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedvit.config.appconfig import AppConfig
+from fedvit.keys import BYTES_KEYS, METRICS
 from strategies.bandwidth import BandwidthTracking
 from strategies.books import BookRow, Books
 from strategies.exchange import ExchangeCodecs
 from strategies.failures import StopOnCommonFailure
 from strategies.fedlora import FedLoRA
-from strategies.metrics import aggregate_reply_metrics
-from strategies.offset import RoundOffset
 from strategies.sampling import SeededSampling
 from strategies.timing import RoundLog, RoundTiming
-from strategies.wrapper import StrategyWrapper
+from strategies.wrapper import RoundOffset, StrategyWrapper
 
 
 class FedVitStrategy(StrategyWrapper):
@@ -73,6 +74,22 @@ class FedVitStrategy(StrategyWrapper):
         self._offset.resume(after_round)
         self._books.resume(books)
         self._codecs.resume(rejections)
+
+
+def aggregate_reply_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """FedAvg's ``*_metrics_aggr_fn``: losses and accuracies as Flower's examples-weighted
+    mean; byte counters and ``weighted_by_key`` (examples) summed. Per-node bookkeeping
+    (``partition-id``, ``t-*`` stamps, ``time-*``, links, throughput) is left out:
+    ``RoundTiming`` and the books keep it per node."""
+    means = [RecordDict({METRICS: MetricRecord({k: v for k, v in r[METRICS].items() if
+                                                k.endswith(("-loss", "-accuracy"))
+                                                or k == weighted_by_key})}) for r in records]
+    agg = aggregate_metricrecords(means, weighted_by_key)
+    agg[weighted_by_key] = sum(int(r[METRICS][weighted_by_key]) for r in records)
+    for key in BYTES_KEYS:
+        if all(key in r[METRICS] for r in records):
+            agg[key] = sum(int(r[METRICS][key]) for r in records)
+    return agg
 
 
 def build_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedVitStrategy:
