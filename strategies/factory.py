@@ -96,23 +96,17 @@ def build_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedVitStrat
     """The strategy ``cfg`` names with every add-on, in the module's order
     (``exchanged_keys``: the tensors that travel, FedLoRA's adapters and head)."""
     every_node = {  # the sampler chooses the nodes; FedAvg sends to all it is offered
-        "fraction_train": 1.0,
-        "fraction_evaluate": 1.0,
-        "min_train_nodes": cfg.min_nodes,
-        "min_evaluate_nodes": cfg.min_nodes,
-        "min_available_nodes": cfg.min_nodes,
+        "fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": cfg.min_nodes,
+        "min_evaluate_nodes": cfg.min_nodes, "min_available_nodes": cfg.min_nodes,
         "train_metrics_aggr_fn": aggregate_reply_metrics,
-        "evaluate_metrics_aggr_fn": aggregate_reply_metrics,
-    }
+        "evaluate_metrics_aggr_fn": aggregate_reply_metrics}
     base = (FedAvg(**every_node) if cfg.strategy == "fedavg"
             else FedLoRA(exchanged_keys=exchanged_keys, **every_node))
     sampling = SeededSampling(base, fraction_train=cfg.fraction_train,
-                              fraction_evaluate=cfg.fraction_evaluate,
-                              min_nodes=cfg.min_nodes, seed=cfg.seed,
-                              query_timeout_s=cfg.round_timeout_s)
+                              fraction_evaluate=cfg.fraction_evaluate, min_nodes=cfg.min_nodes,
+                              seed=cfg.seed, query_timeout_s=cfg.round_timeout_s)
     codecs = ExchangeCodecs(sampling, cfg.down_codec, cfg.up_codec, base.arrayrecord_key,
                             cfg.pack_tensors)
-    timing = RoundTiming(codecs)
-    books = BandwidthTracking(timing)
+    books = BandwidthTracking(timing := RoundTiming(codecs))
     offset = RoundOffset(StopOnCommonFailure(books))
     return FedVitStrategy(offset, books, timing, codecs)

@@ -22,18 +22,15 @@ class FedLoRA(FedAvg):
         super().__init__(**kwargs)
         self.exchanged_keys = frozenset(exchanged_keys)
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         arrays, metrics = super().aggregate_train(server_round, replies)
         ok = [m for m in replies if not m.has_error()]
         if metrics is not None and ok and any(LORA_A in k for k in self.exchanged_keys):
             errors = naive_aggregation_errors(
-                [{k: v.numpy() for k, v in m.content[self.arrayrecord_key].items()}
-                 for m in ok],
-                [float(m.content[METRICS][self.weighted_by_key]) for m in ok],
-            )
+                [{k: v.numpy() for k, v in m.content[self.arrayrecord_key].items()} for m in ok],
+                [float(m.content[METRICS][self.weighted_by_key]) for m in ok])
             metrics[LORA_AGG_ERROR_MEAN] = float(np.mean(errors))
             metrics[LORA_AGG_ERROR_MAX] = float(np.max(errors))
         return arrays, metrics

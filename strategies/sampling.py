@@ -32,9 +32,8 @@ class SeededSampling(StrategyWrapper):
     ``query_timeout_s`` None waits for every partition reply. Raises ValueError where the
     inner strategy samples itself (a fraction other than 1.0)."""
 
-    def __init__(self, strategy: Strategy, *, fraction_train: float,
-                 fraction_evaluate: float, min_nodes: int, seed: int,
-                 query_timeout_s: float | None = None) -> None:
+    def __init__(self, strategy: Strategy, *, fraction_train: float, fraction_evaluate: float,
+                 min_nodes: int, seed: int, query_timeout_s: float | None = None) -> None:
         super().__init__(strategy)
         own = {k: getattr(strategy, k, 1.0) for k in ("fraction_train", "fraction_evaluate")}
         if own != dict.fromkeys(own, 1.0):
@@ -51,8 +50,7 @@ class SeededSampling(StrategyWrapper):
             self.fractions[TRAIN], self.fractions[EVALUATE], self.min_nodes)
         self.strategy.summary()
 
-    def sample(self, server_round: int, phase: str, node_ids: list[int],
-               size: int) -> list[int]:
+    def sample(self, server_round: int, phase: str, node_ids: list[int], size: int) -> list[int]:
         """``size`` of ``node_ids`` (each in ``self.partitions``), ordered by partition:
         the same partitions for the same seed, phase and round."""
         ordered = sorted(node_ids, key=lambda n: (self.partitions[n], n))
@@ -89,7 +87,7 @@ class SeededSampling(StrategyWrapper):
         messages = [Message(content=record, message_type=QUERY_PHASE, dst_node_id=node)
                     for node in unknown]
         replies = list(grid.send_and_receive(messages, timeout=self.query_timeout_s))
-        to_node = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        to_node = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}  # set on push
         for reply in replies:
             node = to_node.get(reply.metadata.reply_to_message_id)
             if node is None or reply.has_error() or METRICS not in reply.content.metric_records:
