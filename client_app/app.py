@@ -89,10 +89,8 @@ def _reply(msg: Message, context: Context, cfg: AppConfig, pid: int, stamps: dic
     metrics.setdefault(keys.time_key("eval"), 0.0)
     metrics.update(node_link(cfg, context.node_config, pid).as_metrics())
     metrics.update({keys.PARTITION_ID: pid, **stamps, HANDLER_OUT: time.time()})
-    content = RecordDict({METRICS: MetricRecord(metrics)})
-    if arrays is not None:
-        content[keys.ARRAYS] = arrays
-    return Message(content=content, reply_to=msg)
+    content = {METRICS: MetricRecord(metrics), **({} if arrays is None else {keys.ARRAYS: arrays})}
+    return Message(content=RecordDict(content), reply_to=msg)
 
 
 @app.query()

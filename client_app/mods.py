@@ -61,9 +61,8 @@ def _sleep(seconds: float) -> float:
 
 
 def packing_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Unpack a packed message's tensors for the handler and pack its reply's alike; a
-    message without tensors and an error reply pass as they are. A malformed packed record
-    raises ``PackingError`` (the server gets an error reply naming it)."""
+    """Unpack a packed message's tensors for the handler and pack its reply's alike (others pass
+    as they are). A malformed packed record raises ``PackingError`` (an error reply)."""
     record = msg.content.array_records.get(ARRAYS)
     packed = record is not None and is_packed(record)
     if packed:  # a new message: the one received stays as it crossed the wire

@@ -56,8 +56,7 @@ def node_threads(node_config: dict) -> int | None:
 
 @lru_cache(maxsize=2)
 def _model(cfg: AppConfig, num_classes: int) -> nn.Module:
-    """The model, from the model cache (``fedvit.model.cache``: a fresh process needs
-    neither timm nor peft); compiled in place with ``compile``."""
+    """From the model cache (a fresh process needs neither timm nor peft); ``compile``: compiled."""
     model = cached_model(cfg, num_classes)
     return compile_model(model) if cfg.compile else model
 
@@ -75,8 +74,7 @@ def _data(cfg: AppConfig, partition_id: int, num_partitions: int
 
 
 def local_task(cfg: AppConfig, partition_id: int, num_partitions: int) -> LocalTask:
-    """The cached task of this partition; the partitions a worker serves share the model
-    (each message loads its tensors into it)."""
+    """The cached task; a worker's partitions share the model (each message loads its tensors)."""
     train, val, num_classes = _data(cfg, partition_id, num_partitions)
     return LocalTask(_model(cfg, num_classes), train, val)
 
@@ -96,8 +94,8 @@ class BackboneMismatch(RuntimeError):
 
 
 def check_backbone(task: LocalTask, config: ConfigRecord) -> None:
-    """Refuse a backbone other than the server's (``fedlora`` sends its fingerprint),
-    every round, so one that training changed is caught too."""
+    """Refuse a backbone other than the server's (``fedlora`` sends its fingerprint) every
+    round, so one that training changed is caught too."""
     expected = config.get(BACKBONE)
     if expected is not None and (ours := backbone_fingerprint(task.model)) != expected:
         raise BackboneMismatch(f"frozen backbone fingerprint {ours} differs from the server's "

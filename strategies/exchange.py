@@ -26,9 +26,8 @@ class RejectedReply(ValueError):
 
 
 class ExchangeCodecs(StrategyWrapper):
-    """Hands the inner strategy the accepted train replies ordered by partition (errors
-    last), so the aggregate does not depend on arrival order. ``self.rejections``: every
-    rejected reply as ``{"round", "node-id", "reason"}``."""
+    """Hands down the accepted train replies ordered by partition (errors last), so the
+    aggregate ignores arrival order; ``self.rejections``: ``{"round", "node-id", "reason"}``."""
 
     def __init__(self, strategy: Strategy, codec_down: CodecSpec, codec_up: CodecSpec,
                  arrayrecord_key: str, pack: bool) -> None:

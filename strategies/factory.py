@@ -54,23 +54,19 @@ class FedVitStrategy(StrategyWrapper):
         self._offset, self._books, self._timing, self._codecs = offset, books, timing, codecs
 
     @property
-    def books(self) -> Books:
-        """Every message measured so far, and the cross-check failures."""
+    def books(self) -> Books:  # every message measured so far, and the cross-check failures
         return self._books.books
 
     @property
-    def timeline(self) -> dict[int, RoundLog]:
-        """Each round (resume offset included) as the strategy saw it."""
+    def timeline(self) -> dict[int, RoundLog]:  # each round (resume offset included)
         return self._timing.timeline
 
     @property
-    def rejections(self) -> list[dict]:
-        """Every rejected train reply: ``{"round", "node-id", "reason"}``."""
+    def rejections(self) -> list[dict]:  # every rejected reply: {"round", "node-id", "reason"}
         return self._codecs.rejections
 
     def resume(self, after_round: int, books: list[BookRow], rejections: list[dict]) -> None:
-        """Go on from a checkpoint: rounds count from ``after_round + 1``; the books and
-        rejections start with the checkpoint's."""
+        """Go on from a checkpoint: rounds from ``after_round + 1``, its books and rejections."""
         self._offset.resume(after_round)
         self._books.resume(books)
         self._codecs.resume(rejections)

@@ -14,9 +14,8 @@ from fedvit.keys import LORA_A, LORA_AGG_ERROR_MAX, LORA_AGG_ERROR_MEAN, LORA_B,
 
 class FedLoRA(FedAvg):
     """FedAvg of exactly ``exchanged_keys`` (the server keeps the full model for central
-    evaluation). With A and B both exchanged (``naive``), mean(B)·mean(A) is not mean(B·A):
-    the train metrics carry ``lora-agg-error-mean``/``-max`` over adapted layers
-    (``naive_aggregation_errors``). With ``ffa`` (A frozen) the aggregate is exact."""
+    evaluation). With A and B both exchanged (``naive``) mean(B)·mean(A) is not mean(B·A): the
+    train metrics carry ``lora-agg-error-mean``/``-max``; ``ffa`` (A frozen) is exact."""
 
     def __init__(self, exchanged_keys: Iterable[str], **kwargs) -> None:
         super().__init__(**kwargs)

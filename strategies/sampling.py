@@ -1,7 +1,6 @@
-"""Seeded node sampling: a round's sample depends on ``seed``, the round and the nodes'
-partitions, never on node ids (Flower draws them at random). Only a node knows its
-partition: a round that must choose first sends each unknown node one ``query`` message
-through the grid it is handed (booked inside ``BandwidthTracking``)."""
+"""Seeded node sampling: a round's sample depends on ``seed``, the round and the partitions,
+never on node ids (Flower draws them at random). Only a node knows its partition: a round that
+must choose first sends each unknown node a ``query`` (booked inside ``BandwidthTracking``)."""
 
 from __future__ import annotations
 
@@ -25,12 +24,11 @@ class TooFewPartitions(RuntimeError):
 
 
 class SeededSampling(StrategyWrapper):
-    """Chooses each round's nodes with ``random.Random(f"{seed}:{phase}:{round}")`` over
-    the nodes ordered by partition (``self.partitions``: node id -> partition) and drops
-    the inner strategy's messages to the others. The fractions (train in (0, 1], evaluate
-    in [0, 1], 0: off) live here; ``min_nodes`` is the fewest a round samples;
-    ``query_timeout_s`` None waits for every partition reply. Raises ValueError where the
-    inner strategy samples itself (a fraction other than 1.0)."""
+    """Chooses each round's nodes with ``random.Random(f"{seed}:{phase}:{round}")`` over the
+    nodes ordered by partition (``self.partitions``: node id -> partition), dropping the inner
+    strategy's messages to the others. Fractions: train (0, 1], evaluate [0, 1] (0: off);
+    ``min_nodes`` the fewest sampled; ``query_timeout_s`` None waits for every reply.
+    ValueError where the inner strategy samples itself (a fraction other than 1.0)."""
 
     def __init__(self, strategy: Strategy, *, fraction_train: float, fraction_evaluate: float,
                  min_nodes: int, seed: int, query_timeout_s: float | None = None) -> None:
@@ -51,8 +49,8 @@ class SeededSampling(StrategyWrapper):
         self.strategy.summary()
 
     def sample(self, server_round: int, phase: str, node_ids: list[int], size: int) -> list[int]:
-        """``size`` of ``node_ids`` (each in ``self.partitions``), ordered by partition:
-        the same partitions for the same seed, phase and round."""
+        """``size`` of ``node_ids`` (each in ``self.partitions``): the same partitions for the
+        same seed, phase and round."""
         ordered = sorted(node_ids, key=lambda n: (self.partitions[n], n))
         rng = random.Random(f"{self.seed}:{phase}:{server_round}")
         return [ordered[i] for i in sorted(rng.sample(range(len(ordered)), size))]

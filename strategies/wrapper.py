@@ -23,14 +23,12 @@ class StrategyWrapper(Strategy):
 
     def configure(self, phase: str, server_round: int, arrays: ArrayRecord,
                   config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        """Both configure hooks: the inner strategy's messages of ``phase``."""
         hook = (self.strategy.configure_train if phase == TRAIN
                 else self.strategy.configure_evaluate)
         return hook(server_round, arrays, config, grid)
 
     def aggregate(self, phase: str, server_round: int, replies: Iterable[Message]) -> Any:
-        """Both aggregate hooks: train gives (ArrayRecord | None, MetricRecord | None),
-        evaluate MetricRecord | None."""
+        """Train gives (ArrayRecord | None, MetricRecord | None), evaluate MetricRecord | None."""
         hook = (self.strategy.aggregate_train if phase == TRAIN
                 else self.strategy.aggregate_evaluate)
         return hook(server_round, replies)
