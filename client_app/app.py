@@ -56,10 +56,9 @@ def evaluate(msg: Message, context: Context) -> Message:
 def _prepare(
     msg: Message, context: Context, stamps: dict[str, float], train: bool = False
 ) -> tuple[AppConfig, LocalTask, int, dict[str, np.ndarray], torch.optim.Optimizer | None]:
-    """Config, the local task with the received (decoded) tensors loaded, those tensors,
-    and for ``train`` a fresh AdamW. Stamps the task built (the first optimizer imports
-    ``torch._dynamo``, ~1 s of start-up, not compute) and the tensors loaded. A run or
-    node config refused here raises ConfigError prefixed ``CONFIG_REFUSED``."""
+    """Config, the task with the received (decoded) tensors loaded, those tensors, and for
+    ``train`` a fresh AdamW (stamped as start-up: its first build imports ``torch._dynamo``,
+    ~1 s). A refused run or node config raises ConfigError prefixed ``CONFIG_REFUSED``."""
     try:
         cfg = AppConfig.from_run_config(context.run_config)
         task, pid = node_task(cfg, context.node_config)
@@ -89,13 +88,9 @@ def _reply(msg: Message, context: Context, cfg: AppConfig, pid: int, stamps: dic
     """The reply: metrics, the node's stamps (``fedvit.keys``) and its link."""
     metrics.setdefault(keys.time_key("eval"), 0.0)
     metrics.update(node_link(cfg, context.node_config, pid).as_metrics())
-    metrics[keys.PARTITION_ID] = pid
-    metrics.update(stamps)
-    metrics[HANDLER_OUT] = time.time()
-    content = RecordDict({METRICS: MetricRecord(metrics)})
-    if arrays is not None:
-        content[keys.ARRAYS] = arrays
-    return Message(content=content, reply_to=msg)
+    metrics.update({keys.PARTITION_ID: pid, **stamps, HANDLER_OUT: time.time()})
+    content = {METRICS: MetricRecord(metrics), **({} if arrays is None else {keys.ARRAYS: arrays})}
+    return Message(content=RecordDict(content), reply_to=msg)
 
 
 @app.query()

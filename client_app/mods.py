@@ -1,9 +1,7 @@
-"""Client mods: ``bandwidth_mod`` measures every message in and reply out
-(``fedvit.wire.measure``) and stamps its way through the node (``t-*`` keys), inside the
-reply's ``metrics``; ``packing_mod`` unpacks and packs (``pack-tensors``). The up figures
-are measured before the mod's keys (``REPORT_KEYS``) are added, so the server can book the
-report's own bytes exactly.
-"""
+"""Client mods: ``bandwidth_mod`` measures every message in and reply out (``fedvit.wire.
+measure``) and stamps its way through the node (``t-*`` keys) in the reply's ``metrics``, the
+up figures before its own keys (``REPORT_KEYS``), so the server books the report's bytes
+exactly; ``packing_mod`` unpacks and packs (``pack-tensors``)."""
 
 from __future__ import annotations
 
@@ -18,25 +16,25 @@ from fedvit import keys
 from fedvit.config.appconfig import AppConfig
 from fedvit.keys import ARRAYS, METRICS
 from fedvit.startup import process_start_time
-from fedvit.wire.links import Link, node_link
+from fedvit.wire.links import node_link
 from fedvit.wire.measure import message_size, tensor_bytes
 from fedvit.wire.packing import is_packed, pack_record, unpack_record
 
-# Messages this process served: deployment runs each message in a fresh process (Flower
-# 1.41), a simulation's Ray worker serves many.
+# Messages this process served: a deployment (Flower 1.41) runs each in a fresh process.
 _served = {"messages": 0}
 
 
 def bandwidth_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Measure the message in and the reply out; report both inside the reply. With
-    ``link-emulate``, sleep each transfer's time, so the wall clock follows the node's link.
-    """
+    ``link-emulate``, sleep each transfer's time, so the wall clock follows the node's link."""
     t_in = time.time()
     fresh = _served["messages"] == 0
     _served["messages"] += 1
     down_tensor, (down_msg, down_objects) = tensor_bytes(msg.content), message_size(msg)
     books_s = time.time() - t_in
-    link, transfer_s = _emulated_link(context), 0.0
+    cfg, transfer_s = AppConfig.from_run_config(context.run_config), 0.0
+    link = (node_link(cfg, context.node_config, partition_of(context.node_config)[0])
+            if cfg.link_emulate else None)
     if link:
         transfer_s += _sleep(link.down_s(down_msg, down_objects))
     reply = call_next(msg, context)
@@ -48,8 +46,7 @@ def bandwidth_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
     if link:
         transfer_s += _sleep(link.up_s(up_msg, up_objects))
     metrics: MetricRecord = reply.content[METRICS]
-    metrics.update(zip(keys.BYTES_KEYS, (down_tensor, down_msg, up_tensor, up_msg),
-                       strict=True))
+    metrics.update(zip(keys.BYTES_KEYS, (down_tensor, down_msg, up_tensor, up_msg), strict=True))
     metrics.update({keys.PROCESS_START: process_start_time(), keys.FRESH: int(fresh),
                     keys.BOOKS_S: books_s, keys.TRANSFER_S: transfer_s, keys.MOD_IN: t_in,
                     keys.MOD_OUT: time.time()})
@@ -63,17 +60,9 @@ def _sleep(seconds: float) -> float:
     return time.time() - t0
 
 
-def _emulated_link(context: Context) -> Link | None:
-    cfg = AppConfig.from_run_config(context.run_config)
-    if not cfg.link_emulate:
-        return None
-    return node_link(cfg, context.node_config, partition_of(context.node_config)[0])
-
-
 def packing_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Unpack a packed message's tensors for the handler and pack its reply's alike; a
-    message without tensors and an error reply pass as they are. A malformed packed record
-    raises ``PackingError`` (the server gets an error reply naming it)."""
+    """Unpack a packed message's tensors for the handler and pack its reply's alike (others pass
+    as they are). A malformed packed record raises ``PackingError`` (an error reply)."""
     record = msg.content.array_records.get(ARRAYS)
     packed = record is not None and is_packed(record)
     if packed:  # a new message: the one received stays as it crossed the wire

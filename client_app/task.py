@@ -41,10 +41,9 @@ def partition_of(node_config: dict) -> tuple[int, int]:
 
 
 def node_threads(node_config: dict) -> int | None:
-    """The node config's ``num-threads`` (an integer >= 1), or None: a deployment's
-    launchers give each SuperNode cores // SuperNodes, else SuperNodes sharing a host
-    oversubscribe it; simulation sets none (Ray's ``OMP_NUM_THREADS`` holds).
-    ConfigError for a value that is not an integer >= 1."""
+    """The node config's ``num-threads`` (ConfigError unless an integer >= 1), or None:
+    deployments give each SuperNode cores // SuperNodes, else SuperNodes sharing a host
+    oversubscribe it; simulation sets none (Ray's ``OMP_NUM_THREADS`` holds)."""
     if NUM_THREADS not in node_config:
         return None
     value = node_config[NUM_THREADS]
@@ -57,8 +56,7 @@ def node_threads(node_config: dict) -> int | None:
 
 @lru_cache(maxsize=2)
 def _model(cfg: AppConfig, num_classes: int) -> nn.Module:
-    """The model, from the model cache (``fedvit.model.cache``: a fresh process needs
-    neither timm nor peft); compiled in place with ``compile``."""
+    """From the model cache (a fresh process needs neither timm nor peft); ``compile``: compiled."""
     model = cached_model(cfg, num_classes)
     return compile_model(model) if cfg.compile else model
 
@@ -69,18 +67,14 @@ def _data(cfg: AppConfig, partition_id: int, num_partitions: int
     """Train and validation loaders of the partition, and the number of classes."""
     data = client_data(cfg, partition_id, num_partitions)
     mean, std = input_stats(_model(cfg, data.cols.num_classes))
-    return (
-        make_loader(data.train, data.cols, cfg, mean, std, shuffle=True,
-                    batch_size=cfg.batch_size, seed=cfg.seed),
-        make_loader(data.val, data.cols, cfg, mean, std, shuffle=False,
-                    batch_size=cfg.eval_batch_size),
-        data.cols.num_classes,
-    )
+    return (make_loader(data.train, data.cols, cfg, mean, std, shuffle=True,
+                        batch_size=cfg.batch_size, seed=cfg.seed),
+            make_loader(data.val, data.cols, cfg, mean, std, shuffle=False,
+                        batch_size=cfg.eval_batch_size), data.cols.num_classes)
 
 
 def local_task(cfg: AppConfig, partition_id: int, num_partitions: int) -> LocalTask:
-    """The cached task of this partition; the partitions a worker serves share the model
-    (each message loads its tensors into it)."""
+    """The cached task; a worker's partitions share the model (each message loads its tensors)."""
     train, val, num_classes = _data(cfg, partition_id, num_partitions)
     return LocalTask(_model(cfg, num_classes), train, val)
 
@@ -88,8 +82,7 @@ def local_task(cfg: AppConfig, partition_id: int, num_partitions: int) -> LocalT
 def node_task(cfg: AppConfig, node_config: dict) -> tuple[LocalTask, int]:
     """This node's task and partition id; sets torch's threads to ``num-threads``
     (ConfigError for a node or run config this partition cannot work with)."""
-    pid, num = partition_of(node_config)
-    threads = node_threads(node_config)
+    (pid, num), threads = partition_of(node_config), node_threads(node_config)
     task = local_task(cfg, pid, num)
     if threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
@@ -101,13 +94,10 @@ class BackboneMismatch(RuntimeError):
 
 
 def check_backbone(task: LocalTask, config: ConfigRecord) -> None:
-    """Refuse a backbone other than the server's (``fedlora`` sends its fingerprint),
-    every round, so one that training changed is caught too."""
+    """Refuse a backbone other than the server's (``fedlora`` sends its fingerprint) every
+    round, so one that training changed is caught too."""
     expected = config.get(BACKBONE)
-    if expected is None:
-        return
-    ours = backbone_fingerprint(task.model)
-    if ours != expected:
+    if expected is not None and (ours := backbone_fingerprint(task.model)) != expected:
         raise BackboneMismatch(f"frozen backbone fingerprint {ours} differs from the server's "
                                f"{expected}: same 'model-name', 'img-size', 'patch-size', "
                                "'seed' and weights file needed")
@@ -124,8 +114,7 @@ def outgoing(cfg: AppConfig, local: dict[str, torch.Tensor], received: dict[str,
     if spec.name != "topk":
         return encode_record(spec, update)
     stored = context.state.array_records.get(EF_STATE)
-    feedback = ErrorFeedback.from_arrays(
-        {k: a.numpy() for k, a in stored.items()} if stored else {})
+    feedback = ErrorFeedback.from_arrays({k: a.numpy() for k, a in (stored or {}).items()})
     compensated = feedback.compensate(update)
     record = encode_record(spec, compensated)
     feedback.update(compensated, record_arrays(record))

@@ -1,6 +1,5 @@
-"""Bandwidth books for any strategy (a wrapper): every message measured and cross-checked
-with each client's ``bandwidth_mod`` report, the inner strategies' own messages (seeded
-sampling's ``query``) included through a ``BookingGrid``."""
+"""Bandwidth books (a wrapper): every message measured and cross-checked with the client's
+``bandwidth_mod`` report, inner strategies' own messages (``query``) through a ``BookingGrid``."""
 
 from __future__ import annotations
 
@@ -20,15 +19,13 @@ from strategies.wrapper import StrategyWrapper
 
 
 class BandwidthTracking(StrategyWrapper):
-    """Books every message the inner strategy sends and receives in ``self.books``. Placed
-    outside ``RoundTiming``, so its measuring is not counted as configure/aggregate time."""
+    """Books every message the inner strategy sends and receives in ``self.books``."""
 
     def __init__(self, strategy: Strategy) -> None:
         super().__init__(strategy)
         self.books = Books()
         self._sent: dict[tuple[int, str, int], BookRow] = {}
-        # The sent messages' metadata, where the grid writes each message's id on push.
-        self._sent_meta: dict[tuple[int, str], list[Metadata]] = {}
+        self._sent_meta: dict[tuple[int, str], list[Metadata]] = {}  # ids written on push
 
     def configure(self, phase: str, server_round: int, arrays: ArrayRecord,
                   config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -47,8 +44,7 @@ class BandwidthTracking(StrategyWrapper):
         self.books = Books(list(rows))
 
     def book_sent(self, server_round: int, phase: str, messages: list[Message]) -> None:
-        """One ``down`` row per message (``phase``: train, evaluate or query), before the
-        grid pushes them."""
+        """One ``down`` row per message (train, evaluate or query), before the grid pushes."""
         self._sent_meta[(server_round, phase)] = [msg.metadata for msg in messages]
         for msg in messages:
             nbytes, objects = message_size(msg)
@@ -87,9 +83,8 @@ class BandwidthTracking(StrategyWrapper):
 
     def _cross_check(self, up: BookRow, bare_msg: int, report: MetricRecord) -> None:
         down = self._sent.get((up.round, up.phase, up.node_id))
-        ours = (down.tensor_bytes if down else None, down.message_bytes if down else None,
-                up.tensor_bytes, bare_msg)
-        for key, value in zip(BYTES_KEYS, ours, strict=True):
+        ours = (down.tensor_bytes, down.message_bytes) if down else (None, None)
+        for key, value in zip(BYTES_KEYS, (*ours, up.tensor_bytes, bare_msg), strict=True):
             theirs = int(report[key]) if key in report else None
             if value != theirs:
                 text = (f"round {up.round} {up.phase} node {up.node_id}: {key} server "
@@ -99,10 +94,9 @@ class BandwidthTracking(StrategyWrapper):
 
 
 class BookingGrid:
-    """The grid as the strategies inside ``BandwidthTracking`` see it during one configure
-    call: what goes through it is booked in that round under the messages' type. It offers
-    only ``get_node_ids`` and ``send_and_receive`` (a push or pull would bypass the books).
-    """
+    """The grid inside ``BandwidthTracking`` during one configure call, booking what passes in
+    that round under the messages' type: only ``get_node_ids`` and ``send_and_receive`` (a
+    push or pull would bypass the books)."""
 
     def __init__(self, grid: Grid, tracker: BandwidthTracking, server_round: int) -> None:
         self._grid, self._tracker, self._round = grid, tracker, server_round

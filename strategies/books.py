@@ -47,12 +47,10 @@ class Books:
         ``server_round`` (``upto``: and every round before; ``None``: all rounds)."""
         rows = [r for r in self.rows if server_round is None
                 or (r.round <= server_round if upto else r.round == server_round)]
-        out: dict[str, int] = {}
-        for d in ("down", "up"):
-            out[f"{d}-tensor"] = sum(r.tensor_bytes for r in rows if r.direction == d)
-            out[f"{d}-msg"] = sum(r.message_bytes for r in rows if r.direction == d)
-        out["report"] = sum(r.report_bytes for r in rows)
-        return out
+        out = {f"{d}-{name}": sum(getattr(r, attr) for r in rows if r.direction == d)
+               for d in ("down", "up") for name, attr in (("tensor", "tensor_bytes"),
+                                                          ("msg", "message_bytes"))}
+        return {**out, "report": sum(r.report_bytes for r in rows)}
 
     def as_rows(self) -> list[dict[str, Any]]:
         """Every row of ``books.csv/json``, in the order measured."""

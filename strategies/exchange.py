@@ -1,7 +1,6 @@
-"""What crosses the wire, for any strategy (a wrapper): the global tensors go down encoded
-(``codec-down``) and packed (``pack-tensors``); each train reply (tensors, or an update
-encoded with ``codec-up``) is unpacked, decoded and checked, and one that fails is rejected
-with a logged reason and left out of the aggregate."""
+"""What crosses the wire (a wrapper): the global tensors go down encoded (``codec-down``) and
+packed (``pack-tensors``); each train reply (tensors, or an update encoded with ``codec-up``)
+is unpacked, decoded and checked, or rejected with a logged reason and not aggregated."""
 
 from __future__ import annotations
 
@@ -27,9 +26,8 @@ class RejectedReply(ValueError):
 
 
 class ExchangeCodecs(StrategyWrapper):
-    """Hands the inner strategy the accepted train replies ordered by partition (errors
-    last), so the aggregate does not depend on arrival order. ``self.rejections``: every
-    rejected reply as ``{"round", "node-id", "reason"}``."""
+    """Hands down the accepted train replies ordered by partition (errors last), so the
+    aggregate ignores arrival order; ``self.rejections``: ``{"round", "node-id", "reason"}``."""
 
     def __init__(self, strategy: Strategy, codec_down: CodecSpec, codec_up: CodecSpec,
                  arrayrecord_key: str, pack: bool) -> None:
@@ -64,7 +62,8 @@ class ExchangeCodecs(StrategyWrapper):
                                         "reason": str(err)})
                 log(WARNING, "round %d: REJECTED reply of node %d, not aggregated: %s",
                     server_round, node, err)
-        kept.sort(key=_partition)  # a fixed summation order: reproducible aggregates
+        kept.sort(key=lambda m: float("inf") if m.has_error() else  # a fixed summation order
+                  float(m.content.metric_records.get(METRICS, {}).get(PARTITION_ID, 0)))
         return super().aggregate(phase, server_round, kept)
 
     def resume(self, rejections: list[dict]) -> None:
@@ -101,8 +100,8 @@ def check(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> No
     ``RejectedReply`` naming the first thing that differs."""
     missing, extra = sorted(set(reference) - set(arrays)), sorted(set(arrays) - set(reference))
     if missing or extra:
-        raise RejectedReply(f"{len(missing)} tensors missing {missing[:2]}, {len(extra)} "
-                            f"extra {extra[:2]}")
+        raise RejectedReply(f"{len(missing)} tensors missing {missing[:2]}, {len(extra)} extra "
+                            f"{extra[:2]}")
     for key, ref in reference.items():
         arr = arrays[key]
         if arr.shape != ref.shape:
@@ -111,10 +110,3 @@ def check(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> No
             raise RejectedReply(f"tensor {key!r} has dtype {arr.dtype}, expected {ref.dtype}")
         if not np.isfinite(arr).all():
             raise RejectedReply(f"tensor {key!r} holds NaN or Inf")
-
-
-def _partition(msg: Message) -> float:
-    """The partition a reply reports (errors last): FedAvg sums in this order."""
-    if msg.has_error():
-        return float("inf")
-    return float(msg.content.metric_records.get(METRICS, {}).get(PARTITION_ID, 0))

@@ -28,19 +28,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedvit.config.appconfig import AppConfig
+from fedvit.keys import BYTES_KEYS, METRICS
 from strategies.bandwidth import BandwidthTracking
 from strategies.books import BookRow, Books
 from strategies.exchange import ExchangeCodecs
 from strategies.failures import StopOnCommonFailure
 from strategies.fedlora import FedLoRA
-from strategies.metrics import aggregate_reply_metrics
-from strategies.offset import RoundOffset
 from strategies.sampling import SeededSampling
 from strategies.timing import RoundLog, RoundTiming
-from strategies.wrapper import StrategyWrapper
+from strategies.wrapper import RoundOffset, StrategyWrapper
 
 
 class FedVitStrategy(StrategyWrapper):
@@ -53,49 +54,55 @@ class FedVitStrategy(StrategyWrapper):
         self._offset, self._books, self._timing, self._codecs = offset, books, timing, codecs
 
     @property
-    def books(self) -> Books:
-        """Every message measured so far, and the cross-check failures."""
+    def books(self) -> Books:  # every message measured so far, and the cross-check failures
         return self._books.books
 
     @property
-    def timeline(self) -> dict[int, RoundLog]:
-        """Each round (resume offset included) as the strategy saw it."""
+    def timeline(self) -> dict[int, RoundLog]:  # each round (resume offset included)
         return self._timing.timeline
 
     @property
-    def rejections(self) -> list[dict]:
-        """Every rejected train reply: ``{"round", "node-id", "reason"}``."""
+    def rejections(self) -> list[dict]:  # every rejected reply: {"round", "node-id", "reason"}
         return self._codecs.rejections
 
     def resume(self, after_round: int, books: list[BookRow], rejections: list[dict]) -> None:
-        """Go on from a checkpoint: rounds count from ``after_round + 1``; the books and
-        rejections start with the checkpoint's."""
+        """Go on from a checkpoint: rounds from ``after_round + 1``, its books and rejections."""
         self._offset.resume(after_round)
         self._books.resume(books)
         self._codecs.resume(rejections)
+
+
+def aggregate_reply_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """FedAvg's ``*_metrics_aggr_fn``: losses and accuracies as Flower's examples-weighted
+    mean; byte counters and ``weighted_by_key`` (examples) summed. Per-node bookkeeping
+    (``partition-id``, ``t-*`` stamps, ``time-*``, links, throughput) is left out:
+    ``RoundTiming`` and the books keep it per node."""
+    means = [RecordDict({METRICS: MetricRecord({k: v for k, v in r[METRICS].items() if
+                                                k.endswith(("-loss", "-accuracy"))
+                                                or k == weighted_by_key})}) for r in records]
+    agg = aggregate_metricrecords(means, weighted_by_key)
+    agg[weighted_by_key] = sum(int(r[METRICS][weighted_by_key]) for r in records)
+    for key in BYTES_KEYS:
+        if all(key in r[METRICS] for r in records):
+            agg[key] = sum(int(r[METRICS][key]) for r in records)
+    return agg
 
 
 def build_strategy(cfg: AppConfig, exchanged_keys: Iterable[str]) -> FedVitStrategy:
     """The strategy ``cfg`` names with every add-on, in the module's order
     (``exchanged_keys``: the tensors that travel, FedLoRA's adapters and head)."""
     every_node = {  # the sampler chooses the nodes; FedAvg sends to all it is offered
-        "fraction_train": 1.0,
-        "fraction_evaluate": 1.0,
-        "min_train_nodes": cfg.min_nodes,
-        "min_evaluate_nodes": cfg.min_nodes,
-        "min_available_nodes": cfg.min_nodes,
+        "fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": cfg.min_nodes,
+        "min_evaluate_nodes": cfg.min_nodes, "min_available_nodes": cfg.min_nodes,
         "train_metrics_aggr_fn": aggregate_reply_metrics,
-        "evaluate_metrics_aggr_fn": aggregate_reply_metrics,
-    }
+        "evaluate_metrics_aggr_fn": aggregate_reply_metrics}
     base = (FedAvg(**every_node) if cfg.strategy == "fedavg"
             else FedLoRA(exchanged_keys=exchanged_keys, **every_node))
     sampling = SeededSampling(base, fraction_train=cfg.fraction_train,
-                              fraction_evaluate=cfg.fraction_evaluate,
-                              min_nodes=cfg.min_nodes, seed=cfg.seed,
-                              query_timeout_s=cfg.round_timeout_s)
+                              fraction_evaluate=cfg.fraction_evaluate, min_nodes=cfg.min_nodes,
+                              seed=cfg.seed, query_timeout_s=cfg.round_timeout_s)
     codecs = ExchangeCodecs(sampling, cfg.down_codec, cfg.up_codec, base.arrayrecord_key,
                             cfg.pack_tensors)
-    timing = RoundTiming(codecs)
-    books = BandwidthTracking(timing)
+    books = BandwidthTracking(timing := RoundTiming(codecs))
     offset = RoundOffset(StopOnCommonFailure(books))
     return FedVitStrategy(offset, books, timing, codecs)

@@ -1,5 +1,5 @@
-"""Rounds that aggregated nothing: a wrapper that stops the run where every node failed the
-same way (the next round would fail again), and the rounds a run's books show empty."""
+"""Rounds that aggregated nothing: a wrapper stopping the run where every node failed alike
+(the next round would too), and the rounds a run's books show empty."""
 
 from __future__ import annotations
 
@@ -38,9 +38,8 @@ def common_failure(replies: list[Message], sent: int) -> str | None:
     if not replies or len(replies) < sent or not all(m.has_error() for m in replies):
         return None
     errors = [node_error(m.error.reason) for m in replies]
-    if len(set(errors)) == 1 or all(e.startswith(CONFIG_REFUSED) for e in errors):
-        return errors[0]
-    return None
+    same = len(set(errors)) == 1 or all(e.startswith(CONFIG_REFUSED) for e in errors)
+    return errors[0] if same else None
 
 
 def unaggregated_rounds(books: list[BookRow], rejections: list[dict]) -> list[int]:
@@ -54,8 +53,7 @@ def unaggregated_rounds(books: list[BookRow], rejections: list[dict]) -> list[in
 
 
 class StopOnCommonFailure(StrategyWrapper):
-    """Raises ``NodesFailed`` after a train round that aggregated nothing because every
-    node failed the same way (``common_failure``)."""
+    """Raises ``NodesFailed`` after a train round where every node failed alike."""
 
     def __init__(self, strategy: Strategy) -> None:
         super().__init__(strategy)

@@ -14,26 +14,22 @@ from fedvit.keys import LORA_A, LORA_AGG_ERROR_MAX, LORA_AGG_ERROR_MEAN, LORA_B,
 
 class FedLoRA(FedAvg):
     """FedAvg of exactly ``exchanged_keys`` (the server keeps the full model for central
-    evaluation). With A and B both exchanged (``naive``), mean(B)·mean(A) is not mean(B·A):
-    the train metrics carry ``lora-agg-error-mean``/``-max`` over adapted layers
-    (``naive_aggregation_errors``). With ``ffa`` (A frozen) the aggregate is exact."""
+    evaluation). With A and B both exchanged (``naive``) mean(B)·mean(A) is not mean(B·A): the
+    train metrics carry ``lora-agg-error-mean``/``-max``; ``ffa`` (A frozen) is exact."""
 
     def __init__(self, exchanged_keys: Iterable[str], **kwargs) -> None:
         super().__init__(**kwargs)
         self.exchanged_keys = frozenset(exchanged_keys)
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         arrays, metrics = super().aggregate_train(server_round, replies)
         ok = [m for m in replies if not m.has_error()]
         if metrics is not None and ok and any(LORA_A in k for k in self.exchanged_keys):
             errors = naive_aggregation_errors(
-                [{k: v.numpy() for k, v in m.content[self.arrayrecord_key].items()}
-                 for m in ok],
-                [float(m.content[METRICS][self.weighted_by_key]) for m in ok],
-            )
+                [{k: v.numpy() for k, v in m.content[self.arrayrecord_key].items()} for m in ok],
+                [float(m.content[METRICS][self.weighted_by_key]) for m in ok])
             metrics[LORA_AGG_ERROR_MEAN] = float(np.mean(errors))
             metrics[LORA_AGG_ERROR_MAX] = float(np.max(errors))
         return arrays, metrics

@@ -1,7 +1,6 @@
-"""Seeded node sampling: a round's sample depends on ``seed``, the round and the nodes'
-partitions, never on node ids (Flower draws them at random). Only a node knows its
-partition: a round that must choose first sends each unknown node one ``query`` message
-through the grid it is handed (booked inside ``BandwidthTracking``)."""
+"""Seeded node sampling: a round's sample depends on ``seed``, the round and the partitions,
+never on node ids (Flower draws them at random). Only a node knows its partition: a round that
+must choose first sends each unknown node a ``query`` (booked inside ``BandwidthTracking``)."""
 
 from __future__ import annotations
 
@@ -25,16 +24,14 @@ class TooFewPartitions(RuntimeError):
 
 
 class SeededSampling(StrategyWrapper):
-    """Chooses each round's nodes with ``random.Random(f"{seed}:{phase}:{round}")`` over
-    the nodes ordered by partition (``self.partitions``: node id -> partition) and drops
-    the inner strategy's messages to the others. The fractions (train in (0, 1], evaluate
-    in [0, 1], 0: off) live here; ``min_nodes`` is the fewest a round samples;
-    ``query_timeout_s`` None waits for every partition reply. Raises ValueError where the
-    inner strategy samples itself (a fraction other than 1.0)."""
+    """Chooses each round's nodes with ``random.Random(f"{seed}:{phase}:{round}")`` over the
+    nodes ordered by partition (``self.partitions``: node id -> partition), dropping the inner
+    strategy's messages to the others. Fractions: train (0, 1], evaluate [0, 1] (0: off);
+    ``min_nodes`` the fewest sampled; ``query_timeout_s`` None waits for every reply.
+    ValueError where the inner strategy samples itself (a fraction other than 1.0)."""
 
-    def __init__(self, strategy: Strategy, *, fraction_train: float,
-                 fraction_evaluate: float, min_nodes: int, seed: int,
-                 query_timeout_s: float | None = None) -> None:
+    def __init__(self, strategy: Strategy, *, fraction_train: float, fraction_evaluate: float,
+                 min_nodes: int, seed: int, query_timeout_s: float | None = None) -> None:
         super().__init__(strategy)
         own = {k: getattr(strategy, k, 1.0) for k in ("fraction_train", "fraction_evaluate")}
         if own != dict.fromkeys(own, 1.0):
@@ -51,10 +48,9 @@ class SeededSampling(StrategyWrapper):
             self.fractions[TRAIN], self.fractions[EVALUATE], self.min_nodes)
         self.strategy.summary()
 
-    def sample(self, server_round: int, phase: str, node_ids: list[int],
-               size: int) -> list[int]:
-        """``size`` of ``node_ids`` (each in ``self.partitions``), ordered by partition:
-        the same partitions for the same seed, phase and round."""
+    def sample(self, server_round: int, phase: str, node_ids: list[int], size: int) -> list[int]:
+        """``size`` of ``node_ids`` (each in ``self.partitions``): the same partitions for the
+        same seed, phase and round."""
         ordered = sorted(node_ids, key=lambda n: (self.partitions[n], n))
         rng = random.Random(f"{self.seed}:{phase}:{server_round}")
         return [ordered[i] for i in sorted(rng.sample(range(len(ordered)), size))]
@@ -89,7 +85,7 @@ class SeededSampling(StrategyWrapper):
         messages = [Message(content=record, message_type=QUERY_PHASE, dst_node_id=node)
                     for node in unknown]
         replies = list(grid.send_and_receive(messages, timeout=self.query_timeout_s))
-        to_node = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        to_node = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}  # set on push
         for reply in replies:
             node = to_node.get(reply.metadata.reply_to_message_id)
             if node is None or reply.has_error() or METRICS not in reply.content.metric_records:

@@ -1,5 +1,4 @@
-"""Round timing for any strategy (a wrapper): the inner strategy's own steps, and each
-reply's client report (compute interval, phases, link), kept per round."""
+"""Round timing (a wrapper): the inner strategy's steps and each reply's report, per round."""
 
 from __future__ import annotations
 
@@ -18,8 +17,8 @@ from strategies.wrapper import TRAIN, StrategyWrapper
 
 @dataclass
 class ClientReport:
-    """One ok reply's numeric metrics (its ``t-*`` stamps, ``fedvit.keys``) and the id of
-    the message it answers (the grid's push and pull times are keyed by it)."""
+    """One ok reply's numeric metrics (``t-*`` stamps included) and the id of the message it
+    answers (the grid's push and pull times are keyed by it)."""
 
     node_id: int
     phase: str
@@ -42,8 +41,7 @@ class RoundLog:
 
 class RoundTiming(StrategyWrapper):
     """Times the inner strategy's hooks and keeps each ok reply's report in
-    ``self.timeline[round]``. Placed inside ``BandwidthTracking``, so the books' measuring
-    is not counted as configure or aggregation time."""
+    ``self.timeline[round]`` (inside ``BandwidthTracking``: the books' measuring is not timed)."""
 
     def __init__(self, strategy: Strategy) -> None:
         super().__init__(strategy)

@@ -11,7 +11,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedvit.keys import METRICS
 from strategies.bandwidth import BandwidthTracking, BookingGrid
-from strategies.metrics import aggregate_reply_metrics
+from strategies.factory import aggregate_reply_metrics
 from strategies.wrapper import StrategyWrapper
 from strategy_fakes import FakeGrid, arrays_of, default_handler, round_trip
 

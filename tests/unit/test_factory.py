@@ -16,9 +16,9 @@ from strategies import BookRow, FedLoRA, build_strategy
 from strategies.bandwidth import BandwidthTracking
 from strategies.exchange import ExchangeCodecs
 from strategies.failures import StopOnCommonFailure
-from strategies.offset import RoundOffset
 from strategies.sampling import SeededSampling
 from strategies.timing import RoundTiming
+from strategies.wrapper import RoundOffset
 from strategy_fakes import FakeGrid, arrays_of, examples, shifted
 
 W = {"w": np.zeros((2, 3), np.float32)}

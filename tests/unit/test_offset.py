@@ -6,8 +6,7 @@ import numpy as np
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
-from strategies.offset import RoundOffset
-from strategies.wrapper import StrategyWrapper
+from strategies.wrapper import RoundOffset, StrategyWrapper
 from strategy_fakes import FakeGrid, arrays_of
 
 W = {"w": np.zeros(2, np.float32)}

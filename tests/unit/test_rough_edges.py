@@ -18,7 +18,7 @@ from fedvit import keys
 from fedvit.config.appconfig import APP_ROOT
 from fedvit.model.pretrain import progress_line
 from fedvit.model.train import train_epochs
-from strategies.metrics import aggregate_reply_metrics
+from strategies.factory import aggregate_reply_metrics
 
 
 def test_train_epochs_reports_every_epoch_with_its_loss():
