@@ -138,7 +138,6 @@ def compile_missing(cuda: bool) -> str:
     import shutil
 
     from torch._dynamo import is_dynamo_supported
-
     if not is_dynamo_supported():
         return "this Python/platform is not supported by torch.compile"
     if cuda and importlib.util.find_spec("triton") is None:
@@ -165,7 +164,6 @@ def target_modules(spec: str) -> list[str]:
 def cuda_available() -> bool:
     """``torch.cuda.is_available()`` (imports torch)."""
     import torch
-
     return torch.cuda.is_available()
 
 
@@ -179,7 +177,6 @@ def timm_vit_names() -> frozenset[str]:
     import. Raises ImportError when timm is not installed.
     """
     from importlib import metadata, util
-
     path = None
     spec = util.find_spec("timm")  # None: not installed, and the import below fails as it does
     if spec is not None and spec.submodule_search_locations:
@@ -191,7 +188,6 @@ def timm_vit_names() -> frozenset[str]:
         with suppress(OSError, ValueError):
             return frozenset(json.loads(path.read_text()))
     import timm
-
     names = sorted(timm.list_models(module="vision_transformer"))
     if path is not None:
         with suppress(OSError):

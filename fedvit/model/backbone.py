@@ -19,7 +19,6 @@ def create_vit(cfg: AppConfig, num_classes: int, pretrained: bool | None = None)
     if ``pretrained`` (None: ``cfg.pretrained``): float32 ``(B, 3, img-size, img-size)`` ->
     ``(B, num_classes)``. ``ConfigError``: not buildable at these sizes, or no hub weights."""
     import timm
-
     kwargs: dict = {"num_classes": num_classes, "img_size": cfg.img_size}
     if cfg.patch_size:
         kwargs["patch_size"] = cfg.patch_size
@@ -46,11 +45,9 @@ def load_backbone_weights(model: nn.Module, path: Path, source: str) -> None:
     ``ConfigError`` naming ``source`` (e.g. ``"'weights-path'"``): unreadable, or does not fit.
     """
     from timm.models.vision_transformer import checkpoint_filter_fn
-
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

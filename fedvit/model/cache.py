@@ -46,7 +46,6 @@ class ExportedModel(nn.Module):
 
     def __init__(self, path: Path) -> None:
         from safetensors import safe_open
-
         super().__init__()
         with safe_open(path, "pt") as f:
             info = json.loads(f.metadata()["fedvit"])
@@ -92,7 +91,6 @@ class ExportedModel(nn.Module):
                 program = torch.export.load(f)
             if device.type != "cpu":  # the program holds the device it was exported on
                 from torch.export.passes import move_to_device_pass
-
                 program = move_to_device_pass(program, device)
             graph = self._graphs[(mode, device)] = program.module()
         for name, tensor in (*self.named_parameters(), *self.named_buffers()):
@@ -112,7 +110,6 @@ def cached_model(cfg: AppConfig, num_classes: int) -> nn.Module:
         except Exception as err:  # a damaged or foreign file: rebuild it
             log.warning("fedvit: cached model %s unreadable (%s); rebuilding", path, err)
     from fedvit.model.build import build_model  # imports timm and peft: only on a miss
-
     model = build_model(cfg, num_classes)
     path = model_path(cfg, num_classes)  # the backbone may have been built just now
     if path is not None:
@@ -169,7 +166,6 @@ def save_checked(model: nn.Module, cfg: AppConfig, num_classes: int, path: Path)
     from safetensors.torch import save_file
 
     from fedvit.model.build import build_model
-
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     kinds = {n: "trainable" if p.requires_grad else "frozen" for n, p in model.named_parameters()}
@@ -211,7 +207,6 @@ def check_same(loaded: nn.Module, built: nn.Module, cfg: AppConfig) -> None:
                 ok = mine == value
             if not ok:
                 raise AssertionError(f"cached model differs from its timm+peft build: {what}")
-
     same(loaded.state_dict(), built.state_dict())
     gen = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(5, 3, cfg.img_size, cfg.img_size, generator=gen)

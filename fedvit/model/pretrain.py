@@ -71,7 +71,6 @@ def build(cfg: AppConfig, path: Path) -> dict[str, float]:
     count); write its headless state atomically to ``path``, the recipe as metadata. Returns
     ``{"public-accuracy", "train-loss", "seconds"}``; ``ConfigError``: not buildable."""
     from safetensors.torch import save_file
-
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     public = partitions.digits_splits()["public"]

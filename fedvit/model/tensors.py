@@ -33,7 +33,6 @@ def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
         return {name: state[name] for name in names}
     if is_lora(model):
         from fedvit.model.adapters import adapter_state  # peft is imported already
-
         return adapter_state(model)
     return dict(model.state_dict())
 
@@ -50,7 +49,6 @@ def load_exchanged(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         )
     if is_lora(model) and getattr(model, "fedvit_exchanged", None) is None:
         from fedvit.model.adapters import load_adapter_state  # peft is imported already
-
         load_adapter_state(model, state)
     else:
         model.load_state_dict(state, strict=not is_lora(model))
@@ -81,7 +79,6 @@ def input_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]
     stats = getattr(model, "fedvit_input_stats", None)
     if stats is None:
         from timm.data import resolve_model_data_config  # timm is imported already
-
         base = model.get_base_model() if is_lora(model) else model
         data = resolve_model_data_config(base)
         stats = (data["mean"], data["std"])
