@@ -1,7 +1,6 @@
 """Which tensors travel, the backbone's fingerprint, the input statistics (torch only): asked of
 a timm/peft build, peft's and timm's helpers answer; an ``ExportedModel`` (model cache) carries
-their answers recorded at export, so a process that loads it never imports timm or peft.
-"""
+their answers recorded at export, so a process that loads it never imports timm or peft."""
 
 from __future__ import annotations
 
@@ -43,10 +42,8 @@ def load_exchanged(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     expected = set(exchanged_state(model))
     missing, extra = expected - set(state), set(state) - expected
     if missing or extra:
-        raise ValueError(
-            f"exchanged tensors do not match the model: {len(missing)} missing "
-            f"{sorted(missing)[:3]}, {len(extra)} extra {sorted(extra)[:3]}"
-        )
+        raise ValueError(f"exchanged tensors do not match the model: {len(missing)} missing "
+                         f"{sorted(missing)[:3]}, {len(extra)} extra {sorted(extra)[:3]}")
     if is_lora(model) and getattr(model, "fedvit_exchanged", None) is None:
         from fedvit.model.adapters import load_adapter_state  # peft is imported already
         load_adapter_state(model, state)
