@@ -1,8 +1,6 @@
 """The output schema: every file a run writes and every column or key it holds (kebab-case).
-
 Tables (``<stem>.csv`` and ``.json``, the same rows) are checked against ``TABLES`` when
-written; docs/results.md "Output files" is ``markdown()`` (a test keeps the two equal).
-"""
+written; docs/results.md "Output files" is ``markdown()`` (a test keeps the two equal)."""
 
 from __future__ import annotations
 
@@ -150,7 +148,7 @@ def column(field_name: str) -> str:
 
 def dataclass_row(obj: Any, leave_out: Iterable[str] = ()) -> dict[str, Any]:
     """A dataclass instance's fields under their column names, in order, less ``leave_out``
-    (field names). Raises TypeError for a non-dataclass."""
+    (field names). TypeError: not a dataclass."""
     skip = set(leave_out)
     return {column(f.name): getattr(obj, f.name) for f in dataclasses.fields(obj)
             if f.name not in skip}
@@ -165,10 +163,8 @@ def field_values(row: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]
 def columns(stem: str) -> list[str]:
     """Table ``stem``'s columns in order, ``<row>`` expanded over ``keys.TABLE_ROWS``
     (KeyError: no such table)."""
-    out: list[str] = []
-    for name, _ in TABLES[stem]:
-        out += [name.replace(_ROW, row) for row in k.TABLE_ROWS] if _ROW in name else [name]
-    return out
+    return [name.replace(_ROW, row) for name, _ in TABLES[stem]
+            for row in (k.TABLE_ROWS if _ROW in name else (_ROW,))]
 
 
 def markdown() -> str:

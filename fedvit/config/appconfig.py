@@ -1,6 +1,5 @@
 """The run config, read once into one typed, validated object (rules: ``.rules``, ``.paths``,
-``.resume``). Every default lives in pyproject.toml; nothing else reads ``context.run_config``.
-"""
+``.resume``). Every default lives in pyproject.toml; nothing else reads ``context.run_config``."""
 
 from __future__ import annotations
 

@@ -38,11 +38,10 @@ log = logging.getLogger(__name__)
 
 class ExportedModel(nn.Module):
     """A cached model: the build's parameters and buffers (names, order, trainables) and the
-    ``fedvit.model.tensors`` answers recorded at export. A mode's program is loaded when the
-    model first switches to it (``torch.export.load`` imports ``torch._dynamo``, as the
-    optimizer does anyway). Only the batch size is dynamic. Raises ``OSError``, ``KeyError``,
-    ``ValueError`` (another ``FORMAT``), ``SafetensorError``, ``JSONDecodeError``: a bad file.
-    """
+    ``fedvit.model.tensors`` answers recorded at export. A mode's program (only the batch size
+    dynamic) loads when the model first switches to it (``torch.export.load`` imports
+    ``torch._dynamo``, as the optimizer does anyway). A bad file: ``OSError``, ``KeyError``,
+    ``ValueError`` (another ``FORMAT``), ``SafetensorError``, ``JSONDecodeError``."""
 
     def __init__(self, path: Path) -> None:
         from safetensors import safe_open
@@ -133,13 +132,11 @@ def model_key(cfg: AppConfig, num_classes: int) -> dict | None:
                    else resolve_path(cfg.weights_path))
         if not weights.is_file():
             return None
-        st = weights.stat()
-        key["weights"] = [str(weights), st.st_size, st.st_mtime_ns]
-    key["libraries"] = {"torch": torch.__version__,
-                        **{name: metadata.version(name) for name in ("timm", "peft")}}
+        key["weights"] = [str(weights), weights.stat().st_size, weights.stat().st_mtime_ns]
+    key["libraries"] = {"torch": torch.__version__, "timm": metadata.version("timm"),
+                        "peft": metadata.version("peft")}
     code = b"".join((Path(__file__).parent / f).read_bytes() for f in SOURCES)
-    key["code"] = hashlib.sha256(code).hexdigest()
-    return key
+    return key | {"code": hashlib.sha256(code).hexdigest()}
 
 
 def model_path(cfg: AppConfig, num_classes: int) -> Path | None:

@@ -28,9 +28,8 @@ class Marker(Protocol):
 class PhaseClock:
     """Seconds per phase (``PHASES``) of local training: on the CPU by ``time.perf_counter``;
     with ``cuda`` or a ``marker`` factory (default: timing CUDA events), by markers recorded on
-    the queue without waiting, which ``settle`` reads after one synchronisation. Phases are
-    then the GPU's timeline: time the CPU holds it up (loading a batch) is idle GPU time.
-    """
+    the queue without waiting, read by ``settle`` after one synchronisation: the GPU's timeline,
+    where time the CPU holds it up (loading a batch) is idle GPU time."""
 
     def __init__(self, cuda: bool, marker: Callable[[], Marker] | None = None) -> None:
         self._marker = marker or (partial(torch.cuda.Event, enable_timing=True) if cuda
