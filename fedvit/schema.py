@@ -11,7 +11,6 @@ from typing import Any
 from fedvit import keys as k
 
 Column = tuple[str, str]  # (name, meaning, with its unit)
-
 MB = 1e6  # bytes: the unit of the ``*-mb`` columns, the logs and the report
 
 ROUNDS: tuple[Column, ...] = (
@@ -51,7 +50,6 @@ BOOKS: tuple[Column, ...] = (
 )
 
 _ROW = "<row>"  # a column per row of ``keys.TABLE_ROWS``
-
 PHASES: tuple[Column, ...] = (
     ("round", "the round"),
     ("wall-s", "its wall time (s)"),

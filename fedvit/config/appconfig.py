@@ -110,7 +110,6 @@ class AppConfig:
 
     @property
     def torch_device(self) -> str:
-        """``'cuda'`` or ``'cpu'``."""
         return "cuda" if self.use_cuda else "cpu"
 
     def to_dict(self) -> dict[str, Any]:

@@ -36,9 +36,8 @@ def resolve_path(path: str) -> Path:
 def is_relative_path(key: str, value: str) -> bool:
     """Whether ``value`` of ``key`` is a relative path (refused); ``''``, ``public-pretrain``,
     ``digits``, a hub id and keys outside ``PATH_KEYS`` are not paths."""
-    if key not in PATH_KEYS or value == "":
-        return False
-    if (key, value) in (("weights-path", PUBLIC_PRETRAIN), ("dataset", EMBEDDED_DATASET)):
+    if key not in PATH_KEYS or value == "" or (key, value) in (
+            ("weights-path", PUBLIC_PRETRAIN), ("dataset", EMBEDDED_DATASET)):
         return False
     if key == "dataset" and not value.startswith(".") and (HUB_ID.match(value) or "/" not in value):
         return False  # a hub id, or a name (refused by the dataset rule if unknown)

@@ -146,9 +146,8 @@ def compile_missing(cuda: bool) -> str:
 
 def show(value: Any) -> str:
     """A value as the run config spells it: ``'text'``, ``true``/``false``, ``str(number)``."""
-    if isinstance(value, str):
-        return repr(value)
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return repr(value) if isinstance(value, str) else text
 
 
 def target_modules(spec: str) -> list[str]:

@@ -55,8 +55,8 @@ class PhaseClock:
         self._boundary(phase)
 
     def settle(self) -> None:
-        """With markers: wait for the last one (one synchronisation) and add every interval
-        recorded since the last ``settle`` to its phase."""
+        """With markers: wait for the last one (one synchronisation), add each interval since
+        the last ``settle`` to its phase."""
         if len(self._marks) < 2:
             return
         self._marks[-1][1].synchronize()
