@@ -163,10 +163,9 @@ def cuda_available() -> bool:
 
 @lru_cache(maxsize=1)
 def timm_vit_names() -> frozenset[str]:
-    """``timm.list_models(module="vision_transformer")``, cached in ``$FEDVIT_CACHE/timm`` (every
-    ClientApp process validates its config; importing timm, torchvision and ``torch._dynamo``
-    costs ~1.5 s) under timm's version and its ViT module's path, size and mtime; an unwritable
-    cache costs the next process the import. ImportError: timm is not installed."""
+    """``timm.list_models(module="vision_transformer")``, cached in ``$FEDVIT_CACHE/timm`` under
+    timm's version and its ViT module's path, size and mtime: every ClientApp process validates
+    its config, importing timm (+ torchvision, dynamo) takes 1.5 s. ImportError: no timm."""
     from importlib import metadata, util
     path = None
     spec = util.find_spec("timm")  # None: not installed, and the import below fails as it does

@@ -64,12 +64,11 @@ def wrap_lora(model: nn.Module, cfg: AppConfig, fused: bool = True) -> PeftModel
 
 
 class FusedLoraLinear(PeftLoraLinear):
-    """peft's LoRA linear layer (same names and state dict) with a leaner forward for plain
-    LoRA. Training: ``base(x) + B(A(x))·s`` as two matmuls and one ``addmm`` that scales and
-    adds in one kernel (peft: five operations, two full passes over the output). Eval mode
-    without autograd: ``W + s·B·A`` folded into the weight (stored weights untouched), costing
-    what the plain ViT does. Merged, disabled or several adapters, biases, DoRA and other
-    variants run peft's forward."""
+    """peft's LoRA linear layer (same names, state dict) with a leaner forward for plain LoRA.
+    Training: ``base(x) + B(A(x))·s`` as two matmuls and one ``addmm`` scaling and adding in one
+    kernel (peft: five operations, two full passes over the output). Eval without autograd:
+    ``W + s·B·A`` folded into the weight (stored weights untouched), as fast as the plain ViT.
+    Merged, disabled or several adapters, biases, DoRA and other variants run peft's forward."""
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         active = self.active_adapters

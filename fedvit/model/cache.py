@@ -1,8 +1,7 @@
 """The built model cached as safetensors plus a ``torch.export`` program per mode, so a ClientApp
 process (fresh per message in Flower 1.41) loads it without importing timm and peft; an artefact
 is kept only if it equals a second timm+peft build. ``torch.export.load`` trusts its file (sympy
-parsing, may fall back to pickle): keep ``$FEDVIT_CACHE`` writable only by its owner.
-"""
+parsing, may fall back to pickle): keep ``$FEDVIT_CACHE`` writable only by its owner."""
 
 from __future__ import annotations
 
@@ -156,10 +155,9 @@ def mode_paths(path: Path) -> dict[str, Path]:
 
 
 def save_checked(model: nn.Module, cfg: AppConfig, num_classes: int, path: Path) -> None:
-    """Export a fresh build in every mode and write it atomically, keeping the files only if,
-    loaded back, it equals a second build (``check_same``: else ``AssertionError``). ``model``
-    and the global random state are left as they were; ``torch._dynamo.exc.UserError``,
-    ``RuntimeError``: not exportable."""
+    """Export a fresh build in every mode and write it atomically, kept only if, loaded back, it
+    equals a second build (``check_same``: else ``AssertionError``); ``model`` and the global
+    RNG stay as they were. Not exportable: ``torch._dynamo.exc.UserError``, ``RuntimeError``."""
     from safetensors.torch import save_file
 
     from fedvit.model.build import build_model

@@ -136,10 +136,9 @@ def train_epochs(model: nn.Module, loader: DataLoader, epochs: int, lr: float, d
                  on_epoch: Callable[[int, float], None] | None = None,
                  optimizer: torch.optim.Optimizer | None = None,
                  clock: PhaseClock | None = None) -> TrainStats:
-    """Train the parameters that require grad on ``device``, timing every phase (``clock``,
-    default ``PhaseClock`` of ``device``, settled once per epoch). ``lr`` is the peak with
-    ``one_cycle``; ``weight_decay`` applies to an optimizer made here; ``on_epoch(epoch, mean
-    loss)`` runs after each epoch (1-based)."""
+    """Train the parameters that require grad on ``device``, timing phases (``clock``, default
+    ``PhaseClock`` of ``device``, settled per epoch). ``lr``: the peak with ``one_cycle``;
+    ``weight_decay``: an optimizer made here's; ``on_epoch(epoch from 1, mean loss)``: per epoch."""
     model.to(device).train()
     optimizer = optimizer or make_optimizer(model, lr, weight_decay)
     schedule = (torch.optim.lr_scheduler.OneCycleLR(
