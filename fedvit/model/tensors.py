@@ -23,9 +23,8 @@ def is_lora(model: nn.Module) -> bool:
 
 
 def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``{state-dict name: tensor}`` a strategy exchanges, in state-dict order, detached and
-    sharing memory with the model: a plain ViT's whole state dict, a LoRA model's
-    ``adapter_state``, a cached model's names recorded from its build."""
+    """``{state-dict name: tensor}`` a strategy exchanges, in state-dict order, detached, sharing
+    memory: a plain ViT's state dict, a LoRA model's ``adapter_state``, a cached model's names."""
     names = getattr(model, "fedvit_exchanged", None)  # set by fedvit.model.cache.ExportedModel
     if names is not None:
         state = model.state_dict()
