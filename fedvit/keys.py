@@ -8,11 +8,9 @@ METRICS = "metrics"  # the one MetricRecord of every reply
 CONFIG = "config"  # the ConfigRecord of every instruction (FedAvg's)
 ARRAYS = "arrays"  # the ArrayRecord of the exchanged tensors (FedAvg's ``arrayrecord_key``)
 PACKED_PREFIX = "packed:"  # + JSON index: a packed ArrayRecord's one key (fedvit.wire.packing)
-
 # ------------------------------------------------------- what an instruction's config holds
 SERVER_ROUND = "server-round"  # set by FedAvg
 BACKBONE = "backbone"  # FedLoRA: the frozen backbone's fingerprint the server evaluates with
-
 # ----------------------------------------------------------------- what a reply reports
 NUM_EXAMPLES = "num-examples"  # FedAvg's ``weighted_by_key``
 # The node's partition: Flower's node config keys, and the reply metrics that repeat them.
@@ -56,16 +54,9 @@ REPORT_KEYS = (*BYTES_KEYS, PROCESS_START, FRESH, BOOKS_S, TRANSFER_S, MOD_IN, M
 COMPUTE_PHASES = ("data", "forward", "backward", "optimizer", "eval")
 TIME_TRAIN = "time-train"  # the whole of local training
 
-
-def time_key(phase: str) -> str:
-    """The reply metric and ``nodes`` column of a compute phase's (or ``client-other``'s) s."""
-    return f"time-{phase}"
-
-
 # A ClientApp's error that a run-config value caused starts with this (the server stops a
 # run whose every node refuses its config, instead of repeating the round).
 CONFIG_REFUSED = "run config refused by the ClientApp:"
-
 # ----------------------------------------------------- the rows of a round's phase table
 COMPUTE_ROWS = (*COMPUTE_PHASES, "client-other")
 SERVER_ROWS = ("configure", "send", "aggregation", "central-eval")
@@ -73,7 +64,6 @@ TABLE_ROWS = ("configure", "send", "pickup", "start-up", "task-build", "deserial
               *COMPUTE_ROWS, "serialise", "books", "transfer", "return", "aggregation",
               "central-eval", "unexplained")
 KINDS = ("measured", "projected", "deployment")  # the phase table's three views
-
 # --------------------------------------------------------------------- a run's folder
 CONFIG_FILE = "config.json"
 CONFIG_HISTORY = "configs.json"  # every accepted config of a run folder, with its start round
@@ -81,7 +71,11 @@ SUMMARY_FILE = "summary.json"
 CHECKPOINT_STATE, CHECKPOINT_TENSORS = "checkpoint.json", "checkpoint.safetensors"
 ROUNDS, BOOKS, PHASES, NODES = "rounds", "books", "phases", "nodes"  # <stem>.csv and .json
 TABLES = (ROUNDS, BOOKS, PHASES, NODES)
-
 # ------------------------------------------------------------- parameter name parts
 HEAD = "head"  # timm's classifier head (trained and exchanged in full)
 LORA_A, LORA_B = ".lora_A.", ".lora_B."  # peft's adapter matrices in parameter names
+
+
+def time_key(phase: str) -> str:
+    """The reply metric and ``nodes`` column of a compute phase's (or ``client-other``'s) s."""
+    return f"time-{phase}"

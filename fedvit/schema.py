@@ -1,8 +1,6 @@
 """The output schema: every file a run writes and every column or key it holds (kebab-case).
-
 Tables (``<stem>.csv`` and ``.json``, the same rows) are checked against ``TABLES`` when
-written; docs/results.md "Output files" is ``markdown()`` (a test keeps the two equal).
-"""
+written; docs/results.md "Output files" is ``markdown()`` (a test keeps the two equal)."""
 
 from __future__ import annotations
 
@@ -13,7 +11,6 @@ from typing import Any
 from fedvit import keys as k
 
 Column = tuple[str, str]  # (name, meaning, with its unit)
-
 MB = 1e6  # bytes: the unit of the ``*-mb`` columns, the logs and the report
 
 ROUNDS: tuple[Column, ...] = (
@@ -53,7 +50,6 @@ BOOKS: tuple[Column, ...] = (
 )
 
 _ROW = "<row>"  # a column per row of ``keys.TABLE_ROWS``
-
 PHASES: tuple[Column, ...] = (
     ("round", "the round"),
     ("wall-s", "its wall time (s)"),
@@ -150,7 +146,7 @@ def column(field_name: str) -> str:
 
 def dataclass_row(obj: Any, leave_out: Iterable[str] = ()) -> dict[str, Any]:
     """A dataclass instance's fields under their column names, in order, less ``leave_out``
-    (field names). Raises TypeError for a non-dataclass."""
+    (field names). TypeError: not a dataclass."""
     skip = set(leave_out)
     return {column(f.name): getattr(obj, f.name) for f in dataclasses.fields(obj)
             if f.name not in skip}
@@ -165,10 +161,8 @@ def field_values(row: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]
 def columns(stem: str) -> list[str]:
     """Table ``stem``'s columns in order, ``<row>`` expanded over ``keys.TABLE_ROWS``
     (KeyError: no such table)."""
-    out: list[str] = []
-    for name, _ in TABLES[stem]:
-        out += [name.replace(_ROW, row) for row in k.TABLE_ROWS] if _ROW in name else [name]
-    return out
+    return [name.replace(_ROW, row) for name, _ in TABLES[stem]
+            for row in (k.TABLE_ROWS if _ROW in name else (_ROW,))]
 
 
 def markdown() -> str:

@@ -1,6 +1,5 @@
 """The run config, read once into one typed, validated object (rules: ``.rules``, ``.paths``,
-``.resume``). Every default lives in pyproject.toml; nothing else reads ``context.run_config``.
-"""
+``.resume``). Every default lives in pyproject.toml; nothing else reads ``context.run_config``."""
 
 from __future__ import annotations
 
@@ -111,7 +110,6 @@ class AppConfig:
 
     @property
     def torch_device(self) -> str:
-        """``'cuda'`` or ``'cpu'``."""
         return "cuda" if self.use_cuda else "cpu"
 
     def to_dict(self) -> dict[str, Any]:

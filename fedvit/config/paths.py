@@ -1,8 +1,6 @@
 """Where things are: the app's folder, the artefact cache, and the path-valued keys' rules.
-
 Relative paths are refused: under ``flwr run`` the app runs from its install folder
-(``.flwr/apps/<bundle>/``, or the SuperLink's app folder), in-process from the project.
-"""
+(``.flwr/apps/<bundle>/``, or the SuperLink's app folder), in-process from the project."""
 
 from __future__ import annotations
 
@@ -38,9 +36,8 @@ def resolve_path(path: str) -> Path:
 def is_relative_path(key: str, value: str) -> bool:
     """Whether ``value`` of ``key`` is a relative path (refused); ``''``, ``public-pretrain``,
     ``digits``, a hub id and keys outside ``PATH_KEYS`` are not paths."""
-    if key not in PATH_KEYS or value == "":
-        return False
-    if (key, value) in (("weights-path", PUBLIC_PRETRAIN), ("dataset", EMBEDDED_DATASET)):
+    if key not in PATH_KEYS or value == "" or (key, value) in (
+            ("weights-path", PUBLIC_PRETRAIN), ("dataset", EMBEDDED_DATASET)):
         return False
     if key == "dataset" and not value.startswith(".") and (HUB_ID.match(value) or "/" not in value):
         return False  # a hub id, or a name (refused by the dataset rule if unknown)
@@ -57,25 +54,6 @@ def is_dataset(name: str) -> bool:
     return bool(HUB_ID.match(name)) and not name.startswith((".", "/", "~"))
 
 
-def folder_write_error(path: Path, create: bool) -> str | None:
-    """Why the run could not write into folder ``path`` (or create it, with ``create``), or
-    None when it can."""
-    if path.exists():
-        if not path.is_dir():
-            return f"{path} is a file, not a folder"
-        if not os.access(path, os.W_OK | os.X_OK):
-            return f"{path} is a folder this process cannot write into"
-        return None
-    if not create:
-        return f"{path} does not exist"
-    parent = next(p for p in path.parents if p.exists())
-    if not parent.is_dir():
-        return f"{parent} is a file, so {path} cannot be created"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{parent} cannot be written into, so {path} cannot be created"
-    return None
-
-
 def server_path_errors(outputs_dir: str, resume_from: str) -> list[str]:
     """The server's folder to write: ``resume-from``'s when set, else ``outputs-dir`` (which it
     creates). Clients never touch these two keys, so they are checked only here."""
@@ -84,5 +62,15 @@ def server_path_errors(outputs_dir: str, resume_from: str) -> list[str]:
     path = resolve_path(value)
     if not path.is_absolute() or not (create or path.exists()):
         return []  # refused as a relative path, or as a folder without a checkpoint
-    why = folder_write_error(path, create)
-    return [f"'{key}' = {value!r} is not allowed: {why}; must be {PATH_KEYS[key]}"] if why else []
+    parent = next(p for p in (path, *path.parents) if p.exists())
+    if parent == path and not path.is_dir():
+        why = f"{path} is a file, not a folder"
+    elif parent == path and not os.access(path, os.W_OK | os.X_OK):
+        why = f"{path} is a folder this process cannot write into"
+    elif not parent.is_dir():
+        why = f"{parent} is a file, so {path} cannot be created"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        why = f"{parent} cannot be written into, so {path} cannot be created"
+    else:
+        return []
+    return [f"'{key}' = {value!r} is not allowed: {why}; must be {PATH_KEYS[key]}"]

@@ -10,8 +10,7 @@ from fedvit.config.paths import resolve_path, server_path_errors
 from fedvit.config.rules import show
 from fedvit.keys import CHECKPOINT_STATE, CHECKPOINT_TENSORS, CONFIG_HISTORY
 
-# Keys a resumed run may change: none changes what is exchanged, or how it is trained or
-# aggregated.
+# Keys a resumed run may change: none changes what is exchanged or how it is trained/aggregated.
 RESUMABLE_KEYS = frozenset({
     "num-server-rounds", "outputs-dir", "run-name", "resume-from", "node-wait-s",
     "round-timeout-s", "device", "compile", "eval-batch-size", "fraction-evaluate",

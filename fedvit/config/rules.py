@@ -85,10 +85,8 @@ RULES: dict[str, Rule] = {
 
 def rule_errors(v: dict[str, Any]) -> list[str]:
     """One message per broken rule: relative paths, single-key ``RULES``, rules across keys.
-
-    ``v`` holds typed values by ``AppConfig`` field name, in field order; a wrongly typed one
-    is left out (already reported) and the rules needing it are skipped.
-    """
+    ``v``: typed values by ``AppConfig`` field name, in field order, less wrongly typed ones
+    (already reported; the rules needing them are skipped)."""
     keyed = {field.replace("_", "-"): value for field, value in v.items()}
     relative = [key for key in PATH_KEYS
                 if isinstance(keyed.get(key), str) and is_relative_path(key, keyed[key])]
@@ -120,25 +118,21 @@ def rule_errors(v: dict[str, Any]) -> list[str]:
                       "and no evaluation round is sent; set 'fraction-evaluate' = 0")
     if v.get("device") == "cuda" and not cuda_available():
         errors.append("'device' = 'cuda' is not allowed: no CUDA device is available")
-    if v.get("compile") and "device" in v:
-        missing = compile_missing(v["device"] == "cuda"
-                                  or (v["device"] == "auto" and cuda_available()))
-        if missing:
-            errors.append(f"'compile' = true is not allowed on this machine: {missing}; "
-                          "must be false here")
+    if v.get("compile") and "device" in v and (missing := compile_missing(
+            v["device"] == "cuda" or (v["device"] == "auto" and cuda_available()))):
+        errors.append(f"'compile' = true is not allowed on this machine: {missing}; "
+                      "must be false here")
     return errors
 
 
 def compile_missing(cuda: bool) -> str:
     """What ``torch.compile`` lacks here to train a model, or ``''`` (imports ``torch._dynamo``,
     about 1 s). On CUDA inductor emits triton kernels, whose launcher needs a C compiler; on
-    the CPU it emits C++ kernels.
-    """
+    the CPU it emits C++ kernels."""
     import importlib.util
     import shutil
 
     from torch._dynamo import is_dynamo_supported
-
     if not is_dynamo_supported():
         return "this Python/platform is not supported by torch.compile"
     if cuda and importlib.util.find_spec("triton") is None:
@@ -152,9 +146,8 @@ def compile_missing(cuda: bool) -> str:
 
 def show(value: Any) -> str:
     """A value as the run config spells it: ``'text'``, ``true``/``false``, ``str(number)``."""
-    if isinstance(value, str):
-        return repr(value)
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return repr(value) if isinstance(value, str) else text
 
 
 def target_modules(spec: str) -> list[str]:
@@ -165,21 +158,15 @@ def target_modules(spec: str) -> list[str]:
 def cuda_available() -> bool:
     """``torch.cuda.is_available()`` (imports torch)."""
     import torch
-
     return torch.cuda.is_available()
 
 
 @lru_cache(maxsize=1)
 def timm_vit_names() -> frozenset[str]:
-    """``timm.list_models(module="vision_transformer")``, cached in ``$FEDVIT_CACHE/timm``.
-
-    Importing timm costs about 1.5 s (it imports torchvision and ``torch._dynamo``), and
-    every ClientApp process validates its config. The cache key is timm's version and its ViT
-    module's path, size and mtime; a cache that cannot be written costs the next process the
-    import. Raises ImportError when timm is not installed.
-    """
+    """``timm.list_models(module="vision_transformer")``, cached in ``$FEDVIT_CACHE/timm`` under
+    timm's version and its ViT module's path, size and mtime: every ClientApp process validates
+    its config, importing timm (+ torchvision, dynamo) takes 1.5 s. ImportError: no timm."""
     from importlib import metadata, util
-
     path = None
     spec = util.find_spec("timm")  # None: not installed, and the import below fails as it does
     if spec is not None and spec.submodule_search_locations:
@@ -191,7 +178,6 @@ def timm_vit_names() -> frozenset[str]:
         with suppress(OSError, ValueError):
             return frozenset(json.loads(path.read_text()))
     import timm
-
     names = sorted(timm.list_models(module="vision_transformer"))
     if path is not None:
         with suppress(OSError):

@@ -19,9 +19,8 @@ def freeze_ffa(model: PeftModel) -> None:
 
 
 def adapter_state(model: PeftModel) -> dict[str, torch.Tensor]:
-    """``{state-dict name: tensor}`` a LoRA model exchanges, in state-dict order: peft's adapter
-    state dict (LoRA matrices and the head), without ``lora_A`` under FFA-LoRA; detached,
-    sharing memory with the model."""
+    """``{state-dict name: tensor}`` a LoRA model exchanges, in state-dict order, detached, sharing
+    memory: peft's adapter state dict (LoRA matrices, head), less ``lora_A`` under FFA-LoRA."""
     return {name: tensor for name, (_, tensor) in _peft_names(model).items()}
 
 

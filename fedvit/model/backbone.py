@@ -1,6 +1,5 @@
-"""The plain timm ViT: built, loaded from weights files, and checked against the rules only the
-built model can show. timm is imported inside functions: a model-cache hit never imports it.
-"""
+"""The plain timm ViT: built, loaded from weights files, checked against rules only the built
+model can show. timm is imported inside functions: a model-cache hit never imports it."""
 
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ def create_vit(cfg: AppConfig, num_classes: int, pretrained: bool | None = None)
     if ``pretrained`` (None: ``cfg.pretrained``): float32 ``(B, 3, img-size, img-size)`` ->
     ``(B, num_classes)``. ``ConfigError``: not buildable at these sizes, or no hub weights."""
     import timm
-
     kwargs: dict = {"num_classes": num_classes, "img_size": cfg.img_size}
     if cfg.patch_size:
         kwargs["patch_size"] = cfg.patch_size
@@ -29,28 +27,23 @@ def create_vit(cfg: AppConfig, num_classes: int, pretrained: bool | None = None)
         return timm.create_model(cfg.model_name, pretrained=use_hub, **kwargs)
     except Exception as err:
         if not use_hub:
-            raise ConfigError(
-                f"'model-name' = {cfg.model_name!r} cannot be built with 'img-size' = "
-                f"{cfg.img_size}, 'patch-size' = {cfg.patch_size}: {err}"
-            ) from err
-        raise ConfigError(
-            f"'pretrained' = true: hub weights for {cfg.model_name!r} could not be loaded "
-            f"({type(err).__name__}: {err}); set 'weights-path' to a local file instead"
-        ) from err
+            raise ConfigError(f"'model-name' = {cfg.model_name!r} cannot be built with "
+                              f"'img-size' = {cfg.img_size}, 'patch-size' = {cfg.patch_size}: "
+                              f"{err}") from err
+        raise ConfigError(f"'pretrained' = true: hub weights for {cfg.model_name!r} could not "
+                          f"be loaded ({type(err).__name__}: {err}); set 'weights-path' to a "
+                          "local file instead") from err
 
 
 def load_backbone_weights(model: nn.Module, path: Path, source: str) -> None:
     """Load ``.safetensors`` or a torch checkpoint (``weights_only``; the state dict may sit
-    under ``state_dict``, ``model`` or ``module``) into a timm ViT, embeddings resampled by
-    timm's filter; only the head may be missing or of another size (then skipped).
-    ``ConfigError`` naming ``source`` (e.g. ``"'weights-path'"``): unreadable, or does not fit.
-    """
+    under ``state_dict``, ``model`` or ``module``) into a timm ViT, embeddings resampled by timm's
+    filter; only the head may be missing or of another size (skipped). ``ConfigError`` naming
+    ``source`` (e.g. ``"'weights-path'"``): unreadable, or does not fit."""
     from timm.models.vision_transformer import checkpoint_filter_fn
-
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -70,10 +63,9 @@ def load_backbone_weights(model: nn.Module, path: Path, source: str) -> None:
                           f"{FITTING_WEIGHTS}") from err
     missing = [k for k in missing if not k.startswith(HEAD + ".")]
     if missing or unexpected:
-        raise ConfigError(
-            f"{source} = {str(path)!r} does not fit the model: missing {len(missing)} "
-            f"tensors {missing[:3]}, unexpected {len(unexpected)} {list(unexpected)[:3]}; "
-            f"{FITTING_WEIGHTS}")
+        raise ConfigError(f"{source} = {str(path)!r} does not fit the model: missing "
+                          f"{len(missing)} tensors {missing[:3]}, unexpected {len(unexpected)} "
+                          f"{list(unexpected)[:3]}; {FITTING_WEIGHTS}")
 
 
 def model_errors(cfg: AppConfig, model: nn.Module) -> list[str]:
@@ -87,16 +79,14 @@ def model_errors(cfg: AppConfig, model: nn.Module) -> list[str]:
     patch = (f"'patch-size' = {cfg.patch_size}" if cfg.patch_size
              else f"'patch-size' = 0 (the model's own patch size, {ph})")
     if img_size != (cfg.img_size, cfg.img_size):
-        errors.append(
-            f"'img-size' = {cfg.img_size} is not allowed with 'model-name' = "
-            f"{cfg.model_name!r}: the model is built for {img_size[0]}x{img_size[1]} inputs; "
-            f"must be {img_size[0]}")
+        errors.append(f"'img-size' = {cfg.img_size} is not allowed with 'model-name' = "
+                      f"{cfg.model_name!r}: the model is built for {img_size[0]}x{img_size[1]} "
+                      f"inputs; must be {img_size[0]}")
     elif cfg.img_size % ph or cfg.img_size % pw:
         lo = max(ph, cfg.img_size // ph * ph)
-        errors.append(
-            f"'img-size' = {cfg.img_size} is not allowed with {patch} of "
-            f"{cfg.model_name!r}: the model would crop or pad the input; must be a "
-            f"multiple of {ph}, e.g. {lo} or {lo + ph}")
+        errors.append(f"'img-size' = {cfg.img_size} is not allowed with {patch} of "
+                      f"{cfg.model_name!r}: the model would crop or pad the input; must be a "
+                      f"multiple of {ph}, e.g. {lo} or {lo + ph}")
     if cfg.strategy == "fedlora":
         errors += lora_target_errors(cfg, adaptable_linears(model))
     return errors

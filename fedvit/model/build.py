@@ -1,6 +1,5 @@
 """The model a strategy trains: a timm ViT (``fedavg``) or it with peft LoRA (``fedlora``).
-Re-exports ``fedvit.model.tensors``' answers (which tensors travel), so no caller re-derives them.
-"""
+Re-exports ``fedvit.model.tensors``' answers (which tensors travel): no caller re-derives them."""
 
 from __future__ import annotations
 
@@ -51,14 +50,10 @@ def wrap_lora(model: nn.Module, cfg: AppConfig, fused: bool = True) -> PeftModel
     targets = target_modules(cfg.lora_target_modules)
     linear = backbone.adaptable_linears(model)
     raise_errors(backbone.lora_target_errors(cfg, linear))
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        # Full names of linear layers only: "proj" must not also catch patch_embed.proj.
-        target_modules=[full for full in linear if full.rsplit(".", 1)[-1] in targets],
-        modules_to_save=[HEAD],
-    )
+    # Full names of linear layers only: "proj" must not also catch patch_embed.proj.
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=[f for f in linear if f.rsplit(".", 1)[-1] in targets],
+                      modules_to_save=[HEAD])
     if fused:
         lora._register_custom_module({nn.Linear: FusedLoraLinear})
     torch.manual_seed(cfg.seed)
@@ -69,13 +64,11 @@ def wrap_lora(model: nn.Module, cfg: AppConfig, fused: bool = True) -> PeftModel
 
 
 class FusedLoraLinear(PeftLoraLinear):
-    """peft's LoRA linear layer (same names and state dict) with a leaner forward for plain
-    LoRA. Training: ``base(x) + B(A(x))·s`` as two matmuls and one ``addmm`` that scales and
-    adds in one kernel (peft: five operations, two full passes over the output). Eval mode
-    without autograd: ``W + s·B·A`` folded into the weight (stored weights untouched), costing
-    what the plain ViT does. Merged, disabled or several adapters, biases, DoRA and other
-    variants run peft's forward.
-    """
+    """peft's LoRA linear layer (same names, state dict) with a leaner forward for plain LoRA.
+    Training: ``base(x) + B(A(x))·s`` as two matmuls and one ``addmm`` scaling and adding in one
+    kernel (peft: five operations, two full passes over the output). Eval without autograd:
+    ``W + s·B·A`` folded into the weight (stored weights untouched), as fast as the plain ViT.
+    Merged, disabled or several adapters, biases, DoRA and other variants run peft's forward."""
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         active = self.active_adapters
@@ -83,8 +76,7 @@ class FusedLoraLinear(PeftLoraLinear):
                 or active[0] not in self.lora_A or active[0] in self.lora_variant
                 or self.lora_bias[active[0]]):
             return super().forward(x, *args, **kwargs)
-        name = active[0]
-        base = self.base_layer
+        name, base = active[0], self.base_layer
         lora_a, lora_b = self.lora_A[name].weight, self.lora_B[name].weight
         scale = self.scaling[name]
         if not self.training and not torch.is_grad_enabled():

@@ -1,8 +1,7 @@
 """The built model cached as safetensors plus a ``torch.export`` program per mode, so a ClientApp
 process (fresh per message in Flower 1.41) loads it without importing timm and peft; an artefact
 is kept only if it equals a second timm+peft build. ``torch.export.load`` trusts its file (sympy
-parsing, may fall back to pickle): keep ``$FEDVIT_CACHE`` writable only by its owner.
-"""
+parsing, may fall back to pickle): keep ``$FEDVIT_CACHE`` writable only by its owner."""
 
 from __future__ import annotations
 
@@ -38,15 +37,13 @@ log = logging.getLogger(__name__)
 
 class ExportedModel(nn.Module):
     """A cached model: the build's parameters and buffers (names, order, trainables) and the
-    ``fedvit.model.tensors`` answers recorded at export. A mode's program is loaded when the
-    model first switches to it (``torch.export.load`` imports ``torch._dynamo``, as the
-    optimizer does anyway). Only the batch size is dynamic. Raises ``OSError``, ``KeyError``,
-    ``ValueError`` (another ``FORMAT``), ``SafetensorError``, ``JSONDecodeError``: a bad file.
-    """
+    ``fedvit.model.tensors`` answers recorded at export. A mode's program (only the batch size
+    dynamic) loads when the model first switches to it (``torch.export.load`` imports
+    ``torch._dynamo``, as the optimizer does anyway). A bad file: ``OSError``, ``KeyError``,
+    ``ValueError`` (another ``FORMAT``), ``SafetensorError``, ``JSONDecodeError``."""
 
     def __init__(self, path: Path) -> None:
         from safetensors import safe_open
-
         super().__init__()
         with safe_open(path, "pt") as f:
             info = json.loads(f.metadata()["fedvit"])
@@ -92,7 +89,6 @@ class ExportedModel(nn.Module):
                 program = torch.export.load(f)
             if device.type != "cpu":  # the program holds the device it was exported on
                 from torch.export.passes import move_to_device_pass
-
                 program = move_to_device_pass(program, device)
             graph = self._graphs[(mode, device)] = program.module()
         for name, tensor in (*self.named_parameters(), *self.named_buffers()):
@@ -112,7 +108,6 @@ def cached_model(cfg: AppConfig, num_classes: int) -> nn.Module:
         except Exception as err:  # a damaged or foreign file: rebuild it
             log.warning("fedvit: cached model %s unreadable (%s); rebuilding", path, err)
     from fedvit.model.build import build_model  # imports timm and peft: only on a miss
-
     model = build_model(cfg, num_classes)
     path = model_path(cfg, num_classes)  # the backbone may have been built just now
     if path is not None:
@@ -136,13 +131,11 @@ def model_key(cfg: AppConfig, num_classes: int) -> dict | None:
                    else resolve_path(cfg.weights_path))
         if not weights.is_file():
             return None
-        st = weights.stat()
-        key["weights"] = [str(weights), st.st_size, st.st_mtime_ns]
-    key["libraries"] = {"torch": torch.__version__,
-                        **{name: metadata.version(name) for name in ("timm", "peft")}}
+        key["weights"] = [str(weights), weights.stat().st_size, weights.stat().st_mtime_ns]
+    key["libraries"] = {"torch": torch.__version__, "timm": metadata.version("timm"),
+                        "peft": metadata.version("peft")}
     code = b"".join((Path(__file__).parent / f).read_bytes() for f in SOURCES)
-    key["code"] = hashlib.sha256(code).hexdigest()
-    return key
+    return key | {"code": hashlib.sha256(code).hexdigest()}
 
 
 def model_path(cfg: AppConfig, num_classes: int) -> Path | None:
@@ -162,14 +155,12 @@ def mode_paths(path: Path) -> dict[str, Path]:
 
 
 def save_checked(model: nn.Module, cfg: AppConfig, num_classes: int, path: Path) -> None:
-    """Export a fresh build in every mode and write it atomically, keeping the files only if,
-    loaded back, it equals a second build (``check_same``: else ``AssertionError``). ``model``
-    and the global random state are left as they were; ``torch._dynamo.exc.UserError``,
-    ``RuntimeError``: not exportable."""
+    """Export a fresh build in every mode and write it atomically, kept only if, loaded back, it
+    equals a second build (``check_same``: else ``AssertionError``); ``model`` and the global
+    RNG stay as they were. Not exportable: ``torch._dynamo.exc.UserError``, ``RuntimeError``."""
     from safetensors.torch import save_file
 
     from fedvit.model.build import build_model
-
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     kinds = {n: "trainable" if p.requires_grad else "frozen" for n, p in model.named_parameters()}
@@ -211,7 +202,6 @@ def check_same(loaded: nn.Module, built: nn.Module, cfg: AppConfig) -> None:
                 ok = mine == value
             if not ok:
                 raise AssertionError(f"cached model differs from its timm+peft build: {what}")
-
     same(loaded.state_dict(), built.state_dict())
     gen = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(5, 3, cfg.img_size, cfg.img_size, generator=gen)

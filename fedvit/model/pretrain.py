@@ -1,8 +1,7 @@
 """The offline default's frozen backbone: the ViT pretrained centrally on digits' ``public``
 split (which no client sees), head dropped, since hub weights are not reachable everywhere and
 LoRA on a random frozen backbone learns little. Deterministic per recipe; cached under
-``$FEDVIT_CACHE``; ``fedvit-pretrain`` builds it by hand.
-"""
+``$FEDVIT_CACHE``; ``fedvit-pretrain`` builds it by hand."""
 
 from __future__ import annotations
 
@@ -36,14 +35,12 @@ BATCH_SIZE = 32
 
 def recipe(cfg: AppConfig) -> dict:
     """Everything the pretrained weights depend on (JSON-able; the file's metadata)."""
-    return {
-        "version": RECIPE_VERSION, "model-name": cfg.model_name, "img-size": cfg.img_size,
-        "patch-size": cfg.patch_size, "seed": cfg.seed, "epochs": EPOCHS,
-        "learning-rate": LEARNING_RATE, "batch-size": BATCH_SIZE, "weight-decay": WEIGHT_DECAY,
-        "schedule": "one-cycle",
-        "public-split": [partitions.DIGITS_SPLIT_SEED, partitions.DIGITS_TEST_FRACTION,
-                         partitions.DIGITS_PUBLIC_FRACTION],
-    }
+    return {"version": RECIPE_VERSION, "model-name": cfg.model_name, "img-size": cfg.img_size,
+            "patch-size": cfg.patch_size, "seed": cfg.seed, "epochs": EPOCHS,
+            "learning-rate": LEARNING_RATE, "batch-size": BATCH_SIZE,
+            "weight-decay": WEIGHT_DECAY, "schedule": "one-cycle",
+            "public-split": [partitions.DIGITS_SPLIT_SEED, partitions.DIGITS_TEST_FRACTION,
+                             partitions.DIGITS_PUBLIC_FRACTION]}
 
 
 def backbone_path(cfg: AppConfig) -> Path:
@@ -71,7 +68,6 @@ def build(cfg: AppConfig, path: Path) -> dict[str, float]:
     count); write its headless state atomically to ``path``, the recipe as metadata. Returns
     ``{"public-accuracy", "train-loss", "seconds"}``; ``ConfigError``: not buildable."""
     from safetensors.torch import save_file
-
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     public = partitions.digits_splits()["public"]
@@ -87,8 +83,7 @@ def build(cfg: AppConfig, path: Path) -> dict[str, float]:
     stats = train_epochs(model, loader, EPOCHS, LEARNING_RATE, "cpu", bf16=False,
                          weight_decay=WEIGHT_DECAY, one_cycle=True,
                          on_epoch=Progress(EPOCHS, "pretraining the backbone"))
-    eval_loader = make_loader(public, cols, pcfg, mean, std, shuffle=False,
-                              batch_size=BATCH_SIZE)
+    eval_loader = make_loader(public, cols, pcfg, mean, std, shuffle=False, batch_size=BATCH_SIZE)
     fit = evaluate(model, eval_loader, "cpu", bf16=False)
     state = {k: v.contiguous() for k, v in model.state_dict().items()
              if not k.startswith(HEAD + ".")}

@@ -1,7 +1,6 @@
 """Which tensors travel, the backbone's fingerprint, the input statistics (torch only): asked of
 a timm/peft build, peft's and timm's helpers answer; an ``ExportedModel`` (model cache) carries
-their answers recorded at export, so a process that loads it never imports timm or peft.
-"""
+their answers recorded at export, so a process that loads it never imports timm or peft."""
 
 from __future__ import annotations
 
@@ -24,16 +23,14 @@ def is_lora(model: nn.Module) -> bool:
 
 
 def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``{state-dict name: tensor}`` a strategy exchanges, in state-dict order, detached and
-    sharing memory with the model: a plain ViT's whole state dict, a LoRA model's
-    ``adapter_state``, a cached model's names recorded from its build."""
+    """``{state-dict name: tensor}`` a strategy exchanges, in state-dict order, detached, sharing
+    memory: a plain ViT's state dict, a LoRA model's ``adapter_state``, a cached model's names."""
     names = getattr(model, "fedvit_exchanged", None)  # set by fedvit.model.cache.ExportedModel
     if names is not None:
         state = model.state_dict()
         return {name: state[name] for name in names}
     if is_lora(model):
         from fedvit.model.adapters import adapter_state  # peft is imported already
-
         return adapter_state(model)
     return dict(model.state_dict())
 
@@ -44,13 +41,10 @@ def load_exchanged(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     expected = set(exchanged_state(model))
     missing, extra = expected - set(state), set(state) - expected
     if missing or extra:
-        raise ValueError(
-            f"exchanged tensors do not match the model: {len(missing)} missing "
-            f"{sorted(missing)[:3]}, {len(extra)} extra {sorted(extra)[:3]}"
-        )
+        raise ValueError(f"exchanged tensors do not match the model: {len(missing)} missing "
+                         f"{sorted(missing)[:3]}, {len(extra)} extra {sorted(extra)[:3]}")
     if is_lora(model) and getattr(model, "fedvit_exchanged", None) is None:
         from fedvit.model.adapters import load_adapter_state  # peft is imported already
-
         load_adapter_state(model, state)
     else:
         model.load_state_dict(state, strict=not is_lora(model))
@@ -81,7 +75,6 @@ def input_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]
     stats = getattr(model, "fedvit_input_stats", None)
     if stats is None:
         from timm.data import resolve_model_data_config  # timm is imported already
-
         base = model.get_base_model() if is_lora(model) else model
         data = resolve_model_data_config(base)
         stats = (data["mean"], data["std"])

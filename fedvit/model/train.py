@@ -28,9 +28,8 @@ class Marker(Protocol):
 class PhaseClock:
     """Seconds per phase (``PHASES``) of local training: on the CPU by ``time.perf_counter``;
     with ``cuda`` or a ``marker`` factory (default: timing CUDA events), by markers recorded on
-    the queue without waiting, which ``settle`` reads after one synchronisation. Phases are
-    then the GPU's timeline: time the CPU holds it up (loading a batch) is idle GPU time.
-    """
+    the queue without waiting, read by ``settle`` after one synchronisation: the GPU's timeline,
+    where time the CPU holds it up (loading a batch) is idle GPU time."""
 
     def __init__(self, cuda: bool, marker: Callable[[], Marker] | None = None) -> None:
         self._marker = marker or (partial(torch.cuda.Event, enable_timing=True) if cuda
@@ -56,8 +55,8 @@ class PhaseClock:
         self._boundary(phase)
 
     def settle(self) -> None:
-        """With markers: wait for the last one (one synchronisation) and add every interval
-        recorded since the last ``settle`` to its phase."""
+        """With markers: wait for the last one (one synchronisation), add each interval since
+        the last ``settle`` to its phase."""
         if len(self._marks) < 2:
             return
         self._marks[-1][1].synchronize()
@@ -137,10 +136,9 @@ def train_epochs(model: nn.Module, loader: DataLoader, epochs: int, lr: float, d
                  on_epoch: Callable[[int, float], None] | None = None,
                  optimizer: torch.optim.Optimizer | None = None,
                  clock: PhaseClock | None = None) -> TrainStats:
-    """Train the parameters that require grad on ``device``, timing every phase (``clock``,
-    default ``PhaseClock`` of ``device``, settled once per epoch). ``lr`` is the peak with
-    ``one_cycle``; ``weight_decay`` applies to an optimizer made here; ``on_epoch(epoch, mean
-    loss)`` runs after each epoch (1-based)."""
+    """Train the parameters that require grad on ``device``, timing phases (``clock``, default
+    ``PhaseClock`` of ``device``, settled per epoch). ``lr``: the peak with ``one_cycle``;
+    ``weight_decay``: an optimizer made here's; ``on_epoch(epoch from 1, mean loss)``: per epoch."""
     model.to(device).train()
     optimizer = optimizer or make_optimizer(model, lr, weight_decay)
     schedule = (torch.optim.lr_scheduler.OneCycleLR(
