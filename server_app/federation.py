@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from logging import INFO
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 from flwr.supercore.exit import add_exit_handler
+from torch import nn
+from torch.utils.data import DataLoader
 
 from fedvit.config.appconfig import AppConfig, raise_errors
 from fedvit.config.paths import resolve_path
@@ -25,15 +28,19 @@ from fedvit.model.build import (
     exchanged_state,
     input_stats,
 )
+from fedvit.model.tensors import load_exchanged
+from fedvit.model.train import evaluate
 from fedvit.schema import MB
-from server_app.checkpoint import Checkpoint
-from server_app.checkpoint import load as load_checkpoint
 from server_app.estimate import Estimated, estimate
-from server_app.evaluation import central_evaluation
 from server_app.grid import TimedGrid
 from server_app.phase_table import RoundTimes
-from server_app.recorder import RunRecorder, resumed_record
-from server_app.results import new_run_dir
+from server_app.recorder import (
+    Checkpoint,
+    RunRecorder,
+    load_checkpoint,
+    new_run_dir,
+    resumed_record,
+)
 from server_app.summary import FlowerExit, RunStopped, stop_line
 from server_app.timeline import NodeTimes
 from strategies import Books, RoundLog, build_strategy
@@ -150,3 +157,17 @@ def _log_start(cfg: AppConfig, model, initial: ArrayRecord, grid: TimedGrid, run
     if ckpt:
         log(INFO, "fedvit: resuming %s after round %d", run_dir, ckpt.round)
     return est
+
+
+def central_evaluation(model: nn.Module, loader: DataLoader, cfg: AppConfig
+                       ) -> Callable[[int, ArrayRecord], MetricRecord]:
+    """The ``evaluate_fn`` of ``Strategy.start``; it only evaluates: the exchanged tensors
+    loaded into ``model`` (``ValueError`` unless ``arrays`` holds exactly those), on
+    ``loader``: ``accuracy`` (0..1), ``loss`` (mean cross-entropy, nats)."""
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        load_exchanged(model, arrays.to_torch_state_dict())
+        res = evaluate(model, loader, cfg.torch_device, cfg.use_bf16)
+        return MetricRecord({"accuracy": res["accuracy"], "loss": res["loss"]})
+
+    return evaluate_fn

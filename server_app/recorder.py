@@ -1,40 +1,118 @@
-"""Recording a run: after every round its tables, its checkpoint and one log line; at the
-end (however it ends) ``summary.json``. Nothing else in the ServerApp writes files."""
+"""Recording a run: after every round its tables, its checkpoint (so ``resume-from`` can go
+on) and one log line; at the end (however it ends) ``summary.json``. Nothing else in the
+ServerApp writes files; each write is atomic."""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from logging import ERROR, INFO
 from pathlib import Path
+from typing import Any
 
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
+from safetensors.torch import load_file, save_file
 
-from fedvit import keys
+from fedvit import keys, schema
 from fedvit.config.appconfig import AppConfig
-from fedvit.keys import CONFIG_HISTORY
+from fedvit.config.paths import resolve_path
+from fedvit.files import atomic_path, write_json
+from fedvit.keys import CHECKPOINT_STATE, CHECKPOINT_TENSORS, CONFIG_HISTORY
 from fedvit.schema import MB
 from fedvit.wire.links import DEFAULT_COSTS, WireCosts
 from server_app.calibration import WireSample, calibrate, samples_of
-from server_app.checkpoint import Checkpoint
-from server_app.checkpoint import save as save_checkpoint
 from server_app.estimate import Estimate
 from server_app.grid import GridTimes, RunEnding
 from server_app.phase_table import RoundTimes
-from server_app.results import ResultsWriter
 from server_app.summary import RunRecord, build_summary, log_summary, stop_line, stop_status
 from server_app.timeline import FixedCosts, NodeTimes, round_times
 from server_app.wire_sampler import CounterSampler
 from server_app.wire_truth import WireCounters
-from strategies import Books
+from strategies import BookRow, Books
 
 # Aggregated train metrics copied into rounds.csv (None where a run has none).
 ROUND_TRAIN_METRICS = (keys.TRAIN_LOSS, f"{keys.VAL}-accuracy", keys.LORA_AGG_ERROR_MEAN,
                        keys.LORA_AGG_ERROR_MAX)
+
+
+def new_run_dir(cfg: AppConfig) -> Path:
+    """``<outputs-dir>/<run-name or YYYYmmdd-HHMMSS-strategy>``, suffixed ``-2``... if it
+    exists; created, absolute."""
+    root = resolve_path(cfg.outputs_dir)
+    stamp = cfg.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.strategy}"
+    path, n = root / stamp, 1
+    while path.exists():
+        n += 1
+        path = root / f"{stamp}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+class ResultsWriter:
+    """Writes a run's files; each call rewrites its file atomically."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def write_json(self, name: str, data: Any) -> None:
+        write_json(self.run_dir / name, data)
+
+    def write_table(self, stem: str, rows: list[dict]) -> None:
+        """Rewrite ``<stem>.csv`` and ``<stem>.json`` (``stem``: a ``fedvit.schema.TABLES``
+        table); ``ValueError`` (nothing written) unless each row has exactly the schema's
+        columns in its order."""
+        expected = schema.columns(stem)
+        for row in rows:
+            if list(row) != expected:
+                raise ValueError(f"{stem} row {row!r} does not have the columns of "
+                                 f"fedvit.schema ({expected})")
+        self.write_json(f"{stem}.json", rows)
+        if not rows:
+            return
+        with atomic_path(self.run_dir / f"{stem}.csv") as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+@dataclass
+class Checkpoint:
+    """What a run had completed after ``round``: ``checkpoint.safetensors`` (the global
+    tensors as they travel) and ``checkpoint.json`` (the rest)."""
+
+    round: int
+    arrays: ArrayRecord
+    books: list[BookRow]
+    rounds: list[dict]
+    phases: list[dict]
+    rejections: list[dict]
+    nodes: list[dict]  # server_app.timeline.NodeTimes rows
+    estimated: dict  # server_app.estimate.Estimated through this round, as a row
+
+
+def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
+    """Write both files atomically (tensors first, then the state that names the round)."""
+    with atomic_path(run_dir / CHECKPOINT_TENSORS) as tmp:
+        save_file({k: v.contiguous() for k, v in ckpt.arrays.to_torch_state_dict().items()},
+                  str(tmp))
+    state = {f.name: getattr(ckpt, f.name) for f in dataclasses.fields(ckpt)[2:]}
+    write_json(run_dir / CHECKPOINT_STATE, {"round": ckpt.round, **state,
+                                            "books": [r.as_row() for r in ckpt.books]},
+               indent=None)
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    state = json.loads((run_dir / CHECKPOINT_STATE).read_text())
+    arrays = ArrayRecord(load_file(str(run_dir / CHECKPOINT_TENSORS)))
+    return Checkpoint(**{**state, "arrays": arrays,
+                         "books": [BookRow.from_row(r) for r in state["books"]]})
 
 
 class RunRecorder:
