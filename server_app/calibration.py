@@ -1,5 +1,5 @@
 """The link model's costs (``fedvit.wire.links.WireCosts``) measured from a run's replies
-by the SuperLink-side veths' counters (the link lab, ``server_app.wire_truth``).
+by the SuperLink-side veths' counters (the link lab, ``server_app.wire_sampler``).
 
 Each reply gives a sample per direction: the download from the push call's start to the
 node's ``t-mod-in``, the upload from its ``t-mod-out`` to the pull. Framing per object =

@@ -33,8 +33,7 @@ from server_app.grid import GridTimes, RunEnding
 from server_app.phase_table import RoundTimes
 from server_app.summary import RunRecord, build_summary, log_summary, stop_line, stop_status
 from server_app.timeline import FixedCosts, NodeTimes, round_times
-from server_app.wire_sampler import CounterSampler
-from server_app.wire_truth import WireCounters
+from server_app.wire_sampler import CounterSampler, WireCounters
 from strategies import BookRow, Books
 
 # Aggregated train metrics copied into rounds.csv (None where a run has none).
