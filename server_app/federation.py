@@ -62,14 +62,10 @@ class RunOutcome:
 
 
 def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
-    """Run the federation ``cfg`` describes on ``grid`` (with ``resume-from``: on from that
-    run's checkpoint, in its folder) and write its results; however it ends (error, ``flwr
-    stop``, Ctrl-C, SIGTERM) ``summary.json`` is written.
-
-    Raises:
-        ConfigError: the config does not fit the model or the checkpoint (nothing written).
-        RunStopped: the run stopped early or rounds aggregated nothing (see the summary).
-    """
+    """Run ``cfg``'s federation on ``grid`` (``resume-from``: on from that run's checkpoint,
+    in its folder); however it ends, ``summary.json`` is written. ``ConfigError``: the config
+    does not fit the model or checkpoint (nothing written); ``RunStopped``: stopped early or
+    rounds aggregated nothing."""
     # Build: every check of the config fails here, before anything is written.
     validate_resume(cfg)
     test_data, cols = central_test_data(cfg)
@@ -90,10 +86,9 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     recorder.write_config()
 
     def on_flower_exit() -> None:
-        """`flwr stop`, Ctrl-C, SIGTERM: Flower runs its exit handlers in the main thread,
-        also where the ServerApp runs in another (simulation); the app's thread then stops
-        at its next grid call or record (``RunEnding``). Once the summary exists (handlers
-        are never removed) this does nothing."""
+        """`flwr stop`, Ctrl-C, SIGTERM: Flower runs exit handlers in the main thread, also
+        where the ServerApp runs in another (simulation); the app's thread stops at its next
+        grid call or record (``RunEnding``). Handlers are never removed: a no-op once closed."""
         recorder.close(FlowerExit())
         timed_grid.ending.set()
 
@@ -128,8 +123,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
 
 
 def _checkpoint(cfg: AppConfig, model) -> Checkpoint | None:
-    """``resume-from``'s checkpoint (``ConfigError`` unless its tensors are those ``model``
-    exchanges), or None."""
+    """``resume-from``'s checkpoint or None; ``ConfigError`` unless its tensors fit ``model``."""
     if not cfg.resume_from:
         return None
     ckpt = load_checkpoint(resolve_path(cfg.resume_from))
@@ -141,8 +135,7 @@ def _checkpoint(cfg: AppConfig, model) -> Checkpoint | None:
 
 def _log_start(cfg: AppConfig, model, initial: ArrayRecord, grid: TimedGrid, run_dir: Path,
                ckpt: Checkpoint | None):
-    """Log what runs and return the bandwidth estimate (waits for ``min-nodes``:
-    ``TooFewNodes``; a resume's earlier rounds keep the checkpoint's)."""
+    """Log what runs; the bandwidth estimate (waits for ``min-nodes``: ``TooFewNodes``)."""
     num_nodes = len(grid.get_node_ids())
     earlier = Estimated.from_row(ckpt.estimated) if ckpt else None
     est = estimate({k: v.cpu().numpy() for k, v in exchanged_state(model).items()},

@@ -54,19 +54,18 @@ def new_run_dir(cfg: AppConfig) -> Path:
     return path
 
 
+@dataclass
 class ResultsWriter:
-    """Writes a run's files; each call rewrites its file atomically."""
+    """Writes a run's files."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
+    run_dir: Path
 
     def write_json(self, name: str, data: Any) -> None:
         write_json(self.run_dir / name, data)
 
     def write_table(self, stem: str, rows: list[dict]) -> None:
-        """Rewrite ``<stem>.csv`` and ``<stem>.json`` (``stem``: a ``fedvit.schema.TABLES``
-        table); ``ValueError`` (nothing written) unless each row has exactly the schema's
-        columns in its order."""
+        """Rewrite ``<stem>.csv`` and ``.json``; ``ValueError`` (nothing written) unless each
+        row has exactly ``fedvit.schema``'s columns in order."""
         expected = schema.columns(stem)
         for row in rows:
             if list(row) != expected:
@@ -115,9 +114,8 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
 
 
 class RunRecorder:
-    """Writes a run's folder (``rounds``, ``books``, ``phases``, ``nodes`` as CSV and JSON,
-    the checkpoint, ``summary.json``) from ``strategy``'s books, timeline and rejections,
-    and logs a line per round; ``done``: rounds completed before this run started."""
+    """Writes a run's folder from ``strategy``'s books, timeline and rejections and logs a
+    line per round; ``done``: rounds completed before this run started."""
 
     def __init__(self, cfg: AppConfig, run_dir: Path, strategy, grid_times: GridTimes,
                  record: RunRecord, done: int) -> None:
@@ -136,8 +134,8 @@ class RunRecorder:
         self._summary: dict | None = None
 
     def write_config(self) -> None:
-        """A new run writes ``config.json``; every run appends its config to
-        ``configs.json`` with ``after-round`` (a resume never rewrites an earlier one)."""
+        """A new run writes ``config.json``; every run (a resume too) appends its config to
+        ``configs.json`` with ``after-round``."""
         history_path = self.run_dir / CONFIG_HISTORY
         if self.done == 0 and not history_path.exists():
             self.writer.write_json(keys.CONFIG_FILE, self.cfg.to_dict())
@@ -149,9 +147,8 @@ class RunRecorder:
 
     def recording(self, evaluate_fn: Callable[[int, ArrayRecord], MetricRecord]
                   ) -> Callable[[int, ArrayRecord], MetricRecord]:
-        """``evaluate_fn``, timed, each round recorded after it (``Strategy.start``'s).
-        Flower counts this run's rounds from 1 (a resume's done rounds are added); round 0,
-        the initial model, is evaluated but not recorded."""
+        """``evaluate_fn`` timed, each round recorded after it. Flower counts this run's
+        rounds from 1 (a resume's done rounds are added); round 0 is not recorded."""
 
         def evaluate_and_record(loop_round: int, arrays: ArrayRecord) -> MetricRecord:
             if self._summary is not None:  # stopped: no evaluation of a round not recorded
@@ -166,8 +163,8 @@ class RunRecorder:
 
     def round(self, server_round: int, arrays: ArrayRecord, central: MetricRecord,
               central_eval: tuple[float, float]) -> None:
-        """Record one finished round (``central_eval``: its evaluation's (start, end), wall
-        clock): its times, the tables, the checkpoint. After the summary: ``RunEnding``."""
+        """Record a finished round (``central_eval``: (start, end), wall clock); after the
+        summary: ``RunEnding``."""
         with self._closing:  # a stop's summary is written before or after, never during
             if self._summary is not None:
                 raise RunEnding(f"the run was stopped: round {server_round} is not recorded")
@@ -197,9 +194,8 @@ class RunRecorder:
                 row["deployment-round-s"])
 
     def wire_costs(self, server_round: int, nodes: list[NodeTimes]) -> WireCosts:
-        """The link model's costs for this round's projection: in the link lab measured
-        from the kernel's counters over the run's replies so far (``calibration``), else
-        ``DEFAULT_COSTS``."""
+        """This round's link costs: in the link lab measured from the counters over the
+        run's replies so far (``calibration``), else ``DEFAULT_COSTS``."""
         if self.sampler is None:
             return DEFAULT_COSTS
         push_starts = {end: start for start, end in
@@ -210,8 +206,8 @@ class RunRecorder:
         return calibrate(self.wire_samples)
 
     def close(self, stop: BaseException | None) -> dict:
-        """Write ``summary.json`` once (the first caller wins: the run's thread or Flower's
-        exit handler), log it, return it. ``stop``: what ended the run (None: complete)."""
+        """Write, log and return ``summary.json``, once (the run's thread or Flower's exit
+        handler, first wins); ``stop``: what ended the run (None: complete)."""
         with self._closing:
             if self._summary is None:
                 if self.sampler is not None:
