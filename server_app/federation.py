@@ -31,7 +31,6 @@ from fedvit.model.build import (
 from fedvit.model.tensors import load_exchanged
 from fedvit.model.train import evaluate
 from fedvit.schema import MB
-from server_app.estimate import Estimated, estimate
 from server_app.grid import TimedGrid
 from server_app.phase_table import RoundTimes
 from server_app.recorder import (
@@ -41,7 +40,7 @@ from server_app.recorder import (
     new_run_dir,
     resumed_record,
 )
-from server_app.summary import FlowerExit, RunStopped, stop_line
+from server_app.summary import Estimated, FlowerExit, RunStopped, estimate, stop_line
 from server_app.timeline import NodeTimes
 from strategies import Books, RoundLog, build_strategy
 

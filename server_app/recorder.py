@@ -28,10 +28,16 @@ from fedvit.keys import CHECKPOINT_STATE, CHECKPOINT_TENSORS, CONFIG_HISTORY
 from fedvit.schema import MB
 from fedvit.wire.links import DEFAULT_COSTS, WireCosts
 from server_app.calibration import WireSample, calibrate, samples_of
-from server_app.estimate import Estimate
 from server_app.grid import GridTimes, RunEnding
 from server_app.phase_table import RoundTimes
-from server_app.summary import RunRecord, build_summary, log_summary, stop_line, stop_status
+from server_app.summary import (
+    Estimate,
+    RunRecord,
+    build_summary,
+    log_summary,
+    stop_line,
+    stop_status,
+)
 from server_app.timeline import FixedCosts, NodeTimes, round_times
 from server_app.wire_sampler import CounterSampler, WireCounters
 from strategies import BookRow, Books
@@ -92,7 +98,7 @@ class Checkpoint:
     phases: list[dict]
     rejections: list[dict]
     nodes: list[dict]  # server_app.timeline.NodeTimes rows
-    estimated: dict  # server_app.estimate.Estimated through this round, as a row
+    estimated: dict  # server_app.summary.Estimated through this round, as a row
 
 
 def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
@@ -237,22 +243,14 @@ def round_row(server_round: int, central: MetricRecord, books, times: RoundTimes
     """One row of ``rounds.csv`` (``fedvit.schema.ROUNDS``)."""
     this, cum = books.totals(server_round), books.totals(server_round, upto=True)
     return {
-        "round": server_round,
-        "central-accuracy": central["accuracy"],
-        "central-loss": central["loss"],
-        "down-mb": this["down-msg"] / MB,
-        "up-mb": this["up-msg"] / MB,
-        "cumulative-mb": (cum["down-msg"] + cum["up-msg"]) / MB,
-        "down-tensor-bytes": this["down-tensor"],
-        "up-tensor-bytes": this["up-tensor"],
-        "down-msg-bytes": this["down-msg"],
-        "up-msg-bytes": this["up-msg"],
+        "round": server_round, "central-accuracy": central["accuracy"],
+        "central-loss": central["loss"], "down-mb": this["down-msg"] / MB,
+        "up-mb": this["up-msg"] / MB, "cumulative-mb": (cum["down-msg"] + cum["up-msg"]) / MB,
+        "down-tensor-bytes": this["down-tensor"], "up-tensor-bytes": this["up-tensor"],
+        "down-msg-bytes": this["down-msg"], "up-msg-bytes": this["up-msg"],
         **{key: train.get(key) for key in ROUND_TRAIN_METRICS},
-        "round-s": times.wall_s,
-        "unexplained-s": times.measured["unexplained"],
-        "projected-round-s": times.projected_s,
-        "deployment-round-s": times.deployment_s,
-    }
+        "round-s": times.wall_s, "unexplained-s": times.measured["unexplained"],
+        "projected-round-s": times.projected_s, "deployment-round-s": times.deployment_s}
 
 
 def resumed_record(parameters: tuple[int, int], ckpt: Checkpoint | None) -> RunRecord:
