@@ -46,7 +46,7 @@ def read_net_dev(pid: int) -> dict[str, tuple[int, int]]:
 
 @dataclass
 class CounterSampler:
-    """Samples of (wall-clock time, {interface: (rx, tx)}) of ``interfaces`` (empty: all),
+    """(wall-clock time, {interface: (rx, tx)}) of ``interfaces`` (empty: all), sampled
     between ``start`` and ``stop`` or in a ``with`` block."""
 
     pid: int
@@ -71,8 +71,7 @@ class CounterSampler:
     __enter__, __exit__ = start, stop
 
     def forget_before(self, t: float) -> None:
-        """Drop the samples before wall-clock ``t`` but the last (its interval crosses ``t``):
-        a long run takes 100 a second."""
+        """Drop samples before wall-clock ``t`` but the last (its interval crosses ``t``)."""
         with self._lock:
             keep = max(0, next((i for i, (ts, _) in enumerate(self.samples) if ts >= t),
                                len(self.samples)) - 1)
@@ -106,16 +105,14 @@ class CounterSampler:
 
     def busy_interval(self, interface: str, direction: str, start: float, end: float,
                       threshold: int = DEFAULT_THRESHOLD) -> tuple[float, float] | None:
-        """(start of the first, end of the last) busy sampling interval in [start, end],
-        wall clock; None if none was busy."""
+        """(start of the first, end of the last) busy interval in [start, end]; None: none."""
         busy = [(t0, t1) for t0, t1, n in self._deltas(interface, direction, start, end)
                 if n >= threshold]
         return (busy[0][0], busy[-1][1]) if busy else None
 
     def busy_span(self, interface: str, direction: str, start: float, end: float,
                   threshold: int = DEFAULT_THRESHOLD) -> float:
-        """Seconds of ``busy_interval`` (0.0: none); ``direction`` "down" is the
-        SuperLink-side veth's tx, "up" its rx."""
+        """Seconds of ``busy_interval``; "down" is the SuperLink-side veth's tx, "up" rx."""
         busy = self.busy_interval(interface, direction, start, end, threshold)
         return busy[1] - busy[0] if busy else 0.0
 
@@ -139,8 +136,8 @@ class WireCounters:
         self.before = {pid: read_counters(i) for pid, i in interfaces.items()}
 
     def link_history(self) -> dict[int, list[tuple[float, float, float, float]]]:
-        """Each partition's link over time as the lab last wrote it: (wall s, down Mbit/s,
-        up Mbit/s (unshaped: inf), latency ms); ``{}`` if the manifest cannot be read."""
+        """Each partition's link history as last written: (wall s, down Mbit/s, up Mbit/s
+        (unshaped: inf), latency ms); ``{}`` if the manifest cannot be read."""
         try:
             nodes = json.loads(self.manifest.read_text())["nodes"] if self.manifest else {}
             return {int(pid): [(float(t), inf if d is None else float(d),
@@ -165,9 +162,8 @@ class WireCounters:
                              f"whose interfaces exist here ({err})") from err
 
     def versus_books(self, books: Books, nodes: Iterable) -> dict[str, dict[str, float]]:
-        """``{"<pid>": {"down-wire-bytes", "down-books-bytes", "down-wire-per-books",
-        "up-...": ...}}`` (ratio None where the books hold none); ``nodes``: the run's
-        ``NodeTimes`` (node id to partition)."""
+        """``{"<pid>": {"down-wire-bytes", "down-books-bytes", "down-wire-per-books", "up-..."}}``
+        (ratio None where the books hold none); ``nodes``: the run's ``NodeTimes``."""
         partition = {n.node_id: n.partition_id for n in nodes}
         out: dict[str, dict[str, float]] = {}
         for pid, interface in self.interfaces.items():
