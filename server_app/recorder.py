@@ -114,9 +114,8 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
 
 def load_checkpoint(run_dir: Path) -> Checkpoint:
     state = json.loads((run_dir / CHECKPOINT_STATE).read_text())
-    arrays = ArrayRecord(load_file(str(run_dir / CHECKPOINT_TENSORS)))
-    return Checkpoint(**{**state, "arrays": arrays,
-                         "books": [BookRow.from_row(r) for r in state["books"]]})
+    state["books"] = [BookRow.from_row(r) for r in state["books"]]
+    return Checkpoint(**state, arrays=ArrayRecord(load_file(str(run_dir / CHECKPOINT_TENSORS))))
 
 
 class RunRecorder:
@@ -184,10 +183,9 @@ class RunRecorder:
             row = round_row(server_round, central, s.books, times, log_.train_metrics)
             rec.rounds.append(row)
             phases, node_rows = [p.as_row() for p in rec.phases], [n.as_row() for n in rec.nodes]
-            self.writer.write_table(keys.ROUNDS, rec.rounds)
-            self.writer.write_table(keys.BOOKS, s.books.as_rows())
-            self.writer.write_table(keys.PHASES, phases)
-            self.writer.write_table(keys.NODES, node_rows)
+            for stem, rows in ((keys.ROUNDS, rec.rounds), (keys.BOOKS, s.books.as_rows()),
+                               (keys.PHASES, phases), (keys.NODES, node_rows)):
+                self.writer.write_table(stem, rows)
             save_checkpoint(self.run_dir, Checkpoint(
                 server_round, arrays, s.books.rows, rec.rounds, phases, s.rejections,
                 node_rows, self.estimate.through(server_round).as_row()))

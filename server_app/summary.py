@@ -51,12 +51,9 @@ class Estimated(_Row):
 
 @dataclass(frozen=True)
 class Estimate(_Row):
-    """Tensor bytes the run should move, computed before its first round.
-
-    Exact for every codec but top-k, whose index encoding depends on the values: there
-    ``up_bytes_per_message`` is the most a message can weigh, ``..._min`` the least.
-    ``down``, ``up``, ``up_min`` include ``earlier_*`` (the rounds before a resume).
-    """
+    """Tensor bytes the run should move: exact but for top-k (index encoding depends on the
+    values: ``up_bytes_per_message`` the most a message can weigh, ``..._min`` the least);
+    ``down``, ``up``, ``up_min`` include ``earlier_*`` (the rounds before a resume)."""
 
     down_bytes_per_message: int
     up_bytes_per_message: int
@@ -82,7 +79,6 @@ class Estimate(_Row):
     as_dict = _Row.as_row  # summary.json's "estimate"
 
     def through(self, server_round: int) -> Estimated:
-        """What it estimates for rounds 1 .. ``server_round`` (for the checkpoint)."""
         n = server_round - self.earlier_rounds
         train, down_msgs = self.train_clients, self.train_clients + self.evaluate_clients
         up_min = self.up_bytes_per_message_min
@@ -92,8 +88,8 @@ class Estimate(_Row):
                          self.earlier_up_min + up_min * train * n)
 
     def matches(self, down: int, up: int, rounds: int | None = None) -> bool:
-        """Whether measured tensor bytes agree with the estimate of rounds 1 .. ``rounds``
-        (None: all): ``down`` exactly, ``up`` exactly or, for top-k, within its range."""
+        """Measured tensor bytes agree with rounds 1 .. ``rounds`` (None: all): ``down``
+        exactly, ``up`` exactly or, for top-k, within its range."""
         e = self.through(self.rounds if rounds is None else rounds)
         return down == e.down and e.up_min <= up <= e.up
 
@@ -125,9 +121,9 @@ def message_tensor_bytes(arrays: dict[str, np.ndarray], spec: CodecSpec) -> tupl
 
 def estimate(arrays: dict[str, np.ndarray], num_nodes: int, cfg: AppConfig,
              earlier: Estimated | None = None) -> Estimate:
-    """Train rounds send the model down and the update up to every sampled client;
-    evaluation rounds (``fraction-evaluate`` > 0) send the model down once more. The rounds
-    after ``earlier`` (a resume's; None: a new run) are estimated with ``cfg``."""
+    """Train rounds send the model down and the update up to every sampled client; evaluate
+    rounds (``fraction-evaluate`` > 0) the model down once more; rounds after ``earlier``
+    (a resume's) with ``cfg``."""
     earlier = earlier or Estimated()
     down = message_tensor_bytes(arrays, cfg.down_codec)[1]
     up_least, up = message_tensor_bytes(arrays, cfg.up_codec)
@@ -141,8 +137,8 @@ def estimate(arrays: dict[str, np.ndarray], num_nodes: int, cfg: AppConfig,
 
 @dataclass
 class RunRecord:
-    """A run's completed rounds (a resume's start with its checkpoint's): ``rounds.csv``
-    rows, their times, their replies' times; ``parameters``: (all, trainable)."""
+    """A run's completed rounds (a resume's start with its checkpoint's); ``parameters``:
+    (all, trainable)."""
 
     parameters: tuple[int, int]
     rounds: list[dict] = field(default_factory=list)
@@ -174,10 +170,9 @@ def stop_status(stop: BaseException | None) -> dict[str, str]:
     if stop is None:
         return {"status": "complete", "stop-reason": ""}
     reason = f"{type(stop).__name__}: {stop}" if str(stop) else type(stop).__name__
-    if isinstance(stop, TooFewNodes):
-        return {"status": "too-few-nodes", "stop-reason": str(stop)}
-    if isinstance(stop, NodesFailed):
-        return {"status": "nodes-failed", "stop-reason": str(stop)}
+    if isinstance(stop, (TooFewNodes, NodesFailed)):
+        status = "too-few-nodes" if isinstance(stop, TooFewNodes) else "nodes-failed"
+        return {"status": status, "stop-reason": str(stop)}
     if isinstance(stop, (KeyboardInterrupt, SystemExit)) or not isinstance(stop, Exception):
         return {"status": "interrupted", "stop-reason": reason}
     return {"status": "failed", "stop-reason": reason}
@@ -201,8 +196,7 @@ def run_status(stop: BaseException | None, books: Books, rejections: list[dict])
 
 def links(cfg: AppConfig, nodes: list[NodeTimes]) -> dict:
     """The links the projection used: the run config's, or where nodes brought their own
-    (node config) ``profile`` = ``node-config`` and their mean latency; each node's link
-    under ``nodes`` (by partition)."""
+    ``profile`` = ``node-config`` and their mean latency; each node's under ``nodes``."""
     out = {"down-mbps": cfg.link_down_mbps, "up-mbps": cfg.link_up_mbps,
            "latency-ms": cfg.link_latency_ms, "profile": cfg.link_profile}
     own = {n.partition_id: n.link for n in nodes}
@@ -218,9 +212,8 @@ def links(cfg: AppConfig, nodes: list[NodeTimes]) -> dict:
 def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list[dict],
                   est: Estimate | None, wall_s: float, stop: BaseException | None,
                   wire: dict | None) -> dict:
-    """``summary.json`` (``fedvit.schema``; seconds float, bytes int). ``books``: summed
-    over every row; ``est``: None if the run stopped before round 1; ``stop``: None if it
-    completed; ``wire``: the kernel's counters against the books (link lab), else None."""
+    """``summary.json`` (seconds float, bytes int); ``est`` None: stopped before round 1;
+    ``stop`` None: complete; ``wire``: the kernel's counters against the books, or None."""
     rounds, phases, total, trainable = run.rounds, run.phases, *run.parameters
     t = books.totals()
     status = run_status(stop, books, rejections)
@@ -259,15 +252,13 @@ def _mean(values: list[float]) -> float | None:
 
 
 def compared_rounds(completed: list[int], unaggregated: list[int]) -> int:
-    """The last round the books hold and the estimate is compared with (a stopped run's
-    unaggregated round after its last recorded one counts)."""
+    """The last round the books hold, the estimate's to compare (an unaggregated one too)."""
     return max(completed + unaggregated, default=0)
 
 
 def estimate_words(e: dict, matches: bool, rounds: int) -> str:
-    """The end-of-run words for the estimate of rounds 1 .. ``rounds`` against the
-    measurement (top-k uploads: a range); bytes too where a difference could hide in 3
-    decimals of a MB."""
+    """The end-of-run words for the estimate of rounds 1 .. ``rounds``; bytes too where a
+    difference could hide in 3 decimals of a MB."""
     est = Estimate.from_row(e).through(rounds)
     words = "" if rounds == e["rounds"] else f"for rounds 1-{rounds} of {e['rounds']} "
     if est.up_min == est.up:
