@@ -1,19 +1,16 @@
 """The link model's costs (``fedvit.wire.links.WireCosts``) measured from a run's replies
 by the SuperLink-side veths' counters (the link lab, ``server_app.wire_sampler``).
 
-Each reply gives a sample per direction: the download from the push call's start to the
-node's ``t-mod-in``, the upload from its ``t-mod-out`` to the pull. Framing per object =
-(kernel bytes − message bytes × ``FRAME_FACTOR``) ÷ objects (HTTP/protobuf framing, request
-headers, ACKs, polls); a sample below the books' bytes (Flower sent an identical object
-once, e.g. a fresh adapter's zero B matrices) or of fewer than ``MIN_OBJECTS`` objects is
-left out. Handling per call inverts ``fedvit.wire.links.object_seconds`` (busy span =
-objects × max(b, (call + RTT + b) ÷ 2), b: one object's bytes' time): call = 2 × span ÷
-objects − RTT − b, kept only where the link did not change during the message, call + RTT
-≥ ``CALL_BOUND`` × b (near the boundary a stall would pass for a long call) and the model's
-one-call floor (``one_call_floor``) does not bind. Each cost is the median over the run's
-samples so far (robust to the first round's app-bundle download and stray polls), else
-``DEFAULT_COSTS``; ``WireCosts.source`` says which.
-"""
+Each reply gives a sample per direction: the download from the push call's start to the node's
+``t-mod-in``, the upload from its ``t-mod-out`` to the pull. Framing per object = (kernel bytes −
+message bytes × ``FRAME_FACTOR``) ÷ objects (HTTP framing, headers, ACKs, polls); a sample below the
+books' bytes (Flower sent an identical object once, e.g. zero B matrices) or of under
+``MIN_OBJECTS`` objects is left out. Handling per call inverts ``fedvit.wire.links.object_seconds``
+(span = objects × max(b, (call + RTT + b) ÷ 2), b: one object's bytes' time): call = 2 × span ÷
+objects − RTT − b, kept only where the link did not change during the message, call + RTT ≥
+``CALL_BOUND`` × b (nearer, a stall would pass for a long call) and the one-call floor does not
+bind. Each cost is the median over the run's samples so far (robust to the app-bundle download and
+stray polls), else ``DEFAULT_COSTS``; ``WireCosts.source`` says which."""
 
 from __future__ import annotations
 

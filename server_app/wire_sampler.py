@@ -2,20 +2,15 @@
 
 In the link lab (``tools.deploy.linklab``) each SuperNode reaches the SuperLink's namespace,
 where the ServerApp runs, by its own veth; ``$FEDVIT_LINKLAB`` names a JSON manifest
-``{"nodes": {"<partition-id>": {"superlink-if": "fv1a0", "history": [...]}, ...}}``. The
-interface's ``tx_bytes`` (downlink) and ``rx_bytes`` (uplink), read at the run's start and
-end, hold the books' messages plus HTTP, TCP/IP and Ethernet framing, ACKs, polls,
-heartbeats and the app bundle's first download. ``history`` ([wall-clock s, down, up,
-latency ms] from each change on) is each node's real link over time, for the calibration.
-
-A ``CounterSampler`` reads ``/proc/<pid>/net/dev`` (the interfaces of that process's network
-namespace: no ``setns`` needed) every ``interval_s`` in a thread. ``busy_span`` is how long
-one direction of a link carried a transfer in a window: from the first to the last sampling
-interval with at least ``threshold`` bytes. Polls and heartbeats (under a kilobyte) stay
-below it; a shaped link's transfer (one full-size segment per packet in the link lab)
-crosses it every frame time. The span includes the transfer's stalls (TCP slow start,
-Flower's object requests one after another), as a projection must.
-"""
+``{"nodes": {"<partition-id>": {"superlink-if": "fv1a0", "history": [...]}, ...}}``. Its
+``tx_bytes`` (down) and ``rx_bytes`` (up) hold the books' messages plus HTTP, TCP/IP and
+Ethernet framing, ACKs, polls, heartbeats and the app bundle's first download; ``history``
+([wall-clock s, down, up, latency ms] from each change on) is the node's real link.
+A ``CounterSampler`` reads ``/proc/<pid>/net/dev`` (that process's namespace: no ``setns``)
+every ``interval_s`` in a thread. ``busy_span``: from the first to the last sampling interval
+with at least ``threshold`` bytes; polls and heartbeats (under a kilobyte) stay below it, a
+shaped link's transfer crosses it every frame time. It includes the transfer's stalls (TCP
+slow start, Flower's object requests one after another), as a projection must."""
 
 from __future__ import annotations
 
