@@ -1,14 +1,13 @@
 """Where a round's time goes: measured second by second, and projected onto links.
 
-Measured: each moment from a round's first configure call to its central evaluation's end
-goes to the first ``PRIORITY`` row covering it (``unexplained``: none), so the rows add up to
-the wall time: the server's intervals, and each reply's ``t-*`` stamps from push to pull.
-Compute moments are shared among the compute rows by the reported seconds, the mod's
-between ``books`` and ``transfer`` likewise. Projected: per phase the critical path (slowest
-download + work + upload, on its link) plus the server's rows; ``deployment`` adds pickup,
-start-up and return (a fresh process's own, net of a ``link-real`` link's transfer, else
-``deploy-*-s``). Stamps are on the node's clock, push/pull on the server's: a skew of d s
-moves d between ``pickup`` and ``return``."""
+Measured: each moment from a round's first configure call to its central evaluation's end goes to
+the first ``PRIORITY`` row covering it (``unexplained``: none), so the rows add up to the wall time:
+the server's intervals, and each reply's ``t-*`` stamps from push to pull. Compute moments are
+shared among the compute rows by the reported seconds, the mod's between ``books`` and ``transfer``
+likewise. Projected: per phase the critical path (slowest download + work + upload, on its link)
+plus the server's rows; ``deployment`` adds pickup, start-up and return (a fresh process's own, net
+of a ``link-real`` link's transfer, else ``deploy-*-s``). Stamps are on the node's clock, push/pull
+on the server's: a skew of d s moves d between ``pickup`` and ``return``."""
 
 from __future__ import annotations
 
