@@ -1,19 +1,16 @@
 """The link model's costs (``fedvit.wire.links.WireCosts``) measured from a run's replies
-by the SuperLink-side veths' counters (the link lab, ``server_app.wire_truth``).
+by the SuperLink-side veths' counters (the link lab, ``server_app.wire_sampler``).
 
-Each reply gives a sample per direction: the download from the push call's start to the
-node's ``t-mod-in``, the upload from its ``t-mod-out`` to the pull. Framing per object =
-(kernel bytes − message bytes × ``FRAME_FACTOR``) ÷ objects (HTTP/protobuf framing, request
-headers, ACKs, polls); a sample below the books' bytes (Flower sent an identical object
-once, e.g. a fresh adapter's zero B matrices) or of fewer than ``MIN_OBJECTS`` objects is
-left out. Handling per call inverts ``fedvit.wire.links.object_seconds`` (busy span =
-objects × max(b, (call + RTT + b) ÷ 2), b: one object's bytes' time): call = 2 × span ÷
-objects − RTT − b, kept only where the link did not change during the message, call + RTT
-≥ ``CALL_BOUND`` × b (near the boundary a stall would pass for a long call) and the model's
-one-call floor (``one_call_floor``) does not bind. Each cost is the median over the run's
-samples so far (robust to the first round's app-bundle download and stray polls), else
-``DEFAULT_COSTS``; ``WireCosts.source`` says which.
-"""
+Each reply gives a sample per direction: the download from the push call's start to the node's
+``t-mod-in``, the upload from its ``t-mod-out`` to the pull. Framing per object = (kernel bytes −
+message bytes × ``FRAME_FACTOR``) ÷ objects (HTTP framing, headers, ACKs, polls); a sample below the
+books' bytes (Flower sent an identical object once, e.g. zero B matrices) or of under
+``MIN_OBJECTS`` objects is left out. Handling per call inverts ``fedvit.wire.links.object_seconds``
+(span = objects × max(b, (call + RTT + b) ÷ 2), b: one object's bytes' time): call = 2 × span ÷
+objects − RTT − b, kept only where the link did not change during the message, call + RTT ≥
+``CALL_BOUND`` × b (nearer, a stall would pass for a long call) and the one-call floor does not
+bind. Each cost is the median over the run's samples so far (robust to the app-bundle download and
+stray polls), else ``DEFAULT_COSTS``; ``WireCosts.source`` says which."""
 
 from __future__ import annotations
 
@@ -22,7 +19,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from fedvit import keys
-from fedvit.keys import WIRE_COST_KEYS
 from fedvit.wire.links import DEFAULT_COSTS, FRAME_FACTOR, WireCosts, wire_bytes
 from server_app.timeline import NodeTimes
 from server_app.wire_sampler import CounterSampler
@@ -44,13 +40,11 @@ class WireSample:
     mbps: float | None  # the link's rate that way; None: it changed during the message
     latency_ms: float  # one-way
 
-    def framing(self) -> float:
-        """Framing bytes per object."""
+    def framing(self) -> float:  # bytes per object
         return (self.kernel_bytes - self.message_bytes * FRAME_FACTOR) / self.objects
 
     def call_s(self, framing: float) -> float | None:
-        """One call's handling, seconds, if this message was call-bound, else None
-        (``framing``: bytes per object, to price one object's bytes)."""
+        """One call's handling, seconds, if this message was call-bound, else None."""
         if self.objects < MIN_OBJECTS or self.busy_s <= 0 or self.mbps is None:
             return None
         per_object = self.busy_s / self.objects
@@ -66,9 +60,8 @@ class WireSample:
 
 def calibrate(samples: Iterable[WireSample], default: WireCosts = DEFAULT_COSTS
               ) -> WireCosts:
-    """The run's costs from its samples, ``default`` for a quantity none measures; ``source``
-    ``"link-lab counters, N messages"`` (``"; default: <keys>"``), or ``default`` itself
-    when no sample measured anything."""
+    """The run's costs from its samples, ``default``'s for a quantity none measures (named in
+    ``source``), ``default`` itself if none measured anything."""
     usable = [s for s in samples if s.objects >= MIN_OBJECTS]
     framing = {d: [s.framing() for s in usable if s.direction == d and s.framing() >= 0]
                for d in ("down", "up")}
@@ -82,16 +75,15 @@ def calibrate(samples: Iterable[WireSample], default: WireCosts = DEFAULT_COSTS
     if not used:
         return default
     measured = (bool(calls), bool(framing["down"]), bool(framing["up"]))
-    left = [k for k, ok in zip(WIRE_COST_KEYS, measured, strict=True) if not ok]
+    left = [k for k, ok in zip(keys.WIRE_COST_KEYS, measured, strict=True) if not ok]
     source = f"{SOURCE}, {used} messages" + (f"; default: {', '.join(left)}" if left else "")
     return WireCosts(call, pull, push, source=source)
 
 
 def link_during(node: NodeTimes, history: list[tuple[float, float, float, float]],
                 start: float, end: float) -> tuple[float | None, float | None, float]:
-    """The node's (down, up, latency) during the window [start, end] (wall clock): from the
-    lab's ``history`` ((wall s, down, up, latency ms) from each change on, ascending;
-    rates None if it changed inside), else the node config's link."""
+    """The node's (down, up, latency) in [start, end] (wall clock) by the lab's ascending
+    ``history`` (rates None if it changed inside), else the node config's link."""
     if not history:
         return node.link.down_mbps, node.link.up_mbps, node.link.latency_ms
     _, down, up, latency = ([h for h in history if h[0] <= start] or history[:1])[-1]
@@ -104,11 +96,9 @@ def samples_of(nodes: Iterable[NodeTimes], sampler: CounterSampler,
                interfaces: dict[int, str],
                history: dict[int, list[tuple[float, float, float, float]]] | None = None,
                push_starts: Mapping[float, float] | None = None) -> list[WireSample]:
-    """Each reply's two messages as the sampled counters saw them (replies of a partition
-    without an interface left out). ``history``: each partition's link over time
-    (``link_during``). ``push_starts``: each push call's start by its end: a node may pull
-    its message while the call still pushes others', so the download's window opens there.
-    """
+    """Each reply's two messages as the counters saw them (partitions without an interface
+    left out). ``push_starts``: each push call's start by its end: a node may pull its
+    message while the call still pushes others', so the download's window opens there."""
     out = []
     for n in nodes:
         interface = interfaces.get(n.partition_id)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from logging import INFO
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 from flwr.supercore.exit import add_exit_handler
+from torch import nn
+from torch.utils.data import DataLoader
 
 from fedvit.config.appconfig import AppConfig, raise_errors
 from fedvit.config.paths import resolve_path
@@ -25,16 +28,19 @@ from fedvit.model.build import (
     exchanged_state,
     input_stats,
 )
+from fedvit.model.tensors import load_exchanged
+from fedvit.model.train import evaluate
 from fedvit.schema import MB
-from server_app.checkpoint import Checkpoint
-from server_app.checkpoint import load as load_checkpoint
-from server_app.estimate import Estimated, estimate
-from server_app.evaluation import central_evaluation
 from server_app.grid import TimedGrid
 from server_app.phase_table import RoundTimes
-from server_app.recorder import RunRecorder, resumed_record
-from server_app.results import new_run_dir
-from server_app.summary import FlowerExit, RunStopped, stop_line
+from server_app.recorder import (
+    Checkpoint,
+    RunRecorder,
+    load_checkpoint,
+    new_run_dir,
+    resumed_record,
+)
+from server_app.summary import Estimated, FlowerExit, RunStopped, estimate, stop_line
 from server_app.timeline import NodeTimes
 from strategies import Books, RoundLog, build_strategy
 
@@ -55,14 +61,10 @@ class RunOutcome:
 
 
 def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
-    """Run the federation ``cfg`` describes on ``grid`` (with ``resume-from``: on from that
-    run's checkpoint, in its folder) and write its results; however it ends (error, ``flwr
-    stop``, Ctrl-C, SIGTERM) ``summary.json`` is written.
-
-    Raises:
-        ConfigError: the config does not fit the model or the checkpoint (nothing written).
-        RunStopped: the run stopped early or rounds aggregated nothing (see the summary).
-    """
+    """Run ``cfg``'s federation on ``grid`` (``resume-from``: on from that run's checkpoint,
+    in its folder); however it ends, ``summary.json`` is written. ``ConfigError``: the config
+    does not fit the model or checkpoint (nothing written); ``RunStopped``: stopped early or
+    rounds aggregated nothing."""
     # Build: every check of the config fails here, before anything is written.
     validate_resume(cfg)
     test_data, cols = central_test_data(cfg)
@@ -83,10 +85,9 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     recorder.write_config()
 
     def on_flower_exit() -> None:
-        """`flwr stop`, Ctrl-C, SIGTERM: Flower runs its exit handlers in the main thread,
-        also where the ServerApp runs in another (simulation); the app's thread then stops
-        at its next grid call or record (``RunEnding``). Once the summary exists (handlers
-        are never removed) this does nothing."""
+        """`flwr stop`, Ctrl-C, SIGTERM: Flower runs exit handlers in the main thread, also
+        where the ServerApp runs in another (simulation); the app's thread stops at its next
+        grid call or record (``RunEnding``). Handlers are never removed: a no-op once closed."""
         recorder.close(FlowerExit())
         timed_grid.ending.set()
 
@@ -121,8 +122,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
 
 
 def _checkpoint(cfg: AppConfig, model) -> Checkpoint | None:
-    """``resume-from``'s checkpoint (``ConfigError`` unless its tensors are those ``model``
-    exchanges), or None."""
+    """``resume-from``'s checkpoint or None; ``ConfigError`` unless its tensors fit ``model``."""
     if not cfg.resume_from:
         return None
     ckpt = load_checkpoint(resolve_path(cfg.resume_from))
@@ -134,8 +134,7 @@ def _checkpoint(cfg: AppConfig, model) -> Checkpoint | None:
 
 def _log_start(cfg: AppConfig, model, initial: ArrayRecord, grid: TimedGrid, run_dir: Path,
                ckpt: Checkpoint | None):
-    """Log what runs and return the bandwidth estimate (waits for ``min-nodes``:
-    ``TooFewNodes``; a resume's earlier rounds keep the checkpoint's)."""
+    """Log what runs; the bandwidth estimate (waits for ``min-nodes``: ``TooFewNodes``)."""
     num_nodes = len(grid.get_node_ids())
     earlier = Estimated.from_row(ckpt.estimated) if ckpt else None
     est = estimate({k: v.cpu().numpy() for k, v in exchanged_state(model).items()},
@@ -150,3 +149,17 @@ def _log_start(cfg: AppConfig, model, initial: ArrayRecord, grid: TimedGrid, run
     if ckpt:
         log(INFO, "fedvit: resuming %s after round %d", run_dir, ckpt.round)
     return est
+
+
+def central_evaluation(model: nn.Module, loader: DataLoader, cfg: AppConfig
+                       ) -> Callable[[int, ArrayRecord], MetricRecord]:
+    """The ``evaluate_fn`` of ``Strategy.start``; it only evaluates: the exchanged tensors
+    loaded into ``model`` (``ValueError`` unless ``arrays`` holds exactly those), on
+    ``loader``: ``accuracy`` (0..1), ``loss`` (mean cross-entropy, nats)."""
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        load_exchanged(model, arrays.to_torch_state_dict())
+        res = evaluate(model, loader, cfg.torch_device, cfg.use_bf16)
+        return MetricRecord({"accuracy": res["accuracy"], "loss": res["loss"]})
+
+    return evaluate_fn

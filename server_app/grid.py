@@ -1,10 +1,9 @@
 """A Grid wrapper: times pushes and pulls, polls promptly, never waits for nodes gone.
 
-Flower 1.41's ``HttpGrid.send_and_receive`` (every ``flwr run``) sleeps 3 s between pulls,
-rounding a round up to 3 s; this polls every ``POLL_S`` through the same public API. A
-message to a node that left gets no reply: its wait ends when the node is gone. FedAvg's
-sampling waits forever for its nodes; ``get_node_ids`` raises ``TooFewNodes`` instead.
-"""
+Flower 1.41's ``HttpGrid.send_and_receive`` (every ``flwr run``) sleeps 3 s between pulls, rounding
+a round up to 3 s; this polls every ``POLL_S`` through the same public API. A message to a node that
+left gets no reply: its wait ends when the node is gone. FedAvg's sampling waits forever for its
+nodes; ``get_node_ids`` raises ``TooFewNodes`` instead."""
 
 from __future__ import annotations
 
@@ -32,25 +31,21 @@ class RunEnding(BaseException):
 
 @dataclass
 class GridTimes:
-    """Server wall clock (``time.time()``): ``pushes[round]`` (start, end) of each push call;
-    ``pushed[id]`` when message ``id``'s call returned; ``pulled[id]`` when the reply *to*
-    it was pulled."""
+    """Server wall clock: ``pushes[round]`` (start, end) of each push call; ``pushed[id]``
+    when message ``id``'s call returned; ``pulled[id]`` when the reply *to* it was pulled."""
 
     pushes: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
     pushed: dict[str, float] = field(default_factory=dict)
     pulled: dict[str, float] = field(default_factory=dict)
 
     def send_s(self, server_round: int) -> float:
-        """Seconds this round spent in ``push_messages``."""
         return sum(b - a for a, b in self.pushes.get(server_round, []))
 
 
 class TimedGrid:
-    """The grid the strategy runs on: ``get_node_ids`` and ``send_and_receive`` (all that
-    ``Strategy.start`` and the strategies call) as the module says."""
+    """The grid the strategy runs on (``get_node_ids``, ``send_and_receive``: all it calls)."""
 
-    def __init__(self, grid: Grid, min_nodes: int, wait_s: float,
-                 poll_s: float = POLL_S) -> None:
+    def __init__(self, grid: Grid, min_nodes: int, wait_s: float, poll_s: float = POLL_S) -> None:
         self._grid = grid
         self._min_nodes, self._wait_s, self._poll_s = min_nodes, wait_s, poll_s
         self.times = GridTimes()
@@ -73,9 +68,9 @@ class TimedGrid:
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> list[Message]:
-        """Push, then pull every ``poll_s`` until all replies are in, ``timeout`` s (None:
-        no limit) passed or the nodes owing one left; the replies in the order they came.
-        ``RunEnding`` (checked before the push and every poll): Flower's exit handlers ran."""
+        """Push, then pull every ``poll_s`` until all replies are in, ``timeout`` s (None: no
+        limit) passed or the nodes owing one left; the replies in the order they came.
+        ``RunEnding`` is checked before the push and every poll."""
         self._check_ending()
         messages = list(messages)
         if not messages:

@@ -12,8 +12,8 @@ from fedvit.wire.links import DEFAULT_COSTS, WireCosts
 
 @dataclass(frozen=True)
 class RoundTimes:
-    """One round's seconds: ``measured`` rows add up to ``wall_s``; ``projected`` and
-    ``deployment`` (on the links, priced with ``costs``) to ``*_s``."""
+    """One round's seconds: ``measured`` rows add up to ``wall_s``, ``projected`` and
+    ``deployment`` (priced with ``costs``) to ``*_s``."""
 
     round: int
     wall_s: float

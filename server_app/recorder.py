@@ -1,46 +1,126 @@
-"""Recording a run: after every round its tables, its checkpoint and one log line; at the
-end (however it ends) ``summary.json``. Nothing else in the ServerApp writes files."""
+"""Recording a run: after every round its tables, its checkpoint (so ``resume-from`` can go
+on) and one log line; at the end (however it ends) ``summary.json``. Nothing else in the
+ServerApp writes files; each write is atomic."""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from logging import ERROR, INFO
 from pathlib import Path
+from typing import Any
 
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
+from safetensors.torch import load_file, save_file
 
-from fedvit import keys
+from fedvit import keys, schema
 from fedvit.config.appconfig import AppConfig
-from fedvit.keys import CONFIG_HISTORY
+from fedvit.config.paths import resolve_path
+from fedvit.files import atomic_path, write_json
+from fedvit.keys import CHECKPOINT_STATE, CHECKPOINT_TENSORS, CONFIG_HISTORY
 from fedvit.schema import MB
 from fedvit.wire.links import DEFAULT_COSTS, WireCosts
 from server_app.calibration import WireSample, calibrate, samples_of
-from server_app.checkpoint import Checkpoint
-from server_app.checkpoint import save as save_checkpoint
-from server_app.estimate import Estimate
 from server_app.grid import GridTimes, RunEnding
 from server_app.phase_table import RoundTimes
-from server_app.results import ResultsWriter
-from server_app.summary import RunRecord, build_summary, log_summary, stop_line, stop_status
+from server_app.summary import (
+    Estimate,
+    RunRecord,
+    build_summary,
+    log_summary,
+    stop_line,
+    stop_status,
+)
 from server_app.timeline import FixedCosts, NodeTimes, round_times
-from server_app.wire_sampler import CounterSampler
-from server_app.wire_truth import WireCounters
-from strategies import Books
+from server_app.wire_sampler import CounterSampler, WireCounters
+from strategies import BookRow, Books
 
 # Aggregated train metrics copied into rounds.csv (None where a run has none).
 ROUND_TRAIN_METRICS = (keys.TRAIN_LOSS, f"{keys.VAL}-accuracy", keys.LORA_AGG_ERROR_MEAN,
                        keys.LORA_AGG_ERROR_MAX)
 
 
+def new_run_dir(cfg: AppConfig) -> Path:
+    """``<outputs-dir>/<run-name or YYYYmmdd-HHMMSS-strategy>``, suffixed ``-2``... if it
+    exists; created, absolute."""
+    root = resolve_path(cfg.outputs_dir)
+    stamp = cfg.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.strategy}"
+    path, n = root / stamp, 1
+    while path.exists():
+        n += 1
+        path = root / f"{stamp}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+@dataclass
+class ResultsWriter:
+    """Writes a run's files."""
+
+    run_dir: Path
+
+    def write_json(self, name: str, data: Any) -> None:
+        write_json(self.run_dir / name, data)
+
+    def write_table(self, stem: str, rows: list[dict]) -> None:
+        """Rewrite ``<stem>.csv`` and ``.json``; ``ValueError`` (nothing written) unless each
+        row has exactly ``fedvit.schema``'s columns in order."""
+        expected = schema.columns(stem)
+        for row in rows:
+            if list(row) != expected:
+                raise ValueError(f"{stem} row {row!r} does not have the columns of "
+                                 f"fedvit.schema ({expected})")
+        self.write_json(f"{stem}.json", rows)
+        if not rows:
+            return
+        with atomic_path(self.run_dir / f"{stem}.csv") as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+@dataclass
+class Checkpoint:
+    """What a run had completed after ``round``: ``checkpoint.safetensors`` (the global
+    tensors as they travel) and ``checkpoint.json`` (the rest)."""
+
+    round: int
+    arrays: ArrayRecord
+    books: list[BookRow]
+    rounds: list[dict]
+    phases: list[dict]
+    rejections: list[dict]
+    nodes: list[dict]  # server_app.timeline.NodeTimes rows
+    estimated: dict  # server_app.summary.Estimated through this round, as a row
+
+
+def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> None:
+    """Write both files atomically (tensors first, then the state that names the round)."""
+    with atomic_path(run_dir / CHECKPOINT_TENSORS) as tmp:
+        save_file({k: v.contiguous() for k, v in ckpt.arrays.to_torch_state_dict().items()},
+                  str(tmp))
+    state = {f.name: getattr(ckpt, f.name) for f in dataclasses.fields(ckpt)[2:]}
+    write_json(run_dir / CHECKPOINT_STATE, {"round": ckpt.round, **state,
+                                            "books": [r.as_row() for r in ckpt.books]},
+               indent=None)
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    state = json.loads((run_dir / CHECKPOINT_STATE).read_text())
+    state["books"] = [BookRow.from_row(r) for r in state["books"]]
+    return Checkpoint(**state, arrays=ArrayRecord(load_file(str(run_dir / CHECKPOINT_TENSORS))))
+
+
 class RunRecorder:
-    """Writes a run's folder (``rounds``, ``books``, ``phases``, ``nodes`` as CSV and JSON,
-    the checkpoint, ``summary.json``) from ``strategy``'s books, timeline and rejections,
-    and logs a line per round; ``done``: rounds completed before this run started."""
+    """Writes a run's folder from ``strategy``'s books, timeline and rejections and logs a
+    line per round; ``done``: rounds completed before this run started."""
 
     def __init__(self, cfg: AppConfig, run_dir: Path, strategy, grid_times: GridTimes,
                  record: RunRecord, done: int) -> None:
@@ -59,8 +139,8 @@ class RunRecorder:
         self._summary: dict | None = None
 
     def write_config(self) -> None:
-        """A new run writes ``config.json``; every run appends its config to
-        ``configs.json`` with ``after-round`` (a resume never rewrites an earlier one)."""
+        """A new run writes ``config.json``; every run (a resume too) appends its config to
+        ``configs.json`` with ``after-round``."""
         history_path = self.run_dir / CONFIG_HISTORY
         if self.done == 0 and not history_path.exists():
             self.writer.write_json(keys.CONFIG_FILE, self.cfg.to_dict())
@@ -72,9 +152,8 @@ class RunRecorder:
 
     def recording(self, evaluate_fn: Callable[[int, ArrayRecord], MetricRecord]
                   ) -> Callable[[int, ArrayRecord], MetricRecord]:
-        """``evaluate_fn``, timed, each round recorded after it (``Strategy.start``'s).
-        Flower counts this run's rounds from 1 (a resume's done rounds are added); round 0,
-        the initial model, is evaluated but not recorded."""
+        """``evaluate_fn`` timed, each round recorded after it. Flower counts this run's
+        rounds from 1 (a resume's done rounds are added); round 0 is not recorded."""
 
         def evaluate_and_record(loop_round: int, arrays: ArrayRecord) -> MetricRecord:
             if self._summary is not None:  # stopped: no evaluation of a round not recorded
@@ -89,8 +168,8 @@ class RunRecorder:
 
     def round(self, server_round: int, arrays: ArrayRecord, central: MetricRecord,
               central_eval: tuple[float, float]) -> None:
-        """Record one finished round (``central_eval``: its evaluation's (start, end), wall
-        clock): its times, the tables, the checkpoint. After the summary: ``RunEnding``."""
+        """Record a finished round (``central_eval``: (start, end), wall clock); after the
+        summary: ``RunEnding``."""
         with self._closing:  # a stop's summary is written before or after, never during
             if self._summary is not None:
                 raise RunEnding(f"the run was stopped: round {server_round} is not recorded")
@@ -104,10 +183,9 @@ class RunRecorder:
             row = round_row(server_round, central, s.books, times, log_.train_metrics)
             rec.rounds.append(row)
             phases, node_rows = [p.as_row() for p in rec.phases], [n.as_row() for n in rec.nodes]
-            self.writer.write_table(keys.ROUNDS, rec.rounds)
-            self.writer.write_table(keys.BOOKS, s.books.as_rows())
-            self.writer.write_table(keys.PHASES, phases)
-            self.writer.write_table(keys.NODES, node_rows)
+            for stem, rows in ((keys.ROUNDS, rec.rounds), (keys.BOOKS, s.books.as_rows()),
+                               (keys.PHASES, phases), (keys.NODES, node_rows)):
+                self.writer.write_table(stem, rows)
             save_checkpoint(self.run_dir, Checkpoint(
                 server_round, arrays, s.books.rows, rec.rounds, phases, s.rejections,
                 node_rows, self.estimate.through(server_round).as_row()))
@@ -120,9 +198,8 @@ class RunRecorder:
                 row["deployment-round-s"])
 
     def wire_costs(self, server_round: int, nodes: list[NodeTimes]) -> WireCosts:
-        """The link model's costs for this round's projection: in the link lab measured
-        from the kernel's counters over the run's replies so far (``calibration``), else
-        ``DEFAULT_COSTS``."""
+        """This round's link costs: in the link lab measured from the counters over the
+        run's replies so far (``calibration``), else ``DEFAULT_COSTS``."""
         if self.sampler is None:
             return DEFAULT_COSTS
         push_starts = {end: start for start, end in
@@ -133,8 +210,8 @@ class RunRecorder:
         return calibrate(self.wire_samples)
 
     def close(self, stop: BaseException | None) -> dict:
-        """Write ``summary.json`` once (the first caller wins: the run's thread or Flower's
-        exit handler), log it, return it. ``stop``: what ended the run (None: complete)."""
+        """Write, log and return ``summary.json``, once (the run's thread or Flower's exit
+        handler, first wins); ``stop``: what ended the run (None: complete)."""
         with self._closing:
             if self._summary is None:
                 if self.sampler is not None:
@@ -164,22 +241,14 @@ def round_row(server_round: int, central: MetricRecord, books, times: RoundTimes
     """One row of ``rounds.csv`` (``fedvit.schema.ROUNDS``)."""
     this, cum = books.totals(server_round), books.totals(server_round, upto=True)
     return {
-        "round": server_round,
-        "central-accuracy": central["accuracy"],
-        "central-loss": central["loss"],
-        "down-mb": this["down-msg"] / MB,
-        "up-mb": this["up-msg"] / MB,
-        "cumulative-mb": (cum["down-msg"] + cum["up-msg"]) / MB,
-        "down-tensor-bytes": this["down-tensor"],
-        "up-tensor-bytes": this["up-tensor"],
-        "down-msg-bytes": this["down-msg"],
-        "up-msg-bytes": this["up-msg"],
+        "round": server_round, "central-accuracy": central["accuracy"],
+        "central-loss": central["loss"], "down-mb": this["down-msg"] / MB,
+        "up-mb": this["up-msg"] / MB, "cumulative-mb": (cum["down-msg"] + cum["up-msg"]) / MB,
+        "down-tensor-bytes": this["down-tensor"], "up-tensor-bytes": this["up-tensor"],
+        "down-msg-bytes": this["down-msg"], "up-msg-bytes": this["up-msg"],
         **{key: train.get(key) for key in ROUND_TRAIN_METRICS},
-        "round-s": times.wall_s,
-        "unexplained-s": times.measured["unexplained"],
-        "projected-round-s": times.projected_s,
-        "deployment-round-s": times.deployment_s,
-    }
+        "round-s": times.wall_s, "unexplained-s": times.measured["unexplained"],
+        "projected-round-s": times.projected_s, "deployment-round-s": times.deployment_s}
 
 
 def resumed_record(parameters: tuple[int, int], ckpt: Checkpoint | None) -> RunRecord:

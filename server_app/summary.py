@@ -1,19 +1,26 @@
-"""A run's ``summary.json``: totals, final accuracy, the estimate against the measurement,
-the steady round's phase table, and how the run ended; plus the lines it logs."""
+"""A run's ``summary.json``: totals, final accuracy, the bandwidth estimate against the
+measurement, the steady round's phase table, and how the run ended; plus the lines it logs.
+
+The estimate, (model down + update up) x clients x fraction x rounds, is computed before
+round 1; a resumed run adds what the checkpoint estimated for the rounds before it, so
+every round is estimated under the config it ran with."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from pathlib import Path
 
+import numpy as np
 from flwr.common.logger import log
 
+from fedvit.codecs.format import SEP
+from fedvit.codecs.payload import CodecSpec, encode, encoded_bytes
 from fedvit.config.appconfig import AppConfig
 from fedvit.keys import SUMMARY_FILE, WIRE_COSTS
-from fedvit.schema import MB
+from fedvit.schema import MB, dataclass_row, field_values
 from fedvit.wire.links import DEFAULT_COSTS
-from server_app.estimate import Estimate
 from server_app.grid import TooFewNodes
 from server_app.phase_table import RoundTimes, format_table, mean_table
 from server_app.timeline import NodeTimes
@@ -21,10 +28,117 @@ from strategies import Books
 from strategies.failures import NodesFailed, unaggregated_rounds
 
 
+class _Row:
+    """A dataclass as a row (kebab-case keys: a checkpoint's, a summary's) and back."""
+
+    def as_row(self) -> dict:
+        return dataclass_row(self)
+
+    @classmethod
+    def from_row(cls, row: dict):
+        return cls(**field_values(row, [f.name for f in dataclasses.fields(cls)]))
+
+
+@dataclass(frozen=True)
+class Estimated(_Row):
+    """Tensor bytes estimated for the rounds up to ``rounds`` (a checkpoint's)."""
+
+    rounds: int = 0
+    down: int = 0
+    up: int = 0
+    up_min: int = 0
+
+
+@dataclass(frozen=True)
+class Estimate(_Row):
+    """Tensor bytes the run should move: exact but for top-k (index encoding depends on the
+    values: ``up_bytes_per_message`` the most a message can weigh, ``..._min`` the least);
+    ``down``, ``up``, ``up_min`` include ``earlier_*`` (the rounds before a resume)."""
+
+    down_bytes_per_message: int
+    up_bytes_per_message: int
+    num_nodes: int
+    train_clients: int
+    evaluate_clients: int
+    rounds: int
+    down: int
+    up: int
+    up_bytes_per_message_min: int | None = None  # None: up_bytes_per_message
+    up_min: int | None = None  # None: up
+    earlier_rounds: int = 0
+    earlier_down: int = 0
+    earlier_up: int = 0
+    earlier_up_min: int = 0
+
+    def __post_init__(self) -> None:
+        if self.up_bytes_per_message_min is None:
+            object.__setattr__(self, "up_bytes_per_message_min", self.up_bytes_per_message)
+        if self.up_min is None:
+            object.__setattr__(self, "up_min", self.up)
+
+    as_dict = _Row.as_row  # summary.json's "estimate"
+
+    def through(self, server_round: int) -> Estimated:
+        n = server_round - self.earlier_rounds
+        train, down_msgs = self.train_clients, self.train_clients + self.evaluate_clients
+        up_min = self.up_bytes_per_message_min
+        return Estimated(server_round,
+                         self.earlier_down + self.down_bytes_per_message * down_msgs * n,
+                         self.earlier_up + self.up_bytes_per_message * train * n,
+                         self.earlier_up_min + up_min * train * n)
+
+    def matches(self, down: int, up: int, rounds: int | None = None) -> bool:
+        """Measured tensor bytes agree with rounds 1 .. ``rounds`` (None: all): ``down``
+        exactly, ``up`` exactly or, for top-k, within its range."""
+        e = self.through(self.rounds if rounds is None else rounds)
+        return down == e.down and e.up_min <= up <= e.up
+
+
+def sampled(num_nodes: int, fraction: float, min_nodes: int) -> int:
+    """How many nodes FedAvg samples: max(int(nodes x fraction), minimum); 0 if off."""
+    return 0 if fraction == 0 else max(int(num_nodes * fraction), min_nodes)
+
+
+def message_tensor_bytes(arrays: dict[str, np.ndarray], spec: CodecSpec) -> tuple[int, int]:
+    """(least, most) tensor bytes of one message of ``arrays`` encoded with ``spec``; equal
+    but for top-k, whose index part per tensor lies between ``min(k, ceil(n / 8))`` and
+    ``min(4k, ceil(n / 8))`` bytes (one- or four-byte gaps, or the bitmap)."""
+    if spec.name == "none":
+        exact = sum(a.nbytes for a in arrays.values())
+        return exact, exact
+    encoded = encode(spec, arrays)
+    total = encoded_bytes(encoded)
+    if spec.name != "topk":
+        return total, total
+    least = most = total
+    for key, arr in arrays.items():
+        k, bitmap = encoded[f"{key}{SEP}val"].size, -(-arr.size // 8)
+        sent = encoded[f"{key}{SEP}idx"].nbytes
+        least += min(k, bitmap) - sent
+        most += min(4 * k, bitmap) - sent
+    return least, most
+
+
+def estimate(arrays: dict[str, np.ndarray], num_nodes: int, cfg: AppConfig,
+             earlier: Estimated | None = None) -> Estimate:
+    """Train rounds send the model down and the update up to every sampled client; evaluate
+    rounds (``fraction-evaluate`` > 0) the model down once more; rounds after ``earlier``
+    (a resume's) with ``cfg``."""
+    earlier = earlier or Estimated()
+    down = message_tensor_bytes(arrays, cfg.down_codec)[1]
+    up_least, up = message_tensor_bytes(arrays, cfg.up_codec)
+    est = Estimate(down, up, num_nodes, sampled(num_nodes, cfg.fraction_train, cfg.min_nodes),
+                   sampled(num_nodes, cfg.fraction_evaluate, cfg.min_nodes),
+                   cfg.num_server_rounds, 0, 0, up_least, 0, earlier.rounds, earlier.down,
+                   earlier.up, earlier.up_min)
+    total = est.through(cfg.num_server_rounds)
+    return dataclasses.replace(est, down=total.down, up=total.up, up_min=total.up_min)
+
+
 @dataclass
 class RunRecord:
-    """A run's completed rounds (a resume's start with its checkpoint's): ``rounds.csv``
-    rows, their times, their replies' times; ``parameters``: (all, trainable)."""
+    """A run's completed rounds (a resume's start with its checkpoint's); ``parameters``:
+    (all, trainable)."""
 
     parameters: tuple[int, int]
     rounds: list[dict] = field(default_factory=list)
@@ -56,10 +170,9 @@ def stop_status(stop: BaseException | None) -> dict[str, str]:
     if stop is None:
         return {"status": "complete", "stop-reason": ""}
     reason = f"{type(stop).__name__}: {stop}" if str(stop) else type(stop).__name__
-    if isinstance(stop, TooFewNodes):
-        return {"status": "too-few-nodes", "stop-reason": str(stop)}
-    if isinstance(stop, NodesFailed):
-        return {"status": "nodes-failed", "stop-reason": str(stop)}
+    if isinstance(stop, (TooFewNodes, NodesFailed)):
+        status = "too-few-nodes" if isinstance(stop, TooFewNodes) else "nodes-failed"
+        return {"status": status, "stop-reason": str(stop)}
     if isinstance(stop, (KeyboardInterrupt, SystemExit)) or not isinstance(stop, Exception):
         return {"status": "interrupted", "stop-reason": reason}
     return {"status": "failed", "stop-reason": reason}
@@ -83,8 +196,7 @@ def run_status(stop: BaseException | None, books: Books, rejections: list[dict])
 
 def links(cfg: AppConfig, nodes: list[NodeTimes]) -> dict:
     """The links the projection used: the run config's, or where nodes brought their own
-    (node config) ``profile`` = ``node-config`` and their mean latency; each node's link
-    under ``nodes`` (by partition)."""
+    ``profile`` = ``node-config`` and their mean latency; each node's under ``nodes``."""
     out = {"down-mbps": cfg.link_down_mbps, "up-mbps": cfg.link_up_mbps,
            "latency-ms": cfg.link_latency_ms, "profile": cfg.link_profile}
     own = {n.partition_id: n.link for n in nodes}
@@ -100,9 +212,8 @@ def links(cfg: AppConfig, nodes: list[NodeTimes]) -> dict:
 def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list[dict],
                   est: Estimate | None, wall_s: float, stop: BaseException | None,
                   wire: dict | None) -> dict:
-    """``summary.json`` (``fedvit.schema``; seconds float, bytes int). ``books``: summed
-    over every row; ``est``: None if the run stopped before round 1; ``stop``: None if it
-    completed; ``wire``: the kernel's counters against the books (link lab), else None."""
+    """``summary.json`` (seconds float, bytes int); ``est`` None: stopped before round 1;
+    ``stop`` None: complete; ``wire``: the kernel's counters against the books, or None."""
     rounds, phases, total, trainable = run.rounds, run.phases, *run.parameters
     t = books.totals()
     status = run_status(stop, books, rejections)
@@ -111,24 +222,17 @@ def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list
     tensor, msg = t["down-tensor"] + t["up-tensor"], t["down-msg"] + t["up-msg"]
     costs = phases[-1].costs if phases else DEFAULT_COSTS
     return {
-        "strategy": cfg.strategy,
-        "model-name": cfg.model_name,
-        "parameters": total,
-        "trainable-parameters": trainable,
-        "rounds": len(rounds),
+        "strategy": cfg.strategy, "model-name": cfg.model_name, "parameters": total,
+        "trainable-parameters": trainable, "rounds": len(rounds),
         "final-central-accuracy": rounds[-1]["central-accuracy"] if rounds else None,
         "final-central-loss": rounds[-1]["central-loss"] if rounds else None,
-        "wall-s": wall_s,
-        "bytes": t,
-        "estimate": est.as_dict() if est else None,
+        "wall-s": wall_s, "bytes": t, "estimate": est.as_dict() if est else None,
         "estimate-matches-tensor-bytes": est.matches(t["down-tensor"], t["up-tensor"], (
             compared_rounds(done, status["unaggregated-rounds"]))) if est else None,
         "framing-overhead-percent": 100 * (msg - tensor) / tensor if tensor else None,
-        "report-bytes": t["report"],
-        "books-mismatches": books.mismatches,
+        "report-bytes": t["report"], "books-mismatches": books.mismatches,
         "codecs": {"down": cfg.codec_down, "up": cfg.codec_up},
-        "lora-aggregation": cfg.lora_aggregation,
-        "rejected-replies": rejections,
+        "lora-aggregation": cfg.lora_aggregation, "rejected-replies": rejections,
         "first-round-wall-s": phases[0].wall_s if phases else None,
         "steady-round-wall-s": _mean([p.wall_s for p in steady]),
         "steady-critical-compute-s": _mean([p.critical_compute_s for p in steady]),
@@ -136,16 +240,11 @@ def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list
                                            if steady else None),
         "projected-round-s": _mean([p.projected_s for p in steady]),
         "deployment-round-s": _mean([p.deployment_s for p in steady]),
-        "deploy-fixed-costs": {"pickup-s": cfg.deploy_pickup_s,
-                               "startup-s": cfg.deploy_startup_s,
+        "deploy-fixed-costs": {"pickup-s": cfg.deploy_pickup_s, "startup-s": cfg.deploy_startup_s,
                                "return-s": cfg.deploy_return_s},
         WIRE_COSTS: {**costs.as_dict(), "source": costs.source},  # the last round's
-        "links": links(cfg, run.nodes),
-        "phase-table": mean_table(steady),
-        **status,
-        "completed-rounds": done,
-        **({"wire": wire} if wire else {}),
-    }
+        "links": links(cfg, run.nodes), "phase-table": mean_table(steady), **status,
+        "completed-rounds": done, **({"wire": wire} if wire else {})}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -153,15 +252,13 @@ def _mean(values: list[float]) -> float | None:
 
 
 def compared_rounds(completed: list[int], unaggregated: list[int]) -> int:
-    """The last round the books hold and the estimate is compared with (a stopped run's
-    unaggregated round after its last recorded one counts)."""
+    """The last round the books hold, the estimate's to compare (an unaggregated one too)."""
     return max(completed + unaggregated, default=0)
 
 
 def estimate_words(e: dict, matches: bool, rounds: int) -> str:
-    """The end-of-run words for the estimate of rounds 1 .. ``rounds`` against the
-    measurement (top-k uploads: a range); bytes too where a difference could hide in 3
-    decimals of a MB."""
+    """The end-of-run words for the estimate of rounds 1 .. ``rounds``; bytes too where a
+    difference could hide in 3 decimals of a MB."""
     est = Estimate.from_row(e).through(rounds)
     words = "" if rounds == e["rounds"] else f"for rounds 1-{rounds} of {e['rounds']} "
     if est.up_min == est.up:

@@ -1,18 +1,13 @@
 """Where a round's time goes: measured second by second, and projected onto links.
 
-Measured: each moment from a round's first configure call to its central evaluation's end
-goes to the first ``PRIORITY`` row covering it (``unexplained``: none), so the rows add up
-to the wall time: the server's intervals, and each reply's ``t-*`` stamps (``fedvit.keys``)
-from push to pull (``pickup``: to process start or mod entry; ``start-up``: a fresh
-process's; ... ``return``: mod exit to pull). Compute moments are shared among the compute
-rows by the reported seconds, the mod's between ``books`` and ``transfer`` likewise.
-
-Projected: per phase the critical path (slowest download + work + upload, on its link)
-plus the server's rows; ``projected`` as a simulation on those links, ``deployment`` with
-pickup, start-up and return (a fresh process's own, net of a ``link-real`` link's
-transfer, else ``deploy-*-s``). Stamps are on the node's clock, push/pull on the server's:
-a skew of d s moves d between ``pickup`` and ``return``.
-"""
+Measured: each moment from a round's first configure call to its central evaluation's end goes to
+the first ``PRIORITY`` row covering it (``unexplained``: none), so the rows add up to the wall time:
+the server's intervals, and each reply's ``t-*`` stamps from push to pull. Compute moments are
+shared among the compute rows by the reported seconds, the mod's between ``books`` and ``transfer``
+likewise. Projected: per phase the critical path (slowest download + work + upload, on its link)
+plus the server's rows; ``deployment`` adds pickup, start-up and return (a fresh process's own, net
+of a ``link-real`` link's transfer, else ``deploy-*-s``). Stamps are on the node's clock, push/pull
+on the server's: a skew of d s moves d between ``pickup`` and ``return``."""
 
 from __future__ import annotations
 
@@ -48,10 +43,8 @@ class FixedCosts:
 
 @dataclass(frozen=True)
 class NodeTimes:
-    """One reply's way through its node, seconds, with its bytes and link.
-
-    ``pushed``/``pulled``: server wall clock; ``stamps``: the node's clock.
-    """
+    """One reply's way through its node, seconds, with its bytes and link; ``pushed`` and
+    ``pulled`` on the server's wall clock, ``stamps`` on the node's."""
 
     round: int
     phase: str
@@ -128,17 +121,14 @@ class NodeTimes:
              costs: WireCosts = DEFAULT_COSTS, start: float = 0.0, speed: float = 1.0
              ) -> dict[str, float]:
         """This node's projected path through one phase on ``link``, seconds per row.
-
         ``fixed`` None: the simulation view; else the deployment view (a fresh process's own
         pickup, start-up, return, net of its real link's transfer and back-off past its
-        download; other replies ``fixed``). ``start``: the send time on ``link``'s clock (the
-        reply leaves when the download and every row but ``transfer``/``return`` are done).
+        download; other replies ``fixed``). ``start``: the send time on ``link``'s clock.
         ``speed`` divides compute, ``deserialise``, ``serialise`` (0.5: twice as slow)."""
         sec = self.seconds()
         out = {row: sec[row] for row in (*COMPUTE_ROWS, "deserialise", "serialise", "books")}
-        if speed != 1.0:
-            for row in (*COMPUTE_ROWS, "deserialise", "serialise"):
-                out[row] /= speed
+        for row in (*COMPUTE_ROWS, "deserialise", "serialise"):
+            out[row] /= speed
         if fixed is None:
             out["task-build"] = 0.0 if self.fresh else sec["task-build"]
         elif self.fresh:
@@ -216,8 +206,8 @@ def measured_table(nodes: list[NodeTimes], server: list[tuple[str, float, float]
 
 
 def critical_path(paths: Mapping[int, Mapping[str, float]]) -> int:
-    """The node whose projected path (seconds per row) is longest, the first of equals: the
-    one rule of the timeline and the report's curves. ``ValueError`` if ``paths`` is empty."""
+    """The node whose projected path is longest, first of equals (the one rule of the
+    timeline and the report's curves); ``ValueError`` if ``paths`` is empty."""
     if not paths:
         raise ValueError("a phase without replies has no critical path")
     return max(paths, key=lambda node: sum(paths[node].values()))
@@ -228,14 +218,10 @@ def project(nodes: list[NodeTimes], server: Mapping[str, float],
             costs: WireCosts = DEFAULT_COSTS, start: float = 0.0,
             speed_of: Callable[[NodeTimes], float] | None = None
             ) -> tuple[dict[str, float], dict[str, NodeTimes]]:
-    """A round on links: each phase's critical path plus the server's rows.
-
-    On the links' clock from ``start``: the train messages leave after ``configure`` and
-    ``send``, the evaluate messages after the train critical path and ``aggregation``.
-    ``server``: seconds per ``SERVER_ROWS`` row; ``fixed``: see ``NodeTimes.path``;
-    ``speed_of`` None: speed 1. Returns (seconds per ``TABLE_ROWS`` row, the critical
-    reply by phase; a phase without replies left out).
-    """
+    """A round on links: (seconds per ``TABLE_ROWS`` row, the critical reply by phase).
+    From ``start``, train messages leave after ``configure`` and ``send``, evaluate messages
+    after the train critical path and ``aggregation``; ``server``: seconds per
+    ``SERVER_ROWS`` row; ``fixed``: see ``NodeTimes.path``; ``speed_of`` None: speed 1."""
     table = dict.fromkeys(TABLE_ROWS, 0.0)
     table.update({k: v for k, v in server.items() if k in SERVER_ROWS})
     critical: dict[str, NodeTimes] = {}

@@ -1,20 +1,29 @@
-"""When the kernel saw a link busy: per-node transfer times from sampled byte counters.
+"""The link lab's kernel byte counters: per node, totals against the books and busy spans.
 
-A ``CounterSampler`` reads ``/proc/<pid>/net/dev`` (the interfaces of that process's network
-namespace: no ``setns`` needed) every ``interval_s`` in a thread. ``busy_span`` is how long
-one direction of a link carried a transfer in a window: from the first to the last sampling
-interval with at least ``threshold`` bytes. Polls and heartbeats (under a kilobyte) stay
-below it; a shaped link's transfer (one full-size segment per packet in the link lab)
-crosses it every frame time. The span includes the transfer's stalls (TCP slow start,
-Flower's object requests one after another), as a projection must.
-"""
+In the link lab (``tools.deploy.linklab``) each SuperNode reaches the SuperLink's namespace,
+where the ServerApp runs, by its own veth; ``$FEDVIT_LINKLAB`` names a JSON manifest
+``{"nodes": {"<partition-id>": {"superlink-if": "fv1a0", "history": [...]}, ...}}``. Its
+``tx_bytes`` (down) and ``rx_bytes`` (up) hold the books' messages plus HTTP, TCP/IP and
+Ethernet framing, ACKs, polls, heartbeats and the app bundle's first download; ``history``
+([wall-clock s, down, up, latency ms] from each change on) is the node's real link.
+A ``CounterSampler`` reads ``/proc/<pid>/net/dev`` (that process's namespace: no ``setns``)
+every ``interval_s`` in a thread. ``busy_span``: from the first to the last sampling interval
+with at least ``threshold`` bytes; polls and heartbeats (under a kilobyte) stay below it, a
+shaped link's transfer crosses it every frame time. It includes the transfer's stalls (TCP
+slow start, Flower's object requests one after another), as a projection must."""
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from math import inf
 from pathlib import Path
+
+from strategies import Books
 
 DEFAULT_INTERVAL_S = 0.01
 DEFAULT_THRESHOLD = 1200  # bytes per interval: less than one full frame, more than a poll
@@ -32,7 +41,7 @@ def read_net_dev(pid: int) -> dict[str, tuple[int, int]]:
 
 @dataclass
 class CounterSampler:
-    """Samples of (wall-clock time, {interface: (rx, tx)}) of ``interfaces`` (empty: all),
+    """(wall-clock time, {interface: (rx, tx)}) of ``interfaces`` (empty: all), sampled
     between ``start`` and ``stop`` or in a ``with`` block."""
 
     pid: int
@@ -57,8 +66,7 @@ class CounterSampler:
     __enter__, __exit__ = start, stop
 
     def forget_before(self, t: float) -> None:
-        """Drop the samples before wall-clock ``t`` but the last (its interval crosses ``t``):
-        a long run takes 100 a second."""
+        """Drop samples before wall-clock ``t`` but the last (its interval crosses ``t``)."""
         with self._lock:
             keep = max(0, next((i for i, (ts, _) in enumerate(self.samples) if ts >= t),
                                len(self.samples)) - 1)
@@ -92,15 +100,77 @@ class CounterSampler:
 
     def busy_interval(self, interface: str, direction: str, start: float, end: float,
                       threshold: int = DEFAULT_THRESHOLD) -> tuple[float, float] | None:
-        """(start of the first, end of the last) busy sampling interval in [start, end],
-        wall clock; None if none was busy."""
+        """(start of the first, end of the last) busy interval in [start, end]; None: none."""
         busy = [(t0, t1) for t0, t1, n in self._deltas(interface, direction, start, end)
                 if n >= threshold]
         return (busy[0][0], busy[-1][1]) if busy else None
 
     def busy_span(self, interface: str, direction: str, start: float, end: float,
                   threshold: int = DEFAULT_THRESHOLD) -> float:
-        """Seconds of ``busy_interval`` (0.0: none); ``direction`` "down" is the
-        SuperLink-side veth's tx, "up" its rx."""
+        """Seconds of ``busy_interval``; "down" is the SuperLink-side veth's tx, "up" rx."""
         busy = self.busy_interval(interface, direction, start, end, threshold)
         return busy[1] - busy[0] if busy else 0.0
+
+
+LINKLAB_ENV = "FEDVIT_LINKLAB"
+SYS_NET = Path("/sys/class/net")
+
+
+def read_counters(interface: str) -> tuple[int, int]:
+    """(tx bytes, rx bytes) counted on ``interface`` (``OSError``: not in this namespace)."""
+    stats = SYS_NET / interface / "statistics"
+    return int((stats / "tx_bytes").read_text()), int((stats / "rx_bytes").read_text())
+
+
+class WireCounters:
+    """Each partition's SuperLink-side counters, read at creation and by ``versus_books``."""
+
+    def __init__(self, interfaces: dict[int, str], manifest: Path | None = None) -> None:
+        self.interfaces = interfaces
+        self.manifest = manifest
+        self.before = {pid: read_counters(i) for pid, i in interfaces.items()}
+
+    def link_history(self) -> dict[int, list[tuple[float, float, float, float]]]:
+        """Each partition's link history as last written: (wall s, down Mbit/s, up Mbit/s
+        (unshaped: inf), latency ms); ``{}`` if the manifest cannot be read."""
+        try:
+            nodes = json.loads(self.manifest.read_text())["nodes"] if self.manifest else {}
+            return {int(pid): [(float(t), inf if d is None else float(d),
+                                inf if u is None else float(u), float(lat))
+                               for t, d, u, lat in n.get("history", [])]
+                    for pid, n in nodes.items()}
+        except (OSError, KeyError, ValueError, TypeError):
+            return {}
+
+    @classmethod
+    def from_env(cls) -> WireCounters | None:
+        """The counters the lab's manifest names, None outside the link lab; ``ValueError``
+        if the manifest cannot be read or names an interface not here."""
+        path = os.environ.get(LINKLAB_ENV)
+        if not path:
+            return None
+        try:
+            nodes = json.loads(Path(path).read_text())["nodes"]
+            return cls({int(pid): n["superlink-if"] for pid, n in nodes.items()}, Path(path))
+        except (OSError, KeyError, ValueError) as err:
+            raise ValueError(f"${LINKLAB_ENV} = {path!r}: not a readable link-lab manifest "
+                             f"whose interfaces exist here ({err})") from err
+
+    def versus_books(self, books: Books, nodes: Iterable) -> dict[str, dict[str, float]]:
+        """``{"<pid>": {"down-wire-bytes", "down-books-bytes", "down-wire-per-books", "up-..."}}``
+        (ratio None where the books hold none); ``nodes``: the run's ``NodeTimes``."""
+        partition = {n.node_id: n.partition_id for n in nodes}
+        out: dict[str, dict[str, float]] = {}
+        for pid, interface in self.interfaces.items():
+            tx, rx = read_counters(interface)
+            wire = {"down": tx - self.before[pid][0], "up": rx - self.before[pid][1]}
+            row: dict[str, float] = {}
+            for d in ("down", "up"):
+                booked = sum(r.message_bytes for r in books.rows
+                             if r.direction == d and partition.get(r.node_id) == pid)
+                row[f"{d}-wire-bytes"] = wire[d]
+                row[f"{d}-books-bytes"] = booked
+                row[f"{d}-wire-per-books"] = wire[d] / booked if booked else None
+            out[str(pid)] = row
+        return out
+

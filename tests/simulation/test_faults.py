@@ -13,10 +13,9 @@ from safetensors.torch import save_file
 from fedvit.config.appconfig import AppConfig, ConfigError
 from fedvit.config.resume import validate_server
 from fedvit.model.build import build_model, exchanged_state
-from server_app.checkpoint import Checkpoint
-from server_app.checkpoint import save as save_checkpoint
-from server_app.estimate import Estimated
 from server_app.federation import run_federation
+from server_app.recorder import Checkpoint, save_checkpoint
+from server_app.summary import Estimated
 from simulate import RELATIVE, simulate
 
 FAST = {"model-name": "test_vit", "img-size": 16, "patch-size": 4, "weights-path": ""}

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from server_app.checkpoint import load as load_checkpoint
+from server_app.recorder import load_checkpoint
 from server_app.summary import RunStopped
 from simulate import FAST, client_app, simulate, stopped
 from strategies.sampling import QUERY_PHASE

@@ -11,8 +11,7 @@ import pytest
 from fedvit.codecs.payload import encode, encoded_bytes
 from fedvit.codecs.spec import CodecSpec
 from fedvit.config.appconfig import AppConfig
-from server_app.estimate import Estimated, estimate, message_tensor_bytes
-from server_app.summary import estimate_words
+from server_app.summary import Estimated, estimate, estimate_words, message_tensor_bytes
 from tools.sizes import ExchangeSize, format_report
 from tools.words import times
 

@@ -25,7 +25,7 @@ LATENCY_MS = 50.0
 LINK_MBPS = 10.0
 ROUNDS = 3
 
-# The keys of a real config.json (server_app.results writes cfg.to_dict()).
+# The keys of a real config.json (server_app.recorder writes cfg.to_dict()).
 CONFIG = {
     "strategy": "fedavg", "num-server-rounds": ROUNDS, "fraction-train": 1.0,
     "fraction-evaluate": 1.0, "evaluate-in-train": False, "min-nodes": 2, "local-epochs": 1,

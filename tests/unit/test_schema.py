@@ -13,11 +13,9 @@ from flwr.app import MetricRecord
 from fedvit import keys, schema
 from fedvit.config.appconfig import AppConfig
 from fedvit.wire.links import Link
-from server_app.estimate import Estimate
 from server_app.phase_table import RoundTimes
-from server_app.recorder import round_row
-from server_app.results import ResultsWriter
-from server_app.summary import RunRecord, build_summary
+from server_app.recorder import ResultsWriter, round_row
+from server_app.summary import Estimate, RunRecord, build_summary
 from server_app.timeline import NodeTimes
 from strategies import BookRow, Books
 
