@@ -68,9 +68,14 @@ def child() -> None:
     import torch
     from flwr.app import ArrayRecord, ConfigRecord
 
-    from fedvit.codecs.payload import record_arrays
-    from fedvit.config.appconfig import AppConfig
-    from fedvit.model.train import PhaseClock, _batches, make_optimizer, train_step
+    try:  # fedvit's subpackages; a "before" from the flat layout has the same names
+        from fedvit.codecs.payload import record_arrays
+        from fedvit.config.appconfig import AppConfig
+        from fedvit.model.train import PhaseClock, _batches, make_optimizer, train_step
+    except ModuleNotFoundError:
+        from fedvit.codecs import record_arrays
+        from fedvit.config import AppConfig
+        from fedvit.train import PhaseClock, _batches, make_optimizer, train_step
 
     # The functions the app itself uses, from its own modules (before and after alike).
     app, task_module = sys.modules["client_app.app"], sys.modules["client_app.task"]
