@@ -32,7 +32,6 @@ from fedvit.model.tensors import load_exchanged
 from fedvit.model.train import evaluate
 from fedvit.schema import MB
 from server_app.grid import TimedGrid
-from server_app.phase_table import RoundTimes
 from server_app.recorder import (
     Checkpoint,
     RunRecorder,
@@ -41,7 +40,7 @@ from server_app.recorder import (
     resumed_record,
 )
 from server_app.summary import Estimated, FlowerExit, RunStopped, estimate, stop_line
-from server_app.timeline import NodeTimes
+from server_app.timeline import NodeTimes, RoundTimes
 from strategies import Books, RoundLog, build_strategy
 
 

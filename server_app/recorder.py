@@ -27,9 +27,14 @@ from fedvit.files import atomic_path, write_json
 from fedvit.keys import CHECKPOINT_STATE, CHECKPOINT_TENSORS, CONFIG_HISTORY
 from fedvit.schema import MB
 from fedvit.wire.links import DEFAULT_COSTS, WireCosts
-from server_app.calibration import WireSample, calibrate, samples_of
+from server_app.calibration import (
+    CounterSampler,
+    WireCounters,
+    WireSample,
+    calibrate,
+    samples_of,
+)
 from server_app.grid import GridTimes, RunEnding
-from server_app.phase_table import RoundTimes
 from server_app.summary import (
     Estimate,
     RunRecord,
@@ -38,8 +43,7 @@ from server_app.summary import (
     stop_line,
     stop_status,
 )
-from server_app.timeline import FixedCosts, NodeTimes, round_times
-from server_app.wire_sampler import CounterSampler, WireCounters
+from server_app.timeline import FixedCosts, NodeTimes, RoundTimes, round_times
 from strategies import BookRow, Books
 
 # Aggregated train metrics copied into rounds.csv (None where a run has none).

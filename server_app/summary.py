@@ -22,8 +22,7 @@ from fedvit.keys import SUMMARY_FILE, WIRE_COSTS
 from fedvit.schema import MB, dataclass_row, field_values
 from fedvit.wire.links import DEFAULT_COSTS
 from server_app.grid import TooFewNodes
-from server_app.phase_table import RoundTimes, format_table, mean_table
-from server_app.timeline import NodeTimes
+from server_app.timeline import NodeTimes, RoundTimes, format_table, mean_table
 from strategies import Books
 from strategies.failures import NodesFailed, unaggregated_rounds
 

@@ -1,13 +1,11 @@
-"""Where a round's time goes: measured second by second, and projected onto links.
+"""Where a round's time goes: measured second by second, projected onto links, and the phase
+table (``phases.csv/json``) with its mean over rounds and its text (the log, the report).
 
 Measured: each moment from a round's first configure call to its central evaluation's end goes to
-the first ``PRIORITY`` row covering it (``unexplained``: none), so the rows add up to the wall time:
-the server's intervals, and each reply's ``t-*`` stamps from push to pull. Compute moments are
-shared among the compute rows by the reported seconds, the mod's between ``books`` and ``transfer``
-likewise. Projected: per phase the critical path (slowest download + work + upload, on its link)
-plus the server's rows; ``deployment`` adds pickup, start-up and return (a fresh process's own, net
-of a ``link-real`` link's transfer, else ``deploy-*-s``). Stamps are on the node's clock, push/pull
-on the server's: a skew of d s moves d between ``pickup`` and ``return``."""
+the first ``PRIORITY`` row covering it (``unexplained``: none), so the rows add up to the wall time.
+Projected: per phase the critical path (slowest download + work + upload, on its link) plus the
+server's rows. Stamps are on the node's clock, push/pull on the server's: a skew of d s moves d
+between ``pickup`` and ``return``."""
 
 from __future__ import annotations
 
@@ -18,11 +16,10 @@ from logging import WARNING
 from flwr.common.logger import log
 
 from fedvit import keys
-from fedvit.keys import COMPUTE_ROWS, SERVER_ROWS, TABLE_ROWS
+from fedvit.keys import COMPUTE_ROWS, KINDS, SERVER_ROWS, TABLE_ROWS
 from fedvit.schema import dataclass_row, field_values
 from fedvit.wire.links import DEFAULT_COSTS, Link, LinkCurve, WireCosts, message_wait_s
 from server_app.grid import GridTimes
-from server_app.phase_table import RoundTimes
 from strategies import Books, RoundLog
 from strategies.timing import ClientReport
 
@@ -30,6 +27,66 @@ from strategies.timing import ClientReport
 PRIORITY = ("configure", "send", "aggregation", "central-eval", "compute", "deserialise",
             "serialise", "mod", "task-build", "start-up", "transfer", "return", "pickup")
 PHASES = ("train", "evaluate")  # in a round's order
+
+
+@dataclass(frozen=True)
+class RoundTimes:
+    """One round's seconds: ``measured`` rows add up to ``wall_s``, ``projected`` and
+    ``deployment`` (priced with ``costs``) to ``*_s``."""
+
+    round: int
+    wall_s: float
+    critical_compute_s: float
+    slowest_node: int
+    projected_s: float
+    deployment_s: float
+    measured: dict[str, float]
+    projected: dict[str, float]
+    deployment: dict[str, float]
+    costs: WireCosts = DEFAULT_COSTS
+
+    @property
+    def unexplained_share(self) -> float:
+        return self.measured["unexplained"] / self.wall_s if self.wall_s > 0 else 0.0
+
+    @classmethod
+    def from_row(cls, row: dict) -> RoundTimes:
+        plain = field_values(row, ("round", "wall_s", "critical_compute_s", "slowest_node",
+                                   "projected_s", "deployment_s"))
+        tables = {kind: {r: row[f"{kind}-{r}"] for r in TABLE_ROWS} for kind in KINDS}
+        return cls(**plain, **tables, costs=WireCosts.from_dict(row))
+
+    def as_row(self) -> dict:
+        """A row of ``phases.csv/json`` (``fedvit.schema.PHASES``; inverse ``from_row``)."""
+        row = dataclass_row(self, leave_out=(*KINDS, "costs"))
+        for kind in KINDS:
+            row.update({f"{kind}-{r}": v for r, v in getattr(self, kind).items()})
+        row.update(self.costs.as_dict())
+        return row
+
+
+def mean_table(rounds: list[RoundTimes]) -> dict[str, dict[str, float]]:
+    """Mean seconds per row over ``rounds``: {kind: {row: s}} for each of ``KINDS``."""
+    n = max(len(rounds), 1)
+    return {kind: {row: sum(getattr(r, kind)[row] for r in rounds) / n for row in TABLE_ROWS}
+            for kind in KINDS}
+
+
+def format_table(tables: dict[str, dict[str, dict[str, float]]],
+                 kinds: tuple[str, ...] = KINDS) -> str:
+    """The phase table, seconds and share per row, of runs side by side (``tables``: run
+    label to ``mean_table``; ``kinds``: its columns)."""
+    lines = [f"{'phase':<14}" + "".join(
+        f"{label + ' ' + kind[:4]:>24}" for label in tables for kind in kinds)]
+    for row in (*TABLE_ROWS, "total"):
+        cells = ""
+        for t in tables.values():
+            for kind in kinds:
+                total = sum(t[kind].values())
+                s = total if row == "total" else t[kind][row]
+                cells += f"{s:>14.3f} s {100 * s / total if total else 0.0:>5.1f} %"
+        lines.append(f"{row:<14}{cells}")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)

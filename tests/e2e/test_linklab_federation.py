@@ -15,9 +15,8 @@ import pytest
 
 from fedvit import keys
 from fedvit.wire.links import Link
-from server_app.phase_table import RoundTimes
-from server_app.timeline import NodeTimes
-from server_app.wire_sampler import CounterSampler
+from server_app.calibration import CounterSampler
+from server_app.timeline import NodeTimes, RoundTimes
 from tools.deploy.linklab import LinkLab
 from tools.deploy.linklab.netns import LinkLabError, check_privileges, netns_list
 

@@ -13,10 +13,9 @@ from flwr.app import MetricRecord
 from fedvit import keys, schema
 from fedvit.config.appconfig import AppConfig
 from fedvit.wire.links import Link
-from server_app.phase_table import RoundTimes
 from server_app.recorder import ResultsWriter, round_row
 from server_app.summary import Estimate, RunRecord, build_summary
-from server_app.timeline import NodeTimes
+from server_app.timeline import NodeTimes, RoundTimes
 from strategies import BookRow, Books
 
 RESULTS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "results.md"
