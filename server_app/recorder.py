@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from logging import ERROR, INFO
 from pathlib import Path
-from typing import Any
 
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
@@ -64,30 +63,21 @@ def new_run_dir(cfg: AppConfig) -> Path:
     return path
 
 
-@dataclass
-class ResultsWriter:
-    """Writes a run's files."""
-
-    run_dir: Path
-
-    def write_json(self, name: str, data: Any) -> None:
-        write_json(self.run_dir / name, data)
-
-    def write_table(self, stem: str, rows: list[dict]) -> None:
-        """Rewrite ``<stem>.csv`` and ``.json``; ``ValueError`` (nothing written) unless each
-        row has exactly ``fedvit.schema``'s columns in order."""
-        expected = schema.columns(stem)
-        for row in rows:
-            if list(row) != expected:
-                raise ValueError(f"{stem} row {row!r} does not have the columns of "
-                                 f"fedvit.schema ({expected})")
-        self.write_json(f"{stem}.json", rows)
-        if not rows:
-            return
-        with atomic_path(self.run_dir / f"{stem}.csv") as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+def write_table(run_dir: Path, stem: str, rows: list[dict]) -> None:
+    """Rewrite ``<stem>.csv`` and ``.json``; ``ValueError`` (nothing written) unless each
+    row has exactly ``fedvit.schema``'s columns in order."""
+    expected = schema.columns(stem)
+    for row in rows:
+        if list(row) != expected:
+            raise ValueError(f"{stem} row {row!r} does not have the columns of "
+                             f"fedvit.schema ({expected})")
+    write_json(run_dir / f"{stem}.json", rows)
+    if not rows:
+        return
+    with atomic_path(run_dir / f"{stem}.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 @dataclass
@@ -130,7 +120,6 @@ class RunRecorder:
                  record: RunRecord, done: int) -> None:
         self.cfg, self.run_dir, self.strategy = cfg, run_dir, strategy
         self.grid_times, self.record, self.done = grid_times, record, done
-        self.writer = ResultsWriter(run_dir)
         self.fixed = FixedCosts(cfg.deploy_pickup_s, cfg.deploy_startup_s, cfg.deploy_return_s)
         self.estimate: Estimate | None = None
         self.wire = WireCounters.from_env()
@@ -147,12 +136,11 @@ class RunRecorder:
         ``configs.json`` with ``after-round``."""
         history_path = self.run_dir / CONFIG_HISTORY
         if self.done == 0 and not history_path.exists():
-            self.writer.write_json(keys.CONFIG_FILE, self.cfg.to_dict())
+            write_json(self.run_dir / keys.CONFIG_FILE, self.cfg.to_dict())
             history = []
         else:
             history = json.loads(history_path.read_text())
-        self.writer.write_json(CONFIG_HISTORY, [*history, {"after-round": self.done,
-                                                          "config": self.cfg.to_dict()}])
+        write_json(history_path, [*history, {"after-round": self.done, "config": self.cfg.to_dict()}])
 
     def recording(self, evaluate_fn: Callable[[int, ArrayRecord], MetricRecord]
                   ) -> Callable[[int, ArrayRecord], MetricRecord]:
@@ -189,7 +177,7 @@ class RunRecorder:
             phases, node_rows = [p.as_row() for p in rec.phases], [n.as_row() for n in rec.nodes]
             for stem, rows in ((keys.ROUNDS, rec.rounds), (keys.BOOKS, s.books.as_rows()),
                                (keys.PHASES, phases), (keys.NODES, node_rows)):
-                self.writer.write_table(stem, rows)
+                write_table(self.run_dir, stem, rows)
             save_checkpoint(self.run_dir, Checkpoint(
                 server_round, arrays, s.books.rows, rec.rounds, phases, s.rejections,
                 node_rows, self.estimate.through(server_round).as_row()))
@@ -228,11 +216,11 @@ class RunRecorder:
                     last = self.record.rounds[-1]["round"] if self.record.rounds else 0
                     books = Books([r for r in books.rows if r.round <= last], books.mismatches)
                 elif s.books.rows:  # a failed round's rows (its nodes' errors) are shown too
-                    self.writer.write_table(keys.BOOKS, s.books.as_rows())
+                    write_table(self.run_dir, keys.BOOKS, s.books.as_rows())
                 summary = build_summary(self.cfg, self.record, books, s.rejections,
                                         self.estimate, time.perf_counter() - self._t_start,
                                         stop, wire)
-                self.writer.write_json(keys.SUMMARY_FILE, summary)
+                write_json(self.run_dir / keys.SUMMARY_FILE, summary)
                 log_summary(summary, self.run_dir)
                 if stop is not None:
                     log(ERROR, "%s", stop_line(summary, self.run_dir))

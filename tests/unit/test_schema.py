@@ -13,7 +13,7 @@ from flwr.app import MetricRecord
 from fedvit import keys, schema
 from fedvit.config.appconfig import AppConfig
 from fedvit.wire.links import Link
-from server_app.recorder import ResultsWriter, round_row
+from server_app.recorder import round_row, write_table
 from server_app.summary import Estimate, RunRecord, build_summary
 from server_app.timeline import NodeTimes, RoundTimes
 from strategies import BookRow, Books
@@ -57,12 +57,11 @@ def test_every_row_builder_writes_the_schema_columns_in_order():
 
 
 def test_the_writer_refuses_a_row_with_other_columns(tmp_path: Path):
-    writer = ResultsWriter(tmp_path)
     row = BookRow(1, "train", 2, "down", 3, 4).as_row()
-    writer.write_table(keys.BOOKS, [row])
+    write_table(tmp_path, keys.BOOKS, [row])
     assert json.loads((tmp_path / "books.json").read_text()) == [row]
     with pytest.raises(ValueError, match="does not have the columns of fedvit.schema"):
-        writer.write_table(keys.BOOKS, [{**row, "node_id": 2}])
+        write_table(tmp_path, keys.BOOKS, [{**row, "node_id": 2}])
     assert json.loads((tmp_path / "books.json").read_text()) == [row]  # left as it was
 
 
