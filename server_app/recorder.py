@@ -140,7 +140,8 @@ class RunRecorder:
             history = []
         else:
             history = json.loads(history_path.read_text())
-        write_json(history_path, [*history, {"after-round": self.done, "config": self.cfg.to_dict()}])
+        write_json(history_path, [*history, {"after-round": self.done,
+                                             "config": self.cfg.to_dict()}])
 
     def recording(self, evaluate_fn: Callable[[int, ArrayRecord], MetricRecord]
                   ) -> Callable[[int, ArrayRecord], MetricRecord]:
