@@ -71,7 +71,11 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     mean, std = input_stats(model)
     test_loader = make_loader(test_data, cols, cfg, mean, std, shuffle=False,
                               batch_size=cfg.eval_batch_size)
-    ckpt = _checkpoint(cfg, model)
+    ckpt = load_checkpoint(resolve_path(cfg.resume_from)) if cfg.resume_from else None
+    if ckpt:  # ConfigError unless its tensors fit the model
+        raise_errors(resume_tensor_errors(
+            cfg, {k: tuple(v.shape) for k, v in exchanged_state(model).items()},
+            {k: tuple(a.shape) for k, a in ckpt.arrays.items()}))
     initial = ckpt.arrays if ckpt else ArrayRecord(exchanged_state(model))
     done = ckpt.round if ckpt else 0
     strategy = build_strategy(cfg, initial.keys())
@@ -118,17 +122,6 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     rec = recorder.record
     return RunOutcome(run_dir, result, strategy.books, rec.rounds, summary, initial,
                       rec.phases, strategy.timeline, rec.nodes)
-
-
-def _checkpoint(cfg: AppConfig, model) -> Checkpoint | None:
-    """``resume-from``'s checkpoint or None; ``ConfigError`` unless its tensors fit ``model``."""
-    if not cfg.resume_from:
-        return None
-    ckpt = load_checkpoint(resolve_path(cfg.resume_from))
-    raise_errors(resume_tensor_errors(
-        cfg, {k: tuple(v.shape) for k, v in exchanged_state(model).items()},
-        {k: tuple(a.shape) for k, a in ckpt.arrays.items()}))
-    return ckpt
 
 
 def _log_start(cfg: AppConfig, model, initial: ArrayRecord, grid: TimedGrid, run_dir: Path,
