@@ -32,13 +32,7 @@ from fedvit.model.tensors import load_exchanged
 from fedvit.model.train import evaluate
 from fedvit.schema import MB
 from server_app.grid import TimedGrid
-from server_app.recorder import (
-    Checkpoint,
-    RunRecorder,
-    load_checkpoint,
-    new_run_dir,
-    resumed_record,
-)
+from server_app.recorder import Checkpoint, RunRecorder, load_checkpoint, new_run_dir
 from server_app.summary import Estimated, FlowerExit, RunStopped, estimate, stop_line
 from server_app.timeline import NodeTimes, RoundTimes
 from strategies import Books, RoundLog, build_strategy
@@ -84,7 +78,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     run_dir = resolve_path(cfg.resume_from) if ckpt else new_run_dir(cfg)
     timed_grid = TimedGrid(grid, cfg.min_nodes, cfg.node_wait_s)
     recorder = RunRecorder(cfg, run_dir, strategy, timed_grid.times,
-                           resumed_record(count_parameters(model), ckpt), done)
+                           count_parameters(model), ckpt)
     recorder.write_config()
 
     def on_flower_exit() -> None:

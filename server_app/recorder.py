@@ -114,12 +114,15 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
 
 class RunRecorder:
     """Writes a run's folder from ``strategy``'s books, timeline and rejections and logs a
-    line per round; ``done``: rounds completed before this run started."""
+    line per round; ``ckpt``: the checkpoint a resumed run goes on from, its rounds recorded."""
 
     def __init__(self, cfg: AppConfig, run_dir: Path, strategy, grid_times: GridTimes,
-                 record: RunRecord, done: int) -> None:
+                 parameters: tuple[int, int], ckpt: Checkpoint | None) -> None:
         self.cfg, self.run_dir, self.strategy = cfg, run_dir, strategy
-        self.grid_times, self.record, self.done = grid_times, record, done
+        self.grid_times, self.done = grid_times, ckpt.round if ckpt else 0
+        self.record = RunRecord(parameters) if ckpt is None else RunRecord(
+            parameters, list(ckpt.rounds), [RoundTimes.from_row(r) for r in ckpt.phases],
+            [NodeTimes.from_row(r) for r in ckpt.nodes])
         self.fixed = FixedCosts(cfg.deploy_pickup_s, cfg.deploy_startup_s, cfg.deploy_return_s)
         self.estimate: Estimate | None = None
         self.wire = WireCounters.from_env()
@@ -242,12 +245,3 @@ def round_row(server_round: int, central: MetricRecord, books, times: RoundTimes
         **{key: train.get(key) for key in ROUND_TRAIN_METRICS},
         "round-s": times.wall_s, "unexplained-s": times.measured["unexplained"],
         "projected-round-s": times.projected_s, "deployment-round-s": times.deployment_s}
-
-
-def resumed_record(parameters: tuple[int, int], ckpt: Checkpoint | None) -> RunRecord:
-    """The record a run starts with: empty, or a resumed run's checkpointed rounds."""
-    if ckpt is None:
-        return RunRecord(parameters)
-    return RunRecord(parameters, list(ckpt.rounds),
-                     [RoundTimes.from_row(r) for r in ckpt.phases],
-                     [NodeTimes.from_row(r) for r in ckpt.nodes])
