@@ -1,18 +1,10 @@
-"""The link lab's kernel byte counters, and the link model's costs (``fedvit.wire.links.WireCosts``)
-measured from them over a run's replies.
+"""The link lab's kernel byte counters, and the link model's costs (``WireCosts``) measured
+from them over a run's replies, each the median over the samples so far (robust to the app
+bundle's download and stray polls), else ``DEFAULT_COSTS``; ``WireCosts.source`` says which.
 
 ``$FEDVIT_LINKLAB`` names the lab's manifest ``{"nodes": {"<partition-id>": {"superlink-if":
-"fv1a0", "history": [...]}, ...}}``: each SuperNode's veth into the SuperLink's namespace, where
-the ServerApp runs; its ``tx_bytes`` (down) and ``rx_bytes`` (up) hold the books' messages plus
-all framing, ACKs, polls and the app bundle's download. ``busy_span`` runs from the first to the
-last sampling interval of at least ``threshold`` bytes (polls stay below it), stalls included, as
-a projection must.
-
-Framing per object = (kernel − message bytes × ``FRAME_FACTOR``) ÷ objects, left out where
-negative (Flower sent an identical object once, e.g. zero B matrices). Handling per call inverts
-``fedvit.wire.links.object_seconds`` (span = objects × max(b, (call + RTT + b) ÷ 2), b: one
-object's bytes' time). Each cost is the median over the run's samples so far (robust to the
-app-bundle download and stray polls), else ``DEFAULT_COSTS``; ``WireCosts.source`` says which."""
+"fv1a0", "history": [...]}}}``: each node's veth in the SuperLink's namespace (the ServerApp's).
+Handling per call inverts ``fedvit.wire.links.object_seconds``."""
 
 from __future__ import annotations
 
@@ -113,7 +105,7 @@ class CounterSampler:
 
     def busy_span(self, interface: str, direction: str, start: float, end: float,
                   threshold: int = DEFAULT_THRESHOLD) -> float:
-        """Seconds of ``busy_interval``; "down" is the SuperLink-side veth's tx, "up" rx."""
+        """Seconds of ``busy_interval`` (stalls included); "down": the SuperLink tx, "up": rx."""
         busy = self.busy_interval(interface, direction, start, end, threshold)
         return busy[1] - busy[0] if busy else 0.0
 
@@ -198,7 +190,7 @@ class WireSample:
     mbps: float | None  # the link's rate that way; None: it changed during the message
     latency_ms: float  # one-way
 
-    def framing(self) -> float:  # bytes per object
+    def framing(self) -> float:  # bytes per object; < 0: Flower sent an identical object once
         return (self.kernel_bytes - self.message_bytes * FRAME_FACTOR) / self.objects
 
     def call_s(self, framing: float) -> float | None:
