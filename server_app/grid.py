@@ -38,9 +38,6 @@ class GridTimes:
     pushed: dict[str, float] = field(default_factory=dict)
     pulled: dict[str, float] = field(default_factory=dict)
 
-    def send_s(self, server_round: int) -> float:
-        return sum(b - a for a, b in self.pushes.get(server_round, []))
-
 
 class TimedGrid:
     """The grid the strategy runs on (``get_node_ids``, ``send_and_receive``: all it calls)."""

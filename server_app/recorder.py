@@ -45,10 +45,6 @@ from server_app.summary import (
 from server_app.timeline import FixedCosts, NodeTimes, RoundTimes, round_times
 from strategies import BookRow, Books
 
-# Aggregated train metrics copied into rounds.csv (None where a run has none).
-ROUND_TRAIN_METRICS = (keys.TRAIN_LOSS, f"{keys.VAL}-accuracy", keys.LORA_AGG_ERROR_MEAN,
-                       keys.LORA_AGG_ERROR_MAX)
-
 
 def new_run_dir(cfg: AppConfig) -> Path:
     """``<outputs-dir>/<run-name or YYYYmmdd-HHMMSS-strategy>``, suffixed ``-2``... if it
@@ -242,6 +238,7 @@ def round_row(server_round: int, central: MetricRecord, books, times: RoundTimes
         "up-mb": this["up-msg"] / MB, "cumulative-mb": (cum["down-msg"] + cum["up-msg"]) / MB,
         "down-tensor-bytes": this["down-tensor"], "up-tensor-bytes": this["up-tensor"],
         "down-msg-bytes": this["down-msg"], "up-msg-bytes": this["up-msg"],
-        **{key: train.get(key) for key in ROUND_TRAIN_METRICS},
+        **{key: train.get(key) for key in (keys.TRAIN_LOSS, f"{keys.VAL}-accuracy",
+                                           keys.LORA_AGG_ERROR_MEAN, keys.LORA_AGG_ERROR_MAX)},
         "round-s": times.wall_s, "unexplained-s": times.measured["unexplained"],
         "projected-round-s": times.projected_s, "deployment-round-s": times.deployment_s}

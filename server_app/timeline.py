@@ -305,10 +305,10 @@ def round_times(server_round: int, log: RoundLog, books: Books, grid: GridTimes,
     (start, end), server wall clock, its end closing the round."""
     nodes = [NodeTimes.from_report(server_round, c, grid, books) for c in log.clients]
     costs = costs_of(nodes)
-    server = [*log.server, ("central-eval", *central_eval),
-              *(("send", a, b) for a, b in grid.pushes.get(server_round, []))]
+    pushes = grid.pushes.get(server_round, [])
+    server = [*log.server, ("central-eval", *central_eval), *(("send", a, b) for a, b in pushes)]
     measured = measured_table(nodes, server, log.start, central_eval[1])
-    server_s = {"configure": log.configure_s, "send": grid.send_s(server_round),
+    server_s = {"configure": log.configure_s, "send": sum(b - a for a, b in pushes),
                 "aggregation": log.aggregate_s,
                 "central-eval": central_eval[1] - central_eval[0]}
     projected, critical = project(nodes, server_s, lambda n: n.link, None, costs)
