@@ -1,9 +1,7 @@
 """A Grid wrapper: times pushes and pulls, polls promptly, never waits for nodes gone.
 
-Flower 1.41's ``HttpGrid.send_and_receive`` (every ``flwr run``) sleeps 3 s between pulls, rounding
-a round up to 3 s; this polls every ``POLL_S`` through the same public API. A message to a node that
-left gets no reply: its wait ends when the node is gone. FedAvg's sampling waits forever for its
-nodes; ``get_node_ids`` raises ``TooFewNodes`` instead."""
+Flower 1.41's ``HttpGrid.send_and_receive`` (every ``flwr run``) sleeps 3 s between pulls,
+rounding a round up to 3 s; FedAvg's sampling waits forever for its nodes."""
 
 from __future__ import annotations
 

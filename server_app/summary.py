@@ -1,9 +1,6 @@
-"""A run's ``summary.json``: totals, final accuracy, the bandwidth estimate against the
-measurement, the steady round's phase table, and how the run ended; plus the lines it logs.
-
-The estimate, (model down + update up) x clients x fraction x rounds, is computed before
-round 1; a resumed run adds what the checkpoint estimated for the rounds before it, so
-every round is estimated under the config it ran with."""
+"""A run's ``summary.json`` and the lines it logs. The bandwidth estimate is made before round 1;
+a resume adds what its checkpoint estimated for the rounds before, so every round is estimated
+under the config it ran with."""
 
 from __future__ import annotations
 

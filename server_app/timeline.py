@@ -1,11 +1,6 @@
 """Where a round's time goes: measured second by second, projected onto links, and the phase
-table (``phases.csv/json``) with its mean over rounds and its text (the log, the report).
-
-Measured: each moment from a round's first configure call to its central evaluation's end goes to
-the first ``PRIORITY`` row covering it (``unexplained``: none), so the rows add up to the wall time.
-Projected: per phase the critical path (slowest download + work + upload, on its link) plus the
-server's rows. Stamps are on the node's clock, push/pull on the server's: a skew of d s moves d
-between ``pickup`` and ``return``."""
+table (``phases.csv/json``), its mean over rounds and its text. Stamps are on the node's clock,
+push/pull on the server's: a skew of d s moves d between ``pickup`` and ``return``."""
 
 from __future__ import annotations
 
