@@ -59,20 +59,12 @@ class Estimate(_Row):
     rounds: int
     down: int
     up: int
-    up_bytes_per_message_min: int | None = None  # None: up_bytes_per_message
-    up_min: int | None = None  # None: up
+    up_bytes_per_message_min: int
+    up_min: int
     earlier_rounds: int = 0
     earlier_down: int = 0
     earlier_up: int = 0
     earlier_up_min: int = 0
-
-    def __post_init__(self) -> None:
-        if self.up_bytes_per_message_min is None:
-            object.__setattr__(self, "up_bytes_per_message_min", self.up_bytes_per_message)
-        if self.up_min is None:
-            object.__setattr__(self, "up_min", self.up)
-
-    as_dict = _Row.as_row  # summary.json's "estimate"
 
     def through(self, server_round: int) -> Estimated:
         n = server_round - self.earlier_rounds
@@ -222,7 +214,7 @@ def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list
         "trainable-parameters": trainable, "rounds": len(rounds),
         "final-central-accuracy": rounds[-1]["central-accuracy"] if rounds else None,
         "final-central-loss": rounds[-1]["central-loss"] if rounds else None,
-        "wall-s": wall_s, "bytes": t, "estimate": est.as_dict() if est else None,
+        "wall-s": wall_s, "bytes": t, "estimate": est.as_row() if est else None,
         "estimate-matches-tensor-bytes": est.matches(t["down-tensor"], t["up-tensor"], (
             compared_rounds(done, status["unaggregated-rounds"]))) if est else None,
         "framing-overhead-percent": 100 * (msg - tensor) / tensor if tensor else None,

@@ -75,7 +75,7 @@ def test_rows_round_trip():
 def test_summary_has_the_schema_keys():
     cfg = AppConfig.from_run_config({})
     record = RunRecord((100, 10), phases=[_round()], nodes=[_node()])
-    est = Estimate(1, 2, 2, 2, 0, 5, 10, 20)
+    est = Estimate(1, 2, 2, 2, 0, 5, 10, 20, 2, 20)
     summary = build_summary(cfg, record, Books(), [], est, 1.5, None, None)
     names = [name for name, _ in schema.SUMMARY if name not in schema.OPTIONAL_SUMMARY]
     assert list(summary) == names
