@@ -53,11 +53,9 @@ class RoundTimes:
 
     def as_row(self) -> dict:
         """A row of ``phases.csv/json`` (``fedvit.schema.PHASES``; inverse ``from_row``)."""
-        row = dataclass_row(self, leave_out=(*KINDS, "costs"))
-        for kind in KINDS:
-            row.update({f"{kind}-{r}": v for r, v in getattr(self, kind).items()})
-        row.update(self.costs.as_dict())
-        return row
+        tables = {f"{kind}-{r}": v for kind in KINDS for r, v in getattr(self, kind).items()}
+        return {**dataclass_row(self, leave_out=(*KINDS, "costs")), **tables,
+                **self.costs.as_dict()}
 
 
 def mean_table(rounds: list[RoundTimes]) -> dict[str, dict[str, float]]:
@@ -207,11 +205,9 @@ class NodeTimes:
 
     def as_row(self) -> dict:
         """A flat row of ``nodes.csv/json`` (``fedvit.schema.NODES``; inverse ``from_row``)."""
-        row = dataclass_row(self, leave_out=("stamps", "compute", "link"))
-        row.update(self.stamps)
-        row.update({keys.time_key(k): v for k, v in self.compute.items()})
-        row.update(self.link.as_metrics())
-        return row
+        compute = {keys.time_key(k): v for k, v in self.compute.items()}
+        return {**dataclass_row(self, leave_out=("stamps", "compute", "link")), **self.stamps,
+                **compute, **self.link.as_metrics()}
 
     @classmethod
     def from_row(cls, row: dict) -> NodeTimes:
