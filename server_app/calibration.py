@@ -23,7 +23,6 @@ from fedvit.wire.links import DEFAULT_COSTS, FRAME_FACTOR, WireCosts, wire_bytes
 from server_app.timeline import NodeTimes
 from strategies import Books
 
-DEFAULT_INTERVAL_S = 0.01
 DEFAULT_THRESHOLD = 1200  # bytes per interval: less than one full frame, more than a poll
 
 
@@ -43,7 +42,7 @@ class CounterSampler:
     between ``start`` and ``stop`` or in a ``with`` block."""
 
     pid: int
-    interval_s: float = DEFAULT_INTERVAL_S
+    interval_s: float = 0.01
     interfaces: tuple[str, ...] = ()
     samples: list[tuple[float, dict[str, tuple[int, int]]]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -111,12 +110,11 @@ class CounterSampler:
 
 
 LINKLAB_ENV = "FEDVIT_LINKLAB"
-SYS_NET = Path("/sys/class/net")
 
 
 def read_counters(interface: str) -> tuple[int, int]:
     """(tx bytes, rx bytes) counted on ``interface`` (``OSError``: not in this namespace)."""
-    stats = SYS_NET / interface / "statistics"
+    stats = Path("/sys/class/net") / interface / "statistics"
     return int((stats / "tx_bytes").read_text()), int((stats / "rx_bytes").read_text())
 
 

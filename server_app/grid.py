@@ -23,8 +23,7 @@ class TooFewNodes(RuntimeError):
 
 
 class RunEnding(BaseException):
-    """Flower's exit handlers ran (``flwr stop``, Ctrl-C, SIGTERM): the ServerApp's thread
-    stops at its next grid call or record."""
+    """Flower's exit handlers ran (``flwr stop``, Ctrl-C, SIGTERM): stop at the next grid call."""
 
 
 @dataclass
