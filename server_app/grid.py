@@ -23,7 +23,7 @@ class TooFewNodes(RuntimeError):
 
 
 class RunEnding(BaseException):
-    """Flower's exit handlers ran (``flwr stop``, Ctrl-C, SIGTERM): stop at the next grid call."""
+    """Flower's exit handlers ran: the next grid call or record stops the run's thread."""
 
 
 @dataclass

@@ -161,12 +161,6 @@ class NodeTimes:
         out.update(self.compute, books=self.books_s, transfer=self.transfer_s)
         return out
 
-    def down_s(self, link: Link, costs: WireCosts = DEFAULT_COSTS) -> float:
-        return link.down_s(self.down_bytes, self.down_objects, costs)
-
-    def up_s(self, link: Link, costs: WireCosts = DEFAULT_COSTS) -> float:
-        return link.up_s(self.up_bytes, self.up_objects, costs)
-
     def path(self, link: Link | LinkCurve, fixed: FixedCosts | None,
              costs: WireCosts = DEFAULT_COSTS, start: float = 0.0, speed: float = 1.0
              ) -> dict[str, float]:
@@ -186,11 +180,12 @@ class NodeTimes:
             # before its imports: download and back-off lie inside pickup + start-up.
             own = self.link if self.link.real else Link(float("inf"), float("inf"), 0.0)
             waits = max(0.0, sec["pickup"] + sec["start-up"]
-                        - message_wait_s(self.down_s(own, costs)))
+                        - message_wait_s(own.down_s(self.down_bytes, self.down_objects, costs)))
             out["pickup"] = min(sec["pickup"], waits)
             out["start-up"] = waits - out["pickup"]
             out["task-build"] = sec["task-build"]
-            out["return"] = max(0.0, sec["return"] - self.up_s(own, costs))
+            out["return"] = max(0.0, sec["return"] - own.up_s(self.up_bytes, self.up_objects,
+                                                              costs))
         else:
             out.update({"pickup": fixed.pickup_s, "start-up": fixed.startup_s,
                         "task-build": 0.0, "return": fixed.return_s})
