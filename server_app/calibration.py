@@ -164,9 +164,8 @@ class WireCounters:
             for d in ("down", "up"):
                 booked = sum(r.message_bytes for r in books.rows
                              if r.direction == d and partition.get(r.node_id) == pid)
-                row[f"{d}-wire-bytes"] = wire[d]
-                row[f"{d}-books-bytes"] = booked
-                row[f"{d}-wire-per-books"] = wire[d] / booked if booked else None
+                row.update({f"{d}-wire-bytes": wire[d], f"{d}-books-bytes": booked,
+                            f"{d}-wire-per-books": wire[d] / booked if booked else None})
             out[str(pid)] = row
         return out
 

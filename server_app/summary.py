@@ -125,8 +125,7 @@ def estimate(arrays: dict[str, np.ndarray], num_nodes: int, cfg: AppConfig,
 
 @dataclass
 class RunRecord:
-    """A run's completed rounds (a resume's start with its checkpoint's); ``parameters``:
-    (all, trainable)."""
+    """A run's completed rounds (a resume's from its checkpoint); ``parameters``: all, trainable."""
 
     parameters: tuple[int, int]
     rounds: list[dict] = field(default_factory=list)

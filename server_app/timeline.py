@@ -116,7 +116,6 @@ class NodeTimes:
     @classmethod
     def from_report(cls, server_round: int, report: ClientReport, grid: GridTimes,
                     books: Books) -> NodeTimes:
-        """Join a reply's metrics with the grid's push/pull times and the books' bytes."""
         m = report.metrics
         span = m[keys.COMPUTE_END] - m[keys.COMPUTE_START]
         compute = {p: m.get(keys.time_key(p), 0.0) for p in keys.COMPUTE_PHASES}
