@@ -131,7 +131,7 @@ class RunRecorder:
         self._summary: dict | None = None
 
     def write_config(self) -> None:
-        """Writes ``config.json`` once; every run appends to ``configs.json`` with ``after-round``."""
+        """``config.json`` once; every run (a resume too) appends to ``configs.json``."""
         history_path = self.run_dir / CONFIG_HISTORY
         if self.done == 0 and not history_path.exists():
             write_json(self.run_dir / keys.CONFIG_FILE, self.cfg.to_dict())
