@@ -237,10 +237,7 @@ def measured_table(nodes: list[NodeTimes], server: list[tuple[str, float, float]
               "mod": {"books": sum(n.books_s for n in nodes),
                       "transfer": sum(n.transfer_s for n in nodes)}}
     for row, s in swept.items():
-        if row not in shares:
-            table[row] += s
-            continue
-        weights = shares[row]  # shared in proportion (evenly if all are zero)
+        weights = shares.get(row, {row: 1.0})  # shared in proportion (evenly if all are zero)
         norm = sum(weights.values())
         for p, w in weights.items():
             table[p] += s * w / norm if norm > 0 else s / len(weights)
