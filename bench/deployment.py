@@ -31,8 +31,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from server_app.phase_table import RoundTimes, format_table, mean_table
-from server_app.timeline import NodeTimes
+from server_app.timeline import NodeTimes, RoundTimes, format_table, mean_table
 from tools.deploy.linklab import format_run_config
 from tools.simulate import simulate
 

@@ -14,7 +14,7 @@ For each strategy and setting it prints:
   links (``server_app.timeline.project``, deployment view: the same compute and measured
   fixed costs, transfer = the books' message bytes × 8 ÷ rate);
 * measured transfer ÷ projected transfer, from per-node transfer timestamps: the kernel's
-  byte counters of each shaped veth, sampled every 10 ms (``server_app.wire_sampler``), give
+  byte counters of each shaped veth, sampled every 10 ms (``server_app.calibration``), give
   how long each message kept its link busy (the download between the push and the handler,
   the upload between the handler and the pull); projected = ``fedvit.wire.links``' price of the
   message (its bytes in TCP/IP frames plus Flower's HTTP framing per object) ÷ the rate;
@@ -52,9 +52,8 @@ from fedvit.wire.links import (
     PUSH_OBJECT_BYTES,
     Link,
 )
-from server_app.phase_table import RoundTimes
-from server_app.timeline import FixedCosts, NodeTimes, project
-from server_app.wire_sampler import CounterSampler
+from server_app.calibration import CounterSampler
+from server_app.timeline import FixedCosts, NodeTimes, RoundTimes, project
 from tools.deploy.linklab import UNSHAPED_MBPS, LinkLab
 
 MODEL = {"model-name": "vit_tiny_patch16_224", "weights-path": "", "img-size": 32,

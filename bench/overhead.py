@@ -17,7 +17,7 @@ import tempfile
 
 from flwr.common.config import parse_config_args
 
-from server_app.phase_table import format_table, mean_table
+from server_app.timeline import format_table, mean_table
 from tools.simulate import simulate
 
 

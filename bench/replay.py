@@ -48,9 +48,8 @@ from flwr.common.config import parse_config_args
 
 from fedvit import keys
 from fedvit.wire.links import OBJECT_CALL_S, Link
-from server_app.phase_table import RoundTimes
-from server_app.timeline import NodeTimes
-from server_app.wire_sampler import CounterSampler
+from server_app.calibration import CounterSampler
+from server_app.timeline import NodeTimes, RoundTimes
 from tools.deploy.linklab import LinkLab
 from tools.replay.engine import replay_run
 from tools.replay.specs import parse_links

@@ -13,5 +13,4 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Validate the config (before any training), then run."""
     run_federation(grid, AppConfig.from_run_config(context.run_config))

@@ -32,16 +32,9 @@ from fedvit.model.tensors import load_exchanged
 from fedvit.model.train import evaluate
 from fedvit.schema import MB
 from server_app.grid import TimedGrid
-from server_app.phase_table import RoundTimes
-from server_app.recorder import (
-    Checkpoint,
-    RunRecorder,
-    load_checkpoint,
-    new_run_dir,
-    resumed_record,
-)
+from server_app.recorder import Checkpoint, RunRecorder, load_checkpoint, new_run_dir
 from server_app.summary import Estimated, FlowerExit, RunStopped, estimate, stop_line
-from server_app.timeline import NodeTimes
+from server_app.timeline import NodeTimes, RoundTimes
 from strategies import Books, RoundLog, build_strategy
 
 
@@ -72,7 +65,11 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     mean, std = input_stats(model)
     test_loader = make_loader(test_data, cols, cfg, mean, std, shuffle=False,
                               batch_size=cfg.eval_batch_size)
-    ckpt = _checkpoint(cfg, model)
+    ckpt = load_checkpoint(resolve_path(cfg.resume_from)) if cfg.resume_from else None
+    if ckpt:  # ConfigError unless its tensors fit the model
+        raise_errors(resume_tensor_errors(
+            cfg, {k: tuple(v.shape) for k, v in exchanged_state(model).items()},
+            {k: tuple(a.shape) for k, a in ckpt.arrays.items()}))
     initial = ckpt.arrays if ckpt else ArrayRecord(exchanged_state(model))
     done = ckpt.round if ckpt else 0
     strategy = build_strategy(cfg, initial.keys())
@@ -81,7 +78,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     run_dir = resolve_path(cfg.resume_from) if ckpt else new_run_dir(cfg)
     timed_grid = TimedGrid(grid, cfg.min_nodes, cfg.node_wait_s)
     recorder = RunRecorder(cfg, run_dir, strategy, timed_grid.times,
-                           resumed_record(count_parameters(model), ckpt), done)
+                           count_parameters(model), ckpt)
     recorder.write_config()
 
     def on_flower_exit() -> None:
@@ -119,17 +116,6 @@ def run_federation(grid: Grid, cfg: AppConfig) -> RunOutcome:
     rec = recorder.record
     return RunOutcome(run_dir, result, strategy.books, rec.rounds, summary, initial,
                       rec.phases, strategy.timeline, rec.nodes)
-
-
-def _checkpoint(cfg: AppConfig, model) -> Checkpoint | None:
-    """``resume-from``'s checkpoint or None; ``ConfigError`` unless its tensors fit ``model``."""
-    if not cfg.resume_from:
-        return None
-    ckpt = load_checkpoint(resolve_path(cfg.resume_from))
-    raise_errors(resume_tensor_errors(
-        cfg, {k: tuple(v.shape) for k, v in exchanged_state(model).items()},
-        {k: tuple(a.shape) for k, a in ckpt.arrays.items()}))
-    return ckpt
 
 
 def _log_start(cfg: AppConfig, model, initial: ArrayRecord, grid: TimedGrid, run_dir: Path,

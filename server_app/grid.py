@@ -1,9 +1,7 @@
 """A Grid wrapper: times pushes and pulls, polls promptly, never waits for nodes gone.
 
-Flower 1.41's ``HttpGrid.send_and_receive`` (every ``flwr run``) sleeps 3 s between pulls, rounding
-a round up to 3 s; this polls every ``POLL_S`` through the same public API. A message to a node that
-left gets no reply: its wait ends when the node is gone. FedAvg's sampling waits forever for its
-nodes; ``get_node_ids`` raises ``TooFewNodes`` instead."""
+Flower 1.41's ``HttpGrid.send_and_receive`` (every ``flwr run``) sleeps 3 s between pulls,
+rounding a round up to 3 s; FedAvg's sampling waits forever for its nodes."""
 
 from __future__ import annotations
 
@@ -25,8 +23,7 @@ class TooFewNodes(RuntimeError):
 
 
 class RunEnding(BaseException):
-    """Flower's exit handlers ran (``flwr stop``, Ctrl-C, SIGTERM): the ServerApp's thread
-    stops at its next grid call or record."""
+    """Flower's exit handlers ran: the next grid call or record stops the run's thread."""
 
 
 @dataclass
@@ -37,9 +34,6 @@ class GridTimes:
     pushes: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
     pushed: dict[str, float] = field(default_factory=dict)
     pulled: dict[str, float] = field(default_factory=dict)
-
-    def send_s(self, server_round: int) -> float:
-        return sum(b - a for a, b in self.pushes.get(server_round, []))
 
 
 class TimedGrid:

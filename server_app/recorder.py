@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from logging import ERROR, INFO
 from pathlib import Path
-from typing import Any
 
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
@@ -27,9 +26,14 @@ from fedvit.files import atomic_path, write_json
 from fedvit.keys import CHECKPOINT_STATE, CHECKPOINT_TENSORS, CONFIG_HISTORY
 from fedvit.schema import MB
 from fedvit.wire.links import DEFAULT_COSTS, WireCosts
-from server_app.calibration import WireSample, calibrate, samples_of
+from server_app.calibration import (
+    CounterSampler,
+    WireCounters,
+    WireSample,
+    calibrate,
+    samples_of,
+)
 from server_app.grid import GridTimes, RunEnding
-from server_app.phase_table import RoundTimes
 from server_app.summary import (
     Estimate,
     RunRecord,
@@ -38,13 +42,8 @@ from server_app.summary import (
     stop_line,
     stop_status,
 )
-from server_app.timeline import FixedCosts, NodeTimes, round_times
-from server_app.wire_sampler import CounterSampler, WireCounters
+from server_app.timeline import FixedCosts, NodeTimes, RoundTimes, round_times
 from strategies import BookRow, Books
-
-# Aggregated train metrics copied into rounds.csv (None where a run has none).
-ROUND_TRAIN_METRICS = (keys.TRAIN_LOSS, f"{keys.VAL}-accuracy", keys.LORA_AGG_ERROR_MEAN,
-                       keys.LORA_AGG_ERROR_MAX)
 
 
 def new_run_dir(cfg: AppConfig) -> Path:
@@ -60,30 +59,21 @@ def new_run_dir(cfg: AppConfig) -> Path:
     return path
 
 
-@dataclass
-class ResultsWriter:
-    """Writes a run's files."""
-
-    run_dir: Path
-
-    def write_json(self, name: str, data: Any) -> None:
-        write_json(self.run_dir / name, data)
-
-    def write_table(self, stem: str, rows: list[dict]) -> None:
-        """Rewrite ``<stem>.csv`` and ``.json``; ``ValueError`` (nothing written) unless each
-        row has exactly ``fedvit.schema``'s columns in order."""
-        expected = schema.columns(stem)
-        for row in rows:
-            if list(row) != expected:
-                raise ValueError(f"{stem} row {row!r} does not have the columns of "
-                                 f"fedvit.schema ({expected})")
-        self.write_json(f"{stem}.json", rows)
-        if not rows:
-            return
-        with atomic_path(self.run_dir / f"{stem}.csv") as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+def write_table(run_dir: Path, stem: str, rows: list[dict]) -> None:
+    """Rewrite ``<stem>.csv`` and ``.json``; ``ValueError`` (nothing written) unless each
+    row has exactly ``fedvit.schema``'s columns in order."""
+    expected = schema.columns(stem)
+    for row in rows:
+        if list(row) != expected:
+            raise ValueError(f"{stem} row {row!r} does not have the columns of "
+                             f"fedvit.schema ({expected})")
+    write_json(run_dir / f"{stem}.json", rows)
+    if not rows:
+        return
+    with atomic_path(run_dir / f"{stem}.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 @dataclass
@@ -120,13 +110,15 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
 
 class RunRecorder:
     """Writes a run's folder from ``strategy``'s books, timeline and rejections and logs a
-    line per round; ``done``: rounds completed before this run started."""
+    line per round; ``ckpt``: the checkpoint a resumed run goes on from, its rounds recorded."""
 
     def __init__(self, cfg: AppConfig, run_dir: Path, strategy, grid_times: GridTimes,
-                 record: RunRecord, done: int) -> None:
+                 parameters: tuple[int, int], ckpt: Checkpoint | None) -> None:
         self.cfg, self.run_dir, self.strategy = cfg, run_dir, strategy
-        self.grid_times, self.record, self.done = grid_times, record, done
-        self.writer = ResultsWriter(run_dir)
+        self.grid_times, self.done = grid_times, ckpt.round if ckpt else 0
+        self.record = RunRecord(parameters) if ckpt is None else RunRecord(
+            parameters, list(ckpt.rounds), [RoundTimes.from_row(r) for r in ckpt.phases],
+            [NodeTimes.from_row(r) for r in ckpt.nodes])
         self.fixed = FixedCosts(cfg.deploy_pickup_s, cfg.deploy_startup_s, cfg.deploy_return_s)
         self.estimate: Estimate | None = None
         self.wire = WireCounters.from_env()
@@ -139,16 +131,15 @@ class RunRecorder:
         self._summary: dict | None = None
 
     def write_config(self) -> None:
-        """A new run writes ``config.json``; every run (a resume too) appends its config to
-        ``configs.json`` with ``after-round``."""
+        """``config.json`` once; every run (a resume too) appends to ``configs.json``."""
         history_path = self.run_dir / CONFIG_HISTORY
         if self.done == 0 and not history_path.exists():
-            self.writer.write_json(keys.CONFIG_FILE, self.cfg.to_dict())
+            write_json(self.run_dir / keys.CONFIG_FILE, self.cfg.to_dict())
             history = []
         else:
             history = json.loads(history_path.read_text())
-        self.writer.write_json(CONFIG_HISTORY, [*history, {"after-round": self.done,
-                                                          "config": self.cfg.to_dict()}])
+        write_json(history_path, [*history, {"after-round": self.done,
+                                             "config": self.cfg.to_dict()}])
 
     def recording(self, evaluate_fn: Callable[[int, ArrayRecord], MetricRecord]
                   ) -> Callable[[int, ArrayRecord], MetricRecord]:
@@ -185,7 +176,7 @@ class RunRecorder:
             phases, node_rows = [p.as_row() for p in rec.phases], [n.as_row() for n in rec.nodes]
             for stem, rows in ((keys.ROUNDS, rec.rounds), (keys.BOOKS, s.books.as_rows()),
                                (keys.PHASES, phases), (keys.NODES, node_rows)):
-                self.writer.write_table(stem, rows)
+                write_table(self.run_dir, stem, rows)
             save_checkpoint(self.run_dir, Checkpoint(
                 server_round, arrays, s.books.rows, rec.rounds, phases, s.rejections,
                 node_rows, self.estimate.through(server_round).as_row()))
@@ -224,11 +215,11 @@ class RunRecorder:
                     last = self.record.rounds[-1]["round"] if self.record.rounds else 0
                     books = Books([r for r in books.rows if r.round <= last], books.mismatches)
                 elif s.books.rows:  # a failed round's rows (its nodes' errors) are shown too
-                    self.writer.write_table(keys.BOOKS, s.books.as_rows())
+                    write_table(self.run_dir, keys.BOOKS, s.books.as_rows())
                 summary = build_summary(self.cfg, self.record, books, s.rejections,
                                         self.estimate, time.perf_counter() - self._t_start,
                                         stop, wire)
-                self.writer.write_json(keys.SUMMARY_FILE, summary)
+                write_json(self.run_dir / keys.SUMMARY_FILE, summary)
                 log_summary(summary, self.run_dir)
                 if stop is not None:
                     log(ERROR, "%s", stop_line(summary, self.run_dir))
@@ -246,15 +237,7 @@ def round_row(server_round: int, central: MetricRecord, books, times: RoundTimes
         "up-mb": this["up-msg"] / MB, "cumulative-mb": (cum["down-msg"] + cum["up-msg"]) / MB,
         "down-tensor-bytes": this["down-tensor"], "up-tensor-bytes": this["up-tensor"],
         "down-msg-bytes": this["down-msg"], "up-msg-bytes": this["up-msg"],
-        **{key: train.get(key) for key in ROUND_TRAIN_METRICS},
+        **{key: train.get(key) for key in (keys.TRAIN_LOSS, f"{keys.VAL}-accuracy",
+                                           keys.LORA_AGG_ERROR_MEAN, keys.LORA_AGG_ERROR_MAX)},
         "round-s": times.wall_s, "unexplained-s": times.measured["unexplained"],
         "projected-round-s": times.projected_s, "deployment-round-s": times.deployment_s}
-
-
-def resumed_record(parameters: tuple[int, int], ckpt: Checkpoint | None) -> RunRecord:
-    """The record a run starts with: empty, or a resumed run's checkpointed rounds."""
-    if ckpt is None:
-        return RunRecord(parameters)
-    return RunRecord(parameters, list(ckpt.rounds),
-                     [RoundTimes.from_row(r) for r in ckpt.phases],
-                     [NodeTimes.from_row(r) for r in ckpt.nodes])

@@ -1,9 +1,6 @@
-"""A run's ``summary.json``: totals, final accuracy, the bandwidth estimate against the
-measurement, the steady round's phase table, and how the run ended; plus the lines it logs.
-
-The estimate, (model down + update up) x clients x fraction x rounds, is computed before
-round 1; a resumed run adds what the checkpoint estimated for the rounds before it, so
-every round is estimated under the config it ran with."""
+"""A run's ``summary.json`` and the lines it logs. The bandwidth estimate is made before round 1;
+a resume adds what its checkpoint estimated for the rounds before, so every round is estimated
+under the config it ran with."""
 
 from __future__ import annotations
 
@@ -22,8 +19,7 @@ from fedvit.keys import SUMMARY_FILE, WIRE_COSTS
 from fedvit.schema import MB, dataclass_row, field_values
 from fedvit.wire.links import DEFAULT_COSTS
 from server_app.grid import TooFewNodes
-from server_app.phase_table import RoundTimes, format_table, mean_table
-from server_app.timeline import NodeTimes
+from server_app.timeline import NodeTimes, RoundTimes, format_table, mean_table
 from strategies import Books
 from strategies.failures import NodesFailed, unaggregated_rounds
 
@@ -63,20 +59,12 @@ class Estimate(_Row):
     rounds: int
     down: int
     up: int
-    up_bytes_per_message_min: int | None = None  # None: up_bytes_per_message
-    up_min: int | None = None  # None: up
+    up_bytes_per_message_min: int
+    up_min: int
     earlier_rounds: int = 0
     earlier_down: int = 0
     earlier_up: int = 0
     earlier_up_min: int = 0
-
-    def __post_init__(self) -> None:
-        if self.up_bytes_per_message_min is None:
-            object.__setattr__(self, "up_bytes_per_message_min", self.up_bytes_per_message)
-        if self.up_min is None:
-            object.__setattr__(self, "up_min", self.up)
-
-    as_dict = _Row.as_row  # summary.json's "estimate"
 
     def through(self, server_round: int) -> Estimated:
         n = server_round - self.earlier_rounds
@@ -137,8 +125,7 @@ def estimate(arrays: dict[str, np.ndarray], num_nodes: int, cfg: AppConfig,
 
 @dataclass
 class RunRecord:
-    """A run's completed rounds (a resume's start with its checkpoint's); ``parameters``:
-    (all, trainable)."""
+    """A run's completed rounds (a resume's from its checkpoint); ``parameters``: all, trainable."""
 
     parameters: tuple[int, int]
     rounds: list[dict] = field(default_factory=list)
@@ -226,7 +213,7 @@ def build_summary(cfg: AppConfig, run: RunRecord, books: Books, rejections: list
         "trainable-parameters": trainable, "rounds": len(rounds),
         "final-central-accuracy": rounds[-1]["central-accuracy"] if rounds else None,
         "final-central-loss": rounds[-1]["central-loss"] if rounds else None,
-        "wall-s": wall_s, "bytes": t, "estimate": est.as_dict() if est else None,
+        "wall-s": wall_s, "bytes": t, "estimate": est.as_row() if est else None,
         "estimate-matches-tensor-bytes": est.matches(t["down-tensor"], t["up-tensor"], (
             compared_rounds(done, status["unaggregated-rounds"]))) if est else None,
         "framing-overhead-percent": 100 * (msg - tensor) / tensor if tensor else None,

@@ -1,13 +1,6 @@
-"""Where a round's time goes: measured second by second, and projected onto links.
-
-Measured: each moment from a round's first configure call to its central evaluation's end goes to
-the first ``PRIORITY`` row covering it (``unexplained``: none), so the rows add up to the wall time:
-the server's intervals, and each reply's ``t-*`` stamps from push to pull. Compute moments are
-shared among the compute rows by the reported seconds, the mod's between ``books`` and ``transfer``
-likewise. Projected: per phase the critical path (slowest download + work + upload, on its link)
-plus the server's rows; ``deployment`` adds pickup, start-up and return (a fresh process's own, net
-of a ``link-real`` link's transfer, else ``deploy-*-s``). Stamps are on the node's clock, push/pull
-on the server's: a skew of d s moves d between ``pickup`` and ``return``."""
+"""Where a round's time goes: measured second by second, projected onto links, and the phase
+table (``phases.csv/json``), its mean over rounds and its text. Stamps are on the node's clock,
+push/pull on the server's: a skew of d s moves d between ``pickup`` and ``return``."""
 
 from __future__ import annotations
 
@@ -18,11 +11,10 @@ from logging import WARNING
 from flwr.common.logger import log
 
 from fedvit import keys
-from fedvit.keys import COMPUTE_ROWS, SERVER_ROWS, TABLE_ROWS
+from fedvit.keys import COMPUTE_ROWS, KINDS, SERVER_ROWS, TABLE_ROWS
 from fedvit.schema import dataclass_row, field_values
 from fedvit.wire.links import DEFAULT_COSTS, Link, LinkCurve, WireCosts, message_wait_s
 from server_app.grid import GridTimes
-from server_app.phase_table import RoundTimes
 from strategies import Books, RoundLog
 from strategies.timing import ClientReport
 
@@ -30,6 +22,64 @@ from strategies.timing import ClientReport
 PRIORITY = ("configure", "send", "aggregation", "central-eval", "compute", "deserialise",
             "serialise", "mod", "task-build", "start-up", "transfer", "return", "pickup")
 PHASES = ("train", "evaluate")  # in a round's order
+
+
+@dataclass(frozen=True)
+class RoundTimes:
+    """One round's seconds: ``measured`` rows add up to ``wall_s``, ``projected`` and
+    ``deployment`` (priced with ``costs``) to ``*_s``."""
+
+    round: int
+    wall_s: float
+    critical_compute_s: float
+    slowest_node: int
+    projected_s: float
+    deployment_s: float
+    measured: dict[str, float]
+    projected: dict[str, float]
+    deployment: dict[str, float]
+    costs: WireCosts = DEFAULT_COSTS
+
+    @property
+    def unexplained_share(self) -> float:
+        return self.measured["unexplained"] / self.wall_s if self.wall_s > 0 else 0.0
+
+    @classmethod
+    def from_row(cls, row: dict) -> RoundTimes:
+        plain = field_values(row, ("round", "wall_s", "critical_compute_s", "slowest_node",
+                                   "projected_s", "deployment_s"))
+        tables = {kind: {r: row[f"{kind}-{r}"] for r in TABLE_ROWS} for kind in KINDS}
+        return cls(**plain, **tables, costs=WireCosts.from_dict(row))
+
+    def as_row(self) -> dict:
+        """A row of ``phases.csv/json`` (``fedvit.schema.PHASES``; inverse ``from_row``)."""
+        tables = {f"{kind}-{r}": v for kind in KINDS for r, v in getattr(self, kind).items()}
+        return {**dataclass_row(self, leave_out=(*KINDS, "costs")), **tables,
+                **self.costs.as_dict()}
+
+
+def mean_table(rounds: list[RoundTimes]) -> dict[str, dict[str, float]]:
+    """Mean seconds per row over ``rounds``: {kind: {row: s}} for each of ``KINDS``."""
+    n = max(len(rounds), 1)
+    return {kind: {row: sum(getattr(r, kind)[row] for r in rounds) / n for row in TABLE_ROWS}
+            for kind in KINDS}
+
+
+def format_table(tables: dict[str, dict[str, dict[str, float]]],
+                 kinds: tuple[str, ...] = KINDS) -> str:
+    """The phase table, seconds and share per row, of runs side by side (``tables``: run
+    label to ``mean_table``; ``kinds``: its columns)."""
+    lines = [f"{'phase':<14}" + "".join(
+        f"{label + ' ' + kind[:4]:>24}" for label in tables for kind in kinds)]
+    for row in (*TABLE_ROWS, "total"):
+        cells = ""
+        for t in tables.values():
+            for kind in kinds:
+                total = sum(t[kind].values())
+                s = total if row == "total" else t[kind][row]
+                cells += f"{s:>14.3f} s {100 * s / total if total else 0.0:>5.1f} %"
+        lines.append(f"{row:<14}{cells}")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -66,7 +116,6 @@ class NodeTimes:
     @classmethod
     def from_report(cls, server_round: int, report: ClientReport, grid: GridTimes,
                     books: Books) -> NodeTimes:
-        """Join a reply's metrics with the grid's push/pull times and the books' bytes."""
         m = report.metrics
         span = m[keys.COMPUTE_END] - m[keys.COMPUTE_START]
         compute = {p: m.get(keys.time_key(p), 0.0) for p in keys.COMPUTE_PHASES}
@@ -111,12 +160,6 @@ class NodeTimes:
         out.update(self.compute, books=self.books_s, transfer=self.transfer_s)
         return out
 
-    def down_s(self, link: Link, costs: WireCosts = DEFAULT_COSTS) -> float:
-        return link.down_s(self.down_bytes, self.down_objects, costs)
-
-    def up_s(self, link: Link, costs: WireCosts = DEFAULT_COSTS) -> float:
-        return link.up_s(self.up_bytes, self.up_objects, costs)
-
     def path(self, link: Link | LinkCurve, fixed: FixedCosts | None,
              costs: WireCosts = DEFAULT_COSTS, start: float = 0.0, speed: float = 1.0
              ) -> dict[str, float]:
@@ -136,11 +179,12 @@ class NodeTimes:
             # before its imports: download and back-off lie inside pickup + start-up.
             own = self.link if self.link.real else Link(float("inf"), float("inf"), 0.0)
             waits = max(0.0, sec["pickup"] + sec["start-up"]
-                        - message_wait_s(self.down_s(own, costs)))
+                        - message_wait_s(own.down_s(self.down_bytes, self.down_objects, costs)))
             out["pickup"] = min(sec["pickup"], waits)
             out["start-up"] = waits - out["pickup"]
             out["task-build"] = sec["task-build"]
-            out["return"] = max(0.0, sec["return"] - self.up_s(own, costs))
+            out["return"] = max(0.0, sec["return"] - own.up_s(self.up_bytes, self.up_objects,
+                                                              costs))
         else:
             out.update({"pickup": fixed.pickup_s, "start-up": fixed.startup_s,
                         "task-build": 0.0, "return": fixed.return_s})
@@ -155,11 +199,9 @@ class NodeTimes:
 
     def as_row(self) -> dict:
         """A flat row of ``nodes.csv/json`` (``fedvit.schema.NODES``; inverse ``from_row``)."""
-        row = dataclass_row(self, leave_out=("stamps", "compute", "link"))
-        row.update(self.stamps)
-        row.update({keys.time_key(k): v for k, v in self.compute.items()})
-        row.update(self.link.as_metrics())
-        return row
+        compute = {keys.time_key(k): v for k, v in self.compute.items()}
+        return {**dataclass_row(self, leave_out=("stamps", "compute", "link")), **self.stamps,
+                **compute, **self.link.as_metrics()}
 
     @classmethod
     def from_row(cls, row: dict) -> NodeTimes:
@@ -195,10 +237,7 @@ def measured_table(nodes: list[NodeTimes], server: list[tuple[str, float, float]
               "mod": {"books": sum(n.books_s for n in nodes),
                       "transfer": sum(n.transfer_s for n in nodes)}}
     for row, s in swept.items():
-        if row not in shares:
-            table[row] += s
-            continue
-        weights = shares[row]  # shared in proportion (evenly if all are zero)
+        weights = shares.get(row, {row: 1.0})  # shared in proportion (evenly if all are zero)
         norm = sum(weights.values())
         for p, w in weights.items():
             table[p] += s * w / norm if norm > 0 else s / len(weights)
@@ -248,10 +287,10 @@ def round_times(server_round: int, log: RoundLog, books: Books, grid: GridTimes,
     (start, end), server wall clock, its end closing the round."""
     nodes = [NodeTimes.from_report(server_round, c, grid, books) for c in log.clients]
     costs = costs_of(nodes)
-    server = [*log.server, ("central-eval", *central_eval),
-              *(("send", a, b) for a, b in grid.pushes.get(server_round, []))]
+    pushes = grid.pushes.get(server_round, [])
+    server = [*log.server, ("central-eval", *central_eval), *(("send", a, b) for a, b in pushes)]
     measured = measured_table(nodes, server, log.start, central_eval[1])
-    server_s = {"configure": log.configure_s, "send": grid.send_s(server_round),
+    server_s = {"configure": log.configure_s, "send": sum(b - a for a, b in pushes),
                 "aggregation": log.aggregate_s,
                 "central-eval": central_eval[1] - central_eval[0]}
     projected, critical = project(nodes, server_s, lambda n: n.link, None, costs)

@@ -15,9 +15,8 @@ import pytest
 
 from fedvit import keys
 from fedvit.wire.links import Link
-from server_app.phase_table import RoundTimes
-from server_app.timeline import NodeTimes
-from server_app.wire_sampler import CounterSampler
+from server_app.calibration import CounterSampler
+from server_app.timeline import NodeTimes, RoundTimes
 from tools.deploy.linklab import LinkLab
 from tools.deploy.linklab.netns import LinkLabError, check_privileges, netns_list
 
@@ -58,7 +57,8 @@ def test_the_slow_nodes_transfer_matches_its_projection(lab_run):
     link = Link(SLOW_MBPS, SLOW_MBPS, 0.0)
     windows = {"down": (slow.pushed, slow.stamps[keys.MOD_IN]),
                "up": (slow.stamps[keys.MOD_OUT], slow.pulled)}
-    for direction, projected in (("down", slow.down_s(link)), ("up", slow.up_s(link))):
+    for direction, projected in (("down", link.down_s(slow.down_bytes, slow.down_objects)),
+                                 ("up", link.up_s(slow.up_bytes, slow.up_objects))):
         measured = lab_run["sampler"].busy_span(lab_run["slow_if"], direction,
                                                 *windows[direction])
         assert projected > 1.5  # ~60 kB: long enough to measure at 10 ms

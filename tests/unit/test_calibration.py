@@ -7,9 +7,15 @@ import pytest
 
 from fedvit import keys
 from fedvit.wire.links import DEFAULT_COSTS, FRAME_FACTOR, Link, object_seconds, wire_bytes
-from server_app.calibration import MIN_OBJECTS, WireSample, calibrate, link_during, samples_of
+from server_app.calibration import (
+    MIN_OBJECTS,
+    CounterSampler,
+    WireSample,
+    calibrate,
+    link_during,
+    samples_of,
+)
 from server_app.timeline import NodeTimes
-from server_app.wire_sampler import CounterSampler
 
 # 32 objects of 1448 payload bytes each: 1514 bytes in frames, + 486 B framing = 2000 B.
 OBJECTS, PAYLOAD, FRAMING = 32, 32 * 1448, 486.0

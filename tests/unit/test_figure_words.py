@@ -73,14 +73,14 @@ def test_a_resumed_estimate_keeps_the_earlier_rounds_as_they_ran():
 def test_the_end_of_run_words_match_the_comparison():
     exact = estimate({"w": np.zeros(62_500, np.float32)}, 2,
                      AppConfig.from_run_config({"num-server-rounds": 4,
-                                                "fraction-evaluate": 0.0})).as_dict()
+                                                "fraction-evaluate": 0.0})).as_row()
     assert estimate_words(exact, True, 4) == "2.000 / 2.000: exact match"
     assert estimate_words(exact, True, 1) == "for rounds 1-1 of 4 0.500 / 0.500: exact match"
     assert estimate_words(exact, False, 4) == ("2.000 / 2.000: DIFFERENT (estimated bytes "
                                                "2,000,000 / 2,000,000)")
     topk = estimate({"w": np.zeros(62_500, np.float32)}, 2,
                     AppConfig.from_run_config({"num-server-rounds": 4, "codec-up": "topk",
-                                               "fraction-evaluate": 0.0})).as_dict()
+                                               "fraction-evaluate": 0.0})).as_row()
     assert estimate_words(topk, True, 4).endswith("down exact, up within the range")
     assert "(top-k's index encoding depends on the values)" in estimate_words(topk, True, 4)
     assert "OUTSIDE the range" in estimate_words(topk, False, 4)

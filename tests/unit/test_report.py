@@ -11,8 +11,7 @@ from fedvit import keys
 from fedvit.keys import COMPUTE_ROWS, TABLE_ROWS
 from fedvit.wire.links import DEFAULT_COSTS, Link
 from fedvit.wire.links import FRAME_FACTOR as F
-from server_app.phase_table import format_table
-from server_app.timeline import FixedCosts, NodeTimes
+from server_app.timeline import FixedCosts, NodeTimes, format_table
 from tools.report.cli import main, make_report
 from tools.report.linkmodel import LinkModel, RecordedRound, link_model
 from tools.report.load import load_runs

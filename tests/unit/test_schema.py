@@ -13,10 +13,9 @@ from flwr.app import MetricRecord
 from fedvit import keys, schema
 from fedvit.config.appconfig import AppConfig
 from fedvit.wire.links import Link
-from server_app.phase_table import RoundTimes
-from server_app.recorder import ResultsWriter, round_row
+from server_app.recorder import round_row, write_table
 from server_app.summary import Estimate, RunRecord, build_summary
-from server_app.timeline import NodeTimes
+from server_app.timeline import NodeTimes, RoundTimes
 from strategies import BookRow, Books
 
 RESULTS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "results.md"
@@ -58,12 +57,11 @@ def test_every_row_builder_writes_the_schema_columns_in_order():
 
 
 def test_the_writer_refuses_a_row_with_other_columns(tmp_path: Path):
-    writer = ResultsWriter(tmp_path)
     row = BookRow(1, "train", 2, "down", 3, 4).as_row()
-    writer.write_table(keys.BOOKS, [row])
+    write_table(tmp_path, keys.BOOKS, [row])
     assert json.loads((tmp_path / "books.json").read_text()) == [row]
     with pytest.raises(ValueError, match="does not have the columns of fedvit.schema"):
-        writer.write_table(keys.BOOKS, [{**row, "node_id": 2}])
+        write_table(tmp_path, keys.BOOKS, [{**row, "node_id": 2}])
     assert json.loads((tmp_path / "books.json").read_text()) == [row]  # left as it was
 
 
@@ -77,7 +75,7 @@ def test_rows_round_trip():
 def test_summary_has_the_schema_keys():
     cfg = AppConfig.from_run_config({})
     record = RunRecord((100, 10), phases=[_round()], nodes=[_node()])
-    est = Estimate(1, 2, 2, 2, 0, 5, 10, 20)
+    est = Estimate(1, 2, 2, 2, 0, 5, 10, 20, 2, 20)
     summary = build_summary(cfg, record, Books(), [], est, 1.5, None, None)
     names = [name for name, _ in schema.SUMMARY if name not in schema.OPTIONAL_SUMMARY]
     assert list(summary) == names

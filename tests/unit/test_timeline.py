@@ -16,8 +16,7 @@ from fedvit.wire.links import (
     node_link,
 )
 from server_app.grid import GridTimes
-from server_app.phase_table import RoundTimes
-from server_app.timeline import FixedCosts, NodeTimes, critical_path, round_times, sweep
+from server_app.timeline import FixedCosts, NodeTimes, RoundTimes, critical_path, round_times, sweep
 from strategies import BookRow, Books, RoundLog
 from strategies.timing import ClientReport
 

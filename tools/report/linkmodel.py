@@ -26,8 +26,7 @@ import numpy as np
 
 from fedvit.keys import SERVER_ROWS, TABLE_ROWS
 from fedvit.wire.links import DEFAULT_COSTS, Link, WireCosts, wire_bytes
-from server_app.phase_table import RoundTimes
-from server_app.timeline import FixedCosts, NodeTimes, project
+from server_app.timeline import FixedCosts, NodeTimes, RoundTimes, project
 from tools.report.load import Run, steady_rounds
 
 SWEEP_MBPS = (1.0, 10_000.0)  # 1 Mbit/s .. 10 Gbit/s

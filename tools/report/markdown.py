@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedvit.schema import MB
-from server_app.phase_table import format_table
+from server_app.timeline import format_table
 from tools.report.linkmodel import (
     SWEEP_MBPS,
     LinkModel,
