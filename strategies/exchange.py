@@ -66,10 +66,6 @@ class ExchangeCodecs(StrategyWrapper):
                   float(m.content.metric_records.get(METRICS, {}).get(PARTITION_ID, 0)))
         return super().aggregate(phase, server_round, kept)
 
-    def resume(self, rejections: list[dict]) -> None:
-        """Start the rejections with a checkpoint's."""
-        self.rejections = list(rejections)
-
     def _accept(self, msg: Message) -> Message:
         """The reply with decoded, checked global-shaped tensors, or ``RejectedReply``."""
         record = msg.content.array_records.get(self.arrayrecord_key)

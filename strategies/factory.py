@@ -34,8 +34,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedvit.config.appconfig import AppConfig
 from fedvit.keys import BYTES_KEYS, METRICS
-from strategies.bandwidth import BandwidthTracking
-from strategies.books import BookRow, Books
+from strategies.bandwidth import BandwidthTracking, BookRow, Books
 from strategies.exchange import ExchangeCodecs
 from strategies.failures import StopOnCommonFailure
 from strategies.fedlora import FedLoRA
@@ -67,9 +66,9 @@ class FedVitStrategy(StrategyWrapper):
 
     def resume(self, after_round: int, books: list[BookRow], rejections: list[dict]) -> None:
         """Go on from a checkpoint: rounds from ``after_round + 1``, its books and rejections."""
-        self._offset.resume(after_round)
-        self._books.resume(books)
-        self._codecs.resume(rejections)
+        self._offset.offset = after_round
+        self._books.books = Books(list(books))
+        self._codecs.rejections = list(rejections)
 
 
 def aggregate_reply_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
