@@ -25,7 +25,6 @@ app = ClientApp(mods=list(WIRE_MODS))
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Load the global tensors, train locally, reply with the exchanged tensors."""
     stamps = {HANDLER_IN: time.time()}
     cfg, task, pid, received, optimizer = _prepare(msg, context, stamps, train=True)
     val = _val_metrics(cfg, task, prefix=keys.VAL) if cfg.evaluate_in_train else {}
@@ -44,7 +43,6 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the received global tensors on the local validation split."""
     stamps = {HANDLER_IN: time.time()}
     cfg, task, pid, _, _ = _prepare(msg, context, stamps)
     metrics = _val_metrics(cfg, task, prefix=keys.EVAL)
@@ -75,7 +73,6 @@ def _prepare(
 
 
 def _val_metrics(cfg: AppConfig, task: LocalTask, prefix: str) -> dict:
-    """Loss, accuracy, example count and time of the current model on the validation split."""
     t0 = time.perf_counter()
     res = evaluate_loader(task.model, task.val, cfg.torch_device, cfg.use_bf16)
     return {f"{prefix}-loss": res["loss"], f"{prefix}-accuracy": res["accuracy"],

@@ -1,7 +1,6 @@
-"""Client mods: ``bandwidth_mod`` measures every message in and reply out (``fedvit.wire.
-measure``) and stamps its way through the node (``t-*`` keys) in the reply's ``metrics``, the
-up figures before its own keys (``REPORT_KEYS``), so the server books the report's bytes
-exactly; ``packing_mod`` unpacks and packs (``pack-tensors``)."""
+"""``bandwidth_mod`` measures each message in and reply out and stamps both (``t-*``); it
+measures the reply before adding its own keys (``REPORT_KEYS``), so the server books the
+report exactly. ``packing_mod`` unpacks and packs (``pack-tensors``)."""
 
 from __future__ import annotations
 
@@ -54,7 +53,6 @@ def bandwidth_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
 
 
 def _sleep(seconds: float) -> float:
-    """Sleep ``seconds``; return the seconds slept."""
     t0 = time.time()
     time.sleep(seconds)
     return time.time() - t0

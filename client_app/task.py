@@ -24,8 +24,6 @@ EF_STATE = "error-feedback"  # context.state key of the top-k residual
 
 @dataclass
 class LocalTask:
-    """Model plus the client's local train and validation loaders."""
-
     model: nn.Module
     train: DataLoader
     val: DataLoader
@@ -64,7 +62,6 @@ def _model(cfg: AppConfig, num_classes: int) -> nn.Module:
 @lru_cache(maxsize=16)
 def _data(cfg: AppConfig, partition_id: int, num_partitions: int
           ) -> tuple[DataLoader, DataLoader, int]:
-    """Train and validation loaders of the partition, and the number of classes."""
     data = client_data(cfg, partition_id, num_partitions)
     mean, std = input_stats(_model(cfg, data.cols.num_classes))
     return (make_loader(data.train, data.cols, cfg, mean, std, shuffle=True,

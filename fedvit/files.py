@@ -24,7 +24,6 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Replace a file's content with UTF-8 ``text`` atomically (``atomic_path``)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 

@@ -145,8 +145,7 @@ def column(field_name: str) -> str:
 
 
 def dataclass_row(obj: Any, leave_out: Iterable[str] = ()) -> dict[str, Any]:
-    """A dataclass instance's fields under their column names, in order, less ``leave_out``
-    (field names). TypeError: not a dataclass."""
+    """Fields under their column names, less ``leave_out`` (TypeError: not a dataclass)."""
     skip = set(leave_out)
     return {column(f.name): getattr(obj, f.name) for f in dataclasses.fields(obj)
             if f.name not in skip}
@@ -159,8 +158,7 @@ def field_values(row: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]
 
 
 def columns(stem: str) -> list[str]:
-    """Table ``stem``'s columns in order, ``<row>`` expanded over ``keys.TABLE_ROWS``
-    (KeyError: no such table)."""
+    """Table ``stem``'s columns, ``<row>`` expanded over ``keys.TABLE_ROWS`` (KeyError: none)."""
     return [name.replace(_ROW, row) for name, _ in TABLES[stem]
             for row in (k.TABLE_ROWS if _ROW in name else (_ROW,))]
 

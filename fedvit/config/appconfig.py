@@ -90,22 +90,18 @@ class AppConfig:
 
     @cached_property
     def down_codec(self) -> CodecSpec:
-        """``codec-down`` parsed: how the server encodes the model it sends."""
         return CodecSpec.parse(self.codec_down)
 
     @cached_property
     def up_codec(self) -> CodecSpec:
-        """``codec-up`` parsed: how a client encodes the update it sends back."""
         return CodecSpec.parse(self.codec_up)
 
     @property
     def use_cuda(self) -> bool:
-        """``device`` is ``cuda``, or ``auto`` and a GPU is there."""
         return self.device == "cuda" or (self.device == "auto" and cuda_available())
 
     @property
     def use_bf16(self) -> bool:
-        """bf16 autocast: asked for, or ``auto`` on a GPU."""
         return self.precision == "bf16" or (self.precision == "auto" and self.use_cuda)
 
     @property

@@ -12,7 +12,6 @@ APP_ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_PRETRAIN = "public-pretrain"
 EMBEDDED_DATASET = "digits"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# Every path-valued key, and what it may be.
 PATH_KEYS = {
     "weights-path": f"'', '{PUBLIC_PRETRAIN}' or an absolute path to a .safetensors/.pth file",
     "dataset": f"'{EMBEDDED_DATASET}', a hub id 'owner/name' or an absolute path to a "

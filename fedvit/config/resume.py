@@ -61,6 +61,5 @@ def resume_tensor_errors(cfg: AppConfig, expected: Mapping[str, tuple],
 
 
 def validate_server(cfg: AppConfig) -> None:
-    """The server's checks beyond ``from_run_config`` (ConfigError): the folder it writes,
-    then ``resume-from``'s run; clients never see either."""
+    """ConfigError for the server's folder, then ``resume-from``'s run (not clients')."""
     raise_errors(server_path_errors(cfg.outputs_dir, cfg.resume_from) or resume_errors(cfg))

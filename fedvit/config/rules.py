@@ -156,7 +156,6 @@ def target_modules(spec: str) -> list[str]:
 
 
 def cuda_available() -> bool:
-    """``torch.cuda.is_available()`` (imports torch)."""
     import torch
     return torch.cuda.is_available()
 
