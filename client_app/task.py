@@ -30,7 +30,6 @@ class LocalTask:
 
 
 def partition_of(node_config: dict) -> tuple[int, int]:
-    """(partition-id, num-partitions) from the node config, validated."""
     try:
         return int(node_config[PARTITION_ID]), int(node_config[NUM_PARTITIONS])
     except (KeyError, TypeError, ValueError) as err:

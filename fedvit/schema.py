@@ -140,7 +140,6 @@ OPTIONAL_SUMMARY = frozenset({"wire"})
 
 
 def column(field_name: str) -> str:
-    """The output column of a dataclass field: ``node_id`` -> ``node-id``."""
     return field_name.replace("_", "-")
 
 
@@ -152,8 +151,7 @@ def dataclass_row(obj: Any, leave_out: Iterable[str] = ()) -> dict[str, Any]:
 
 
 def field_values(row: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
-    """Inverse of ``dataclass_row``: {field name: value} for the ``names`` whose column ``row``
-    holds (a missing one is left to the dataclass's default or ``TypeError``)."""
+    """Inverse of ``dataclass_row`` for the ``names`` whose column ``row`` holds."""
     return {name: row[column(name)] for name in names if column(name) in row}
 
 

@@ -148,8 +148,7 @@ class BookingGrid:
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> list[Message]:
-        """Book the messages, send them, book and return the replies (ValueError for
-        messages of more than one type)."""
+        """Book and send the messages, book and return the replies (ValueError: mixed types)."""
         messages = list(messages)
         phases = {m.metadata.message_type for m in messages}
         if len(phases) > 1:

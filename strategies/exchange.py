@@ -1,6 +1,5 @@
-"""What crosses the wire (a wrapper): the global tensors go down encoded (``codec-down``) and
-packed (``pack-tensors``); each train reply (tensors, or an update encoded with ``codec-up``)
-is unpacked, decoded and checked, or rejected with a logged reason and not aggregated."""
+"""What crosses the wire (a wrapper): tensors go down encoded (``codec-down``) and packed; each
+train reply is unpacked, decoded (``codec-up``) and checked, or rejected and not aggregated."""
 
 from __future__ import annotations
 

@@ -15,8 +15,6 @@ TRAIN, EVALUATE = MessageType.TRAIN, MessageType.EVALUATE
 
 
 class StrategyWrapper(Strategy):
-    """A strategy that hands every hook to ``self.strategy``."""
-
     def __init__(self, strategy: Strategy) -> None:
         super().__init__()
         self.strategy = strategy

@@ -84,8 +84,7 @@ class AppConfig:
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> AppConfig:
         """Validate a run config (ConfigError lists every unknown key, wrong type and broken
-        rule); missing keys take pyproject.toml's defaults, as ``run_simulation`` passes none.
-        Cached per distinct run config and process: clients call this per message."""
+        rule); missing keys take pyproject.toml's defaults. Cached: clients call it per message."""
         return _validated(cls, tuple(sorted(dict(run_config).items())))
 
     @cached_property

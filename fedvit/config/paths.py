@@ -1,6 +1,5 @@
-"""Where things are: the app's folder, the artefact cache, and the path-valued keys' rules.
-Relative paths are refused: under ``flwr run`` the app runs from its install folder
-(``.flwr/apps/<bundle>/``, or the SuperLink's app folder), in-process from the project."""
+"""The app's folder, the artefact cache, the path keys' rules. Relative paths are refused: under
+``flwr run`` the app runs from its install folder (``.flwr/apps/<bundle>/``), not the project."""
 
 from __future__ import annotations
 

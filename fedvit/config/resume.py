@@ -19,9 +19,8 @@ RESUMABLE_KEYS = frozenset({
 
 
 def resume_errors(cfg: AppConfig) -> list[str]:
-    """``resume-from``'s folder must hold a checkpoint, keep every key outside
-    ``RESUMABLE_KEYS`` (its ``configs.json``'s last entry) and have done fewer than
-    ``num-server-rounds`` rounds. Raises OSError, ValueError: its files are unreadable."""
+    """``resume-from``'s folder must hold a checkpoint, keep every key outside ``RESUMABLE_KEYS``
+    and have done < ``num-server-rounds`` rounds. OSError, ValueError: unreadable files."""
     if not cfg.resume_from:
         return []
     folder = resolve_path(cfg.resume_from)
