@@ -76,8 +76,7 @@ def local_task(cfg: AppConfig, partition_id: int, num_partitions: int) -> LocalT
 
 
 def node_task(cfg: AppConfig, node_config: dict) -> tuple[LocalTask, int]:
-    """This node's task and partition id; sets torch's threads to ``num-threads``
-    (ConfigError for a node or run config this partition cannot work with)."""
+    """This node's task and partition id; torch set to ``num-threads`` threads (ConfigError)."""
     (pid, num), threads = partition_of(node_config), node_threads(node_config)
     task = local_task(cfg, pid, num)
     if threads and torch.get_num_threads() != threads:
