@@ -25,7 +25,6 @@ app = ClientApp(mods=list(WIRE_MODS))
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Load the global tensors, train locally, reply with the exchanged tensors."""
     stamps = {HANDLER_IN: time.time()}
     cfg, task, pid, received, optimizer = _prepare(msg, context, stamps, train=True)
     val = _val_metrics(cfg, task, prefix=keys.VAL) if cfg.evaluate_in_train else {}
@@ -44,7 +43,6 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the received global tensors on the local validation split."""
     stamps = {HANDLER_IN: time.time()}
     cfg, task, pid, _, _ = _prepare(msg, context, stamps)
     metrics = _val_metrics(cfg, task, prefix=keys.EVAL)
@@ -56,9 +54,8 @@ def evaluate(msg: Message, context: Context) -> Message:
 def _prepare(
     msg: Message, context: Context, stamps: dict[str, float], train: bool = False
 ) -> tuple[AppConfig, LocalTask, int, dict[str, np.ndarray], torch.optim.Optimizer | None]:
-    """Config, the task with the received (decoded) tensors loaded, those tensors, and for
-    ``train`` a fresh AdamW (stamped as start-up: its first build imports ``torch._dynamo``,
-    ~1 s). A refused run or node config raises ConfigError prefixed ``CONFIG_REFUSED``."""
+    """The task with the received tensors loaded; for ``train`` a fresh AdamW (start-up: its first
+    build imports ``torch._dynamo``). A refused config: ConfigError prefixed ``CONFIG_REFUSED``."""
     try:
         cfg = AppConfig.from_run_config(context.run_config)
         task, pid = node_task(cfg, context.node_config)
@@ -75,7 +72,6 @@ def _prepare(
 
 
 def _val_metrics(cfg: AppConfig, task: LocalTask, prefix: str) -> dict:
-    """Loss, accuracy, example count and time of the current model on the validation split."""
     t0 = time.perf_counter()
     res = evaluate_loader(task.model, task.val, cfg.torch_device, cfg.use_bf16)
     return {f"{prefix}-loss": res["loss"], f"{prefix}-accuracy": res["accuracy"],
@@ -85,7 +81,6 @@ def _val_metrics(cfg: AppConfig, task: LocalTask, prefix: str) -> dict:
 
 def _reply(msg: Message, context: Context, cfg: AppConfig, pid: int, stamps: dict[str, float],
            metrics: dict, arrays: ArrayRecord | None = None) -> Message:
-    """The reply: metrics, the node's stamps (``fedvit.keys``) and its link."""
     metrics.setdefault(keys.time_key("eval"), 0.0)
     metrics.update(node_link(cfg, context.node_config, pid).as_metrics())
     metrics.update({keys.PARTITION_ID: pid, **stamps, HANDLER_OUT: time.time()})

@@ -1,7 +1,6 @@
-"""Client mods: ``bandwidth_mod`` measures every message in and reply out (``fedvit.wire.
-measure``) and stamps its way through the node (``t-*`` keys) in the reply's ``metrics``, the
-up figures before its own keys (``REPORT_KEYS``), so the server books the report's bytes
-exactly; ``packing_mod`` unpacks and packs (``pack-tensors``)."""
+"""``bandwidth_mod`` measures each message in and reply out and stamps both (``t-*``); it
+measures the reply before adding its own keys (``REPORT_KEYS``), so the server books the
+report exactly. ``packing_mod`` unpacks and packs (``pack-tensors``)."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ from flwr.clientapp.typing import ClientAppCallable
 from client_app.task import partition_of
 from fedvit import keys
 from fedvit.config.appconfig import AppConfig
-from fedvit.keys import ARRAYS, METRICS
 from fedvit.startup import process_start_time
 from fedvit.wire.links import node_link
 from fedvit.wire.measure import message_size, tensor_bytes
@@ -38,14 +36,14 @@ def bandwidth_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
     if link:
         transfer_s += _sleep(link.down_s(down_msg, down_objects))
     reply = call_next(msg, context)
-    if reply.has_error() or METRICS not in reply.content.metric_records:
+    if reply.has_error() or keys.METRICS not in reply.content.metric_records:
         return reply
     t0 = time.time()
     up_tensor, (up_msg, up_objects) = tensor_bytes(reply.content), message_size(reply)
     books_s += time.time() - t0
     if link:
         transfer_s += _sleep(link.up_s(up_msg, up_objects))
-    metrics: MetricRecord = reply.content[METRICS]
+    metrics: MetricRecord = reply.content[keys.METRICS]
     metrics.update(zip(keys.BYTES_KEYS, (down_tensor, down_msg, up_tensor, up_msg), strict=True))
     metrics.update({keys.PROCESS_START: process_start_time(), keys.FRESH: int(fresh),
                     keys.BOOKS_S: books_s, keys.TRANSFER_S: transfer_s, keys.MOD_IN: t_in,
@@ -54,7 +52,6 @@ def bandwidth_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
 
 
 def _sleep(seconds: float) -> float:
-    """Sleep ``seconds``; return the seconds slept."""
     t0 = time.time()
     time.sleep(seconds)
     return time.time() - t0
@@ -63,15 +60,15 @@ def _sleep(seconds: float) -> float:
 def packing_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Unpack a packed message's tensors for the handler and pack its reply's alike (others pass
     as they are). A malformed packed record raises ``PackingError`` (an error reply)."""
-    record = msg.content.array_records.get(ARRAYS)
+    record = msg.content.array_records.get(keys.ARRAYS)
     packed = record is not None and is_packed(record)
     if packed:  # a new message: the one received stays as it crossed the wire
         content = RecordDict(dict(msg.content.items()))
-        content[ARRAYS] = unpack_record(record)
+        content[keys.ARRAYS] = unpack_record(record)
         msg = Message(content=content, metadata=copy.deepcopy(msg.metadata))
     reply = call_next(msg, context)
-    if packed and not reply.has_error() and ARRAYS in reply.content.array_records:
-        reply.content[ARRAYS] = pack_record(reply.content[ARRAYS])
+    if packed and not reply.has_error() and keys.ARRAYS in reply.content.array_records:
+        reply.content[keys.ARRAYS] = pack_record(reply.content[keys.ARRAYS])
     return reply
 
 

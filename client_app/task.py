@@ -24,15 +24,12 @@ EF_STATE = "error-feedback"  # context.state key of the top-k residual
 
 @dataclass
 class LocalTask:
-    """Model plus the client's local train and validation loaders."""
-
     model: nn.Module
     train: DataLoader
     val: DataLoader
 
 
 def partition_of(node_config: dict) -> tuple[int, int]:
-    """(partition-id, num-partitions) from the node config, validated."""
     try:
         return int(node_config[PARTITION_ID]), int(node_config[NUM_PARTITIONS])
     except (KeyError, TypeError, ValueError) as err:
@@ -64,7 +61,6 @@ def _model(cfg: AppConfig, num_classes: int) -> nn.Module:
 @lru_cache(maxsize=16)
 def _data(cfg: AppConfig, partition_id: int, num_partitions: int
           ) -> tuple[DataLoader, DataLoader, int]:
-    """Train and validation loaders of the partition, and the number of classes."""
     data = client_data(cfg, partition_id, num_partitions)
     mean, std = input_stats(_model(cfg, data.cols.num_classes))
     return (make_loader(data.train, data.cols, cfg, mean, std, shuffle=True,
@@ -80,8 +76,7 @@ def local_task(cfg: AppConfig, partition_id: int, num_partitions: int) -> LocalT
 
 
 def node_task(cfg: AppConfig, node_config: dict) -> tuple[LocalTask, int]:
-    """This node's task and partition id; sets torch's threads to ``num-threads``
-    (ConfigError for a node or run config this partition cannot work with)."""
+    """This node's task and partition id; torch set to ``num-threads`` threads (ConfigError)."""
     (pid, num), threads = partition_of(node_config), node_threads(node_config)
     task = local_task(cfg, pid, num)
     if threads and torch.get_num_threads() != threads:

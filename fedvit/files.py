@@ -23,12 +23,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Replace a file's content with UTF-8 ``text`` atomically (``atomic_path``)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def write_json(path: Path, data: Any, indent: int | None = 2) -> None:
     """Replace a file with ``data`` as JSON and a newline, atomically (TypeError: not JSON)."""
-    write_text(path, json.dumps(data, indent=indent) + "\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=indent) + "\n")

@@ -20,21 +20,17 @@ EXAMPLES_PER_S = "examples-per-s"
 VAL, EVAL = "val", "eval"  # prefixes of ``<prefix>-loss``/``-accuracy``/``-examples``
 LORA_AGG_ERROR_MEAN, LORA_AGG_ERROR_MAX = "lora-agg-error-mean", "lora-agg-error-max"
 # The client mod's byte report: what it measured of the message in and the reply out.
-BYTES_DOWN_TENSOR, BYTES_DOWN_MSG = "bytes-down-tensor", "bytes-down-msg"
-BYTES_UP_TENSOR, BYTES_UP_MSG = "bytes-up-tensor", "bytes-up-msg"
-BYTES_KEYS = (BYTES_DOWN_TENSOR, BYTES_DOWN_MSG, BYTES_UP_TENSOR, BYTES_UP_MSG)
+BYTES_KEYS = ("bytes-down-tensor", "bytes-down-msg", "bytes-up-tensor", "bytes-up-msg")
 # The node's link (node config keys, copied into every reply).
 LINK_DOWN_MBPS, LINK_UP_MBPS = "link-down-mbps", "link-up-mbps"
 LINK_LATENCY_MS, LINK_REAL = "link-latency-ms", "link-real"
 LINK_KEYS = (LINK_DOWN_MBPS, LINK_UP_MBPS, LINK_LATENCY_MS)
-# The link model's per-call handling (s) and per-object framing (bytes) a projection used
-# (``fedvit.wire.links.WireCosts``): ``phases`` columns, and summary.json's "wire-costs".
+# The link model's costs a projection used (``fedvit.wire.links.WireCosts``): ``phases`` columns.
 WIRE_COSTS = "wire-costs"
 WIRE_COST_KEYS = ("call-s", "pull-object-bytes", "push-object-bytes")
 NUM_THREADS = "num-threads"  # node config: a deployment's torch threads per SuperNode
 
-# Every ok reply's metrics: when its message passed each step on the node, in this order
-# (``time.time()`` on the node's clock); ``server_app.timeline`` builds the phase table from them.
+# Every ok reply's metrics: when its message passed each step (node's ``time.time()``), in order.
 PROCESS_START = "t-process-start"  # the OS created the process serving it (fedvit.startup)
 MOD_IN = "t-mod-in"  # the client mod received it (Flower's runtime is done with it)
 HANDLER_IN = "t-handler-in"  # the handler started (after the mod's books / emulated download)
@@ -54,8 +50,7 @@ REPORT_KEYS = (*BYTES_KEYS, PROCESS_START, FRESH, BOOKS_S, TRANSFER_S, MOD_IN, M
 COMPUTE_PHASES = ("data", "forward", "backward", "optimizer", "eval")
 TIME_TRAIN = "time-train"  # the whole of local training
 
-# A ClientApp's error that a run-config value caused starts with this (the server stops a
-# run whose every node refuses its config, instead of repeating the round).
+# The start of a ClientApp error a run-config value caused (a run all nodes refuse stops).
 CONFIG_REFUSED = "run config refused by the ClientApp:"
 # ----------------------------------------------------- the rows of a round's phase table
 COMPUTE_ROWS = (*COMPUTE_PHASES, "client-other")

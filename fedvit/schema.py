@@ -140,27 +140,23 @@ OPTIONAL_SUMMARY = frozenset({"wire"})
 
 
 def column(field_name: str) -> str:
-    """The output column of a dataclass field: ``node_id`` -> ``node-id``."""
     return field_name.replace("_", "-")
 
 
 def dataclass_row(obj: Any, leave_out: Iterable[str] = ()) -> dict[str, Any]:
-    """A dataclass instance's fields under their column names, in order, less ``leave_out``
-    (field names). TypeError: not a dataclass."""
+    """Fields under their column names, less ``leave_out`` (TypeError: not a dataclass)."""
     skip = set(leave_out)
     return {column(f.name): getattr(obj, f.name) for f in dataclasses.fields(obj)
             if f.name not in skip}
 
 
 def field_values(row: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
-    """Inverse of ``dataclass_row``: {field name: value} for the ``names`` whose column ``row``
-    holds (a missing one is left to the dataclass's default or ``TypeError``)."""
+    """Inverse of ``dataclass_row`` for the ``names`` whose column ``row`` holds."""
     return {name: row[column(name)] for name in names if column(name) in row}
 
 
 def columns(stem: str) -> list[str]:
-    """Table ``stem``'s columns in order, ``<row>`` expanded over ``keys.TABLE_ROWS``
-    (KeyError: no such table)."""
+    """Table ``stem``'s columns, ``<row>`` expanded over ``keys.TABLE_ROWS`` (KeyError: none)."""
     return [name.replace(_ROW, row) for name, _ in TABLES[stem]
             for row in (k.TABLE_ROWS if _ROW in name else (_ROW,))]
 

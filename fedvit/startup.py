@@ -9,9 +9,8 @@ from functools import lru_cache
 
 
 def process_start_time(pid: int | str = "self") -> float:
-    """When process ``pid`` started, in s since the epoch; up to one tick (10 ms at
-    ``CLK_TCK`` = 100) early, as Linux keeps it as ticks since boot on ``CLOCK_BOOTTIME``
-    (``/proc/<pid>/stat`` field 22, proc(5)). OSError: not Linux, or no such process."""
+    """When process ``pid`` started (s since the epoch), up to one tick (10 ms) early: Linux keeps
+    ticks since boot (``/proc/<pid>/stat`` field 22, proc(5)). OSError: not Linux, no process."""
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
     # The command name (field 2) is in parentheses and may hold spaces: split after it.

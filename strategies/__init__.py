@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from strategies.books import BookRow, Books
+from strategies.bandwidth import BookRow, Books
 from strategies.factory import FedVitStrategy, build_strategy
 from strategies.fedlora import FedLoRA
 from strategies.timing import ClientReport, RoundLog

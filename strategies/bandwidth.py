@@ -1,9 +1,11 @@
-"""Bandwidth books (a wrapper): every message measured and cross-checked with the client's
-``bandwidth_mod`` report, inner strategies' own messages (``query``) through a ``BookingGrid``."""
+"""Bandwidth books (a wrapper): a row per message measured, cross-checked with the client's
+``bandwidth_mod`` report; inner strategies' own messages (``query``) via a ``BookingGrid``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from logging import ERROR
 from typing import Any
 
@@ -13,9 +15,53 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedvit.keys import BYTES_KEYS, METRICS, REPORT_KEYS
+from fedvit.schema import dataclass_row, field_values
 from fedvit.wire.measure import message_bytes, message_size, tensor_bytes, without_keys
-from strategies.books import BookRow, Books
 from strategies.wrapper import StrategyWrapper
+
+
+@dataclass(frozen=True)
+class BookRow:
+    """Bytes of one message: one round x phase x node x direction."""
+
+    round: int
+    phase: str  # train | evaluate | query
+    node_id: int
+    direction: str  # down (server -> client) | up (client -> server)
+    tensor_bytes: int
+    message_bytes: int  # as sent/received, report included
+    report_bytes: int = 0  # of message_bytes: the client's own byte report
+    status: str = "ok"  # ok | error (the node replied with an error or not at all)
+    detail: str = ""  # for an error: the reason the node gave, or "no reply"
+    objects: int = 0  # objects of the message's tree (Flower moves one per HTTP call)
+
+    def as_row(self) -> dict[str, Any]:
+        """The row of ``books.csv/json`` (columns: ``fedvit.schema.BOOKS``)."""
+        return dataclass_row(self)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> BookRow:
+        """Inverse of ``as_row`` (a checkpoint's rows)."""
+        return cls(**field_values(row, [f.name for f in dataclasses.fields(cls)]))
+
+
+@dataclass
+class Books:
+    rows: list[BookRow] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+
+    def totals(self, server_round: int | None = None, upto: bool = False) -> dict[str, int]:
+        """``{"down-tensor", "down-msg", "up-tensor", "up-msg", "report"}``, bytes, of
+        ``server_round`` (``upto``: and every round before; ``None``: all rounds)."""
+        rows = [r for r in self.rows if server_round is None
+                or (r.round <= server_round if upto else r.round == server_round)]
+        out = {f"{d}-{name}": sum(getattr(r, attr) for r in rows if r.direction == d)
+               for d in ("down", "up") for name, attr in (("tensor", "tensor_bytes"),
+                                                          ("msg", "message_bytes"))}
+        return {**out, "report": sum(r.report_bytes for r in rows)}
+
+    def as_rows(self) -> list[dict[str, Any]]:
+        return [r.as_row() for r in self.rows]
 
 
 class BandwidthTracking(StrategyWrapper):
@@ -38,10 +84,6 @@ class BandwidthTracking(StrategyWrapper):
         replies = list(replies)
         self.book_received(server_round, phase, replies)
         return super().aggregate(phase, server_round, replies)
-
-    def resume(self, rows: list[BookRow]) -> None:
-        """Start the books with a checkpoint's rows."""
-        self.books = Books(list(rows))
 
     def book_sent(self, server_round: int, phase: str, messages: list[Message]) -> None:
         """One ``down`` row per message (train, evaluate or query), before the grid pushes."""
@@ -106,8 +148,7 @@ class BookingGrid:
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> list[Message]:
-        """Book the messages, send them, book and return the replies (ValueError for
-        messages of more than one type)."""
+        """Book and send the messages, book and return the replies (ValueError: mixed types)."""
         messages = list(messages)
         phases = {m.metadata.message_type for m in messages}
         if len(phases) > 1:

@@ -1,6 +1,5 @@
-"""What crosses the wire (a wrapper): the global tensors go down encoded (``codec-down``) and
-packed (``pack-tensors``); each train reply (tensors, or an update encoded with ``codec-up``)
-is unpacked, decoded and checked, or rejected with a logged reason and not aggregated."""
+"""What crosses the wire (a wrapper): tensors go down encoded (``codec-down``) and packed; each
+train reply is unpacked, decoded (``codec-up``) and checked, or rejected and not aggregated."""
 
 from __future__ import annotations
 
@@ -65,10 +64,6 @@ class ExchangeCodecs(StrategyWrapper):
         kept.sort(key=lambda m: float("inf") if m.has_error() else  # a fixed summation order
                   float(m.content.metric_records.get(METRICS, {}).get(PARTITION_ID, 0)))
         return super().aggregate(phase, server_round, kept)
-
-    def resume(self, rejections: list[dict]) -> None:
-        """Start the rejections with a checkpoint's."""
-        self.rejections = list(rejections)
 
     def _accept(self, msg: Message) -> Message:
         """The reply with decoded, checked global-shaped tensors, or ``RejectedReply``."""

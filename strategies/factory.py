@@ -34,8 +34,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedvit.config.appconfig import AppConfig
 from fedvit.keys import BYTES_KEYS, METRICS
-from strategies.bandwidth import BandwidthTracking
-from strategies.books import BookRow, Books
+from strategies.bandwidth import BandwidthTracking, BookRow, Books
 from strategies.exchange import ExchangeCodecs
 from strategies.failures import StopOnCommonFailure
 from strategies.fedlora import FedLoRA
@@ -45,38 +44,30 @@ from strategies.wrapper import RoundOffset, StrategyWrapper
 
 
 class FedVitStrategy(StrategyWrapper):
-    """The stack ``build_strategy`` returns: run it with ``Strategy.start``; read
-    ``books``, ``timeline`` and ``rejections`` while and after it runs; ``resume`` before."""
+    """The stack ``build_strategy`` returns: run it with ``Strategy.start``; ``resume`` before.
+    Read while and after it runs: ``books`` (every message measured, and the cross-check
+    failures), ``timeline`` (each round, resume offset included) and ``rejections`` (every
+    rejected reply: ``{"round", "node-id", "reason"}``), the layers' own objects."""
 
     def __init__(self, offset: RoundOffset, books: BandwidthTracking, timing: RoundTiming,
                  codecs: ExchangeCodecs) -> None:
         super().__init__(offset)
-        self._offset, self._books, self._timing, self._codecs = offset, books, timing, codecs
-
-    @property
-    def books(self) -> Books:  # every message measured so far, and the cross-check failures
-        return self._books.books
-
-    @property
-    def timeline(self) -> dict[int, RoundLog]:  # each round (resume offset included)
-        return self._timing.timeline
-
-    @property
-    def rejections(self) -> list[dict]:  # every rejected reply: {"round", "node-id", "reason"}
-        return self._codecs.rejections
+        self._offset = offset
+        self.books: Books = books.books
+        self.timeline: dict[int, RoundLog] = timing.timeline
+        self.rejections: list[dict] = codecs.rejections
 
     def resume(self, after_round: int, books: list[BookRow], rejections: list[dict]) -> None:
         """Go on from a checkpoint: rounds from ``after_round + 1``, its books and rejections."""
-        self._offset.resume(after_round)
-        self._books.resume(books)
-        self._codecs.resume(rejections)
+        self._offset.offset = after_round
+        self.books.rows[:] = books
+        self.rejections[:] = rejections
 
 
 def aggregate_reply_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
     """FedAvg's ``*_metrics_aggr_fn``: losses and accuracies as Flower's examples-weighted
-    mean; byte counters and ``weighted_by_key`` (examples) summed. Per-node bookkeeping
-    (``partition-id``, ``t-*`` stamps, ``time-*``, links, throughput) is left out:
-    ``RoundTiming`` and the books keep it per node."""
+    mean; byte counters and ``weighted_by_key`` (examples) summed. Per-node figures (stamps,
+    links, throughput) are left out: ``RoundTiming`` and the books keep them."""
     means = [RecordDict({METRICS: MetricRecord({k: v for k, v in r[METRICS].items() if
                                                 k.endswith(("-loss", "-accuracy"))
                                                 or k == weighted_by_key})}) for r in records]

@@ -11,7 +11,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedvit.keys import CONFIG_REFUSED
-from strategies.books import BookRow
+from strategies.bandwidth import BookRow
 from strategies.wrapper import StrategyWrapper
 
 # Flower's error reason of a ClientApp exception: "<class 'X'>:<'message'>"; in simulation

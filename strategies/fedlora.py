@@ -38,9 +38,8 @@ class FedLoRA(FedAvg):
 def naive_aggregation_errors(clients: list[dict[str, np.ndarray]],
                              weights: list[float]) -> list[float]:
     """Per adapted layer: ||mean(B)·mean(A) - mean(B·A)|| / ||mean(B·A)|| (Frobenius,
-    means weighted by ``weights``). In torch: numpy's norm is an OpenBLAS dot that spins a
-    second thread for ~0.1 s above 10,000 elements, which slowed the central evaluation
-    after it 1.6x on 2 CPUs (run_simulation: 170 ms -> 105 ms)."""
+    means weighted by ``weights``). In torch: numpy's norm (OpenBLAS) spins a second thread
+    above 10,000 elements that slows the central evaluation after it."""
     w = torch.tensor(weights, dtype=torch.float64)
     w = w / w.sum()
     errors = []

@@ -1,6 +1,5 @@
 """Seeded node sampling: a round's sample depends on ``seed``, the round and the partitions,
-never on node ids (Flower draws them at random). Only a node knows its partition: a round that
-must choose first sends each unknown node a ``query`` (booked inside ``BandwidthTracking``)."""
+never on node ids (Flower draws them at random). A node is asked its partition (``query``)."""
 
 from __future__ import annotations
 
@@ -26,8 +25,7 @@ class TooFewPartitions(RuntimeError):
 class SeededSampling(StrategyWrapper):
     """Chooses each round's nodes with ``random.Random(f"{seed}:{phase}:{round}")`` over the
     nodes ordered by partition (``self.partitions``: node id -> partition), dropping the inner
-    strategy's messages to the others. Fractions: train (0, 1], evaluate [0, 1] (0: off);
-    ``min_nodes`` the fewest sampled; ``query_timeout_s`` None waits for every reply.
+    strategy's messages to the others (a fraction 0: off; ``query_timeout_s`` None: no limit).
     ValueError where the inner strategy samples itself (a fraction other than 1.0)."""
 
     def __init__(self, strategy: Strategy, *, fraction_train: float, fraction_evaluate: float,
@@ -42,15 +40,13 @@ class SeededSampling(StrategyWrapper):
         self.partitions: dict[int, int] = {}
 
     def summary(self) -> None:
-        log(INFO, "\t├──> Seeded sampling (seed %d): fraction train %.2f | evaluate %.2f, "
-            "at least %d nodes; the strategy below addresses every node (its own fractions "
-            "read 1.00) and the messages to the nodes not sampled are dropped", self.seed,
+        log(INFO, "\t├──> Seeded sampling (seed %d): fraction train %.2f | evaluate %.2f, at "
+            "least %d nodes (the strategy below addresses every node)", self.seed,
             self.fractions[TRAIN], self.fractions[EVALUATE], self.min_nodes)
         self.strategy.summary()
 
     def sample(self, server_round: int, phase: str, node_ids: list[int], size: int) -> list[int]:
-        """``size`` of ``node_ids`` (each in ``self.partitions``): the same partitions for the
-        same seed, phase and round."""
+        """``size`` of ``node_ids``: the same partitions for the same seed, phase and round."""
         ordered = sorted(node_ids, key=lambda n: (self.partitions[n], n))
         rng = random.Random(f"{self.seed}:{phase}:{server_round}")
         return [ordered[i] for i in sorted(rng.sample(range(len(ordered)), size))]

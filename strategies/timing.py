@@ -74,7 +74,6 @@ class RoundTiming(StrategyWrapper):
 
     @staticmethod
     def _add(log: RoundLog, row: str, t0: float) -> None:
-        """Add the call from ``t0`` to now to the round's ``row`` time and intervals."""
         t1, attr = time.time(), "configure_s" if row == "configure" else "aggregate_s"
         setattr(log, attr, getattr(log, attr) + t1 - t0)
         log.server.append((row, t0, t1))

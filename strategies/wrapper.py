@@ -15,8 +15,6 @@ TRAIN, EVALUATE = MessageType.TRAIN, MessageType.EVALUATE
 
 
 class StrategyWrapper(Strategy):
-    """A strategy that hands every hook to ``self.strategy``."""
-
     def __init__(self, strategy: Strategy) -> None:
         super().__init__()
         self.strategy = strategy
@@ -60,10 +58,6 @@ class RoundOffset(StrategyWrapper):
     def __init__(self, strategy: Strategy, offset: int = 0) -> None:
         super().__init__(strategy)
         self.offset = offset
-
-    def resume(self, after_round: int) -> None:
-        """Count the rounds on from ``after_round`` (a checkpoint's last round)."""
-        self.offset = after_round
 
     def configure(self, phase: str, server_round: int, arrays: ArrayRecord,
                   config: ConfigRecord, grid: Grid) -> Iterable[Message]:

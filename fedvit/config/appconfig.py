@@ -84,28 +84,23 @@ class AppConfig:
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> AppConfig:
         """Validate a run config (ConfigError lists every unknown key, wrong type and broken
-        rule); missing keys take pyproject.toml's defaults, as ``run_simulation`` passes none.
-        Cached per distinct run config and process: clients call this per message."""
+        rule); missing keys take pyproject.toml's defaults. Cached: clients call it per message."""
         return _validated(cls, tuple(sorted(dict(run_config).items())))
 
     @cached_property
     def down_codec(self) -> CodecSpec:
-        """``codec-down`` parsed: how the server encodes the model it sends."""
         return CodecSpec.parse(self.codec_down)
 
     @cached_property
     def up_codec(self) -> CodecSpec:
-        """``codec-up`` parsed: how a client encodes the update it sends back."""
         return CodecSpec.parse(self.codec_up)
 
     @property
     def use_cuda(self) -> bool:
-        """``device`` is ``cuda``, or ``auto`` and a GPU is there."""
         return self.device == "cuda" or (self.device == "auto" and cuda_available())
 
     @property
     def use_bf16(self) -> bool:
-        """bf16 autocast: asked for, or ``auto`` on a GPU."""
         return self.precision == "bf16" or (self.precision == "auto" and self.use_cuda)
 
     @property

@@ -1,6 +1,5 @@
-"""Where things are: the app's folder, the artefact cache, and the path-valued keys' rules.
-Relative paths are refused: under ``flwr run`` the app runs from its install folder
-(``.flwr/apps/<bundle>/``, or the SuperLink's app folder), in-process from the project."""
+"""The app's folder, the artefact cache, the path keys' rules. Relative paths are refused: under
+``flwr run`` the app runs from its install folder (``.flwr/apps/<bundle>/``), not the project."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ APP_ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_PRETRAIN = "public-pretrain"
 EMBEDDED_DATASET = "digits"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# Every path-valued key, and what it may be.
 PATH_KEYS = {
     "weights-path": f"'', '{PUBLIC_PRETRAIN}' or an absolute path to a .safetensors/.pth file",
     "dataset": f"'{EMBEDDED_DATASET}', a hub id 'owner/name' or an absolute path to a "

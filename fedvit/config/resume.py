@@ -19,9 +19,8 @@ RESUMABLE_KEYS = frozenset({
 
 
 def resume_errors(cfg: AppConfig) -> list[str]:
-    """``resume-from``'s folder must hold a checkpoint, keep every key outside
-    ``RESUMABLE_KEYS`` (its ``configs.json``'s last entry) and have done fewer than
-    ``num-server-rounds`` rounds. Raises OSError, ValueError: its files are unreadable."""
+    """``resume-from``'s folder must hold a checkpoint, keep every key outside ``RESUMABLE_KEYS``
+    and have done < ``num-server-rounds`` rounds. OSError, ValueError: unreadable files."""
     if not cfg.resume_from:
         return []
     folder = resolve_path(cfg.resume_from)
@@ -61,6 +60,5 @@ def resume_tensor_errors(cfg: AppConfig, expected: Mapping[str, tuple],
 
 
 def validate_server(cfg: AppConfig) -> None:
-    """The server's checks beyond ``from_run_config`` (ConfigError): the folder it writes,
-    then ``resume-from``'s run; clients never see either."""
+    """ConfigError for the server's folder, then ``resume-from``'s run (not clients')."""
     raise_errors(server_path_errors(cfg.outputs_dir, cfg.resume_from) or resume_errors(cfg))

@@ -22,7 +22,7 @@ from fedvit.config.paths import (
     is_relative_path,
     resolve_path,
 )
-from fedvit.files import write_text
+from fedvit.files import atomic_path
 
 STRATEGIES = ("fedavg", "fedlora")
 FITTING_WEIGHTS = ("must be '', 'public-pretrain' or a weights file of the same architecture "
@@ -85,8 +85,7 @@ RULES: dict[str, Rule] = {
 
 def rule_errors(v: dict[str, Any]) -> list[str]:
     """One message per broken rule: relative paths, single-key ``RULES``, rules across keys.
-    ``v``: typed values by ``AppConfig`` field name, in field order, less wrongly typed ones
-    (already reported; the rules needing them are skipped)."""
+    ``v``: typed values by ``AppConfig`` field name, less wrongly typed (already reported) ones."""
     keyed = {field.replace("_", "-"): value for field, value in v.items()}
     relative = [key for key in PATH_KEYS
                 if isinstance(keyed.get(key), str) and is_relative_path(key, keyed[key])]
@@ -126,9 +125,8 @@ def rule_errors(v: dict[str, Any]) -> list[str]:
 
 
 def compile_missing(cuda: bool) -> str:
-    """What ``torch.compile`` lacks here to train a model, or ``''`` (imports ``torch._dynamo``,
-    about 1 s). On CUDA inductor emits triton kernels, whose launcher needs a C compiler; on
-    the CPU it emits C++ kernels."""
+    """What ``torch.compile`` lacks here, or ``''`` (imports ``torch._dynamo``, ~1 s). Inductor
+    emits triton kernels on CUDA (their launcher needs a C compiler), C++ ones on the CPU."""
     import importlib.util
     import shutil
 
@@ -156,16 +154,14 @@ def target_modules(spec: str) -> list[str]:
 
 
 def cuda_available() -> bool:
-    """``torch.cuda.is_available()`` (imports torch)."""
     import torch
     return torch.cuda.is_available()
 
 
 @lru_cache(maxsize=1)
 def timm_vit_names() -> frozenset[str]:
-    """``timm.list_models(module="vision_transformer")``, cached in ``$FEDVIT_CACHE/timm`` under
-    timm's version and its ViT module's path, size and mtime: every ClientApp process validates
-    its config, importing timm (+ torchvision, dynamo) takes 1.5 s. ImportError: no timm."""
+    """``timm.list_models(module="vision_transformer")``, cached in ``$FEDVIT_CACHE/timm`` per
+    timm version and ViT module file (importing timm: 1.5 s a process). ImportError: no timm."""
     from importlib import metadata, util
     path = None
     spec = util.find_spec("timm")  # None: not installed, and the import below fails as it does
@@ -182,5 +178,6 @@ def timm_vit_names() -> frozenset[str]:
     if path is not None:
         with suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_text(path, json.dumps(names))
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(names))
     return frozenset(names)

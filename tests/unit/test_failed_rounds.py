@@ -14,7 +14,7 @@ from fedvit.config.appconfig import ConfigError
 from fedvit.data.partitions import check_val_split
 from fedvit.keys import CONFIG_REFUSED
 from server_app.summary import run_status
-from strategies.books import BookRow, Books
+from strategies.bandwidth import BookRow, Books
 from strategies.failures import NodesFailed, StopOnCommonFailure, node_error
 from strategy_fakes import FakeGrid, default_handler, round_trip
 
