@@ -73,6 +73,10 @@ class BandwidthTracking(StrategyWrapper):
         self._sent: dict[tuple[int, str, int], BookRow] = {}
         self._sent_meta: dict[tuple[int, str], list[Metadata]] = {}  # ids written on push
 
+    def resume(self, rows: list[BookRow]) -> None:
+        """Start the books with a checkpoint's rows."""
+        self.books.rows[:] = rows
+
     def configure(self, phase: str, server_round: int, arrays: ArrayRecord,
                   config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         view = BookingGrid(grid, self, server_round)

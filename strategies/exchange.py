@@ -36,6 +36,10 @@ class ExchangeCodecs(StrategyWrapper):
         self.rejections: list[dict] = []
         self._global: dict[str, np.ndarray] = {}
 
+    def resume(self, rejections: list[dict]) -> None:
+        """Start the rejections with a checkpoint's."""
+        self.rejections[:] = rejections
+
     def configure(self, phase: str, server_round: int, arrays: ArrayRecord,
                   config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         tensors = {k: v.numpy() for k, v in arrays.items()}

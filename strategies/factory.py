@@ -52,16 +52,18 @@ class FedVitStrategy(StrategyWrapper):
     def __init__(self, offset: RoundOffset, books: BandwidthTracking, timing: RoundTiming,
                  codecs: ExchangeCodecs) -> None:
         super().__init__(offset)
-        self._offset = offset
+        self._layers = (offset, books, codecs)
         self.books: Books = books.books
         self.timeline: dict[int, RoundLog] = timing.timeline
         self.rejections: list[dict] = codecs.rejections
 
     def resume(self, after_round: int, books: list[BookRow], rejections: list[dict]) -> None:
-        """Go on from a checkpoint: rounds from ``after_round + 1``, its books and rejections."""
-        self._offset.offset = after_round
-        self.books.rows[:] = books
-        self.rejections[:] = rejections
+        """Go on from a checkpoint: rounds from ``after_round + 1``, its books and rejections;
+        each layer through its own ``resume``."""
+        offset, bandwidth, codecs = self._layers
+        offset.resume(after_round)
+        bandwidth.resume(books)
+        codecs.resume(rejections)
 
 
 def aggregate_reply_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:

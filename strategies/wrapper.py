@@ -59,6 +59,10 @@ class RoundOffset(StrategyWrapper):
         super().__init__(strategy)
         self.offset = offset
 
+    def resume(self, after_round: int) -> None:
+        """Count the rounds on from ``after_round`` (a checkpoint's last round)."""
+        self.offset = after_round
+
     def configure(self, phase: str, server_round: int, arrays: ArrayRecord,
                   config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         return super().configure(phase, server_round + self.offset, arrays, config, grid)
