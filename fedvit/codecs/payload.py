@@ -33,7 +33,6 @@ def decode(encoded: dict[str, np.ndarray], restore_dtype: bool = False) -> dict[
 
 
 def encoded_bytes(encoded: dict[str, np.ndarray]) -> int:
-    """Bytes of a payload: Σ itemsize × elements over all arrays, headers included."""
     return sum(np.asarray(arr).nbytes for arr in encoded.values())
 
 
@@ -71,17 +70,15 @@ class ErrorFeedback:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ErrorFeedback:
-        """The memory from what ``to_arrays`` gave."""
         return cls(arrays)
 
 
 def is_encoded(keys: Iterable[str]) -> bool:
-    """Whether a record's keys are an encoded payload (a ``<name>::meta`` header)."""
     return any(k.endswith(SEP + "meta") for k in keys)
 
 
 def encode_record(spec: CodecSpec, tensors: dict[str, np.ndarray]) -> ArrayRecord:
-    """An ArrayRecord of ``encode(spec, tensors)``'s arrays; raises as ``encode``."""
+    """``encode``'s arrays as an ArrayRecord; raises as ``encode``."""
     return ArrayRecord({k: Array.from_numpy_ndarray(np.ascontiguousarray(v))
                         for k, v in encode(spec, tensors).items()})
 

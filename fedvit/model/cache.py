@@ -29,7 +29,7 @@ MODEL_KEYS = ("strategy", "model-name", "img-size", "patch-size", "pretrained", 
               "weights-path", "lora-r", "lora-alpha", "lora-dropout", "lora-target-modules",
               "lora-aggregation")
 # Code whose change must invalidate artefacts: how the model is built, exported, answered.
-SOURCES = ("build.py", "backbone.py", "adapters.py", "tensors.py", "cache.py")
+SOURCES = ("build.py", "backbone.py", "tensors.py", "cache.py")
 MODES = {"train": (True, True), "eval": (False, False)}  # mode: (training, gradients)
 
 log = logging.getLogger(__name__)

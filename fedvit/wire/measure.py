@@ -11,7 +11,6 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 
 def tensor_bytes(content: RecordDict) -> int:
-    """Σ itemsize × elements over all arrays of all of ``content``'s ArrayRecords."""
     return sum(np.dtype(arr.dtype).itemsize * int(np.prod(arr.shape, dtype=np.int64))
                for record in content.array_records.values() for arr in record.values())
 
@@ -35,7 +34,6 @@ content_size = message_size
 
 
 def message_bytes(msg: Message) -> int:
-    """``message_size``'s bytes."""
     return message_size(msg)[0]
 
 
