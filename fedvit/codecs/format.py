@@ -12,8 +12,6 @@ for int8/int4, the ``INDEX_ENCODINGS`` index for topk, else 0) and:
 - topk: ``K::val`` float16[k] of the ``k = ceil(fraction × n)`` largest |x| in index order;
   ``K::idx`` the gaps ``idx[i] - idx[i-1] - 1`` (``idx[-1] = -1``) in the narrowest of
   uint8/16/32[k], or a uint8[ceil(n/8)] ``np.packbits`` bitmap if smaller.
-
-Anything malformed raises :class:`CodecError` naming the key.
 """
 
 from __future__ import annotations

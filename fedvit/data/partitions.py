@@ -1,7 +1,6 @@
 """The datasets (embedded digits, or a hub/local dataset) and their flwr-datasets partitions.
 ``datasets``, ``flwr_datasets`` and scikit-learn (about 4 s a process) are imported inside
-functions: a process finding its split in the partition cache (``fedvit.data.loaders``) never
-imports them."""
+functions: a process finding its split in ``fedvit.data.loaders``' cache never imports them."""
 
 from __future__ import annotations
 

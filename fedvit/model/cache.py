@@ -139,8 +139,7 @@ def model_key(cfg: AppConfig, num_classes: int) -> dict | None:
 
 
 def model_path(cfg: AppConfig, num_classes: int) -> Path | None:
-    """``$FEDVIT_CACHE/models/<model-name>-<key digest>.safetensors`` (the tensors), or None
-    when not cacheable (``model_key``)."""
+    """The tensors' file, or None when not cacheable (``model_key``)."""
     key = model_key(cfg, num_classes)
     if key is None:
         return None

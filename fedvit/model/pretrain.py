@@ -44,7 +44,6 @@ def recipe(cfg: AppConfig) -> dict:
 
 
 def backbone_path(cfg: AppConfig) -> Path:
-    """``$FEDVIT_CACHE/<model>-digits-public-<img-size>px-<recipe digest>.safetensors``."""
     key = hashlib.sha256(json.dumps(recipe(cfg), sort_keys=True).encode()).hexdigest()[:12]
     return cache_dir() / f"{cfg.model_name}-digits-public-{cfg.img_size}px-{key}.safetensors"
 

@@ -40,7 +40,6 @@ class PhaseClock:
 
     @property
     def seconds(self) -> dict[str, float]:
-        """Seconds so far per phase; with markers, settled first."""
         self.settle()
         return self._seconds
 
@@ -78,7 +77,7 @@ class PhaseClock:
 
 @dataclass
 class TrainStats:
-    """One local training run: examples over all epochs, mean loss, seconds, seconds per phase."""
+    """One local training run: examples over all epochs, mean loss."""
 
     num_examples: int
     loss: float
@@ -87,12 +86,10 @@ class TrainStats:
 
     @property
     def examples_per_s(self) -> float:
-        """Examples per second (0 for a run that took no time)."""
         return self.num_examples / self.wall_s if self.wall_s > 0 else 0.0
 
 
 def autocast(device: str, bf16: bool):
-    """bf16 autocast on ``device`` (``'cpu'``/``'cuda'``) when ``bf16``, else a no-op."""
     return torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
@@ -110,8 +107,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0) -> to
 
 
 def compile_model(model: nn.Module) -> nn.Module:
-    """``model.compile(dynamic=True)`` in place (names stay): one graph per mode, compiled at
-    its first call, for every batch size (an epoch's smaller last batch compiles no other)."""
+    """In place (names stay); ``dynamic``: an epoch's smaller last batch compiles no other."""
     model.compile(dynamic=True)
     return model
 
