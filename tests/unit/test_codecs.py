@@ -7,8 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from fedvit.codecs.format import INDEX_ENCODINGS, CodecError
-from fedvit.codecs.payload import ErrorFeedback, decode, encode, encoded_bytes
+from fedvit.codecs.payload import (
+    INDEX_ENCODINGS,
+    CodecError,
+    ErrorFeedback,
+    decode,
+    encode,
+    encoded_bytes,
+)
 from fedvit.codecs.spec import CODECS, CodecSpec, topk_count
 
 
