@@ -93,12 +93,9 @@ class ErrorFeedback:
                          for k, v in sent_input.items()}
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Float32 copies of the residuals (e.g. for ``context.state``)."""
+        """Float32 copies of the residuals (e.g. for ``context.state``); ``ErrorFeedback`` of them
+        restores the memory."""
         return {k: v.copy() for k, v in self.residual.items()}
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ErrorFeedback:
-        return cls(arrays)
 
 
 def is_encoded(keys: Iterable[str]) -> bool:

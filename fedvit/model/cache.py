@@ -1,7 +1,6 @@
-"""The built model cached as safetensors plus a ``torch.export`` program per mode, so a ClientApp
-process (fresh per message in Flower 1.41) loads it without importing timm and peft; an artefact
-is kept only if it equals a second timm+peft build. ``torch.export.load`` trusts its file (sympy
-parsing, may fall back to pickle): keep ``$FEDVIT_CACHE`` writable only by its owner."""
+"""The built model as safetensors plus a ``torch.export`` program per mode: a ClientApp process
+(one per message in Flower 1.41) loads it without timm and peft. ``torch.export.load`` trusts its
+file (sympy parsing, may fall back to pickle): keep ``$FEDVIT_CACHE`` writable only by its owner."""
 
 from __future__ import annotations
 

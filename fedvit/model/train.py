@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
 
 import torch
 from torch import nn
@@ -17,26 +16,19 @@ from torch.utils.data import DataLoader
 PHASES = ("data", "forward", "backward", "optimizer")
 
 
-class Marker(Protocol):
-    """A point on a device's timeline, as ``torch.cuda.Event(enable_timing=True)`` is."""
-
-    def record(self) -> None: ...
-    def synchronize(self) -> None: ...
-    def elapsed_time(self, end: Marker) -> float: ...  # milliseconds
-
-
 class PhaseClock:
     """Seconds per phase (``PHASES``) of local training: on the CPU by ``time.perf_counter``;
-    with ``cuda`` or a ``marker`` factory (default: timing CUDA events), by markers recorded on
-    the queue without waiting, read by ``settle`` after one synchronisation: the GPU's timeline,
-    where time the CPU holds it up (loading a batch) is idle GPU time."""
+    with ``cuda`` or a ``marker`` factory (default: timing CUDA events; a fake needs their
+    ``record``, ``synchronize``, ``elapsed_time`` in ms), by markers recorded on the queue without
+    waiting, read by ``settle`` after one synchronisation: the GPU's timeline, where time the
+    CPU holds it up (loading a batch) is idle GPU time."""
 
-    def __init__(self, cuda: bool, marker: Callable[[], Marker] | None = None) -> None:
+    def __init__(self, cuda: bool, marker: Callable[[], torch.cuda.Event] | None = None) -> None:
         self._marker = marker or (partial(torch.cuda.Event, enable_timing=True) if cuda
                                   else None)
         self._seconds = dict.fromkeys(PHASES, 0.0)
         self._last = 0.0
-        self._marks: list[tuple[str | None, Marker]] = []  # (phase it ends or None, marker)
+        self._marks: list[tuple[str | None, torch.cuda.Event]] = []  # (phase it ends, marker)
 
     @property
     def seconds(self) -> dict[str, float]:

@@ -30,9 +30,6 @@ def message_size(msg: Message | RecordDict) -> tuple[int, int]:
     return len(msg.deflate()) + sum(b for b, _ in sizes), 1 + sum(n for _, n in sizes)
 
 
-content_size = message_size
-
-
 def message_bytes(msg: Message) -> int:
     return message_size(msg)[0]
 
