@@ -97,9 +97,8 @@ class ExportedModel(nn.Module):
 
 
 def cached_model(cfg: AppConfig, num_classes: int) -> nn.Module:
-    """``build_model``'s model on the CPU: an ``ExportedModel`` on a hit, else the build,
-    cached if it exports and checks (else a warning; a damaged artefact is rebuilt).
-    ``ConfigError`` as ``build_model``."""
+    """``build_model``'s model (CPU): an ``ExportedModel`` on a hit, else the build, cached if it
+    exports and checks (else a warning; a damaged artefact is rebuilt); raises as the build."""
     path = model_path(cfg, num_classes)
     if path is not None and all(f.is_file() for f in (path, *mode_paths(path).values())):
         try:
@@ -147,7 +146,6 @@ def model_path(cfg: AppConfig, num_classes: int) -> Path | None:
 
 
 def mode_paths(path: Path) -> dict[str, Path]:
-    """``{mode: program file}``: ``<name>.safetensors`` -> ``<name>.<mode>.pt2``."""
     return {mode: path.with_name(path.name.replace(".safetensors", f".{mode}.pt2"))
             for mode in MODES}
 

@@ -14,7 +14,6 @@ from fedvit.keys import HEAD, LORA_A
 
 
 def is_lora(model: nn.Module) -> bool:
-    """Whether ``model`` (built, or an ``ExportedModel``) is a peft LoRA model (``fedlora``)."""
     lora = getattr(model, "fedvit_lora", None)  # set by fedvit.model.cache.ExportedModel
     if lora is not None:
         return bool(lora)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 
@@ -81,10 +80,6 @@ class TrainStats:
         return self.num_examples / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def autocast(device: str, bf16: bool):
-    return torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
-
-
 def _batches(loader: DataLoader, device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for images, labels in loader:
         yield (images.to(device, non_blocking=device == "cuda"),
@@ -108,7 +103,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
                labels: torch.Tensor, clock: PhaseClock, bf16: bool) -> torch.Tensor:
     """One optimizer step on ``(B, 3, S, S)`` float32 images and ``(B,)`` int64 labels,
     lapping forward, backward and optimizer; returns the detached mean cross-entropy."""
-    with autocast(images.device.type, bf16):
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
         loss = nn.functional.cross_entropy(model(images), labels)
     clock.lap("forward")
     optimizer.zero_grad(set_to_none=True)
@@ -166,7 +161,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str, bf16: bool) -> d
     model.to(device).eval()
     total_loss, correct, seen = 0.0, 0, 0
     for images, labels in _batches(loader, device):
-        with autocast(device, bf16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             logits = model(images)
         total_loss += nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item()
         correct += (logits.argmax(dim=1) == labels).sum().item()

@@ -189,9 +189,8 @@ FIRST_ASK_S = 0.75  # process start -> its first ask: Flower's runtime imported 
 
 
 def message_wait_s(download_s: float) -> float:
-    """Seconds from a ClientApp process's start to its message, the download ending
-    ``download_s`` after that start: the first ask at ``FIRST_ASK_S`` + 0, 1, 3, 7, 15, 25, ...
-    s not before the download's end."""
+    """Seconds from a ClientApp process's start to its message, downloaded ``download_s`` after it:
+    the first ask at ``FIRST_ASK_S`` + 0, 1, 3, 7, 15, 25, ... s, not before the download ends."""
     t, step = 0.0, PULL_BACKOFF_S[0]
     while FIRST_ASK_S + t < download_s:
         t += step
@@ -200,10 +199,9 @@ def message_wait_s(download_s: float) -> float:
 
 
 def node_link(cfg: AppConfig, node_config: Mapping, partition_id: int) -> Link:
-    """This node's link: each ``link-*`` node-config value, else the run config's profile
-    (``heterogeneous``, seeded by ``seed``, ``partition_id``: rates log-uniform in [0.1, 1] ×,
-    latency uniform in [0.5, 2] × the configured). ConfigError: a value not > 0 (latency >= 0),
-    a non-bool ``link-real``."""
+    """Each ``link-*`` node-config value, else the run config's profile (``heterogeneous``: seeded
+    by ``seed``, ``partition_id``: rates log-uniform in [0.1, 1] ×, latency uniform in [0.5, 2] ×
+    the configured). ConfigError: a value not > 0 (latency >= 0), a non-bool ``link-real``."""
     values = [cfg.link_down_mbps, cfg.link_up_mbps, cfg.link_latency_ms]
     if cfg.link_profile == "heterogeneous":
         rng = np.random.default_rng([cfg.seed, partition_id])
