@@ -65,10 +65,9 @@ def encoded_bytes(encoded: dict[str, np.ndarray]) -> int:
 
 
 class ErrorFeedback:
-    """Residual memory for lossy (top-k) uploads. Each round: ``c = ef.compensate(x)``;
-    ``d = decode(encode(spec, c))``; ``ef.update(c, d)``. The float32 residual ``c - d`` is what
-    was not delivered (a dropped entry, a sent one's float16 rounding), so over rounds
-    ``Σ decoded + residual == Σ inputs``."""
+    """Residual memory for lossy (top-k) uploads: each round ``c = ef.compensate(x)``, ``d =
+    decode(encode(spec, c))``, ``ef.update(c, d)``; the float32 residual ``c - d`` (dropped entries,
+    float16 rounding) is what was not delivered, so ``Σ decoded + residual == Σ inputs``."""
 
     def __init__(self, residual: dict[str, np.ndarray] | None = None) -> None:
         self.residual = {k: np.asarray(v, dtype=np.float32) for k, v in (residual or {}).items()}

@@ -84,9 +84,8 @@ def input_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]
 
 
 def _peft_names(model: nn.Module) -> dict[str, tuple[str, torch.Tensor]]:
-    """``{state-dict name (``...qkv.lora_A.default.weight``): (peft's name
-    (``...qkv.lora_A.weight``), tensor)}`` of a LoRA model's exchanged tensors, matched by
-    tensor identity; ``RuntimeError``: peft's adapter state holds tensors the model's lacks."""
+    """``{state-dict name (``...lora_A.default.weight``): (peft's name (``...lora_A.weight``),
+    tensor)}`` of a LoRA model's exchanged tensors, matched by identity (else ``RuntimeError``)."""
     from peft import get_peft_model_state_dict  # imported already
     state = model.state_dict()
     peft_state = get_peft_model_state_dict(model, state_dict=state, save_embedding_layers=False)

@@ -42,9 +42,9 @@ def pack(tensors: Mapping[str, np.ndarray]) -> ArrayRecord:
 
 
 def unpack(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """``{name: new writable array}`` of a packed record, in packed order. PackingError: not one
-    packed entry, a buffer not 1-D uint8, an index not a JSON list of ``[name, dtype, [dims >=
-    0]]`` with unique names and packable dtypes, or sizes not adding up to the buffer's."""
+    """``{name: new writable array}`` in packed order. PackingError: not one packed entry, a buffer
+    not 1-D uint8, an index not a JSON list of ``[name, dtype, [dims >= 0]]`` with unique names
+    and packable dtypes, or sizes not adding up to the buffer's."""
     if not is_packed(record):
         raise PackingError(f"not a packed record: {len(record)} entries "
                            f"{[k[:40] for k in list(record.keys())[:3]]}; expected one "
