@@ -26,9 +26,9 @@ from fedvit.model.tensors import (  # noqa: F401  (re-exported: the torch-only a
 
 
 def build_model(cfg: AppConfig, num_classes: int) -> nn.Module:
-    """A plain or LoRA-wrapped ViT, CPU float32 ``(B, 3, img-size, img-size)`` -> ``(B,
-    num_classes)``, seeded: bit-identical on server and clients. A weights file (or the public
-    backbone, built if missing) replaces the backbone, head fresh; ``ConfigError``: see backbone."""
+    """A plain or LoRA-wrapped ViT, CPU float32 ``(B, 3, S, S)`` -> ``(B, num_classes)``, seeded:
+    bit-identical on server and clients. A weights file or the public backbone (built if missing)
+    replaces the backbone, head fresh. ``ConfigError``: as ``fedvit.model.backbone``'s functions."""
     model = backbone.create_vit(cfg, num_classes)
     raise_errors(backbone.model_errors(cfg, model))
     if cfg.weights_path:
