@@ -109,7 +109,7 @@ def outgoing(cfg: AppConfig, local: dict[str, torch.Tensor], received: dict[str,
     if spec.name != "topk":
         return encode_record(spec, update)
     stored = context.state.array_records.get(EF_STATE)
-    feedback = ErrorFeedback.from_arrays({k: a.numpy() for k, a in (stored or {}).items()})
+    feedback = ErrorFeedback({k: a.numpy() for k, a in (stored or {}).items()})
     compensated = feedback.compensate(update)
     record = encode_record(spec, compensated)
     feedback.update(compensated, record_arrays(record))

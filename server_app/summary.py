@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 from flwr.common.logger import log
 
-from fedvit.codecs.format import SEP
-from fedvit.codecs.payload import CodecSpec, encode, encoded_bytes
+from fedvit.codecs.payload import SEP, CodecSpec, encode, encoded_bytes
 from fedvit.config.appconfig import AppConfig
 from fedvit.keys import SUMMARY_FILE, WIRE_COSTS
 from fedvit.schema import MB, dataclass_row, field_values

@@ -18,7 +18,7 @@ from fedvit.config.appconfig import AppConfig, ConfigError
 from fedvit.config.rules import STRATEGIES
 from fedvit.model.build import build_model, count_parameters, exchanged_state
 from fedvit.schema import MB
-from fedvit.wire.measure import content_size, tensor_bytes
+from fedvit.wire.measure import message_size, tensor_bytes
 from fedvit.wire.packing import pack
 from tools.words import times
 
@@ -54,8 +54,8 @@ def exchange_size(cfg: AppConfig, num_classes: int) -> ExchangeSize:
     arrays = {k: v.numpy() for k, v in state.items()}
     config = ConfigRecord({"server-round": 1})
     content = RecordDict({"arrays": ArrayRecord(state), "config": config})
-    nbytes, objects = content_size(content)
-    packed_bytes, packed_objects = content_size(RecordDict({"arrays": pack(arrays),
+    nbytes, objects = message_size(content)
+    packed_bytes, packed_objects = message_size(RecordDict({"arrays": pack(arrays),
                                                             "config": config}))
     codec_bytes = {c: encoded_bytes(encode(CodecSpec.parse(c), arrays)) for c in CODEC_ROWS}
     return ExchangeSize(cfg.strategy, count_parameters(model)[0],

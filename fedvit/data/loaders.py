@@ -1,7 +1,6 @@
-"""Data as the model sees it: a client's or the server's split -> tensors -> loaders. Small
-splits (digits, a local folder) are cached as uint8 tensors under ``$FEDVIT_CACHE/partitions``:
-a process finding its split there never imports ``datasets``/``flwr_datasets`` (about 4 s; Flower
-1.41 starts a ClientApp process per message); torchvision (1.3 s) is imported lazily too."""
+"""Splits -> tensors -> loaders. Small splits are cached as uint8 tensors, so a process finding
+its split never imports ``datasets``/``flwr_datasets`` (about 4 s; Flower 1.41 starts a ClientApp
+process per message); torchvision (1.3 s) is imported lazily too."""
 
 from __future__ import annotations
 
@@ -39,7 +38,6 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def fits_in_memory(num_examples: int, img_size: int) -> bool:
-    """Whether the split's float32 images take at most ``MATERIALIZE_BYTES``."""
     return num_examples * 3 * img_size**2 * 4 <= MATERIALIZE_BYTES
 
 
@@ -172,8 +170,7 @@ def _cached(cfg: AppConfig, path: Path | None, prefixes: dict[str, str],
 
 def partition_cache_path(cfg: AppConfig, partition_id: int, num_partitions: int
                          ) -> Path | None:
-    """``$FEDVIT_CACHE/partitions/<key digest>.pt`` of a client's partition (maybe not there
-    yet), or None for a hub dataset."""
+    """A client partition's cache file (maybe not there yet); None for a hub dataset."""
     return _cache_path(cfg, {
         "partitioner": cfg.partitioner, "dirichlet-alpha": cfg.dirichlet_alpha,
         "seed": cfg.seed, "val-fraction": cfg.val_fraction, "img-size": cfg.img_size,

@@ -1,7 +1,6 @@
 """The datasets (embedded digits, or a hub/local dataset) and their flwr-datasets partitions.
 ``datasets``, ``flwr_datasets`` and scikit-learn (about 4 s a process) are imported inside
-functions: a process finding its split in the partition cache (``fedvit.data.loaders``) never
-imports them."""
+functions: a process finding its split in ``fedvit.data.loaders``' cache never imports them."""
 
 from __future__ import annotations
 
@@ -36,10 +35,9 @@ class Columns:
 
 
 def digits_splits() -> DatasetDict:
-    """scikit-learn's digits (1,797 8x8 grey images scaled to 0..255, 10 classes), stratified
-    into ``train`` (40 %, what clients partition), ``test`` (20 %, the server's held-out set)
-    and ``public`` (40 %, never seen by clients; pretrains the backbone in
-    ``fedvit.model.pretrain``). Columns ``image``, ``label``."""
+    """scikit-learn's digits (1,797 8x8 grey images scaled to 0..255, 10 classes; columns ``image``,
+    ``label``), stratified into ``train`` (40 %, clients partition it), ``test`` (20 %, the
+    server's) and ``public`` (40 %, no client sees it; pretrains the backbone)."""
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
     from PIL import Image as PILImage
     from sklearn.datasets import load_digits

@@ -36,10 +36,9 @@ def create_vit(cfg: AppConfig, num_classes: int, pretrained: bool | None = None)
 
 
 def load_backbone_weights(model: nn.Module, path: Path, source: str) -> None:
-    """Load ``.safetensors`` or a torch checkpoint (``weights_only``; the state dict may sit
-    under ``state_dict``, ``model`` or ``module``) into a timm ViT, embeddings resampled by timm's
-    filter; only the head may be missing or of another size (skipped). ``ConfigError`` naming
-    ``source`` (e.g. ``"'weights-path'"``): unreadable, or does not fit."""
+    """Load ``.safetensors`` or a torch checkpoint (``weights_only``; maybe under ``state_dict``,
+    ``model`` or ``module``) into a timm ViT, embeddings resampled by timm's filter, the head
+    skipped if missing or resized; ``ConfigError`` naming ``source``: unreadable, or not fitting."""
     from timm.models.vision_transformer import checkpoint_filter_fn
     try:
         if path.suffix == ".safetensors":

@@ -11,8 +11,8 @@ from torch import nn
 from fedvit.config.appconfig import AppConfig, raise_errors
 from fedvit.config.paths import PUBLIC_PRETRAIN, resolve_path
 from fedvit.config.rules import target_modules
+from fedvit.keys import LORA_A
 from fedvit.model import backbone
-from fedvit.model.adapters import freeze_ffa
 from fedvit.model.pretrain import public_backbone
 from fedvit.model.tensors import (  # noqa: F401  (re-exported: the torch-only answers)
     HEAD,
@@ -26,10 +26,9 @@ from fedvit.model.tensors import (  # noqa: F401  (re-exported: the torch-only a
 
 
 def build_model(cfg: AppConfig, num_classes: int) -> nn.Module:
-    """A plain or LoRA-wrapped ViT on the CPU, float32, ``(B, 3, img-size, img-size)``
-    images -> ``(B, num_classes)``; seeded, so bit-identical on server and clients. A weights
-    file (or the public backbone, built if missing) replaces the backbone, with a fresh seeded
-    head. ``ConfigError``: as ``create_vit``/``load_backbone_weights``, or ``model_errors``."""
+    """A plain or LoRA-wrapped ViT, CPU float32 ``(B, 3, S, S)`` -> ``(B, num_classes)``, seeded:
+    bit-identical on server and clients. A weights file or the public backbone (built if missing)
+    replaces the backbone, head fresh. ``ConfigError``: as ``fedvit.model.backbone``'s functions."""
     model = backbone.create_vit(cfg, num_classes)
     raise_errors(backbone.model_errors(cfg, model))
     if cfg.weights_path:
@@ -58,8 +57,11 @@ def wrap_lora(model: nn.Module, cfg: AppConfig, fused: bool = True) -> PeftModel
         lora._register_custom_module({nn.Linear: FusedLoraLinear})
     torch.manual_seed(cfg.seed)
     peft_model = get_peft_model(model, lora)
-    if cfg.lora_aggregation == "ffa":  # FFA-LoRA: A stays at its shared seeded init
-        freeze_ffa(peft_model)
+    if cfg.lora_aggregation == "ffa":  # FFA-LoRA: A stays at its shared seeded init, unsent
+        for name, param in peft_model.named_parameters():
+            if LORA_A in name:
+                param.requires_grad_(False)
+        peft_model.fedvit_ffa = True
     return peft_model
 
 

@@ -1,7 +1,6 @@
-"""The built model cached as safetensors plus a ``torch.export`` program per mode, so a ClientApp
-process (fresh per message in Flower 1.41) loads it without importing timm and peft; an artefact
-is kept only if it equals a second timm+peft build. ``torch.export.load`` trusts its file (sympy
-parsing, may fall back to pickle): keep ``$FEDVIT_CACHE`` writable only by its owner."""
+"""The built model as safetensors plus a ``torch.export`` program per mode: a ClientApp process
+(one per message in Flower 1.41) loads it without timm and peft. ``torch.export.load`` trusts its
+file (sympy parsing, may fall back to pickle): keep ``$FEDVIT_CACHE`` writable only by its owner."""
 
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ MODEL_KEYS = ("strategy", "model-name", "img-size", "patch-size", "pretrained", 
               "weights-path", "lora-r", "lora-alpha", "lora-dropout", "lora-target-modules",
               "lora-aggregation")
 # Code whose change must invalidate artefacts: how the model is built, exported, answered.
-SOURCES = ("build.py", "backbone.py", "adapters.py", "tensors.py", "cache.py")
+SOURCES = ("build.py", "backbone.py", "tensors.py", "cache.py")
 MODES = {"train": (True, True), "eval": (False, False)}  # mode: (training, gradients)
 
 log = logging.getLogger(__name__)
@@ -98,9 +97,8 @@ class ExportedModel(nn.Module):
 
 
 def cached_model(cfg: AppConfig, num_classes: int) -> nn.Module:
-    """``build_model``'s model on the CPU: an ``ExportedModel`` on a hit, else the build,
-    cached if it exports and checks (else a warning; a damaged artefact is rebuilt).
-    ``ConfigError`` as ``build_model``."""
+    """``build_model``'s model (CPU): an ``ExportedModel`` on a hit, else the build, cached if it
+    exports and checks (else a warning; a damaged artefact is rebuilt); raises as the build."""
     path = model_path(cfg, num_classes)
     if path is not None and all(f.is_file() for f in (path, *mode_paths(path).values())):
         try:
@@ -139,8 +137,7 @@ def model_key(cfg: AppConfig, num_classes: int) -> dict | None:
 
 
 def model_path(cfg: AppConfig, num_classes: int) -> Path | None:
-    """``$FEDVIT_CACHE/models/<model-name>-<key digest>.safetensors`` (the tensors), or None
-    when not cacheable (``model_key``)."""
+    """The tensors' file, or None when not cacheable (``model_key``)."""
     key = model_key(cfg, num_classes)
     if key is None:
         return None
@@ -149,7 +146,6 @@ def model_path(cfg: AppConfig, num_classes: int) -> Path | None:
 
 
 def mode_paths(path: Path) -> dict[str, Path]:
-    """``{mode: program file}``: ``<name>.safetensors`` -> ``<name>.<mode>.pt2``."""
     return {mode: path.with_name(path.name.replace(".safetensors", f".{mode}.pt2"))
             for mode in MODES}
 

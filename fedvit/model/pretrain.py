@@ -1,7 +1,6 @@
 """The offline default's frozen backbone: the ViT pretrained centrally on digits' ``public``
-split (which no client sees), head dropped, since hub weights are not reachable everywhere and
-LoRA on a random frozen backbone learns little. Deterministic per recipe; cached under
-``$FEDVIT_CACHE``; ``fedvit-pretrain`` builds it by hand."""
+split (no client sees it), head dropped: hub weights are not reachable everywhere and LoRA on a
+random frozen backbone learns little. Cached per recipe; ``fedvit-pretrain`` builds it by hand."""
 
 from __future__ import annotations
 
@@ -44,7 +43,6 @@ def recipe(cfg: AppConfig) -> dict:
 
 
 def backbone_path(cfg: AppConfig) -> Path:
-    """``$FEDVIT_CACHE/<model>-digits-public-<img-size>px-<recipe digest>.safetensors``."""
     key = hashlib.sha256(json.dumps(recipe(cfg), sort_keys=True).encode()).hexdigest()[:12]
     return cache_dir() / f"{cfg.model_name}-digits-public-{cfg.img_size}px-{key}.safetensors"
 
@@ -80,9 +78,18 @@ def build(cfg: AppConfig, path: Path) -> dict[str, float]:
                          seed=cfg.seed)
     log(INFO, "fedvit: pretraining the backbone once on the public split (%d epochs); "
         "cached as %s", EPOCHS, path)
+    start = last = time.perf_counter()
+
+    def progress(epoch: int, loss: float) -> None:  # the first, the last, at most every 5 s
+        nonlocal last
+        now = time.perf_counter()
+        if epoch in (1, EPOCHS) or now - last >= 5.0:
+            last = now
+            log(INFO, "fedvit: %s", progress_line("pretraining the backbone", epoch, EPOCHS,
+                                                  loss, now - start))
+
     stats = train_epochs(model, loader, EPOCHS, LEARNING_RATE, "cpu", bf16=False,
-                         weight_decay=WEIGHT_DECAY, one_cycle=True,
-                         on_epoch=Progress(EPOCHS, "pretraining the backbone"))
+                         weight_decay=WEIGHT_DECAY, one_cycle=True, on_epoch=progress)
     eval_loader = make_loader(public, cols, pcfg, mean, std, shuffle=False, batch_size=BATCH_SIZE)
     fit = evaluate(model, eval_loader, "cpu", bf16=False)
     state = {k: v.contiguous() for k, v in model.state_dict().items()
@@ -91,22 +98,6 @@ def build(cfg: AppConfig, path: Path) -> dict[str, float]:
         save_file(state, str(tmp), metadata={"recipe": json.dumps(recipe(cfg))})
     return {"public-accuracy": fit["accuracy"], "train-loss": stats.loss,
             "seconds": time.perf_counter() - t0}
-
-
-class Progress:
-    """``on_epoch(epoch, loss)`` callback: logs a ``progress_line`` at the first and last epoch
-    and at most every ``every_s`` seconds between."""
-
-    def __init__(self, epochs: int, what: str, every_s: float = 5.0) -> None:
-        self.epochs, self.what, self.every_s = epochs, what, every_s
-        self.t0 = self.last = time.perf_counter()
-
-    def __call__(self, epoch: int, loss: float) -> None:
-        now = time.perf_counter()
-        if epoch in (1, self.epochs) or now - self.last >= self.every_s:
-            self.last = now
-            log(INFO, "fedvit: %s", progress_line(self.what, epoch, self.epochs, loss,
-                                                  now - self.t0))
 
 
 def progress_line(what: str, epoch: int, epochs: int, loss: float, elapsed_s: float) -> str:

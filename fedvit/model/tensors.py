@@ -10,11 +10,10 @@ import sys
 import torch
 from torch import nn
 
-from fedvit.keys import HEAD
+from fedvit.keys import HEAD, LORA_A
 
 
 def is_lora(model: nn.Module) -> bool:
-    """Whether ``model`` (built, or an ``ExportedModel``) is a peft LoRA model (``fedlora``)."""
     lora = getattr(model, "fedvit_lora", None)  # set by fedvit.model.cache.ExportedModel
     if lora is not None:
         return bool(lora)
@@ -24,14 +23,14 @@ def is_lora(model: nn.Module) -> bool:
 
 def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """``{state-dict name: tensor}`` a strategy exchanges, in state-dict order, detached, sharing
-    memory: a plain ViT's state dict, a LoRA model's ``adapter_state``, a cached model's names."""
+    memory: a plain ViT's state dict; a LoRA model's peft adapter state dict (LoRA matrices,
+    head) less ``lora_A`` under FFA-LoRA; a cached model's recorded names."""
     names = getattr(model, "fedvit_exchanged", None)  # set by fedvit.model.cache.ExportedModel
     if names is not None:
         state = model.state_dict()
         return {name: state[name] for name in names}
     if is_lora(model):
-        from fedvit.model.adapters import adapter_state  # peft is imported already
-        return adapter_state(model)
+        return {name: tensor for name, (_, tensor) in _peft_names(model).items()}
     return dict(model.state_dict())
 
 
@@ -44,8 +43,11 @@ def load_exchanged(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         raise ValueError(f"exchanged tensors do not match the model: {len(missing)} missing "
                          f"{sorted(missing)[:3]}, {len(extra)} extra {sorted(extra)[:3]}")
     if is_lora(model) and getattr(model, "fedvit_exchanged", None) is None:
-        from fedvit.model.adapters import load_adapter_state  # peft is imported already
-        load_adapter_state(model, state)
+        from peft import set_peft_model_state_dict  # imported already
+        names = _peft_names(model)
+        result = set_peft_model_state_dict(model, {names[k][0]: v for k, v in state.items()})
+        if result.unexpected_keys:
+            raise RuntimeError(f"peft did not load {sorted(result.unexpected_keys)[:3]}")
     else:
         model.load_state_dict(state, strict=not is_lora(model))
 
@@ -79,3 +81,18 @@ def input_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]
         data = resolve_model_data_config(base)
         stats = (data["mean"], data["std"])
     return tuple(stats[0]), tuple(stats[1])
+
+
+def _peft_names(model: nn.Module) -> dict[str, tuple[str, torch.Tensor]]:
+    """``{state-dict name (``...lora_A.default.weight``): (peft's name (``...lora_A.weight``),
+    tensor)}`` of a LoRA model's exchanged tensors, matched by identity (else ``RuntimeError``)."""
+    from peft import get_peft_model_state_dict  # imported already
+    state = model.state_dict()
+    peft_state = get_peft_model_state_dict(model, state_dict=state, save_embedding_layers=False)
+    peft_name = {id(tensor): name for name, tensor in peft_state.items()}
+    found = [name for name, tensor in state.items() if id(tensor) in peft_name]
+    if len(found) != len(peft_state):  # peft copied or renamed a tensor: not ours to guess
+        raise RuntimeError("peft's adapter state holds tensors the model's state dict lacks")
+    ffa = getattr(model, "fedvit_ffa", False)  # set by fedvit.model.build.wrap_lora
+    return {name: (peft_name[id(state[name])], state[name]) for name in found
+            if not (ffa and LORA_A in name)}

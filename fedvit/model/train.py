@@ -5,10 +5,8 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
 
 import torch
 from torch import nn
@@ -17,30 +15,22 @@ from torch.utils.data import DataLoader
 PHASES = ("data", "forward", "backward", "optimizer")
 
 
-class Marker(Protocol):
-    """A point on a device's timeline, as ``torch.cuda.Event(enable_timing=True)`` is."""
-
-    def record(self) -> None: ...
-    def synchronize(self) -> None: ...
-    def elapsed_time(self, end: Marker) -> float: ...  # milliseconds
-
-
 class PhaseClock:
     """Seconds per phase (``PHASES``) of local training: on the CPU by ``time.perf_counter``;
-    with ``cuda`` or a ``marker`` factory (default: timing CUDA events), by markers recorded on
-    the queue without waiting, read by ``settle`` after one synchronisation: the GPU's timeline,
-    where time the CPU holds it up (loading a batch) is idle GPU time."""
+    with ``cuda`` or a ``marker`` factory (default: timing CUDA events; a fake needs their
+    ``record``, ``synchronize``, ``elapsed_time`` in ms), by markers recorded on the queue without
+    waiting, read by ``settle`` after one synchronisation: the GPU's timeline, where time the
+    CPU holds it up (loading a batch) is idle GPU time."""
 
-    def __init__(self, cuda: bool, marker: Callable[[], Marker] | None = None) -> None:
+    def __init__(self, cuda: bool, marker: Callable[[], torch.cuda.Event] | None = None) -> None:
         self._marker = marker or (partial(torch.cuda.Event, enable_timing=True) if cuda
                                   else None)
         self._seconds = dict.fromkeys(PHASES, 0.0)
         self._last = 0.0
-        self._marks: list[tuple[str | None, Marker]] = []  # (phase it ends or None, marker)
+        self._marks: list[tuple[str | None, torch.cuda.Event]] = []  # (phase it ends, marker)
 
     @property
     def seconds(self) -> dict[str, float]:
-        """Seconds so far per phase; with markers, settled first."""
         self.settle()
         return self._seconds
 
@@ -78,7 +68,7 @@ class PhaseClock:
 
 @dataclass
 class TrainStats:
-    """One local training run: examples over all epochs, mean loss, seconds, seconds per phase."""
+    """One local training run: examples over all epochs, mean loss."""
 
     num_examples: int
     loss: float
@@ -87,13 +77,7 @@ class TrainStats:
 
     @property
     def examples_per_s(self) -> float:
-        """Examples per second (0 for a run that took no time)."""
         return self.num_examples / self.wall_s if self.wall_s > 0 else 0.0
-
-
-def autocast(device: str, bf16: bool):
-    """bf16 autocast on ``device`` (``'cpu'``/``'cuda'``) when ``bf16``, else a no-op."""
-    return torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
 def _batches(loader: DataLoader, device: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -110,8 +94,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0) -> to
 
 
 def compile_model(model: nn.Module) -> nn.Module:
-    """``model.compile(dynamic=True)`` in place (names stay): one graph per mode, compiled at
-    its first call, for every batch size (an epoch's smaller last batch compiles no other)."""
+    """In place (names stay); ``dynamic``: an epoch's smaller last batch compiles no other."""
     model.compile(dynamic=True)
     return model
 
@@ -120,7 +103,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
                labels: torch.Tensor, clock: PhaseClock, bf16: bool) -> torch.Tensor:
     """One optimizer step on ``(B, 3, S, S)`` float32 images and ``(B,)`` int64 labels,
     lapping forward, backward and optimizer; returns the detached mean cross-entropy."""
-    with autocast(images.device.type, bf16):
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
         loss = nn.functional.cross_entropy(model(images), labels)
     clock.lap("forward")
     optimizer.zero_grad(set_to_none=True)
@@ -178,7 +161,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str, bf16: bool) -> d
     model.to(device).eval()
     total_loss, correct, seen = 0.0, 0, 0
     for images, labels in _batches(loader, device):
-        with autocast(device, bf16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             logits = model(images)
         total_loss += nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item()
         correct += (logits.argmax(dim=1) == labels).sum().item()

@@ -1,9 +1,6 @@
 """The link model: each node's downlink, uplink and latency, and a message's transfer time.
-
-A node's link comes from its node config (``link-*``), else the run config (``link-profile``
-``uniform``, or ``heterogeneous``: seeded per partition). ``link-real = true``: the node
-really sits behind that link, so the timeline nets it out of measured times.
-"""
+``link-real = true``: the node really sits behind that link, so the timeline nets it out of
+measured times."""
 
 from __future__ import annotations
 
@@ -38,7 +35,6 @@ class WireCosts:
     source: str = "default"
 
     def as_dict(self) -> dict[str, float]:
-        """``{WIRE_COST_KEYS...: value}`` (the source left out)."""
         values = (self.call_s, self.pull_object_bytes, self.push_object_bytes)
         return dict(zip(WIRE_COST_KEYS, values, strict=True))
 
@@ -68,11 +64,10 @@ class Link:
 
     def down_s(self, nbytes: int, objects: int = 0, costs: WireCosts = DEFAULT_COSTS) -> float:
         """Seconds to move ``nbytes`` serialised bytes in ``objects`` objects (0: unknown,
-        bytes ÷ rate) down: latency, then ``object_seconds``."""
+        bytes ÷ rate): latency, then ``object_seconds``; ``up_s`` alike, pushed."""
         return self._transfer_s(nbytes, objects, costs, "down_mbps")
 
     def up_s(self, nbytes: int, objects: int = 0, costs: WireCosts = DEFAULT_COSTS) -> float:
-        """Seconds to move a reply up (as ``down_s``, a pushed object's framing)."""
         return self._transfer_s(nbytes, objects, costs, "up_mbps")
 
     def _transfer_s(self, nbytes: int, objects: int, costs: WireCosts, rate: str) -> float:
@@ -81,7 +76,6 @@ class Link:
                                                       self.latency_ms, costs)
 
     def as_metrics(self) -> dict[str, float]:
-        """``{LINK_KEYS...: value, "link-real": 0.0 or 1.0}``, a reply's metrics."""
         values = (self.down_mbps, self.up_mbps, self.latency_ms, float(self.real))
         return dict(zip((*LINK_KEYS, LINK_REAL), values, strict=True))
 
@@ -108,7 +102,6 @@ class LinkCurve:
 
     @classmethod
     def constant(cls, link: Link) -> LinkCurve:
-        """``link`` at every time."""
         return cls((0.0,), (link,))
 
     def _index(self, t: float) -> int:
@@ -120,12 +113,11 @@ class LinkCurve:
 
     def down_s(self, start: float, nbytes: int, objects: int = 0,
                costs: WireCosts = DEFAULT_COSTS) -> float:
-        """Seconds to move a message down, sent at ``start`` (as ``Link.down_s``)."""
+        """``Link.down_s`` (``up_s``: ``Link.up_s``) of a message sent at ``start``."""
         return self._transfer_s(start, nbytes, objects, costs, "down_mbps")
 
     def up_s(self, start: float, nbytes: int, objects: int = 0,
              costs: WireCosts = DEFAULT_COSTS) -> float:
-        """Seconds to move a reply up, sent at ``start`` (as ``Link.up_s``)."""
         return self._transfer_s(start, nbytes, objects, costs, "up_mbps")
 
     def _transfer_s(self, start: float, nbytes: int, objects: int, costs: WireCosts,
@@ -197,9 +189,8 @@ FIRST_ASK_S = 0.75  # process start -> its first ask: Flower's runtime imported 
 
 
 def message_wait_s(download_s: float) -> float:
-    """Seconds from a ClientApp process's start to its message, the download ending
-    ``download_s`` after that start: the first ask at ``FIRST_ASK_S`` + 0, 1, 3, 7, 15, 25, ...
-    s not before the download's end."""
+    """Seconds from a ClientApp process's start to its message, downloaded ``download_s`` after it:
+    the first ask at ``FIRST_ASK_S`` + 0, 1, 3, 7, 15, 25, ... s, not before the download ends."""
     t, step = 0.0, PULL_BACKOFF_S[0]
     while FIRST_ASK_S + t < download_s:
         t += step
@@ -208,10 +199,9 @@ def message_wait_s(download_s: float) -> float:
 
 
 def node_link(cfg: AppConfig, node_config: Mapping, partition_id: int) -> Link:
-    """This node's link: each ``link-*`` node-config value, else the run config's profile
-    (``heterogeneous``, seeded by ``seed``, ``partition_id``: rates log-uniform in [0.1, 1] ×,
-    latency uniform in [0.5, 2] × the configured). ConfigError: a value not > 0 (latency >= 0),
-    a non-bool ``link-real``."""
+    """Each ``link-*`` node-config value, else the run config's profile (``heterogeneous``: seeded
+    by ``seed``, ``partition_id``: rates log-uniform in [0.1, 1] ×, latency uniform in [0.5, 2] ×
+    the configured). ConfigError: a value not > 0 (latency >= 0), a non-bool ``link-real``."""
     values = [cfg.link_down_mbps, cfg.link_up_mbps, cfg.link_latency_ms]
     if cfg.link_profile == "heterogeneous":
         rng = np.random.default_rng([cfg.seed, partition_id])

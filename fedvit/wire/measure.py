@@ -11,7 +11,6 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 
 def tensor_bytes(content: RecordDict) -> int:
-    """Σ itemsize × elements over all arrays of all of ``content``'s ArrayRecords."""
     return sum(np.dtype(arr.dtype).itemsize * int(np.prod(arr.shape, dtype=np.int64))
                for record in content.array_records.values() for arr in record.values())
 
@@ -31,11 +30,7 @@ def message_size(msg: Message | RecordDict) -> tuple[int, int]:
     return len(msg.deflate()) + sum(b for b, _ in sizes), 1 + sum(n for _, n in sizes)
 
 
-content_size = message_size
-
-
 def message_bytes(msg: Message) -> int:
-    """``message_size``'s bytes."""
     return message_size(msg)[0]
 
 

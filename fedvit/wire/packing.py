@@ -1,7 +1,6 @@
-"""The packed layout (``pack-tensors``): a message's tensors in one ``Array`` (6 objects
-where they fit a 5 MiB chunk, not two per tensor): ``ArrayRecord({"packed:" + JSON [[name,
-dtype.str, shape], ...]: uint8[Σ nbytes]})``, raw C-order bytes without padding, the index
-as key. Tensor bytes are the unpacked ones'; ``unpack(pack(t))`` is bit-exact."""
+"""The packed layout (``pack-tensors``): a message's tensors in one ``Array`` (6 objects where
+they fit a 5 MiB chunk, not two per tensor): ``{"packed:" + JSON [[name, dtype.str, shape],
+...]: uint8[Σ nbytes]}``, raw C-order bytes, no padding; ``unpack(pack(t))`` is bit-exact."""
 
 from __future__ import annotations
 
@@ -27,7 +26,6 @@ def _check_dtype(name: str, dtype: np.dtype) -> None:
 
 
 def is_packed(record: ArrayRecord) -> bool:
-    """Whether ``record``'s only key starts with ``fedvit.keys.PACKED_PREFIX``."""
     return len(record) == 1 and next(iter(record.keys())).startswith(PACKED_PREFIX)
 
 
@@ -44,9 +42,9 @@ def pack(tensors: Mapping[str, np.ndarray]) -> ArrayRecord:
 
 
 def unpack(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """``{name: new writable array}`` of a packed record, in packed order. PackingError: not one
-    packed entry, a buffer not 1-D uint8, an index not a JSON list of ``[name, dtype, [dims >=
-    0]]`` with unique names and packable dtypes, or sizes not adding up to the buffer's."""
+    """``{name: new writable array}`` in packed order. PackingError: not one packed entry, a buffer
+    not 1-D uint8, an index not a JSON list of ``[name, dtype, [dims >= 0]]`` with unique names
+    and packable dtypes, or sizes not adding up to the buffer's."""
     if not is_packed(record):
         raise PackingError(f"not a packed record: {len(record)} entries "
                            f"{[k[:40] for k in list(record.keys())[:3]]}; expected one "
@@ -70,12 +68,10 @@ def unpack(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def unpack_record(record: ArrayRecord) -> ArrayRecord:
-    """``unpack`` as an ArrayRecord, one Array per tensor (PackingError as ``unpack``)."""
     return ArrayRecord({k: Array.from_numpy_ndarray(v) for k, v in unpack(record).items()})
 
 
 def pack_record(record: ArrayRecord) -> ArrayRecord:
-    """``pack`` of an ArrayRecord's tensors (PackingError as ``pack``)."""
     return pack({k: v.numpy() for k, v in record.items()})
 
 

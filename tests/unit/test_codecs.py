@@ -7,8 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from fedvit.codecs.format import INDEX_ENCODINGS, CodecError
-from fedvit.codecs.payload import ErrorFeedback, decode, encode, encoded_bytes
+from fedvit.codecs.payload import (
+    INDEX_ENCODINGS,
+    CodecError,
+    ErrorFeedback,
+    decode,
+    encode,
+    encoded_bytes,
+)
 from fedvit.codecs.spec import CODECS, CodecSpec, topk_count
 
 
@@ -252,7 +258,7 @@ def test_error_feedback_residual_is_exactly_what_was_not_sent():
     assert np.array_equal(r1[dropped], x1["w"][dropped])
     assert np.all(np.abs(r1[~dropped]) <= 2.0**-11 * np.abs(x1["w"][~dropped]))
     # state round-trips through plain arrays (e.g. context.state)
-    ef = ErrorFeedback.from_arrays(ef.to_arrays())
+    ef = ErrorFeedback(ef.to_arrays())
     sent2, d2 = _round(ef, x2, spec)
     assert np.array_equal(sent2["w"], x2["w"] + r1)
     assert np.array_equal(d2["w"] + ef.residual["w"], sent2["w"])
