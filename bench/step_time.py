@@ -25,7 +25,8 @@ from flwr.common.config import parse_config_args
 
 from fedvit.config.appconfig import AppConfig
 from fedvit.config.rules import target_modules
-from fedvit.model.build import build_model, count_parameters, wrap_lora
+from fedvit.model.build import build_model, wrap_lora
+from fedvit.model.tensors import count_parameters
 from fedvit.model.train import PHASES, PhaseClock, make_optimizer, train_step
 
 

@@ -21,14 +21,14 @@ from fedvit.config.resume import resume_tensor_errors
 from fedvit.config.resume import validate_server as validate_resume
 from fedvit.data.loaders import central_test_data, make_loader
 from fedvit.keys import BACKBONE
-from fedvit.model.build import (
+from fedvit.model.build import build_model
+from fedvit.model.tensors import (
     backbone_fingerprint,
-    build_model,
     count_parameters,
     exchanged_state,
     input_stats,
+    load_exchanged,
 )
-from fedvit.model.tensors import load_exchanged
 from fedvit.model.train import evaluate
 from fedvit.schema import MB
 from server_app.grid import TimedGrid

@@ -16,7 +16,8 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from fedvit.codecs.payload import CodecSpec, encode, encoded_bytes
 from fedvit.config.appconfig import AppConfig, ConfigError
 from fedvit.config.rules import STRATEGIES
-from fedvit.model.build import build_model, count_parameters, exchanged_state
+from fedvit.model.build import build_model
+from fedvit.model.tensors import count_parameters, exchanged_state
 from fedvit.schema import MB
 from fedvit.wire.measure import message_size, tensor_bytes
 from fedvit.wire.packing import pack

@@ -1,5 +1,5 @@
-"""The model a strategy trains: a timm ViT (``fedavg``) or it with peft LoRA (``fedlora``).
-Re-exports ``fedvit.model.tensors``' answers (which tensors travel): no caller re-derives them."""
+"""The model a strategy trains: a timm ViT (``fedavg``) or it with peft LoRA (``fedlora``);
+which of its tensors travel is ``fedvit.model.tensors``' answer."""
 
 from __future__ import annotations
 
@@ -14,15 +14,7 @@ from fedvit.config.rules import target_modules
 from fedvit.keys import LORA_A
 from fedvit.model import backbone
 from fedvit.model.pretrain import public_backbone
-from fedvit.model.tensors import (  # noqa: F401  (re-exported: the torch-only answers)
-    HEAD,
-    backbone_fingerprint,
-    count_parameters,
-    exchanged_state,
-    input_stats,
-    is_lora,
-    load_exchanged,
-)
+from fedvit.model.tensors import HEAD
 
 
 def build_model(cfg: AppConfig, num_classes: int) -> nn.Module:

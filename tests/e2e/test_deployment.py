@@ -299,7 +299,8 @@ def _initial_duplicate_bytes(run_config: dict) -> int:
 
     from fedvit.config.appconfig import AppConfig
     from fedvit.data.loaders import dataset_columns
-    from fedvit.model.build import build_model, exchanged_state
+    from fedvit.model.build import build_model
+    from fedvit.model.tensors import exchanged_state
     from fedvit.wire.packing import pack_record
 
     cfg = AppConfig.from_run_config(run_config)

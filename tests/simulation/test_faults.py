@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 
 from fedvit.config.appconfig import AppConfig, ConfigError
 from fedvit.config.resume import validate_server
-from fedvit.model.build import build_model, exchanged_state
+from fedvit.model.build import build_model
+from fedvit.model.tensors import exchanged_state
 from server_app.federation import run_federation
 from server_app.recorder import Checkpoint, save_checkpoint
 from server_app.summary import Estimated

@@ -12,15 +12,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from fedvit.config.appconfig import AppConfig, ConfigError
-from fedvit.model.build import (
-    FusedLoraLinear,
+from fedvit.model.build import FusedLoraLinear, build_model, wrap_lora
+from fedvit.model.tensors import (
     backbone_fingerprint,
-    build_model,
     count_parameters,
     exchanged_state,
     input_stats,
     load_exchanged,
-    wrap_lora,
 )
 
 FAST = {"model-name": "test_vit", "img-size": 16, "patch-size": 4, "weights-path": ""}
