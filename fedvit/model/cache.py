@@ -76,8 +76,8 @@ class ExportedModel(nn.Module):
             raise RuntimeError("an exported model evaluates only without gradients "
                                "(torch.no_grad); train mode trains")
         mode = "train" if self.training else "eval"
-        return (self._graphs.get((mode, next(self.parameters()).device))
-                or self._graph(mode))(x)
+        graph = self._graphs.get((mode, next(self.parameters()).device))
+        return (graph if graph is not None else self._graph(mode))(x)
 
     def _graph(self, mode: str) -> nn.Module:
         """``mode``'s program on the parameters' device, made to read this model's tensors."""
@@ -129,7 +129,8 @@ def model_key(cfg: AppConfig, num_classes: int) -> dict | None:
                    else resolve_path(cfg.weights_path))
         if not weights.is_file():
             return None
-        key["weights"] = [str(weights), weights.stat().st_size, weights.stat().st_mtime_ns]
+        stat = weights.stat()
+        key["weights"] = [str(weights), stat.st_size, stat.st_mtime_ns]
     key["libraries"] = {"torch": torch.__version__, "timm": metadata.version("timm"),
                         "peft": metadata.version("peft")}
     code = b"".join((Path(__file__).parent / f).read_bytes() for f in SOURCES)
