@@ -248,8 +248,7 @@ def samples_of(nodes: Iterable[NodeTimes], sampler: CounterSampler,
     message while the call still pushes others', so the download's window opens there."""
     out = []
     for n in nodes:
-        interface = interfaces.get(n.partition_id)
-        if interface is None:
+        if (interface := interfaces.get(n.partition_id)) is None:
             continue
         pushed = (push_starts or {}).get(n.pushed, n.pushed)
         windows = {"down": (pushed, n.stamps[keys.MOD_IN], n.down_bytes, n.down_objects),

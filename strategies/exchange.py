@@ -71,8 +71,7 @@ class ExchangeCodecs(StrategyWrapper):
 
     def _accept(self, msg: Message) -> Message:
         """The reply with decoded, checked global-shaped tensors, or ``RejectedReply``."""
-        record = msg.content.array_records.get(self.arrayrecord_key)
-        if record is None:
+        if (record := msg.content.array_records.get(self.arrayrecord_key)) is None:
             raise RejectedReply(f"no ArrayRecord {self.arrayrecord_key!r}")
         packed = is_packed(record)
         if packed != self.pack:

@@ -5,6 +5,7 @@ file (sympy parsing, may fall back to pickle): keep ``$FEDVIT_CACHE`` writable o
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -84,12 +85,20 @@ class ExportedModel(nn.Module):
         device = next(self.parameters()).device
         graph = self._graphs.get((mode, device))
         if graph is None:
-            with open(self._programs[mode], "rb") as f:  # a file object: any name is fine
-                program = torch.export.load(f)
-            if device.type != "cpu":  # the program holds the device it was exported on
-                from torch.export.passes import move_to_device_pass
-                program = move_to_device_pass(program, device)
-            graph = self._graphs[(mode, device)] = program.module()
+            # Python's cyclic collector paused: the load's many objects would set off collections
+            # that walk all of torch's (default training program: 0.64 -> 0.49 s).
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                with open(self._programs[mode], "rb") as f:  # a file object: any name is fine
+                    program = torch.export.load(f)
+                if device.type != "cpu":  # the program holds the device it was exported on
+                    from torch.export.passes import move_to_device_pass
+                    program = move_to_device_pass(program, device)
+                graph = self._graphs[(mode, device)] = program.module()
+            finally:
+                if collecting:
+                    gc.enable()
         for name, tensor in (*self.named_parameters(), *self.named_buffers()):
             owner, _, leaf = name.rpartition(".")
             setattr(graph.get_submodule(owner), leaf, tensor)  # ours, not the file's copy
@@ -139,8 +148,7 @@ def model_key(cfg: AppConfig, num_classes: int) -> dict | None:
 
 def model_path(cfg: AppConfig, num_classes: int) -> Path | None:
     """The tensors' file, or None when not cacheable (``model_key``)."""
-    key = model_key(cfg, num_classes)
-    if key is None:
+    if (key := model_key(cfg, num_classes)) is None:
         return None
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "models" / f"{cfg.model_name}-{digest}.safetensors"

@@ -8,9 +8,11 @@ tests hold the artefact to the build: same tensors, same values, same training s
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -105,6 +107,30 @@ def test_cached_model_refuses_another_image_size(tmp_path: Path,
     model(torch.zeros(3, 3, 16, 16))  # any batch size
     with pytest.raises(AssertionError, match="Guard failed"):
         model(torch.zeros(1, 3, 32, 32))  # timm would resample; the export must not guess
+
+
+def test_loading_a_program_leaves_the_garbage_collector_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDVIT_CACHE", str(tmp_path))
+    cfg = _cfg()
+    cached_model(cfg, NUM_CLASSES)
+    path = model_path(cfg, NUM_CLASSES)
+    paused, load = [], torch.export.load
+    monkeypatch.setattr(torch.export, "load",
+                        lambda f: paused.append(not gc.isenabled()) or load(f))
+    assert gc.isenabled()
+    ExportedModel(path).train()
+    assert paused == [True] and gc.isenabled()  # paused during the load only
+    gc.disable()
+    try:
+        ExportedModel(path).eval()
+        assert not gc.isenabled()  # a caller's pause stays
+    finally:
+        gc.enable()
+    mode_paths(path)["eval"].write_bytes(b"not a program")
+    with pytest.raises(zipfile.BadZipFile):  # torch.export.load's last try: a zip
+        ExportedModel(path).eval()
+    assert gc.isenabled()  # also after a failed load
 
 
 def test_model_cache_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
