@@ -54,14 +54,14 @@ def evaluate(msg: Message, context: Context) -> Message:
 def _prepare(
     msg: Message, context: Context, stamps: dict[str, float], train: bool = False
 ) -> tuple[AppConfig, LocalTask, int, dict[str, np.ndarray], torch.optim.Optimizer | None]:
-    """The task with the received tensors loaded; for ``train`` a fresh AdamW (start-up: its first
-    build imports ``torch._dynamo``). A refused config: ConfigError prefixed ``CONFIG_REFUSED``."""
+    """The task, received tensors loaded; for ``train`` in train mode (a cached model loads its
+    program then: task build), a fresh AdamW. A refused config: ConfigError ``CONFIG_REFUSED``."""
     try:
         cfg = AppConfig.from_run_config(context.run_config)
         task, pid = node_task(cfg, context.node_config)
     except ConfigError as err:  # marked, so the server knows a config the nodes refuse
         raise ConfigError(f"{keys.CONFIG_REFUSED} {err}") from err
-    optimizer = (make_optimizer(task.model.to(cfg.torch_device), cfg.learning_rate)
+    optimizer = (make_optimizer(task.model.to(cfg.torch_device).train(), cfg.learning_rate)
                  if train else None)
     stamps[TASK_BUILT] = time.time()
     check_backbone(task, msg.content[keys.CONFIG])

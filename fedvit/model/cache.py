@@ -88,8 +88,8 @@ class ExportedModel(nn.Module):
             # Python's cyclic collector paused: the load's many objects would set off collections
             # that walk all of torch's (default training program: 0.64 -> 0.49 s).
             collecting = gc.isenabled()
-            gc.disable()
             try:
+                gc.disable()
                 with open(self._programs[mode], "rb") as f:  # a file object: any name is fine
                     program = torch.export.load(f)
                 if device.type != "cpu":  # the program holds the device it was exported on
