@@ -12,12 +12,13 @@ training step (minus the messaging with its SuperNode):
 3. build the local task as the train handler's ``_prepare`` does: validated config, the
    task of partition 0 of 2 (default run config), the backbone check, the received global
    tensors loaded;
-4. one training step with the project's own ``fedvit.model.train.train_step`` and optimizer.
+4. train mode and the optimizer, as ``_prepare`` does for training (a cached model loads its
+   training program there), then one step of the project's ``fedvit.model.train.train_step``.
 
 It prints the seconds from the process's start (``fedvit.startup.process_start_time``, the
 OS's record) to the end of that step, split into interpreter + imports, task build and
-first step (the optimizer's construction included), and finer: interpreter + Flower's
-runtime, the app's imports, the task, the optimizer, the first batch and step. "Before" is
+first step (train mode and the optimizer's construction included), and finer: interpreter +
+Flower's runtime, the app's imports, the task, the optimizer, the first batch and step. "Before" is
 another checkout (``--before /work/main``) or a git revision (default: the main branch's
 commit this branch started from), checked out into a temporary ``git worktree`` that is
 removed afterwards; "after" is this working tree. Before and after processes alternate, so
