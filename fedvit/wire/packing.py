@@ -55,13 +55,13 @@ def unpack(record: ArrayRecord) -> dict[str, np.ndarray]:
         raise PackingError(f"packed buffer has dtype {buffer.dtype} and shape {buffer.shape}; "
                            "expected 1-D uint8")
     entries = _index(key[len(PACKED_PREFIX):])
-    total = sum(dtype.itemsize * int(np.prod(shape, dtype=np.int64)) for _, dtype, shape in entries)
+    counts = [int(np.prod(shape, dtype=np.int64)) for _, _, shape in entries]
+    total = sum(dtype.itemsize * n for (_, dtype, _), n in zip(entries, counts, strict=True))
     if total != buffer.size:
         raise PackingError(f"packed index describes {total} bytes of {len(entries)} tensors, "
                            f"but the buffer holds {buffer.size}")
     out, offset = {}, 0
-    for name, dtype, shape in entries:
-        count = int(np.prod(shape, dtype=np.int64))
+    for (name, dtype, shape), count in zip(entries, counts, strict=True):
         out[name] = np.frombuffer(buffer, dtype, count, offset).reshape(shape).copy()
         offset += count * dtype.itemsize
     return out
